@@ -1,0 +1,372 @@
+//! wakeway's typed configuration: built-in defaults, an optional TOML file, then `WAKEWAY_*`
+//! environment overrides, then validation. Reading the file is the only I/O done here.
+#![forbid(unsafe_code)]
+
+mod duration;
+mod env;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use duration::{format_duration, parse_duration};
+pub use env::{Env, MapEnv, ProcessEnv};
+
+/// Everything that can go wrong while loading configuration. Each message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}={value:?} is not valid: {message}")]
+    Env {
+        var: String,
+        value: String,
+        message: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Which store keeps session state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// A file-backed embedded database in `data_dir` (single replica).
+    Embedded,
+}
+
+/// Where workspaces run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Local processes on this machine, one process group per workspace.
+    Local,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (colored on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Resources of one tier (the seed's "scale up" / "scale down" sizes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tier {
+    /// CPU cores (fractions allowed).
+    pub cpu: f64,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+}
+
+/// The whole configuration. Field names are the TOML keys; `WAKEWAY_<KEY>` overrides each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the one listener serving the management API and every workspace host.
+    pub listen: SocketAddr,
+    /// Workspaces are reached at `vs-code-<id>.<domain>`.
+    pub domain: String,
+    /// Base URL users reach wakeway at; workspace URLs are built from its scheme, host and port
+    /// (`<scheme>://vs-code-<id>.<host>[:port]`). Empty: `http://<domain>:<listen port>`.
+    pub public_url: String,
+    /// API keys accepted in `X-API-Key`. Empty: a key is generated once and kept in `data_dir`.
+    pub api_keys: Vec<String>,
+    /// Folder for the embedded store, workspace folders, backups and logs.
+    pub data_dir: PathBuf,
+    /// Folder for backup zips. Empty: `<data_dir>/backups`.
+    pub backup_dir: PathBuf,
+    /// Where session state lives.
+    pub store: StoreKind,
+    /// Where workspaces run.
+    pub backend: BackendKind,
+    /// Command that starts one workspace (run by `sh -c`). Placeholders: `{port}`, `{workspace}`,
+    /// `{state}`, `{cpu}`, `{memory_mib}`, `{id}`. Empty: code-server, found on PATH or in the
+    /// tools folder that `scripts/install-code-server.sh` fills.
+    pub workspace_command: String,
+    /// Sleep a session after this long without user activity.
+    #[serde(with = "duration::serde_fmt")]
+    pub idle_timeout: Duration,
+    /// Back up and delete a session after it has been asleep this long.
+    #[serde(with = "duration::serde_fmt")]
+    pub sleep_to_delete: Duration,
+    /// Delete backups older than this.
+    #[serde(with = "duration::serde_fmt")]
+    pub backup_retention: Duration,
+    /// How often the lifecycle sweep looks at every session.
+    #[serde(with = "duration::serde_fmt")]
+    pub sweep_interval: Duration,
+    /// How often in-memory activity is written to the store.
+    #[serde(with = "duration::serde_fmt")]
+    pub checkpoint_interval: Duration,
+    /// A session with an open but idle tab is put to sleep after at most this long awake.
+    #[serde(with = "duration::serde_fmt")]
+    pub max_awake_with_open_tab: Duration,
+    /// How long a non-navigation request is held while its workspace wakes, before 503.
+    #[serde(with = "duration::serde_fmt")]
+    pub hold_timeout: Duration,
+    /// How long a workspace may take to answer HTTP after it was started.
+    #[serde(with = "duration::serde_fmt")]
+    pub start_timeout: Duration,
+    /// After SIGTERM, how long a workspace gets before SIGKILL.
+    #[serde(with = "duration::serde_fmt")]
+    pub stop_grace: Duration,
+    /// First retry delay after a failed backup (doubles each time, up to 1 h).
+    #[serde(with = "duration::serde_fmt")]
+    pub backup_retry: Duration,
+    /// On SIGTERM, how long in-flight requests get before the listener closes.
+    #[serde(with = "duration::serde_fmt")]
+    pub shutdown_grace: Duration,
+    /// Requests held at once for one session; more get 503.
+    pub max_held_per_session: usize,
+    /// Requests held at once in total; more get 503.
+    pub max_held_total: usize,
+    /// Management API requests per minute per API key and endpoint.
+    pub rate_limit_per_minute: u32,
+    /// Largest management API request body, in bytes.
+    pub max_api_body_bytes: usize,
+    /// User-Agent substrings (case-insensitive) of bots and probes that never wake a session.
+    pub bot_user_agents: Vec<String>,
+    /// Resource tiers by name.
+    pub tiers: BTreeMap<String, Tier>,
+    /// Tier of a new session.
+    pub default_tier: String,
+    /// Tier after `{"scale": "up"}`.
+    pub scale_up_tier: String,
+    /// Tier after `{"scale": "down"}`.
+    pub scale_down_tier: String,
+    /// Proxy worker threads (0: one per core).
+    pub threads: usize,
+    /// Stop every local workspace when wakeway exits (they are adopted again after a crash).
+    pub stop_workspaces_on_exit: bool,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let minute = 60;
+        let hour = 60 * minute;
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            domain: "localhost".into(),
+            public_url: String::new(),
+            api_keys: Vec::new(),
+            data_dir: PathBuf::from("wakeway-data"),
+            backup_dir: PathBuf::new(),
+            store: StoreKind::Embedded,
+            backend: BackendKind::Local,
+            workspace_command: String::new(),
+            idle_timeout: Duration::from_secs(15 * minute),
+            sleep_to_delete: Duration::from_secs(24 * hour),
+            backup_retention: Duration::from_secs(30 * 24 * hour),
+            sweep_interval: Duration::from_secs(30),
+            checkpoint_interval: Duration::from_secs(30),
+            max_awake_with_open_tab: Duration::from_secs(8 * hour),
+            hold_timeout: Duration::from_secs(60),
+            start_timeout: Duration::from_secs(120),
+            stop_grace: Duration::from_secs(10),
+            backup_retry: Duration::from_secs(5 * minute),
+            shutdown_grace: Duration::from_secs(5),
+            max_held_per_session: 2_000,
+            max_held_total: 10_000,
+            rate_limit_per_minute: 100,
+            max_api_body_bytes: 64 * 1024,
+            bot_user_agents: [
+                "bot", "crawler", "spider", "slurp", "kube-probe", "ELB-HealthChecker", "GoogleHC",
+                "facebookexternalhit", "WhatsApp", "Slack", "Discord", "preview",
+            ]
+            .map(String::from)
+            .to_vec(),
+            tiers: BTreeMap::from([
+                ("small".into(), Tier { cpu: 1.0, memory_mib: 1024 }),
+                ("large".into(), Tier { cpu: 2.0, memory_mib: 2048 }),
+            ]),
+            default_tier: "small".into(),
+            scale_up_tier: "large".into(),
+            scale_down_tier: "small".into(),
+            threads: 0,
+            stop_workspaces_on_exit: true,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then the environment; validated.
+    pub fn load(file: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => Self::from_file(path)?,
+            None => Config::default(),
+        };
+        env::apply(&mut config, env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parse a TOML file over the defaults (missing keys keep their default).
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parse TOML text over the defaults.
+    /// Tiers named in the file are added to (or replace) the built-in `small` and `large`.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        let mut config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        for (name, tier) in Config::default().tiers {
+            config.tiers.entry(name).or_insert(tier);
+        }
+        Ok(config)
+    }
+
+    /// Check that values make sense together. Messages name the key to fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !valid_domain(&self.domain) {
+            return bad(format!(
+                "domain {:?} is not a lowercase DNS name (e.g. \"localhost\" or \"preview.example.com\")",
+                self.domain
+            ));
+        }
+        if !self.public_url.is_empty() && parse_public_url(&self.public_url).is_none() {
+            return bad(format!(
+                "public_url {:?} must look like http://host[:port] or https://host[:port]",
+                self.public_url
+            ));
+        }
+        for (name, value) in [
+            ("idle_timeout", self.idle_timeout),
+            ("sweep_interval", self.sweep_interval),
+            ("checkpoint_interval", self.checkpoint_interval),
+            ("hold_timeout", self.hold_timeout),
+            ("start_timeout", self.start_timeout),
+            ("backup_retry", self.backup_retry),
+            ("max_awake_with_open_tab", self.max_awake_with_open_tab),
+        ] {
+            if value < Duration::from_millis(100) {
+                return bad(format!("{name} must be at least 100ms (it is {})", format_duration(value)));
+            }
+        }
+        for key in self.api_keys.iter() {
+            if key.len() < 16 {
+                return bad("every API key must be at least 16 characters long".into());
+            }
+            if key.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+                return bad("API keys must be printable ASCII without spaces".into());
+            }
+        }
+        for (name, tier) in [
+            ("default_tier", &self.default_tier),
+            ("scale_up_tier", &self.scale_up_tier),
+            ("scale_down_tier", &self.scale_down_tier),
+        ] {
+            if !self.tiers.contains_key(tier) {
+                let known: Vec<_> = self.tiers.keys().cloned().collect();
+                return bad(format!("{name} = {tier:?} is not one of the tiers {known:?}"));
+            }
+        }
+        for (name, tier) in &self.tiers {
+            if !(tier.cpu > 0.0) || tier.memory_mib == 0 {
+                return bad(format!("tier {name:?} needs cpu > 0 and memory_mib > 0"));
+            }
+        }
+        if self.rate_limit_per_minute == 0 {
+            return bad("rate_limit_per_minute must be at least 1".into());
+        }
+        if self.max_held_per_session == 0 || self.max_held_total == 0 {
+            return bad("max_held_per_session and max_held_total must be at least 1".into());
+        }
+        if self.max_api_body_bytes < 1024 {
+            return bad("max_api_body_bytes must be at least 1024".into());
+        }
+        Ok(())
+    }
+
+    /// The folder backups are written to.
+    pub fn backup_dir(&self) -> PathBuf {
+        if self.backup_dir.as_os_str().is_empty() { self.data_dir.join("backups") } else { self.backup_dir.clone() }
+    }
+
+    /// `(scheme, host, port)` that workspace URLs are built from.
+    pub fn public_base(&self) -> (String, String, Option<u16>) {
+        if let Some(parsed) = parse_public_url(&self.public_url) {
+            return parsed;
+        }
+        let port = self.listen.port();
+        ("http".into(), self.domain.clone(), (port != 80).then_some(port))
+    }
+
+    /// The URL a user opens for session `id`.
+    pub fn workspace_url(&self, id: &str) -> String {
+        let (scheme, host, port) = self.public_base();
+        match port {
+            Some(port) => format!("{scheme}://vs-code-{id}.{host}:{port}"),
+            None => format!("{scheme}://vs-code-{id}.{host}"),
+        }
+    }
+
+    /// The effective configuration as TOML, with API keys masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.api_keys = shown.api_keys.iter().map(|k| mask(k)).collect();
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// `abcd…wxyz` for long secrets, `****` for short ones.
+pub fn mask(secret: &str) -> String {
+    if secret.len() >= 16 && secret.is_ascii() {
+        format!("{}…{}", &secret[..4], &secret[secret.len() - 4..])
+    } else {
+        "****".into()
+    }
+}
+
+fn valid_domain(domain: &str) -> bool {
+    !domain.is_empty()
+        && domain.len() <= 240
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+fn parse_public_url(url: &str) -> Option<(String, String, Option<u16>)> {
+    let (scheme, rest) = url.split_once("://")?;
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port.parse::<u16>().ok()?)),
+        None => (rest, None),
+    };
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let port = port.filter(|p| *p != default_port);
+    valid_domain(host).then(|| (scheme.to_string(), host.to_string(), port))
+}

@@ -1,0 +1,115 @@
+use super::*;
+
+#[test]
+fn defaults_are_the_documented_policy() {
+    let c = Config::default();
+    c.validate().unwrap();
+    assert_eq!(c.idle_timeout, Duration::from_secs(15 * 60));
+    assert_eq!(c.sleep_to_delete, Duration::from_secs(24 * 3600));
+    assert_eq!(c.backup_retention, Duration::from_secs(30 * 86400));
+    assert_eq!(c.rate_limit_per_minute, 100);
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.domain, "localhost");
+}
+
+#[test]
+fn required_env_names_override_their_keys() {
+    let env = MapEnv::new([
+        ("WAKEWAY_LISTEN", "0.0.0.0:9000"),
+        ("WAKEWAY_DOMAIN", "preview.example.com"),
+        ("WAKEWAY_API_KEY", "0123456789abcdef0123"),
+        ("WAKEWAY_DATA_DIR", "/var/lib/wakeway"),
+        ("WAKEWAY_WORKSPACE_COMMAND", "serve --port {port} {workspace}"),
+        ("WAKEWAY_IDLE_TIMEOUT", "90s"),
+        ("WAKEWAY_SLEEP_TO_DELETE", "2h"),
+        ("WAKEWAY_BACKUP_RETENTION", "7d"),
+        ("WAKEWAY_SWEEP_INTERVAL", "250ms"),
+        ("WAKEWAY_RATE_LIMIT_PER_MINUTE", "5"),
+        ("WAKEWAY_STOP_WORKSPACES_ON_EXIT", "false"),
+        ("WAKEWAY_BOT_USER_AGENTS", "foo, bar"),
+        ("PATH", "/usr/bin"),
+    ]);
+    let c = Config::load(None, &env).unwrap();
+    assert_eq!(c.listen.to_string(), "0.0.0.0:9000");
+    assert_eq!(c.domain, "preview.example.com");
+    assert_eq!(c.api_keys, vec!["0123456789abcdef0123".to_string()]);
+    assert_eq!(c.data_dir, PathBuf::from("/var/lib/wakeway"));
+    assert_eq!(c.workspace_command, "serve --port {port} {workspace}");
+    assert_eq!(c.idle_timeout, Duration::from_secs(90));
+    assert_eq!(c.sleep_to_delete, Duration::from_secs(7200));
+    assert_eq!(c.backup_retention, Duration::from_secs(7 * 86400));
+    assert_eq!(c.sweep_interval, Duration::from_millis(250));
+    assert_eq!(c.rate_limit_per_minute, 5);
+    assert!(!c.stop_workspaces_on_exit);
+    assert_eq!(c.bot_user_agents, vec!["foo".to_string(), "bar".to_string()]);
+}
+
+#[test]
+fn env_wins_over_file_and_file_over_defaults() {
+    let dir = std::env::temp_dir().join(format!("wakeway-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("wakeway.toml");
+    std::fs::write(&path, "idle_timeout = \"5m\"\ndomain = \"a.example\"\n[tiers.huge]\ncpu = 8\nmemory_mib = 16384\n").unwrap();
+    let c = Config::load(Some(&path), &MapEnv::new([("WAKEWAY_DOMAIN", "b.example")])).unwrap();
+    assert_eq!(c.idle_timeout, Duration::from_secs(300));
+    assert_eq!(c.domain, "b.example");
+    assert_eq!(c.tiers["huge"].memory_mib, 16384);
+    assert_eq!(c.tiers["small"].memory_mib, 1024, "file tiers merge over the defaults");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn mistakes_are_named() {
+    let err = Config::load(None, &MapEnv::new([("WAKEWAY_IDLE_TIMOUT", "5m")])).unwrap_err();
+    assert!(err.to_string().contains("WAKEWAY_IDLE_TIMOUT") && err.to_string().contains("unknown"), "{err}");
+
+    let err = Config::load(None, &MapEnv::new([("WAKEWAY_IDLE_TIMEOUT", "soon")])).unwrap_err();
+    assert!(err.to_string().contains("15m"), "{err}");
+
+    let err = Config::load(None, &MapEnv::new([("WAKEWAY_API_KEY", "short")])).unwrap_err();
+    assert!(err.to_string().contains("16 characters"), "{err}");
+    assert!(!err.to_string().contains("short\""), "the key itself is not echoed: {err}");
+
+    let err = Config::from_toml("idle_timeout = \"5m\"\nidle_timout = \"1m\"\n").unwrap_err();
+    assert!(err.contains("idle_timout"), "{err}");
+
+    let err = Config::load(None, &MapEnv::new([("WAKEWAY_DOMAIN", "Bad_Domain")])).unwrap_err();
+    assert!(err.to_string().contains("domain"), "{err}");
+
+    let err = Config::load(None, &MapEnv::new([("WAKEWAY_DEFAULT_TIER", "tiny")])).unwrap_err();
+    assert!(err.to_string().contains("default_tier"), "{err}");
+}
+
+#[test]
+fn workspace_urls_follow_public_url() {
+    let mut c = Config::default();
+    assert_eq!(c.workspace_url("abc12345"), "http://vs-code-abc12345.localhost:8080");
+    c.public_url = "https://preview.hyperbola.in".into();
+    c.validate().unwrap();
+    assert_eq!(c.workspace_url("abc12345"), "https://vs-code-abc12345.preview.hyperbola.in");
+    c.public_url = "https://preview.hyperbola.in:443/".into();
+    assert_eq!(c.workspace_url("abc12345"), "https://vs-code-abc12345.preview.hyperbola.in");
+    c.public_url = "ftp://x".into();
+    assert!(c.validate().is_err());
+}
+
+#[test]
+fn durations_round_trip_in_short_form() {
+    for (text, shown) in [("15m", "15m"), ("24h", "1d"), ("30d", "30d"), ("90s", "90s"), ("250ms", "250ms"), ("36h", "36h")] {
+        let d = parse_duration(text).unwrap();
+        assert_eq!(format_duration(d), shown);
+        assert_eq!(parse_duration(shown).unwrap(), d);
+    }
+    assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+}
+
+#[test]
+fn masked_toml_hides_keys_and_parses_back() {
+    let mut c = Config::default();
+    c.api_keys = vec!["supersecretkey-0123456789".into()];
+    let shown = c.to_masked_toml();
+    assert!(!shown.contains("supersecretkey-0123456789"));
+    assert!(shown.contains("idle_timeout = \"15m\""));
+    let back = Config::from_toml(&shown).unwrap();
+    assert_eq!(back.idle_timeout, c.idle_timeout);
+}

@@ -1,0 +1,167 @@
+//! The router without a socket (`oneshot`), over a real embedded store and a real local backend
+//! whose workspace is Python's `http.server`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+use wakeway_config::Config;
+use wakeway_proxy::{ManualClock, ProxyStats};
+
+use super::*;
+
+const KEY: &str = "test-key-0123456789abcdef";
+
+struct Harness {
+    router: Router,
+    manager: Manager,
+    clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+}
+
+fn harness(per_minute: u32) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.data_dir = dir.path().to_owned();
+    config.api_keys = vec![KEY.into()];
+    config.rate_limit_per_minute = per_minute;
+    config.workspace_command = "exec python3 -m http.server --bind 127.0.0.1 {port}".into();
+    config.stop_grace = Duration::from_secs(2);
+    let clock = Arc::new(ManualClock::new(1_760_000_000_000));
+    let built = crate::build(Arc::new(config), clock.clone(), Arc::new(ProxyStats::default()), tokio::runtime::Handle::current()).unwrap();
+    let state = ApiState {
+        manager: built.wakeway.manager.clone(),
+        keys: Arc::new(ApiKeys::new(&[KEY.into()])),
+        limiter: Arc::new(RateLimiter::new(per_minute, clock.clone())),
+    };
+    Harness { router: router(state), manager: built.wakeway.manager, clock, _dir: dir }
+}
+
+async fn call(router: &Router, method: &str, path: &str, key: Option<&str>, body: &str) -> (StatusCode, Value, http::HeaderMap) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(key) = key {
+        req = req.header("x-api-key", key);
+    }
+    let response = router.clone().oneshot(req.body(Body::from(body.to_string())).unwrap()).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, json, headers)
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {v}"))
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_precise_error() {
+    let h = harness(100);
+    let r = &h.router;
+    let cases: &[(&str, &str, Option<&str>, &str, u16, &str)] = &[
+        ("POST", "/session/create", None, r#"{"user_id":"a"}"#, 401, "missing_api_key"),
+        ("POST", "/session/create", Some("wrong-key-0123456789"), r#"{"user_id":"a"}"#, 401, "invalid_api_key"),
+        ("POST", "/session/create", Some(KEY), r#"{"user_id":"#, 400, "invalid_json"),
+        ("POST", "/session/create", Some(KEY), "", 400, "invalid_json"),
+        ("POST", "/session/create", Some(KEY), "[1,2]", 422, "invalid_body"),
+        ("POST", "/session/create", Some(KEY), "{}", 422, "missing_field"),
+        ("POST", "/session/create", Some(KEY), r#"{"user_id":42}"#, 422, "invalid_field"),
+        ("POST", "/session/create", Some(KEY), r#"{"user_id":"  "}"#, 422, "invalid_user_id"),
+        ("POST", "/session/create", Some(KEY), r#"{"user_id":"a\u0000b"}"#, 422, "invalid_user_id"),
+        ("GET", "/session/nothex!!/status", Some(KEY), "", 400, "invalid_uuid"),
+        ("GET", "/session/abc/status", Some(KEY), "", 400, "invalid_uuid"),
+        ("GET", "/session/abc12345/status", Some(KEY), "", 404, "session_not_found"),
+        ("POST", "/session/abc12345/sleep", Some(KEY), "", 404, "session_not_found"),
+        ("POST", "/session/abc12345/wake", Some(KEY), "", 404, "session_not_found"),
+        ("DELETE", "/session/abc12345", Some(KEY), "", 404, "session_not_found"),
+        ("POST", "/session/abc12345/scale", Some(KEY), r#"{"scale":"sideways"}"#, 422, "invalid_scale"),
+        ("POST", "/session/abc12345/scale", Some(KEY), r#"{}"#, 422, "missing_field"),
+        ("GET", "/nope", Some(KEY), "", 404, "not_found"),
+        ("GET", "/session/create", Some(KEY), "", 405, "method_not_allowed"),
+    ];
+    for (method, path, key, body, status, expected) in cases {
+        let (got, json, _) = call(r, method, path, *key, body).await;
+        assert_eq!(got.as_u16(), *status, "{method} {path} {body}: {json}");
+        assert_eq!(code(&json), *expected, "{method} {path} {body}");
+        assert!(!json["error"]["message"].as_str().unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn health_and_metrics_need_no_key() {
+    let h = harness(100);
+    let (status, json, _) = call(&h.router, "GET", "/health", None, "").await;
+    assert_eq!(status, 200);
+    assert_eq!(json["status"], "healthy");
+    assert_eq!(json["store"]["kind"], "embedded");
+    let (status, text, headers) = call(&h.router, "GET", "/metrics", None, "").await;
+    assert_eq!(status, 200);
+    assert!(headers["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = text.as_str().unwrap();
+    assert!(text.contains("wakeway_sessions{state=\"running\"} 0"), "{text}");
+    assert!(text.contains("wakeway_store_up 1"));
+}
+
+#[tokio::test]
+async fn the_rate_limit_is_per_key_and_endpoint() {
+    let h = harness(3);
+    for _ in 0..3 {
+        assert_eq!(call(&h.router, "GET", "/sessions", Some(KEY), "").await.0, 200);
+    }
+    let (status, json, headers) = call(&h.router, "GET", "/sessions", Some(KEY), "").await;
+    assert_eq!(status, 429);
+    assert_eq!(code(&json), "rate_limited");
+    assert_eq!(headers["retry-after"], "20");
+    // Another endpoint has its own budget.
+    assert_eq!(call(&h.router, "GET", "/session/abc12345/status", Some(KEY), "").await.0, 404);
+    h.clock.advance(Duration::from_secs(20));
+    assert_eq!(call(&h.router, "GET", "/sessions", Some(KEY), "").await.0, 200);
+}
+
+#[tokio::test]
+async fn create_status_sleep_scale_delete_round_trip() {
+    let h = harness(100);
+    let (status, created, _) = call(&h.router, "POST", "/session/create", Some(KEY), r#"{"user_id":"user@example.com"}"#).await;
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["status"], "created");
+    assert_eq!(created["user_id"], "user@example.com");
+    let id = created["uuid"].as_str().unwrap().to_string();
+    assert_eq!(created["workspace_url"], format!("http://vs-code-{id}.localhost:8080"));
+    assert_eq!(created["created_at"].as_str().unwrap().len(), "2025-11-15T04:21:36.058889".len());
+
+    let sid = SessionId::parse(&id).unwrap();
+    h.manager.wake(&sid, ActivitySource::ApiWake).await.unwrap();
+    let (_, st, _) = call(&h.router, "GET", &format!("/session/{id}/status"), Some(KEY), "").await;
+    assert_eq!(st["replicas"], 1, "{st}");
+    assert_eq!(st["state"], "running");
+    assert_eq!(st["queue_length"], 0);
+    assert_eq!(st["session"]["uuid"], id.as_str());
+    assert!(st["sleeps_at"].is_string() && st["deletes_at"].is_null());
+
+    let (status, scaled, _) = call(&h.router, "POST", &format!("/session/{id}/scale"), Some(KEY), r#"{"scale":"up"}"#).await;
+    assert_eq!(status, 200, "{scaled}");
+    assert_eq!(scaled["tier"], "large");
+    assert_eq!(scaled["resources"]["memory_mib"], 2048);
+
+    let (status, slept, _) = call(&h.router, "POST", &format!("/session/{id}/sleep"), Some(KEY), "").await;
+    assert_eq!(status, 200, "{slept}");
+    let (_, st, _) = call(&h.router, "GET", &format!("/session/{id}/status"), Some(KEY), "").await;
+    assert_eq!(st["replicas"], 0);
+    assert_eq!(st["state"], "sleeping");
+    assert!(st["deletes_at"].is_string());
+
+    let (status, deleted, _) = call(&h.router, "DELETE", &format!("/session/{id}"), Some(KEY), "").await;
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!(deleted["status"], "deleted");
+    assert!(deleted["backup"]["file"].as_str().unwrap().starts_with(&format!("workspace-{id}-")));
+    let (status, json, _) = call(&h.router, "POST", &format!("/session/{id}/wake"), Some(KEY), "").await;
+    assert_eq!((status.as_u16(), code(&json)), (410, "session_deleted"));
+    let (_, listed, _) = call(&h.router, "GET", "/sessions", Some(KEY), "").await;
+    assert_eq!(listed["count"], 0);
+    let (_, listed, _) = call(&h.router, "GET", "/sessions?include_deleted=true", Some(KEY), "").await;
+    assert_eq!(listed["count"], 1);
+}

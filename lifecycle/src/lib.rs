@@ -1,0 +1,137 @@
+//! wakeway's lifecycle: the session state machine and idle policy, the backends that run
+//! workspaces, the stores that keep sessions, verified backups, and the management API.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod backend;
+pub mod backup;
+pub mod manager;
+pub mod metrics;
+pub mod policy;
+pub mod probe;
+pub mod session;
+pub mod store;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+use tower::ServiceExt;
+use wakeway_config::Config;
+use wakeway_proxy::{ActivitySource, Clock, ProxyStats, SessionHandle, SessionId};
+
+pub use manager::{LifecycleError, Manager};
+
+/// The lifecycle as the proxy sees it: the manager plus the API router.
+#[derive(Clone)]
+pub struct Wakeway {
+    pub manager: Manager,
+    router: Router,
+}
+
+impl Wakeway {
+    pub fn new(manager: Manager, router: Router) -> Self {
+        Wakeway { manager, router }
+    }
+}
+
+#[async_trait::async_trait]
+impl wakeway_proxy::Lifecycle for Wakeway {
+    fn session(&self, id: &SessionId) -> Option<Arc<SessionHandle>> {
+        self.manager.handle(id)
+    }
+
+    fn request_wake(&self, handle: &Arc<SessionHandle>, source: ActivitySource) {
+        self.manager.request_wake(handle, source)
+    }
+
+    async fn api(&self, request: http::Request<Bytes>, _client: Option<IpAddr>) -> http::Response<Bytes> {
+        let request = request.map(axum::body::Body::from);
+        let response = match self.router.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        let (parts, body) = response.into_parts();
+        let bytes = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                tracing::error!(error = %e, "API response body failed");
+                Bytes::new()
+            }
+        };
+        http::Response::from_parts(parts, bytes)
+    }
+}
+
+/// Where to find code-server when `workspace_command` is empty: PATH, then the tools folder that
+/// `scripts/install-code-server.sh` fills (`$WAKEWAY_TOOLS`, default `~/.local/share/wakeway/tools`).
+pub fn find_code_server() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("code-server"));
+    let tools = std::env::var_os("WAKEWAY_TOOLS")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/wakeway/tools")))
+        .map(|t| t.join("bin/code-server"));
+    on_path.chain(tools).find(|p| p.is_file())
+}
+
+/// The workspace command template to run: the configured one, or code-server with the flags a
+/// proxied, per-user workspace needs.
+pub fn workspace_command(config: &Config) -> Result<String, String> {
+    if !config.workspace_command.trim().is_empty() {
+        return Ok(config.workspace_command.clone());
+    }
+    let Some(code_server) = find_code_server() else {
+        return Err("code-server was not found on PATH or in ~/.local/share/wakeway/tools/bin.\n  \
+            Install it with:  scripts/install-code-server.sh\n  \
+            or run another workspace server with WAKEWAY_WORKSPACE_COMMAND='your-server --port {port} {workspace}'"
+            .into());
+    };
+    let quoted = format!("'{}'", code_server.to_string_lossy().replace('\'', r"'\''"));
+    Ok(format!(
+        "exec {quoted} --bind-addr 127.0.0.1:{{port}} --auth none --disable-telemetry --disable-update-check \
+         --disable-workspace-trust --user-data-dir {{state}}/code-server {{workspace}}"
+    ))
+}
+
+/// Everything `wakeway serve` runs, built from config on the embedded store and local backend.
+pub struct Built {
+    pub wakeway: Wakeway,
+    pub events: mpsc::UnboundedReceiver<backend::BackendEvent>,
+    /// The API key, when it was generated just now (print it once).
+    pub new_api_key: Option<String>,
+}
+
+/// Build the manager, store, backend and API for `config`.
+pub fn build(config: Arc<Config>, clock: Arc<dyn Clock>, stats: Arc<ProxyStats>, rt: tokio::runtime::Handle) -> Result<Built, String> {
+    let command = workspace_command(&config)?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
+    let backups = config.backup_dir();
+    if let Err(e) = std::fs::create_dir_all(&backups) {
+        tracing::error!(dir = %backups.display(), error = %e, "the backup folder cannot be created: deletions will fail (and keep the data) until it can");
+    }
+    let store = store::EmbeddedStore::open(&config.data_dir.join("wakeway.redb")).map_err(|e| e.to_string())?;
+    let (tx, events) = mpsc::unbounded_channel();
+    let paths = backend::local::LocalPaths::new(&config.data_dir, backups);
+    let backend = backend::LocalBackend::new(command, paths, config.stop_grace, tx);
+    let (keys, new_api_key) = if config.api_keys.is_empty() {
+        let (key, created) = api::load_or_generate_key(&config.data_dir).map_err(|e| format!("cannot keep the API key in data_dir: {e}"))?;
+        (vec![key.clone()], created.then_some(key))
+    } else {
+        (config.api_keys.clone(), None)
+    };
+    let manager = Manager::new(config.clone(), Arc::new(store), backend, clock.clone(), stats, rt);
+    let state = api::ApiState {
+        manager: manager.clone(),
+        keys: Arc::new(api::ApiKeys::new(&keys)),
+        limiter: Arc::new(api::RateLimiter::new(config.rate_limit_per_minute, clock)),
+    };
+    let router = api::router(state);
+    Ok(Built { wakeway: Wakeway::new(manager, router), events, new_api_key })
+}

@@ -1,0 +1,835 @@
+//! The session manager: every lifecycle operation (create, wake, sleep, scale, delete), the sweep
+//! that applies the idle policy, activity checkpoints, crash recovery at start-up, and the
+//! in-memory session map the proxy reads on every request.
+//!
+//! Operations on one session are serialized by that session's `op` lock and each persisted step is
+//! a compare-and-set, so a crash between steps leaves a state the next start (or sweep) resumes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use rand::Rng;
+use tokio::sync::mpsc;
+use wakeway_config::{Config, Tier};
+use wakeway_proxy::{ActivitySource, Clock, Phase, ProxyStats, SessionHandle, SessionId};
+
+use crate::backend::{Backend, BackendError, BackendEvent};
+use crate::metrics::Metrics;
+use crate::policy::{Action, Policy};
+use crate::session::{InvalidTransition, Placement, Session, State};
+use crate::store::{Store, StoreError};
+
+/// Lifecycle failures, mapped to HTTP statuses in one place (`api::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("no session {0}")]
+    NotFound(String),
+    #[error("session {0} was deleted")]
+    Deleted(String),
+    #[error("session {id} is {state}: {what}")]
+    Conflict { id: String, state: &'static str, what: String },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("backup failed, nothing was deleted: {0}")]
+    BackupFailed(String),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl From<InvalidTransition> for LifecycleError {
+    fn from(e: InvalidTransition) -> Self {
+        LifecycleError::Conflict { id: String::new(), state: e.from.as_str(), what: e.to_string() }
+    }
+}
+
+type Result<T, E = LifecycleError> = std::result::Result<T, E>;
+
+/// Per-session in-memory state.
+struct Runtime {
+    handle: Arc<SessionHandle>,
+    op: tokio::sync::Mutex<()>,
+    /// A wake task is queued or running (single-flight).
+    wake_queued: AtomicBool,
+    /// The state as last persisted (for metrics and status without I/O).
+    state: AtomicU8,
+    /// Activity already written to the store (ms).
+    persisted_activity_ms: AtomicI64,
+}
+
+impl Runtime {
+    fn state(&self) -> State {
+        State::ALL[self.state.load(Ordering::Relaxed) as usize]
+    }
+}
+
+fn state_index(s: State) -> u8 {
+    State::ALL.iter().position(|x| *x == s).unwrap_or(0) as u8
+}
+
+/// Where a placement answers.
+fn placement_addr(p: &Placement) -> SocketAddr {
+    match p {
+        Placement::Local { port, .. } => SocketAddr::from(([127, 0, 0, 1], *port)),
+    }
+}
+
+/// Which way to scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleDirection {
+    Up,
+    Down,
+}
+
+/// Why a session is being put to sleep (a metric label and a log field).
+#[derive(Debug, Clone, Copy)]
+pub enum SleepReason {
+    Idle,
+    Api,
+    Crashed,
+    Shutdown,
+}
+
+impl SleepReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            SleepReason::Idle => "idle",
+            SleepReason::Api => "api",
+            SleepReason::Crashed => "crashed",
+            SleepReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// A live view of one session for status answers.
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    pub session: Session,
+    pub last_activity: DateTime<Utc>,
+    pub activity_source: String,
+    pub sleeps_at: Option<DateTime<Utc>>,
+    pub deletes_at: Option<DateTime<Utc>>,
+    pub replicas: u8,
+    pub queue_length: usize,
+    pub open_connections: usize,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    policy: Policy,
+    store: Arc<dyn Store>,
+    backend: Arc<dyn Backend>,
+    clock: Arc<dyn Clock>,
+    runtimes: DashMap<SessionId, Arc<Runtime>>,
+    metrics: Metrics,
+    stats: Arc<ProxyStats>,
+    store_up: AtomicBool,
+    /// The runtime every lifecycle task runs on (the proxy calls in from its own runtimes).
+    rt: tokio::runtime::Handle,
+}
+
+/// The manager. Cheap to clone.
+#[derive(Clone)]
+pub struct Manager {
+    inner: Arc<Inner>,
+}
+
+impl Manager {
+    /// Build a manager. Call [`Manager::recover`] before serving, then run
+    /// [`Manager::run_background`] for the sweep, checkpoints and backend events.
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        backend: Arc<dyn Backend>,
+        clock: Arc<dyn Clock>,
+        stats: Arc<ProxyStats>,
+        rt: tokio::runtime::Handle,
+    ) -> Self {
+        let policy = Policy::from(config.as_ref());
+        Manager {
+            inner: Arc::new(Inner {
+                config,
+                policy,
+                store,
+                backend,
+                clock,
+                runtimes: DashMap::new(),
+                metrics: Metrics::new(),
+                stats,
+                store_up: AtomicBool::new(true),
+                rt,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn backend_kind(&self) -> &'static str {
+        self.inner.backend.kind()
+    }
+
+    pub fn store_kind(&self) -> &'static str {
+        self.inner.store.kind()
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(self.inner.clock.now_ms()).unwrap_or_default()
+    }
+
+    fn tier(&self, name: &str) -> Tier {
+        let tiers = &self.inner.config.tiers;
+        tiers.get(name).or_else(|| tiers.get(&self.inner.config.default_tier)).cloned().unwrap_or(Tier { cpu: 1.0, memory_mib: 1024 })
+    }
+
+    // ---- the in-memory map ---------------------------------------------------------------
+
+    /// The proxy's handle for `id`, if known.
+    pub fn handle(&self, id: &SessionId) -> Option<Arc<SessionHandle>> {
+        self.inner.runtimes.get(id).map(|r| r.handle.clone())
+    }
+
+    fn runtime(&self, id: &SessionId) -> Option<Arc<Runtime>> {
+        self.inner.runtimes.get(id).map(|r| r.clone())
+    }
+
+    fn runtime_for(&self, s: &Session) -> Arc<Runtime> {
+        let id = s.id();
+        self.inner
+            .runtimes
+            .entry(id.clone())
+            .or_insert_with(|| {
+                let handle = SessionHandle::new(id, Phase::Asleep);
+                let ms = s.last_activity.timestamp_millis();
+                handle.activity.touch(ms, ActivitySource::None);
+                Arc::new(Runtime {
+                    handle: Arc::new(handle),
+                    op: tokio::sync::Mutex::new(()),
+                    wake_queued: AtomicBool::new(false),
+                    state: AtomicU8::new(state_index(s.state)),
+                    persisted_activity_ms: AtomicI64::new(ms),
+                })
+            })
+            .clone()
+    }
+
+    /// Publish the phase that follows from a persisted state.
+    fn publish(&self, rt: &Runtime, s: &Session) {
+        rt.state.store(state_index(s.state), Ordering::Relaxed);
+        let phase = match s.state {
+            State::Running => match &s.placement {
+                Some(p) => Phase::Ready(placement_addr(p)),
+                None => Phase::Asleep,
+            },
+            State::Creating | State::Starting | State::Waking | State::Resizing => Phase::Starting,
+            State::Stopping | State::BackingUp => Phase::Busy,
+            State::Deleting | State::Deleted => Phase::Gone,
+            State::Sleeping | State::BackupFailed | State::Failed => Phase::Asleep,
+        };
+        rt.handle.set_phase(phase);
+    }
+
+    /// Persist `s` (compare-and-set), merging in-memory activity first; publish the new phase.
+    async fn save(&self, rt: &Runtime, s: &mut Session) -> Result<()> {
+        let ms = rt.handle.activity.last_activity_ms();
+        if ms > s.last_activity.timestamp_millis() {
+            if let Some(t) = DateTime::from_timestamp_millis(ms) {
+                s.last_activity = t;
+                s.activity_source = rt.handle.activity.source().as_str().to_string();
+            }
+        }
+        let stored = self.inner.store.put(s).await.inspect_err(|e| self.note_store_error(e))?;
+        self.inner.store_up.store(true, Ordering::Relaxed);
+        rt.persisted_activity_ms.fetch_max(stored.last_activity.timestamp_millis(), Ordering::Relaxed);
+        *s = stored;
+        self.publish(rt, s);
+        Ok(())
+    }
+
+    fn note_store_error(&self, e: &StoreError) {
+        if matches!(e, StoreError::Unavailable(_)) {
+            self.inner.store_up.store(false, Ordering::Relaxed);
+        }
+    }
+
+    async fn load(&self, id: &SessionId) -> Result<Session> {
+        let found = self.inner.store.get(id.as_str()).await.inspect_err(|e| self.note_store_error(e))?;
+        found.ok_or_else(|| LifecycleError::NotFound(id.to_string()))
+    }
+
+    async fn transition(&self, rt: &Runtime, s: &mut Session, next: State) -> Result<()> {
+        let now = self.now();
+        s.transition(next, now).map_err(|e| LifecycleError::Conflict {
+            id: s.uuid.clone(),
+            state: e.from.as_str(),
+            what: e.to_string(),
+        })?;
+        self.save(rt, s).await
+    }
+
+    // ---- operations -------------------------------------------------------------------
+
+    /// Create a session and start its workspace in the background (the seed starts the pod on
+    /// creation). Returns the stored record.
+    pub async fn create(&self, user_id: &str) -> Result<Session> {
+        let tier = self.inner.config.default_tier.clone();
+        let now = self.now();
+        let mut s = loop {
+            let id = SessionId::parse(&format!("{:08x}", rand::rng().random::<u32>())).expect("8 hex digits");
+            if self.inner.runtimes.contains_key(&id) {
+                continue;
+            }
+            let candidate = Session::new(&id, user_id, &tier, now);
+            match self.inner.store.put(&candidate).await {
+                Ok(stored) => break stored,
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => {
+                    self.note_store_error(&e);
+                    return Err(e.into());
+                }
+            }
+        };
+        let rt = self.runtime_for(&s);
+        rt.handle.activity.touch(now.timestamp_millis(), ActivitySource::Created);
+        self.publish(&rt, &s);
+        if let Err(e) = self.inner.backend.create(&s).await {
+            s.last_error = Some(e.to_string());
+            self.transition(&rt, &mut s, State::Failed).await?;
+            return Err(e.into());
+        }
+        tracing::info!(session = %s.uuid, user = %s.user_id, "session created");
+        self.request_wake(&rt.handle, ActivitySource::Created);
+        Ok(s)
+    }
+
+    /// Ask for a wake without waiting (single-flight; see [`wakeway_proxy::Lifecycle`]).
+    pub fn request_wake(&self, handle: &Arc<SessionHandle>, source: ActivitySource) {
+        if matches!(handle.phase(), Phase::Ready(_) | Phase::Gone) {
+            return;
+        }
+        let Some(rt) = self.runtime(&handle.id) else { return };
+        if rt.wake_queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        self.inner.rt.spawn(async move {
+            if let Err(e) = this.wake_locked(&rt, source).await {
+                tracing::debug!(session = %rt.handle.id, error = %e, "wake did not happen");
+            }
+        });
+    }
+
+    /// Wake and wait until ready (or failed). Used by the API's `wake?wait=true` and tests.
+    pub async fn wake(&self, id: &SessionId, source: ActivitySource) -> Result<Session> {
+        let rt = self.runtime(id).ok_or_else(|| LifecycleError::NotFound(id.to_string()))?;
+        rt.wake_queued.store(true, Ordering::Release);
+        let this = self.clone();
+        let task = self.inner.rt.spawn(async move { this.wake_locked(&rt, source).await });
+        task.await.map_err(|e| LifecycleError::Invalid(format!("wake task failed: {e}")))?
+    }
+
+    async fn wake_locked(&self, rt: &Arc<Runtime>, source: ActivitySource) -> Result<Session> {
+        let _op = rt.op.lock().await;
+        let result = self.wake_inner(rt, source).await;
+        rt.wake_queued.store(false, Ordering::Release);
+        result
+    }
+
+    async fn wake_inner(&self, rt: &Runtime, source: ActivitySource) -> Result<Session> {
+        let id = rt.handle.id.clone();
+        let mut s = self.load(&id).await?;
+        match s.state {
+            State::Running if self.inner.backend.is_alive(&s) => {
+                self.publish(rt, &s);
+                return Ok(s);
+            }
+            State::Running => {
+                s.last_error = Some("the workspace process was gone".into());
+                s.placement = None;
+                self.transition(rt, &mut s, State::Sleeping).await?;
+            }
+            State::Deleting | State::Deleted => {
+                self.publish(rt, &s);
+                return Err(LifecycleError::Deleted(s.uuid));
+            }
+            State::Stopping => self.finish_sleep(rt, &mut s, SleepReason::Api).await?,
+            State::BackingUp => {
+                // A backup was interrupted (crash): the data is intact, the zip is not trusted.
+                self.transition(rt, &mut s, State::Sleeping).await?;
+            }
+            _ if s.delete_requested => {
+                return Err(LifecycleError::Conflict {
+                    id: s.uuid.clone(),
+                    state: s.state.as_str(),
+                    what: "deletion was requested; it waits for a verified backup".into(),
+                });
+            }
+            _ => {}
+        }
+        let now = self.now();
+        rt.handle.activity.touch(now.timestamp_millis(), source);
+        let started_at = Instant::now();
+        if !s.state.is_awake() {
+            let next = if s.state == State::Creating { State::Starting } else { State::Waking };
+            s.last_error = None;
+            s.backup_failures = 0;
+            s.next_backup_attempt = None;
+            self.transition(rt, &mut s, next).await?;
+        } else {
+            self.publish(rt, &s);
+        }
+        let tier = self.tier(&s.tier);
+        let deadline = tokio::time::Instant::now() + self.inner.config.start_timeout;
+        let result = self.inner.backend.start(&s, &tier, deadline).await;
+        let elapsed = started_at.elapsed().as_secs_f64();
+        match result {
+            Ok(started) => {
+                s.placement = Some(started.placement);
+                self.transition(rt, &mut s, State::Running).await?;
+                self.inner.metrics.wakes.with_label_values(&["ok"]).inc();
+                self.inner.metrics.wake_seconds.with_label_values(&["ok"]).observe(elapsed);
+                tracing::info!(session = %s.uuid, addr = %started.addr, seconds = elapsed, source = source.as_str(), "workspace awake");
+                Ok(s)
+            }
+            Err(e) => {
+                self.inner.metrics.wakes.with_label_values(&["failed"]).inc();
+                self.inner.metrics.wake_seconds.with_label_values(&["failed"]).observe(elapsed);
+                tracing::error!(session = %s.uuid, error = %e, "workspace failed to start");
+                let message: Arc<str> = Arc::from(e.to_string());
+                s.last_error = Some(e.to_string());
+                s.placement = None;
+                self.transition(rt, &mut s, State::Sleeping).await?;
+                rt.handle.set_phase(Phase::Failed(message));
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Put a session to sleep (idempotent for a sleeping one).
+    pub async fn sleep(&self, id: &SessionId, reason: SleepReason) -> Result<Session> {
+        let rt = self.runtime(id).ok_or_else(|| LifecycleError::NotFound(id.to_string()))?;
+        let this = self.clone();
+        let task = self.inner.rt.spawn(async move {
+            let _op = rt.op.lock().await;
+            let mut s = this.load(&rt.handle.id).await?;
+            this.sleep_inner(&rt, &mut s, reason).await?;
+            Ok(s)
+        });
+        task.await.map_err(|e| LifecycleError::Invalid(format!("sleep task failed: {e}")))?
+    }
+
+    async fn sleep_inner(&self, rt: &Runtime, s: &mut Session, reason: SleepReason) -> Result<()> {
+        match s.state {
+            State::Sleeping | State::BackupFailed | State::Failed => Ok(()),
+            State::Running | State::Stopping | State::Starting | State::Waking | State::Resizing => {
+                if s.state != State::Stopping {
+                    if s.state == State::Running {
+                        self.transition(rt, s, State::Stopping).await?;
+                    } else {
+                        self.publish(rt, s);
+                    }
+                }
+                self.finish_sleep(rt, s, reason).await
+            }
+            State::Deleting | State::Deleted => Err(LifecycleError::Deleted(s.uuid.clone())),
+            other => Err(LifecycleError::Conflict {
+                id: s.uuid.clone(),
+                state: other.as_str(),
+                what: "it cannot be put to sleep now".into(),
+            }),
+        }
+    }
+
+    async fn finish_sleep(&self, rt: &Runtime, s: &mut Session, reason: SleepReason) -> Result<()> {
+        rt.handle.set_phase(Phase::Busy);
+        self.inner.backend.stop(s).await?;
+        s.placement = None;
+        self.transition(rt, s, State::Sleeping).await?;
+        self.inner.metrics.sleeps.with_label_values(&[reason.as_str()]).inc();
+        tracing::info!(session = %s.uuid, reason = reason.as_str(), "workspace asleep");
+        Ok(())
+    }
+
+    /// Change a session's tier. A running workspace is restarted with the new resources (held
+    /// requests wait through it); a sleeping one gets them on its next wake.
+    pub async fn scale(&self, id: &SessionId, direction: ScaleDirection) -> Result<Session> {
+        let rt = self.runtime(id).ok_or_else(|| LifecycleError::NotFound(id.to_string()))?;
+        let this = self.clone();
+        let task = self.inner.rt.spawn(async move {
+            let _op = rt.op.lock().await;
+            this.scale_inner(&rt, direction).await
+        });
+        task.await.map_err(|e| LifecycleError::Invalid(format!("scale task failed: {e}")))?
+    }
+
+    async fn scale_inner(&self, rt: &Runtime, direction: ScaleDirection) -> Result<Session> {
+        let mut s = self.load(&rt.handle.id).await?;
+        let config = &self.inner.config;
+        let tier = match direction {
+            ScaleDirection::Up => config.scale_up_tier.clone(),
+            ScaleDirection::Down => config.scale_down_tier.clone(),
+        };
+        match s.state {
+            State::Running => {
+                if s.tier == tier {
+                    return Ok(s);
+                }
+                self.transition(rt, &mut s, State::Resizing).await?;
+                self.inner.backend.stop(&s).await?;
+                s.placement = None;
+                s.tier = tier;
+                let deadline = tokio::time::Instant::now() + config.start_timeout;
+                match self.inner.backend.start(&s, &self.tier(&s.tier), deadline).await {
+                    Ok(started) => {
+                        s.placement = Some(started.placement);
+                        self.transition(rt, &mut s, State::Running).await?;
+                        tracing::info!(session = %s.uuid, tier = %s.tier, "workspace resized");
+                        Ok(s)
+                    }
+                    Err(e) => {
+                        s.last_error = Some(e.to_string());
+                        self.transition(rt, &mut s, State::Sleeping).await?;
+                        rt.handle.set_phase(Phase::Failed(Arc::from(e.to_string())));
+                        Err(e.into())
+                    }
+                }
+            }
+            State::Sleeping | State::BackupFailed | State::Failed => {
+                s.tier = tier;
+                self.save(rt, &mut s).await?;
+                Ok(s)
+            }
+            State::Deleting | State::Deleted => Err(LifecycleError::Deleted(s.uuid)),
+            other => Err(LifecycleError::Conflict {
+                id: s.uuid.clone(),
+                state: other.as_str(),
+                what: "it cannot be resized now; try again when it is running or asleep".into(),
+            }),
+        }
+    }
+
+    /// Back up (verified) and delete. `requested` marks an API delete (kept across failures and
+    /// retried by the sweep until it succeeds).
+    pub async fn delete(&self, id: &SessionId, requested: bool) -> Result<Session> {
+        let rt = self.runtime(id).ok_or_else(|| LifecycleError::NotFound(id.to_string()))?;
+        let this = self.clone();
+        let task = self.inner.rt.spawn(async move {
+            let _op = rt.op.lock().await;
+            this.delete_inner(&rt, requested).await
+        });
+        task.await.map_err(|e| LifecycleError::Invalid(format!("delete task failed: {e}")))?
+    }
+
+    async fn delete_inner(&self, rt: &Runtime, requested: bool) -> Result<Session> {
+        let mut s = self.load(&rt.handle.id).await?;
+        if s.state == State::Deleted {
+            return Ok(s);
+        }
+        if requested && !s.delete_requested {
+            s.delete_requested = true;
+            self.save(rt, &mut s).await?;
+        }
+        if s.state != State::Deleting {
+            if s.state.is_awake() || s.state == State::Stopping {
+                self.sleep_inner(rt, &mut s, SleepReason::Api).await?;
+            }
+            if s.state == State::Creating {
+                self.transition(rt, &mut s, State::Sleeping).await?;
+            }
+            self.transition(rt, &mut s, State::BackingUp).await?;
+            let started = Instant::now();
+            match self.inner.backend.backup(&s, self.now()).await {
+                Ok(info) => {
+                    let secs = started.elapsed().as_secs_f64();
+                    self.inner.metrics.backups.with_label_values(&["ok"]).inc();
+                    self.inner.metrics.backup_seconds.with_label_values(&["ok"]).observe(secs);
+                    tracing::info!(session = %s.uuid, file = %info.file, bytes = info.size, entries = info.entries, sha256 = %info.sha256, "backup written and verified");
+                    s.backup = Some(info);
+                    s.last_error = None;
+                    self.transition(rt, &mut s, State::Deleting).await?;
+                }
+                Err(e) => {
+                    let secs = started.elapsed().as_secs_f64();
+                    self.inner.metrics.backups.with_label_values(&["failed"]).inc();
+                    self.inner.metrics.backup_seconds.with_label_values(&["failed"]).observe(secs);
+                    s.backup_failures += 1;
+                    let backoff = self.inner.config.backup_retry.saturating_mul(1 << (s.backup_failures - 1).min(10)).min(Duration::from_secs(3600));
+                    s.next_backup_attempt = Some(self.now() + chrono::Duration::from_std(backoff).unwrap_or_default());
+                    s.last_error = Some(format!("backup failed (attempt {}): {e}", s.backup_failures));
+                    tracing::error!(session = %s.uuid, attempt = s.backup_failures, retry_in = ?backoff, error = %e, "backup failed; the workspace is kept");
+                    self.transition(rt, &mut s, State::BackupFailed).await?;
+                    return Err(LifecycleError::BackupFailed(e.to_string()));
+                }
+            }
+        }
+        if let Err(e) = self.inner.backend.destroy(&s).await {
+            s.last_error = Some(format!("delete failed after a verified backup: {e}"));
+            self.save(rt, &mut s).await?;
+            return Err(e.into());
+        }
+        s.placement = None;
+        self.transition(rt, &mut s, State::Deleted).await?;
+        let trigger = if s.delete_requested { "api" } else { "policy" };
+        self.inner.metrics.deletes.with_label_values(&[trigger]).inc();
+        tracing::info!(session = %s.uuid, trigger, backup = ?s.backup.as_ref().map(|b| &b.file), "workspace deleted");
+        Ok(s)
+    }
+
+    // ---- reads ------------------------------------------------------------------------
+
+    /// A session with its live fields.
+    pub async fn view(&self, id: &SessionId) -> Result<SessionView> {
+        let s = self.load(id).await?;
+        Ok(self.view_of(s))
+    }
+
+    fn view_of(&self, s: Session) -> SessionView {
+        let rt = self.runtime(&s.id());
+        let (mut last_activity, mut source) = (s.last_activity, s.activity_source.clone());
+        let (mut queue_length, mut open_connections) = (0, 0);
+        if let Some(rt) = &rt {
+            let activity = &rt.handle.activity;
+            if activity.last_activity_ms() > last_activity.timestamp_millis() {
+                last_activity = DateTime::from_timestamp_millis(activity.last_activity_ms()).unwrap_or(last_activity);
+                source = activity.source().as_str().to_string();
+            }
+            queue_length = rt.handle.held();
+            open_connections = activity.open_connections();
+        }
+        SessionView {
+            sleeps_at: self.inner.policy.sleeps_at(&s, last_activity),
+            deletes_at: self.inner.policy.deletes_at(&s),
+            replicas: u8::from(s.state.is_awake() && s.placement.is_some()),
+            last_activity,
+            activity_source: source,
+            queue_length,
+            open_connections,
+            session: s,
+        }
+    }
+
+    /// Every session (deleted ones only when asked).
+    pub async fn list(&self, include_deleted: bool) -> Result<Vec<SessionView>> {
+        let all = self.inner.store.list().await.inspect_err(|e| self.note_store_error(e))?;
+        Ok(all.into_iter().filter(|s| include_deleted || s.state != State::Deleted).map(|s| self.view_of(s)).collect())
+    }
+
+    /// Session counts by state (from memory).
+    pub fn state_counts(&self) -> Vec<(State, usize)> {
+        let mut counts = vec![0usize; State::ALL.len()];
+        for rt in self.inner.runtimes.iter() {
+            counts[state_index(rt.state()) as usize] += 1;
+        }
+        State::ALL.iter().copied().zip(counts).collect()
+    }
+
+    /// The Prometheus exposition.
+    pub fn render_metrics(&self) -> String {
+        self.inner.metrics.render(&self.state_counts(), &self.inner.stats, self.inner.store_up.load(Ordering::Relaxed))
+    }
+
+    /// Store health (also refreshes the `store_up` gauge).
+    pub async fn store_health(&self) -> Result<(), StoreError> {
+        let result = self.inner.store.health().await;
+        self.inner.store_up.store(result.is_ok(), Ordering::Relaxed);
+        result
+    }
+
+    // ---- recovery, sweep, checkpoints, events -----------------------------------------
+
+    /// Load every session and bring it to a consistent state after a (possibly unclean) stop:
+    /// running workspaces that still answer are adopted, others are marked asleep; interrupted
+    /// stops are finished; interrupted backups and deletions are left for the sweep to resume.
+    pub async fn recover(&self) -> Result<()> {
+        let all = self.inner.store.list().await?;
+        let total = all.len();
+        let mut adopted = 0;
+        for mut s in all {
+            let rt = self.runtime_for(&s);
+            let _op = rt.op.lock().await;
+            let result = async {
+                match s.state {
+                    State::Creating | State::Starting | State::Waking | State::Resizing | State::Running => {
+                        match self.inner.backend.find_running(&s).await {
+                            Some(_) if s.state != State::Creating => {
+                                adopted += 1;
+                                if s.state != State::Running {
+                                    s.transition(State::Running, self.now())?;
+                                    self.save(&rt, &mut s).await?;
+                                }
+                                self.publish(&rt, &s);
+                            }
+                            _ => {
+                                self.inner.backend.stop(&s).await?;
+                                s.placement = None;
+                                self.transition(&rt, &mut s, State::Sleeping).await?;
+                            }
+                        }
+                    }
+                    State::Stopping => self.finish_sleep(&rt, &mut s, SleepReason::Shutdown).await?,
+                    _ => self.publish(&rt, &s),
+                }
+                Ok::<_, LifecycleError>(())
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::error!(session = %s.uuid, error = %e, "could not recover session; the sweep will retry");
+            }
+        }
+        tracing::info!(sessions = total, adopted, "sessions recovered");
+        Ok(())
+    }
+
+    /// Apply the policy to every session once. Skips everything if the store cannot be read
+    /// (never decide on stale data).
+    pub async fn sweep(&self) -> Result<()> {
+        let all = match self.inner.store.list().await {
+            Ok(all) => all,
+            Err(e) => {
+                self.note_store_error(&e);
+                tracing::warn!(error = %e, "sweep skipped: the store is unavailable");
+                return Err(e.into());
+            }
+        };
+        let now = self.now();
+        for s in all {
+            let rt = self.runtime_for(&s);
+            // An operation in flight owns this session right now; look again next sweep.
+            let Ok(guard) = rt.op.try_lock() else { continue };
+            let last = DateTime::from_timestamp_millis(rt.handle.activity.last_activity_ms().max(s.last_activity.timestamp_millis()))
+                .unwrap_or(s.last_activity);
+            let crashed = s.state == State::Running && !self.inner.backend.is_alive(&s);
+            let action = if crashed { Action::FinishSleep } else { self.inner.policy.decide(&s, last, now) };
+            drop(guard);
+            let id = rt.handle.id.clone();
+            let result = match action {
+                Action::Nothing => Ok(()),
+                Action::Sleep => self.sleep(&id, SleepReason::Idle).await.map(drop),
+                Action::FinishSleep => self.sleep(&id, if crashed { SleepReason::Crashed } else { SleepReason::Shutdown }).await.map(drop),
+                Action::BackUpAndDelete => self.delete(&id, false).await.map(drop),
+                Action::Forget => self.forget(&rt).await,
+            };
+            if let Err(e) = result {
+                tracing::warn!(session = %id, ?action, error = %e, "sweep action failed");
+            }
+        }
+        self.prune_backups(now).await;
+        Ok(())
+    }
+
+    async fn forget(&self, rt: &Arc<Runtime>) -> Result<()> {
+        let _op = rt.op.lock().await;
+        let s = self.load(&rt.handle.id).await?;
+        if s.state != State::Deleted {
+            return Ok(());
+        }
+        self.inner.store.remove(&s.uuid, s.version).await?;
+        self.inner.runtimes.remove(&rt.handle.id);
+        tracing::info!(session = %s.uuid, "deleted session record forgotten after backup_retention");
+        Ok(())
+    }
+
+    /// Delete backup zips older than `backup_retention` (by the time in their name).
+    async fn prune_backups(&self, now: DateTime<Utc>) {
+        let dir = self.inner.config.backup_dir();
+        let Ok(mut entries) = tokio::fs::read_dir(&dir).await else { return };
+        let cutoff = now - chrono::Duration::from_std(self.inner.config.backup_retention).unwrap_or(chrono::Duration::MAX);
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(taken) = backup_time(&name) else { continue };
+            if taken >= cutoff {
+                continue;
+            }
+            match tokio::fs::remove_file(entry.path()).await {
+                Ok(()) => {
+                    self.inner.metrics.backups_pruned.with_label_values(&["ok"]).inc();
+                    tracing::info!(file = %name, "backup pruned after backup_retention");
+                }
+                Err(e) => {
+                    self.inner.metrics.backups_pruned.with_label_values(&["failed"]).inc();
+                    tracing::warn!(file = %name, error = %e, "could not prune backup");
+                }
+            }
+        }
+    }
+
+    /// Write in-memory activity to the store for sessions whose activity moved.
+    pub async fn checkpoint(&self) {
+        let runtimes: Vec<Arc<Runtime>> = self.inner.runtimes.iter().map(|r| r.clone()).collect();
+        for rt in runtimes {
+            let ms = rt.handle.activity.last_activity_ms();
+            if ms <= rt.persisted_activity_ms.load(Ordering::Relaxed) {
+                continue;
+            }
+            // An operation in flight persists activity itself when it saves.
+            let Ok(_op) = rt.op.try_lock() else { continue };
+            let Ok(mut s) = self.load(&rt.handle.id).await else { continue };
+            if let Err(e) = self.save(&rt, &mut s).await {
+                tracing::debug!(session = %rt.handle.id, error = %e, "activity checkpoint failed; retried next interval");
+            }
+        }
+    }
+
+    async fn on_event(&self, event: BackendEvent) {
+        let BackendEvent::Exited { id, placement, detail } = event;
+        let Some(id) = SessionId::parse(&id) else { return };
+        let Some(rt) = self.runtime(&id) else { return };
+        let _op = rt.op.lock().await;
+        let Ok(mut s) = self.load(&id).await else { return };
+        if s.state != State::Running || s.placement.as_ref() != Some(&placement) {
+            return; // an expected exit (sleep, resize) or an old process
+        }
+        tracing::warn!(session = %id, %detail, "workspace exited unexpectedly; it is asleep until the next request");
+        s.last_error = Some(format!("the workspace exited unexpectedly ({detail})"));
+        s.placement = None;
+        if self.transition(&rt, &mut s, State::Sleeping).await.is_ok() {
+            self.inner.metrics.sleeps.with_label_values(&["crashed"]).inc();
+        }
+    }
+
+    /// Run the sweep, checkpoints and backend events until `shutdown` fires.
+    pub async fn run_background(&self, mut events: mpsc::UnboundedReceiver<BackendEvent>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut sweep = tokio::time::interval(self.inner.config.sweep_interval);
+        let mut checkpoint = tokio::time::interval(self.inner.config.checkpoint_interval);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = sweep.tick() => { let _ = self.sweep().await; }
+                _ = checkpoint.tick() => self.checkpoint().await,
+                Some(event) = events.recv() => self.on_event(event).await,
+                _ = shutdown.changed() => break,
+            }
+        }
+        self.checkpoint().await;
+    }
+
+    /// Stop every running workspace (wakeway is exiting). They wake again on the next request.
+    pub async fn stop_all(&self) {
+        let awake: Vec<SessionId> =
+            self.inner.runtimes.iter().filter(|r| r.state().is_awake()).map(|r| r.key().clone()).collect();
+        let stops = awake.iter().map(|id| self.sleep(id, SleepReason::Shutdown));
+        for (id, result) in awake.iter().zip(futures::future::join_all(stops).await) {
+            if let Err(e) = result {
+                tracing::warn!(session = %id, error = %e, "could not stop workspace at exit");
+            }
+        }
+    }
+}
+
+/// The time in a backup's name `workspace-<id>-YYYYMMDD-HHMMSS.zip`.
+pub fn backup_time(name: &str) -> Option<DateTime<Utc>> {
+    let stem = name.strip_prefix("workspace-")?.strip_suffix(".zip")?;
+    let stamp = stem.get(stem.len().checked_sub(15)?..)?;
+    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%d-%H%M%S").ok().map(|t| t.and_utc())
+}

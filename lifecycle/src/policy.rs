@@ -1,0 +1,147 @@
+//! The idle policy as a pure function of a session, its latest activity and "now": what the
+//! sweep should do next. No I/O and no clock here, so 15 min / 24 h / 30 d are tested instantly.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use wakeway_config::Config;
+
+use crate::session::{Session, State};
+
+/// The durations the policy needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub idle_timeout: Duration,
+    pub sleep_to_delete: Duration,
+    pub backup_retention: Duration,
+}
+
+impl From<&Config> for Policy {
+    fn from(c: &Config) -> Self {
+        Policy { idle_timeout: c.idle_timeout, sleep_to_delete: c.sleep_to_delete, backup_retention: c.backup_retention }
+    }
+}
+
+/// What to do with one session now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Nothing,
+    /// Idle for `idle_timeout`: stop the workspace.
+    Sleep,
+    /// A stop was interrupted (crash): finish it.
+    FinishSleep,
+    /// Asleep for `sleep_to_delete`, deletion requested, a failed backup due for retry, or a
+    /// deletion interrupted by a crash: back up (verified), then delete.
+    BackUpAndDelete,
+    /// Deleted longer ago than `backup_retention`: forget the record.
+    Forget,
+}
+
+fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+impl Policy {
+    /// When a running session will be put to sleep if nothing happens.
+    pub fn sleeps_at(&self, s: &Session, last_activity: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        (s.state == State::Running).then(|| after(last_activity, self.idle_timeout))
+    }
+
+    /// When a sleeping session will be backed up and deleted.
+    pub fn deletes_at(&self, s: &Session) -> Option<DateTime<Utc>> {
+        match s.state {
+            State::Sleeping if s.delete_requested => Some(s.updated_at),
+            State::Sleeping => s.slept_at.map(|t| after(t, self.sleep_to_delete)),
+            State::BackupFailed => s.next_backup_attempt,
+            _ => None,
+        }
+    }
+
+    /// The next action for `s`, given its latest activity (store and in-memory, merged).
+    pub fn decide(&self, s: &Session, last_activity: DateTime<Utc>, now: DateTime<Utc>) -> Action {
+        match s.state {
+            State::Running if now >= after(last_activity, self.idle_timeout) => Action::Sleep,
+            State::Stopping => Action::FinishSleep,
+            State::Sleeping | State::BackupFailed if self.deletes_at(s).is_some_and(|t| now >= t) => Action::BackUpAndDelete,
+            State::BackingUp | State::Deleting => Action::BackUpAndDelete,
+            State::Deleted if s.deleted_at.is_some_and(|t| now >= after(t, self.backup_retention)) => Action::Forget,
+            _ => Action::Nothing,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::SessionId;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    fn policy() -> Policy {
+        Policy::from(&Config::default())
+    }
+
+    fn session(state: State, t0: DateTime<Utc>) -> Session {
+        let mut s = Session::new(&SessionId::parse("abc12345").unwrap(), "u", "small", t0);
+        s.state = state;
+        s
+    }
+
+    #[test]
+    fn a_running_session_sleeps_after_fifteen_idle_minutes_and_not_before() {
+        let t0 = Utc::now();
+        let s = session(State::Running, t0);
+        let p = policy();
+        assert_eq!(p.decide(&s, t0, after(t0, 14 * MIN)), Action::Nothing);
+        assert_eq!(p.decide(&s, t0, after(t0, 15 * MIN)), Action::Sleep);
+        // Activity 10 minutes in moves the deadline.
+        let active = after(t0, 10 * MIN);
+        assert_eq!(p.decide(&s, active, after(t0, 20 * MIN)), Action::Nothing);
+        assert_eq!(p.decide(&s, active, after(t0, 25 * MIN)), Action::Sleep);
+        assert_eq!(p.sleeps_at(&s, active), Some(after(t0, 25 * MIN)));
+    }
+
+    #[test]
+    fn a_sleeping_session_is_deleted_after_a_day_with_backup_first() {
+        let t0 = Utc::now();
+        let mut s = session(State::Sleeping, t0);
+        s.slept_at = Some(t0);
+        let p = policy();
+        assert_eq!(p.decide(&s, t0, after(t0, 23 * 60 * MIN)), Action::Nothing);
+        assert_eq!(p.decide(&s, t0, after(t0, 24 * 60 * MIN)), Action::BackUpAndDelete);
+        assert_eq!(p.deletes_at(&s), Some(after(t0, 24 * 60 * MIN)));
+    }
+
+    #[test]
+    fn a_failed_backup_is_retried_when_due_and_interrupted_steps_resume() {
+        let t0 = Utc::now();
+        let mut s = session(State::BackupFailed, t0);
+        s.next_backup_attempt = Some(after(t0, 5 * MIN));
+        let p = policy();
+        assert_eq!(p.decide(&s, t0, after(t0, 4 * MIN)), Action::Nothing);
+        assert_eq!(p.decide(&s, t0, after(t0, 5 * MIN)), Action::BackUpAndDelete);
+        for state in [State::BackingUp, State::Deleting] {
+            assert_eq!(p.decide(&session(state, t0), t0, t0), Action::BackUpAndDelete);
+        }
+        assert_eq!(p.decide(&session(State::Stopping, t0), t0, t0), Action::FinishSleep);
+    }
+
+    #[test]
+    fn deleted_records_are_forgotten_after_the_retention() {
+        let t0 = Utc::now();
+        let mut s = session(State::Deleted, t0);
+        s.deleted_at = Some(t0);
+        let p = policy();
+        assert_eq!(p.decide(&s, t0, after(t0, 29 * 24 * 60 * MIN)), Action::Nothing);
+        assert_eq!(p.decide(&s, t0, after(t0, 30 * 24 * 60 * MIN)), Action::Forget);
+    }
+
+    #[test]
+    fn nothing_happens_to_sessions_in_flight() {
+        let t0 = Utc::now();
+        let later = after(t0, 1000 * 60 * MIN);
+        for state in [State::Creating, State::Starting, State::Waking, State::Resizing, State::Failed] {
+            assert_eq!(policy().decide(&session(state, t0), t0, later), Action::Nothing, "{state:?}");
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The session record and its state machine: one enum, one transition check.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use wakeway_proxy::SessionId;
+
+/// A session's lifecycle state (persisted; shown in status as `state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Creating,
+    Starting,
+    Running,
+    Stopping,
+    Sleeping,
+    Waking,
+    Resizing,
+    BackingUp,
+    BackupFailed,
+    Deleting,
+    Deleted,
+    Failed,
+}
+
+impl State {
+    pub const ALL: [State; 12] = [
+        State::Creating,
+        State::Starting,
+        State::Running,
+        State::Stopping,
+        State::Sleeping,
+        State::Waking,
+        State::Resizing,
+        State::BackingUp,
+        State::BackupFailed,
+        State::Deleting,
+        State::Deleted,
+        State::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Creating => "creating",
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Stopping => "stopping",
+            State::Sleeping => "sleeping",
+            State::Waking => "waking",
+            State::Resizing => "resizing",
+            State::BackingUp => "backing_up",
+            State::BackupFailed => "backup_failed",
+            State::Deleting => "deleting",
+            State::Deleted => "deleted",
+            State::Failed => "failed",
+        }
+    }
+
+    /// States in which the workspace process is (or is being) up.
+    pub fn is_awake(self) -> bool {
+        matches!(self, State::Starting | State::Running | State::Waking | State::Resizing)
+    }
+
+    /// Whether `self -> next` is a legal transition. Every persisted change goes through this.
+    pub fn can_become(self, next: State) -> bool {
+        use State::*;
+        if next == Failed {
+            return self != Deleted;
+        }
+        matches!(
+            (self, next),
+            (Creating, Starting)
+                | (Creating, Sleeping)
+                | (Starting, Running)
+                | (Starting, Sleeping)
+                | (Running, Stopping)
+                | (Running, Resizing)
+                | (Running, Sleeping)
+                | (Stopping, Sleeping)
+                | (Sleeping, Waking)
+                | (Sleeping, Resizing)
+                | (Sleeping, BackingUp)
+                | (Waking, Running)
+                | (Waking, Sleeping)
+                | (Resizing, Running)
+                | (Resizing, Sleeping)
+                | (BackingUp, BackupFailed)
+                | (BackingUp, Deleting)
+                | (BackingUp, Sleeping)
+                | (BackupFailed, BackingUp)
+                | (BackupFailed, Waking)
+                | (BackupFailed, Sleeping)
+                | (Deleting, Deleted)
+                | (Failed, Waking)
+                | (Failed, Sleeping)
+                | (Failed, BackingUp)
+        )
+    }
+}
+
+/// Where a workspace runs right now: enough to find it again after wakeway restarts, and to be
+/// sure it is the same process (or object) and not a reused pid (or name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Placement {
+    Local {
+        pid: u32,
+        /// Process start time in clock ticks since boot (`/proc/<pid>/stat` field 22).
+        start_ticks: u64,
+        port: u16,
+    },
+}
+
+/// A verified backup of a session's workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupInfo {
+    /// File name inside the backup folder (`workspace-<id>-YYYYMMDD-HHMMSS.zip`).
+    pub file: String,
+    pub size: u64,
+    pub sha256: String,
+    /// Files, folders and symlinks in the zip.
+    pub entries: u64,
+    /// Bytes of file content (uncompressed).
+    pub content_bytes: u64,
+    pub verified_at: DateTime<Utc>,
+    /// Special files (sockets, FIFOs, devices) that cannot be zipped and were skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
+}
+
+/// The persisted session record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub uuid: SessionIdString,
+    pub user_id: String,
+    pub tier: String,
+    pub state: State,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Latest user activity (checkpointed from the proxy's counters).
+    pub last_activity: DateTime<Utc>,
+    pub activity_source: String,
+    /// When the workspace last became ready.
+    #[serde(default)]
+    pub awake_since: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub slept_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub deleted_at: Option<DateTime<Utc>>,
+    /// Set by `DELETE /session/{uuid}`: delete as soon as a verified backup exists.
+    #[serde(default)]
+    pub delete_requested: bool,
+    #[serde(default)]
+    pub backup: Option<BackupInfo>,
+    #[serde(default)]
+    pub backup_failures: u32,
+    #[serde(default)]
+    pub next_backup_attempt: Option<DateTime<Utc>>,
+    /// The latest error (start failure, crash, backup failure), for status and logs.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub placement: Option<Placement>,
+    /// Compare-and-set version, bumped by the store on every write.
+    #[serde(default)]
+    pub version: u64,
+}
+
+/// The id as stored (a plain string; validated as [`SessionId`] on the way in).
+pub type SessionIdString = String;
+
+impl Session {
+    pub fn new(id: &SessionId, user_id: &str, tier: &str, now: DateTime<Utc>) -> Session {
+        Session {
+            uuid: id.to_string(),
+            user_id: user_id.to_string(),
+            tier: tier.to_string(),
+            state: State::Creating,
+            created_at: now,
+            updated_at: now,
+            last_activity: now,
+            activity_source: "created".into(),
+            awake_since: None,
+            slept_at: None,
+            deleted_at: None,
+            delete_requested: false,
+            backup: None,
+            backup_failures: 0,
+            next_backup_attempt: None,
+            last_error: None,
+            placement: None,
+            version: 0,
+        }
+    }
+
+    pub fn id(&self) -> SessionId {
+        SessionId::parse(&self.uuid).expect("stored ids are validated on the way in")
+    }
+
+    /// Move to `next` (checked). The caller persists the result with compare-and-set.
+    pub fn transition(&mut self, next: State, now: DateTime<Utc>) -> Result<(), InvalidTransition> {
+        if self.state == next {
+            return Ok(());
+        }
+        if !self.state.can_become(next) {
+            return Err(InvalidTransition { from: self.state, to: next });
+        }
+        self.state = next;
+        self.updated_at = now;
+        match next {
+            State::Running => self.awake_since = Some(now),
+            State::Sleeping if self.slept_at.is_none() || self.awake_since.is_some() => {
+                self.slept_at = Some(now);
+                self.awake_since = None;
+            }
+            State::Deleted => self.deleted_at = Some(now),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// A transition the state machine does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a session cannot go from {} to {}", from.as_str(), to.as_str())]
+pub struct InvalidTransition {
+    pub from: State,
+    pub to: State,
+}
+
+/// The seed's timestamp format: naive UTC ISO-8601 with microseconds (Python's `isoformat()`).
+pub fn seed_timestamp(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6f").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_paths_are_allowed() {
+        use State::*;
+        let paths: &[&[State]] = &[
+            &[Creating, Starting, Running, Stopping, Sleeping, Waking, Running],
+            &[Running, Resizing, Running],
+            &[Sleeping, Resizing, Running],
+            &[Sleeping, BackingUp, Deleting, Deleted],
+            &[Sleeping, BackingUp, BackupFailed, BackingUp, Deleting, Deleted],
+            &[BackingUp, BackupFailed, Waking, Running],
+        ];
+        for path in paths {
+            for pair in path.windows(2) {
+                assert!(pair[0].can_become(pair[1]), "{:?} -> {:?}", pair[0], pair[1]);
+            }
+        }
+    }
+
+    #[test]
+    fn data_is_never_deleted_without_the_backup_step() {
+        for from in State::ALL {
+            if from != State::BackingUp {
+                assert!(!from.can_become(State::Deleting), "{from:?} -> Deleting must not exist");
+            }
+            if from != State::Deleting {
+                assert!(!from.can_become(State::Deleted), "{from:?} -> Deleted must not exist");
+            }
+        }
+        assert!(!State::Deleted.can_become(State::Waking));
+        assert!(!State::Deleted.can_become(State::Failed));
+    }
+
+    #[test]
+    fn transitions_stamp_times() {
+        let t0 = Utc::now();
+        let mut s = Session::new(&SessionId::parse("abc12345").unwrap(), "u@example.com", "small", t0);
+        s.transition(State::Starting, t0).unwrap();
+        s.transition(State::Running, t0).unwrap();
+        assert_eq!(s.awake_since, Some(t0));
+        let t1 = t0 + chrono::Duration::minutes(15);
+        s.transition(State::Sleeping, t1).unwrap();
+        assert_eq!(s.slept_at, Some(t1));
+        assert_eq!(s.awake_since, None);
+        let err = s.transition(State::Deleted, t1).unwrap_err();
+        assert_eq!(err.to_string(), "a session cannot go from sleeping to deleted");
+    }
+
+    #[test]
+    fn seed_timestamps_match_the_handoff_format() {
+        let t = DateTime::parse_from_rfc3339("2025-11-15T04:21:36.058889Z").unwrap().with_timezone(&Utc);
+        assert_eq!(seed_timestamp(t), "2025-11-15T04:21:36.058889");
+    }
+}

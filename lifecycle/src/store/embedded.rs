@@ -1,0 +1,171 @@
+//! The embedded store: a redb database file in `data_dir`, so a single `wakeway serve` keeps its
+//! sessions across restarts with nothing else installed.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{Store, StoreError};
+use crate::session::Session;
+
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+
+/// A redb-backed [`Store`]. Writes are durable (fsynced) when `put` returns.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl EmbeddedStore {
+    /// Open (or create) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(|e| {
+            StoreError::Unavailable(format!("cannot open {}: {e} (is another wakeway using this data_dir?)", path.display()))
+        })?;
+        let txn = db.begin_write().map_err(unavailable)?;
+        txn.open_table(SESSIONS).map_err(unavailable)?;
+        txn.commit().map_err(unavailable)?;
+        Ok(EmbeddedStore { db: Arc::new(db) })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db)).await.map_err(unavailable)?
+    }
+}
+
+fn decode(id: &str, bytes: &[u8]) -> Result<Session, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { id: id.to_string(), message: e.to_string() })
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        let id = id.to_string();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(SESSIONS).map_err(unavailable)?;
+            let value = table.get(id.as_str()).map_err(unavailable)?;
+            value.map(|v| decode(&id, v.value())).transpose()
+        })
+        .await
+    }
+
+    async fn list(&self) -> Result<Vec<Session>, StoreError> {
+        self.blocking(|db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(SESSIONS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(unavailable)? {
+                let (k, v) = row.map_err(unavailable)?;
+                out.push(decode(k.value(), v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put(&self, session: &Session) -> Result<Session, StoreError> {
+        let mut next = session.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            {
+                let mut table = txn.open_table(SESSIONS).map_err(unavailable)?;
+                let found = match table.get(next.uuid.as_str()).map_err(unavailable)? {
+                    Some(v) => Some(decode(&next.uuid, v.value())?.version),
+                    None => None,
+                };
+                let expected = next.version;
+                if found.unwrap_or(0) != expected || (expected > 0 && found.is_none()) {
+                    return Err(StoreError::Conflict { id: next.uuid.clone(), expected, found });
+                }
+                next.version = expected + 1;
+                let bytes = serde_json::to_vec(&next).map_err(unavailable)?;
+                table.insert(next.uuid.as_str(), bytes.as_slice()).map_err(unavailable)?;
+            }
+            txn.commit().map_err(unavailable)?;
+            Ok(next)
+        })
+        .await
+    }
+
+    async fn remove(&self, id: &str, version: u64) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            {
+                let mut table = txn.open_table(SESSIONS).map_err(unavailable)?;
+                let found = match table.get(id.as_str()).map_err(unavailable)? {
+                    Some(v) => Some(decode(&id, v.value())?.version),
+                    None => None,
+                };
+                if found != Some(version) {
+                    return Err(StoreError::Conflict { id, expected: version, found });
+                }
+                table.remove(id.as_str()).map_err(unavailable)?;
+            }
+            txn.commit().map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        self.blocking(|db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            txn.open_table(SESSIONS).map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::SessionId;
+
+    fn session(id: &str) -> Session {
+        Session::new(&SessionId::parse(id).unwrap(), "u@example.com", "small", chrono::Utc::now())
+    }
+
+    #[tokio::test]
+    async fn compare_and_set_rejects_stale_writes_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let store = EmbeddedStore::open(&path).unwrap();
+        let s = store.put(&session("abc12345")).await.unwrap();
+        assert_eq!(s.version, 1);
+        assert!(matches!(store.put(&session("abc12345")).await, Err(StoreError::Conflict { .. })), "create twice");
+        let mut a = s.clone();
+        a.user_id = "a".into();
+        let a = store.put(&a).await.unwrap();
+        assert_eq!(a.version, 2);
+        let mut stale = s.clone();
+        stale.user_id = "stale".into();
+        assert!(matches!(store.put(&stale).await, Err(StoreError::Conflict { expected: 1, found: Some(2), .. })));
+        assert!(store.remove("abc12345", 1).await.is_err());
+        drop(store);
+
+        let store = EmbeddedStore::open(&path).unwrap();
+        let back = store.get("abc12345").await.unwrap().unwrap();
+        assert_eq!(back.user_id, "a");
+        assert_eq!(store.list().await.unwrap().len(), 1);
+        store.remove("abc12345", 2).await.unwrap();
+        assert!(store.get("abc12345").await.unwrap().is_none());
+        store.health().await.unwrap();
+    }
+}

@@ -1,0 +1,211 @@
+//! The per-session state the proxy touches on every request: activity counters (atomics only),
+//! held-request count, and the lifecycle phase that held requests wait on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+
+use tokio::sync::watch;
+
+use crate::host::SessionId;
+
+/// Where a session is in its life, as the proxy needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Not running; a real request wakes it.
+    Asleep,
+    /// Being started (or restarted for a resize); requests wait.
+    Starting,
+    /// Answering at this address.
+    Ready(SocketAddr),
+    /// Being stopped or backed up; a request waits for that to finish, then wakes it.
+    Busy,
+    /// Deleted (or being deleted): 410.
+    Gone,
+    /// The last start failed; a new request tries again.
+    Failed(Arc<str>),
+}
+
+/// What caused the latest activity (shown in status as `activity_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ActivitySource {
+    None = 0,
+    Http = 1,
+    WebSocket = 2,
+    Editor = 3,
+    ApiWake = 4,
+    Created = 5,
+}
+
+impl ActivitySource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActivitySource::None => "none",
+            ActivitySource::Http => "http",
+            ActivitySource::WebSocket => "websocket",
+            ActivitySource::Editor => "editor",
+            ActivitySource::ApiWake => "api-wake",
+            ActivitySource::Created => "created",
+        }
+    }
+
+    fn from_u8(v: u8) -> ActivitySource {
+        match v {
+            1 => ActivitySource::Http,
+            2 => ActivitySource::WebSocket,
+            3 => ActivitySource::Editor,
+            4 => ActivitySource::ApiWake,
+            5 => ActivitySource::Created,
+            _ => ActivitySource::None,
+        }
+    }
+}
+
+/// Activity counters. Written by the proxy with relaxed atomics; read by the lifecycle.
+#[derive(Debug, Default)]
+pub struct Activity {
+    last_activity_ms: AtomicI64,
+    source: AtomicU8,
+    pub requests: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub open_connections: AtomicUsize,
+}
+
+impl Activity {
+    /// Record user activity at `now_ms` (never moves backwards).
+    pub fn touch(&self, now_ms: i64, source: ActivitySource) {
+        let prev = self.last_activity_ms.fetch_max(now_ms, Ordering::Relaxed);
+        if prev <= now_ms {
+            self.source.store(source as u8, Ordering::Relaxed);
+        }
+    }
+
+    /// Unix ms of the latest activity (0: none seen by this process).
+    pub fn last_activity_ms(&self) -> i64 {
+        self.last_activity_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn source(&self) -> ActivitySource {
+        ActivitySource::from_u8(self.source.load(Ordering::Relaxed))
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.open_connections.load(Ordering::Relaxed)
+    }
+}
+
+/// One session as the proxy sees it. Shared between proxy and lifecycle.
+#[derive(Debug)]
+pub struct SessionHandle {
+    pub id: SessionId,
+    pub activity: Activity,
+    held: AtomicUsize,
+    phase: watch::Sender<Phase>,
+}
+
+impl SessionHandle {
+    pub fn new(id: SessionId, phase: Phase) -> Self {
+        SessionHandle { id, activity: Activity::default(), held: AtomicUsize::new(0), phase: watch::Sender::new(phase) }
+    }
+
+    /// The current phase (a cheap read; no await).
+    pub fn phase(&self) -> Phase {
+        self.phase.borrow().clone()
+    }
+
+    /// Publish a new phase; every waiter sees it.
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.send_if_modified(|current| {
+            let changed = *current != phase;
+            *current = phase;
+            changed
+        });
+    }
+
+    /// Wait until the phase is `Ready`, `Gone` or `Failed` (returns it), or `deadline` passes
+    /// (returns `None`). Every waiter shares the one phase channel: one wake releases all.
+    pub async fn wait_settled(&self, deadline: tokio::time::Instant) -> Option<Phase> {
+        let mut rx = self.phase.subscribe();
+        let settled = rx.wait_for(|p| matches!(p, Phase::Ready(_) | Phase::Gone | Phase::Failed(_)));
+        match tokio::time::timeout_at(deadline, settled).await {
+            Ok(Ok(phase)) => Some(phase.clone()),
+            Ok(Err(_)) | Err(_) => None,
+        }
+    }
+
+    /// Requests held right now for this session (the seed's `queue_length`).
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Count one more held request if fewer than `max` are held; the guard un-counts it.
+    pub(crate) fn try_hold(self: &Arc<Self>, max: usize) -> Option<HeldGuard> {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| HeldGuard(self.clone()))
+    }
+}
+
+/// Un-counts a held request when dropped (also when the client goes away mid-wait).
+pub(crate) struct HeldGuard(Arc<SessionHandle>);
+
+impl Drop for HeldGuard {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_phase_change_releases_every_waiter() {
+        let handle = Arc::new(SessionHandle::new(SessionId::parse("abc12345").unwrap(), Phase::Asleep));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        let waiters: Vec<_> = (0..50)
+            .map(|_| {
+                let h = handle.clone();
+                tokio::spawn(async move { h.wait_settled(deadline).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        handle.set_phase(Phase::Starting);
+        let addr: SocketAddr = "127.0.0.1:1234".parse().unwrap();
+        handle.set_phase(Phase::Ready(addr));
+        for w in waiters {
+            assert_eq!(w.await.unwrap(), Some(Phase::Ready(addr)));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_is_bounded() {
+        let handle = SessionHandle::new(SessionId::parse("abc12345").unwrap(), Phase::Starting);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        assert_eq!(handle.wait_settled(deadline).await, None);
+    }
+
+    #[test]
+    fn held_requests_are_bounded_and_uncounted_on_drop() {
+        let handle = Arc::new(SessionHandle::new(SessionId::parse("abc12345").unwrap(), Phase::Asleep));
+        let a = handle.try_hold(2).unwrap();
+        let _b = handle.try_hold(2).unwrap();
+        assert!(handle.try_hold(2).is_none());
+        assert_eq!(handle.held(), 2);
+        drop(a);
+        assert_eq!(handle.held(), 1);
+        assert!(handle.try_hold(2).is_some());
+    }
+
+    #[test]
+    fn activity_never_moves_backwards() {
+        let a = Activity::default();
+        a.touch(2_000, ActivitySource::Http);
+        a.touch(1_000, ActivitySource::WebSocket);
+        assert_eq!(a.last_activity_ms(), 2_000);
+        assert_eq!(a.source(), ActivitySource::Http);
+    }
+}

@@ -1,0 +1,40 @@
+//! wakeway's pingora proxy: routes `vs-code-<id>.<domain>` hosts to their workspace, records
+//! activity, wakes sleeping workspaces and holds or answers requests while they start. Everything
+//! else goes to the management API. It knows the lifecycle only through the [`Lifecycle`] trait.
+#![forbid(unsafe_code)]
+
+pub mod classify;
+pub mod clock;
+pub mod error;
+pub mod handle;
+pub mod host;
+pub mod pages;
+pub mod service;
+pub mod stats;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::error_body;
+pub use handle::{Activity, ActivitySource, Phase, SessionHandle};
+pub use host::{HostRoute, SessionId};
+pub use service::WakewayProxy;
+pub use stats::ProxyStats;
+
+/// What the proxy needs from the lifecycle. Implemented by `wakeway-lifecycle`'s manager; tests
+/// can implement it with a few lines.
+#[async_trait::async_trait]
+pub trait Lifecycle: Send + Sync + 'static {
+    /// The session's in-memory handle, if the id is known (no I/O: called on every request).
+    fn session(&self, id: &SessionId) -> Option<Arc<SessionHandle>>;
+
+    /// Ask for the session to be awake. Returns at once; idempotent and single-flight: however
+    /// many requests call it, one start happens. Progress is published on the handle's phase.
+    fn request_wake(&self, handle: &Arc<SessionHandle>, source: ActivitySource);
+
+    /// Serve one management API request (body already read and size-checked).
+    async fn api(&self, request: http::Request<Bytes>, client: Option<IpAddr>) -> http::Response<Bytes>;
+}

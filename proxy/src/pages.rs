@@ -1,0 +1,75 @@
+//! The HTML pages the proxy answers with itself: waiting, gone (410), unavailable (503) and
+//! not found (404). Templates live in `proxy/assets/` and are filled with escaped values.
+
+use bytes::Bytes;
+
+const WAITING: &str = include_str!("../assets/waiting.html");
+const GONE: &str = include_str!("../assets/gone.html");
+const UNAVAILABLE: &str = include_str!("../assets/unavailable.html");
+const NOT_FOUND: &str = include_str!("../assets/not_found.html");
+
+/// The path (on every workspace host) that the waiting page polls. It never reaches the workspace.
+pub const STATUS_PATH: &str = "/.wakeway/status";
+
+/// The waiting page for session `id`.
+pub fn waiting(id: &str) -> Bytes {
+    render(WAITING, id, "", 0)
+}
+
+/// The 410 page.
+pub fn gone(id: &str, message: &str) -> Bytes {
+    render(GONE, id, message, 0)
+}
+
+/// The 503 page, retrying after `retry_after` seconds.
+pub fn unavailable(id: &str, message: &str, retry_after: u64) -> Bytes {
+    render(UNAVAILABLE, id, message, retry_after)
+}
+
+/// The 404 page for an unknown workspace host.
+pub fn not_found(message: &str) -> Bytes {
+    render(NOT_FOUND, "", message, 0)
+}
+
+fn render(template: &str, id: &str, message: &str, retry_after: u64) -> Bytes {
+    Bytes::from(
+        template
+            .replace("{{SESSION_ID}}", &escape(id))
+            .replace("{{STATUS_URL}}", STATUS_PATH)
+            .replace("{{MESSAGE}}", &escape(message))
+            .replace("{{RETRY_AFTER}}", &retry_after.to_string()),
+    )
+}
+
+/// HTML-escape text for element content and quoted attributes.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_are_filled_and_escaped() {
+        let page = String::from_utf8(waiting("abc12345").to_vec()).unwrap();
+        assert!(page.contains("abc12345") && page.contains(STATUS_PATH) && !page.contains("{{"));
+        let page = String::from_utf8(gone("abc12345", "<script>x</script>").to_vec()).unwrap();
+        assert!(page.contains("&lt;script&gt;") && !page.contains("<script>x"));
+        let page = String::from_utf8(unavailable("abc12345", "busy", 7).to_vec()).unwrap();
+        assert!(page.contains("busy") && !page.contains("{{"));
+        let page = String::from_utf8(not_found("nothing here").to_vec()).unwrap();
+        assert!(page.contains("nothing here") && !page.contains("{{"));
+    }
+}

@@ -1,0 +1,398 @@
+//! The pingora `ProxyHttp` implementation: one listener for the API and every workspace host.
+//!
+//! Per request: one host parse, one map lookup, one phase read; per body chunk: atomics only.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::{Method, StatusCode, header};
+use pingora::http::ResponseHeader;
+use pingora::prelude::{HttpPeer, ProxyHttp, Result, Session};
+use wakeway_config::Config;
+
+use crate::classify::{RequestKind, classify};
+use crate::clock::Clock;
+use crate::error::error_body;
+use crate::handle::{ActivitySource, HeldGuard, Phase, SessionHandle};
+use crate::host::HostRoute;
+use crate::stats::ProxyStats;
+use crate::{Lifecycle, pages};
+
+/// The proxy's settings, taken from [`Config`] once at start.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub domain: String,
+    /// Lowercase User-Agent substrings of bots and probes.
+    pub bot_user_agents: Vec<String>,
+    pub hold_timeout: Duration,
+    pub max_held_per_session: usize,
+    pub max_held_total: usize,
+    pub max_api_body_bytes: usize,
+    /// Idle limit of a proxied WebSocket (pingora's default of 60 s would cut quiet sockets).
+    pub websocket_idle_timeout: Duration,
+}
+
+impl From<&Config> for ProxySettings {
+    fn from(c: &Config) -> Self {
+        ProxySettings {
+            domain: c.domain.clone(),
+            bot_user_agents: c.bot_user_agents.iter().map(|b| b.to_ascii_lowercase()).collect(),
+            hold_timeout: c.hold_timeout,
+            max_held_per_session: c.max_held_per_session,
+            max_held_total: c.max_held_total,
+            max_api_body_bytes: c.max_api_body_bytes,
+            websocket_idle_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The proxy. Cheap to share: everything inside is behind `Arc`.
+pub struct WakewayProxy {
+    settings: ProxySettings,
+    lifecycle: Arc<dyn Lifecycle>,
+    clock: Arc<dyn Clock>,
+    stats: Arc<ProxyStats>,
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct RequestCtx {
+    session: Option<Arc<SessionHandle>>,
+    upstream: Option<SocketAddr>,
+    /// Counted in the session's open connections (un-counted in `logging`).
+    open: bool,
+    /// The request is a WebSocket upgrade; body chunks after it are frames.
+    upgrade: bool,
+    /// Whether this request's traffic is user activity.
+    counts: bool,
+}
+
+impl WakewayProxy {
+    pub fn new(settings: ProxySettings, lifecycle: Arc<dyn Lifecycle>, clock: Arc<dyn Clock>, stats: Arc<ProxyStats>) -> Self {
+        WakewayProxy { settings, lifecycle, clock, stats }
+    }
+
+    async fn serve_api(&self, session: &mut Session) -> Result<bool> {
+        let max = self.settings.max_api_body_bytes;
+        let declared = session
+            .req_header()
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return self.too_large(session, max).await;
+        }
+        let mut body = BytesMut::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            if body.len() + chunk.len() > max {
+                return self.too_large(session, max).await;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let req = session.req_header();
+        let mut builder = http::Request::builder().method(req.method.clone()).uri(req.uri.clone());
+        if let Some(headers) = builder.headers_mut() {
+            headers.extend(req.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let Ok(request) = builder.body(body.freeze()) else {
+            return respond(session, StatusCode::BAD_REQUEST, JSON, error_body("bad_request", "unreadable request"), &[]).await;
+        };
+        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let response = self.lifecycle.api(request, client).await;
+        let (parts, body) = response.into_parts();
+        let mut header = ResponseHeader::from(parts);
+        header.insert_header(header::CONTENT_LENGTH, body.len())?;
+        write_full(session, header, body).await
+    }
+
+    async fn too_large(&self, session: &mut Session, max: usize) -> Result<bool> {
+        let message = format!("request body is larger than {max} bytes");
+        session.set_keepalive(None);
+        respond(session, StatusCode::PAYLOAD_TOO_LARGE, JSON, error_body("body_too_large", &message), &[]).await
+    }
+
+    /// Answer with an HTML page for browsers, JSON for everything else.
+    async fn answer(
+        &self,
+        session: &mut Session,
+        status: StatusCode,
+        code: &str,
+        message: &str,
+        html: impl FnOnce(&str) -> Bytes,
+        extra: &[(&str, &str)],
+    ) -> Result<bool> {
+        if wants_html(session) {
+            respond(session, status, HTML, html(message), extra).await
+        } else {
+            respond(session, status, JSON, error_body(code, message), extra).await
+        }
+    }
+
+    fn hold_slot(&self, handle: &Arc<SessionHandle>) -> Option<(HeldGuard, GlobalHeld<'_>)> {
+        let global = GlobalHeld::try_new(&self.stats.held_now, self.settings.max_held_total)?;
+        let local = handle.try_hold(self.settings.max_held_per_session)?;
+        Some((local, global))
+    }
+}
+
+/// A slot in the global count of held requests; released on drop.
+struct GlobalHeld<'a>(&'a AtomicUsize);
+
+impl<'a> GlobalHeld<'a> {
+    fn try_new(counter: &'a AtomicUsize, max: usize) -> Option<Self> {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| GlobalHeld(counter))
+    }
+}
+
+impl Drop for GlobalHeld<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+const JSON: &str = "application/json";
+const HTML: &str = "text/html; charset=utf-8";
+
+fn request_host(session: &Session) -> &str {
+    let req = session.req_header();
+    // HTTP/2 carries the host in :authority (the URI), not in a Host header.
+    req.uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("")
+}
+
+fn wants_html(session: &Session) -> bool {
+    let headers = &session.req_header().headers;
+    let get = |n: header::HeaderName| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+    get(header::HeaderName::from_static("sec-fetch-mode")) == "navigate" || get(header::ACCEPT).contains("text/html")
+}
+
+async fn respond(
+    session: &mut Session,
+    status: StatusCode,
+    content_type: &str,
+    body: Bytes,
+    extra: &[(&str, &str)],
+) -> Result<bool> {
+    let mut header = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    header.insert_header(header::CONTENT_TYPE, content_type)?;
+    header.insert_header(header::CONTENT_LENGTH, body.len())?;
+    header.insert_header(header::CACHE_CONTROL, "no-store")?;
+    for (name, value) in extra {
+        header.insert_header(name.to_string(), value.to_string())?;
+    }
+    write_full(session, header, body).await
+}
+
+/// Write a whole response (no body for HEAD). Returns `Ok(true)`: the request is answered.
+async fn write_full(session: &mut Session, header: ResponseHeader, body: Bytes) -> Result<bool> {
+    if session.req_header().method == Method::HEAD || body.is_empty() {
+        session.write_response_header(Box::new(header), true).await?;
+    } else {
+        session.write_response_header(Box::new(header), false).await?;
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(true)
+}
+
+fn phase_state(phase: &Phase) -> (&'static str, bool, String) {
+    match phase {
+        Phase::Asleep => ("sleeping", false, "The workspace is asleep.".into()),
+        Phase::Starting => ("starting", false, "Starting the workspace…".into()),
+        Phase::Ready(_) => ("running", true, "Ready.".into()),
+        Phase::Busy => ("stopping", false, "Finishing a lifecycle step, then waking…".into()),
+        Phase::Gone => ("deleted", false, "This workspace was deleted.".into()),
+        Phase::Failed(why) => ("failed", false, format!("The workspace could not start: {why}")),
+    }
+}
+
+const GONE_MESSAGE: &str = "This workspace was deleted after a verified backup. Ask your administrator to restore it.";
+
+#[async_trait]
+impl ProxyHttp for WakewayProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let id = match HostRoute::parse(request_host(session), &self.settings.domain) {
+            HostRoute::Api => return self.serve_api(session).await,
+            HostRoute::BadWorkspace => {
+                ProxyStats::bump(&self.stats.unknown_host);
+                let message = "This is not a valid workspace address: check the link.";
+                return self.answer(session, StatusCode::NOT_FOUND, "unknown_workspace", message, pages::not_found, &[]).await;
+            }
+            HostRoute::Workspace(id) => id,
+        };
+        let Some(handle) = self.lifecycle.session(&id) else {
+            ProxyStats::bump(&self.stats.unknown_host);
+            let message = format!("There is no workspace vs-code-{id} on this server. Check the link, or create a session through the API.");
+            return self.answer(session, StatusCode::NOT_FOUND, "unknown_workspace", &message, pages::not_found, &[]).await;
+        };
+        let req = session.req_header();
+        if req.uri.path() == pages::STATUS_PATH {
+            let (state, ready, message) = phase_state(&handle.phase());
+            let body = serde_json::json!({ "uuid": id.as_str(), "state": state, "ready": ready, "message": message });
+            return respond(session, StatusCode::OK, JSON, Bytes::from(body.to_string()), &[]).await;
+        }
+        let kind = classify(&req.method, req.uri.path(), req.uri.query(), &req.headers, &self.settings.bot_user_agents);
+        ctx.upgrade = session.is_upgrade_req();
+        ctx.counts = !matches!(kind, RequestKind::Passive(_));
+        ctx.session = Some(handle.clone());
+        let source = if ctx.upgrade { ActivitySource::WebSocket } else { ActivitySource::Http };
+        if ctx.counts {
+            handle.activity.touch(self.clock.now_ms(), source);
+        }
+
+        let phase = handle.phase();
+        let ready = match phase {
+            Phase::Ready(addr) => addr,
+            Phase::Gone => {
+                return self.answer(session, StatusCode::GONE, "session_deleted", GONE_MESSAGE, |m| pages::gone(id.as_str(), m), &[]).await;
+            }
+            _ => match kind {
+                RequestKind::Passive(reason) => {
+                    ProxyStats::bump(&self.stats.not_woken);
+                    let (state, ..) = phase_state(&phase);
+                    let message = format!("The workspace is {state}; a {} does not wake it.", reason.as_str());
+                    let extra = [("retry-after", "5"), ("x-wakeway-state", state)];
+                    return self
+                        .answer(session, StatusCode::SERVICE_UNAVAILABLE, "workspace_asleep", &message, |m| pages::unavailable(id.as_str(), m, 5), &extra)
+                        .await;
+                }
+                RequestKind::Navigate => {
+                    ProxyStats::bump(&self.stats.waiting_pages);
+                    self.lifecycle.request_wake(&handle, source);
+                    return respond(session, StatusCode::OK, HTML, pages::waiting(id.as_str()), &[("x-wakeway-state", "waking")]).await;
+                }
+                RequestKind::Hold => {
+                    let Some(_slot) = self.hold_slot(&handle) else {
+                        ProxyStats::bump(&self.stats.held_rejected);
+                        let message = "Too many requests are already waiting for this workspace to wake; retry in a few seconds.";
+                        return self
+                            .answer(session, StatusCode::SERVICE_UNAVAILABLE, "too_many_waiting", message, |m| pages::unavailable(id.as_str(), m, 5), &[("retry-after", "5")])
+                            .await;
+                    };
+                    self.lifecycle.request_wake(&handle, source);
+                    let deadline = tokio::time::Instant::now() + self.settings.hold_timeout;
+                    match handle.wait_settled(deadline).await {
+                        Some(Phase::Ready(addr)) => {
+                            ProxyStats::bump(&self.stats.held_released);
+                            addr
+                        }
+                        Some(Phase::Gone) => {
+                            return self.answer(session, StatusCode::GONE, "session_deleted", GONE_MESSAGE, |m| pages::gone(id.as_str(), m), &[]).await;
+                        }
+                        Some(Phase::Failed(why)) => {
+                            let message = format!("The workspace could not start: {why}");
+                            return self
+                                .answer(session, StatusCode::BAD_GATEWAY, "workspace_start_failed", &message, |m| pages::unavailable(id.as_str(), m, 10), &[("retry-after", "10")])
+                                .await;
+                        }
+                        _ => {
+                            ProxyStats::bump(&self.stats.held_timed_out);
+                            let secs = self.settings.hold_timeout.as_secs();
+                            let message = format!("The workspace did not become ready within {secs} s; it is still starting, retry shortly.");
+                            return self
+                                .answer(session, StatusCode::SERVICE_UNAVAILABLE, "wake_timeout", &message, |m| pages::unavailable(id.as_str(), m, 5), &[("retry-after", "5")])
+                                .await;
+                        }
+                    }
+                }
+            },
+        };
+        ctx.upstream = Some(ready);
+        ctx.open = true;
+        handle.activity.open_connections.fetch_add(1, Ordering::Relaxed);
+        handle.activity.requests.fetch_add(1, Ordering::Relaxed);
+        ProxyStats::bump(&self.stats.requests);
+        if ctx.upgrade {
+            session.set_read_timeout(Some(self.settings.websocket_idle_timeout));
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let addr = ctx.upstream.ok_or_else(|| pingora::Error::explain(pingora::ErrorType::InternalError, "no upstream chosen"))?;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(Duration::from_secs(5));
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut pingora::http::RequestHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Forwarding headers are ours alone: a client-set one is never passed on or trusted.
+        for name in ["forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port", "x-real-ip", "x-api-key"] {
+            upstream.remove_header(name);
+        }
+        let host = request_host(session).to_string();
+        if upstream.headers.get(header::HOST).is_none() && !host.is_empty() {
+            upstream.insert_header(header::HOST, &host)?;
+        }
+        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()) {
+            upstream.insert_header("x-forwarded-for", ip)?;
+        }
+        let proto = if session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some() { "https" } else { "http" };
+        upstream.insert_header("x-forwarded-proto", proto)?;
+        upstream.insert_header("x-forwarded-host", host)?;
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(handle), Some(chunk)) = (&ctx.session, body.as_ref()) {
+            let n = chunk.len() as u64;
+            handle.activity.bytes_in.fetch_add(n, Ordering::Relaxed);
+            self.stats.bytes_in.fetch_add(n, Ordering::Relaxed);
+            // Fallback rule until frames are classified: client→server WebSocket data is activity.
+            if ctx.upgrade && ctx.counts && n > 0 {
+                handle.activity.touch(self.clock.now_ms(), ActivitySource::WebSocket);
+            }
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let (Some(handle), Some(chunk)) = (&ctx.session, body.as_ref()) {
+            let n = chunk.len() as u64;
+            handle.activity.bytes_out.fetch_add(n, Ordering::Relaxed);
+            self.stats.bytes_out.fetch_add(n, Ordering::Relaxed);
+        }
+        Ok(None)
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
+        if ctx.open {
+            if let Some(handle) = &ctx.session {
+                handle.activity.open_connections.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The `wakeway` binary: parse the command line and config, then compose the pingora server
+//! (proxy + API on one listener) with the lifecycle (its own runtime: sweep, checkpoints,
+//! workspace processes). All logic lives in the `config`, `proxy` and `lifecycle` crates.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
+use wakeway_config::{Config, LogFormat, ProcessEnv};
+use wakeway_proxy::service::ProxySettings;
+use wakeway_proxy::{Clock, ProxyStats, SystemClock, WakewayProxy};
+
+/// wakeway: browser VS Code workspaces that sleep when nobody uses them and wake the moment
+/// their user comes back.
+///
+/// One listener serves the management API and every `vs-code-<id>.<domain>` workspace host.
+/// Every setting can come from a TOML file (--config) and be overridden by WAKEWAY_<KEY>
+/// environment variables (see `wakeway check-config` and config/wakeway.example.toml).
+#[derive(Parser)]
+#[command(version, about, long_about, after_help = EXAMPLES)]
+struct Cli {
+    /// TOML config file (see config/wakeway.example.toml).
+    #[arg(short, long, global = true, env = "WAKEWAY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Log format: human-readable text, or one JSON object per line.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormatArg>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+const EXAMPLES: &str = "Examples:
+  wakeway                                   serve on 127.0.0.1:8080 with data in ./wakeway-data
+  WAKEWAY_IDLE_TIMEOUT=5m wakeway serve     sleep workspaces after 5 idle minutes
+  wakeway check-config -c /etc/wakeway.toml validate a config file and print the result
+  wakeway backup --src /workspace --dest /backups/workspace-abc12345-20250101-120000.zip";
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy, the management API and the lifecycle (the default).
+    Serve,
+    /// Validate the configuration and print the effective values (API keys masked).
+    CheckConfig,
+    /// Zip a folder into a verified backup: written as .partial, fsynced, verified, renamed.
+    /// Prints the result as JSON. Used by the Kubernetes backup Job; handy by hand too.
+    Backup {
+        /// Folder to back up.
+        #[arg(long)]
+        src: PathBuf,
+        /// Zip file to create (must not exist).
+        #[arg(long)]
+        dest: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wakeway: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Backup { src, dest } => backup(&src, &dest),
+        Command::CheckConfig => {
+            let config = Config::load(cli.config.as_deref(), &ProcessEnv)?;
+            print!("{}", config.to_masked_toml());
+            match wakeway_lifecycle::workspace_command(&config) {
+                Ok(command) => eprintln!("# workspace command: {command}"),
+                Err(e) => eprintln!("# warning: {e}"),
+            }
+            eprintln!("# configuration is valid");
+            Ok(())
+        }
+        Command::Serve => {
+            let mut config = Config::load(cli.config.as_deref(), &ProcessEnv)?;
+            if let Some(format) = cli.log_format {
+                config.log_format = match format {
+                    LogFormatArg::Text => LogFormat::Text,
+                    LogFormatArg::Json => LogFormat::Json,
+                };
+            }
+            init_logging(config.log_format);
+            serve(config)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WAKEWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
+}
+
+fn backup(src: &std::path::Path, dest: &std::path::Path) -> anyhow::Result<()> {
+    let now = chrono_now();
+    match wakeway_lifecycle::backup::write_verified_zip(src, dest, now) {
+        Ok(info) => {
+            println!("{}", serde_json::json!({ "ok": true, "path": dest, "backup": info }));
+            Ok(())
+        }
+        Err(e) => {
+            println!("{}", serde_json::json!({ "ok": false, "error": e.to_string() }));
+            bail!("backup failed: {e}")
+        }
+    }
+}
+
+fn chrono_now() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(SystemClock.now_ms()).unwrap_or_default()
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    // Fail with a clear message instead of a panic deep in the listener.
+    drop(std::net::TcpListener::bind(config.listen).with_context(|| {
+        format!("cannot listen on {} (in use? set WAKEWAY_LISTEN or `listen` in the config)", config.listen)
+    })?);
+    let config = Arc::new(config);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let stats = Arc::new(ProxyStats::default());
+    let lifecycle_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("wakeway-lifecycle")
+        .enable_all()
+        .build()
+        .context("cannot start the lifecycle runtime")?;
+
+    let built = {
+        let _entered = lifecycle_rt.enter();
+        wakeway_lifecycle::build(config.clone(), clock.clone(), stats.clone(), lifecycle_rt.handle().clone())
+            .map_err(anyhow::Error::msg)?
+    };
+    let manager = built.wakeway.manager.clone();
+    lifecycle_rt.block_on(manager.recover()).context("cannot load sessions from the store")?;
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let background = {
+        let manager = manager.clone();
+        lifecycle_rt.spawn(async move { manager.run_background(built.events, shutdown_rx).await })
+    };
+
+    let mut conf = ServerConf::default();
+    conf.threads = if config.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { config.threads };
+    conf.grace_period_seconds = Some(config.shutdown_grace.as_secs());
+    conf.graceful_shutdown_timeout_seconds = Some(5);
+    conf.pid_file = config.data_dir.join("wakeway.pid").to_string_lossy().into_owned();
+    conf.upgrade_sock = config.data_dir.join("wakeway-upgrade.sock").to_string_lossy().into_owned();
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let proxy = WakewayProxy::new(ProxySettings::from(config.as_ref()), Arc::new(built.wakeway), clock, stats);
+    let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
+    service.add_tcp(&config.listen.to_string());
+    server.add_service(service);
+
+    let base = format!("http://{}", config.listen);
+    tracing::info!(listen = %config.listen, domain = %config.domain, data_dir = %config.data_dir.display(), "wakeway serving");
+    eprintln!("wakeway {} is serving the API at {base} and workspaces at {}", env!("CARGO_PKG_VERSION"), config.workspace_url("<id>"));
+    if let Some(key) = &built.new_api_key {
+        eprintln!("A new API key was generated (shown once; kept in {}):\n\n    {key}\n", config.data_dir.join("api-key").display());
+        eprintln!("Create a session:  curl -X POST {base}/session/create -H 'X-API-Key: {key}' -d '{{\"user_id\":\"me@example.com\"}}'");
+    } else if config.api_keys.is_empty() {
+        eprintln!("API key: see {}", config.data_dir.join("api-key").display());
+    }
+
+    server.run(RunArgs::default());
+
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    lifecycle_rt.block_on(async {
+        let _ = tokio::time::timeout(Duration::from_secs(10), background).await;
+        if config.stop_workspaces_on_exit {
+            let stop = tokio::time::timeout(config.stop_grace + Duration::from_secs(10), manager.stop_all());
+            if stop.await.is_err() {
+                tracing::warn!("some workspaces did not stop in time; they are adopted or stopped on the next start");
+            }
+        }
+    });
+    lifecycle_rt.shutdown_timeout(Duration::from_secs(2));
+    Ok(())
+}
