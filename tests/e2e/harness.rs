@@ -1,0 +1,192 @@
+//! Starts the real `wakeway` binary on an ephemeral port, with `wakeway-testspace` as the
+//! workspace command, and talks to it with real HTTP and WebSocket clients.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde_json::Value;
+
+pub const KEY: &str = "e2e-test-key-0123456789abcdef";
+
+pub struct Wakeway {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub client: reqwest::Client,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn testspace_command(dir: &Path, extra: &str) -> String {
+    format!(
+        "exec {} --port {{port}} --starts {} {extra} {{workspace}}",
+        env!("CARGO_BIN_EXE_wakeway-testspace"),
+        dir.join("starts").display()
+    )
+}
+
+impl Wakeway {
+    /// Start wakeway in a fresh data folder with `env` on top of the test defaults.
+    pub async fn start(env: &[(&str, &str)]) -> Wakeway {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let mut w = Wakeway::start_in(&dir, env).await;
+        w._tmp = Some(tmp);
+        w
+    }
+
+    /// Start wakeway on an existing data folder (restart tests).
+    pub async fn start_in(dir: &Path, env: &[(&str, &str)]) -> Wakeway {
+        let port = free_port();
+        let mut vars: Vec<(String, String)> = vec![
+            ("WAKEWAY_LISTEN".into(), format!("127.0.0.1:{port}")),
+            ("WAKEWAY_DATA_DIR".into(), dir.join("data").display().to_string()),
+            ("WAKEWAY_API_KEY".into(), KEY.into()),
+            ("WAKEWAY_WORKSPACE_COMMAND".into(), testspace_command(dir, "")),
+            ("WAKEWAY_SHUTDOWN_GRACE".into(), "0s".into()),
+            ("WAKEWAY_STOP_GRACE".into(), "3s".into()),
+            ("WAKEWAY_THREADS".into(), "2".into()),
+        ];
+        for (k, v) in env {
+            vars.retain(|(name, _)| name != k);
+            vars.push((k.to_string(), v.to_string()));
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("wakeway.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_wakeway"))
+            .arg("serve")
+            .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env_remove("WAKEWAY_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start wakeway");
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+        let w = Wakeway { child: Some(child), port, dir: dir.to_owned(), _tmp: None, client };
+        w.wait_healthy().await;
+        w
+    }
+
+    async fn wait_healthy(&self) {
+        for _ in 0..300 {
+            if let Ok(r) = self.client.get(self.url("/health")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("wakeway did not become healthy; log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("wakeway.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn host(&self, id: &str) -> String {
+        format!("vs-code-{id}.localhost:{}", self.port)
+    }
+
+    /// A request to the management API with the key.
+    pub fn api(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, self.url(path)).header("x-api-key", KEY)
+    }
+
+    /// A request to session `id`'s workspace host.
+    pub fn ws(&self, method: Method, id: &str, path: &str) -> RequestBuilder {
+        self.client.request(method, self.url(path)).header("host", self.host(id))
+    }
+
+    pub async fn create(&self) -> String {
+        let r = self.api(Method::POST, "/session/create").body(r#"{"user_id":"user@example.com"}"#).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        v["uuid"].as_str().unwrap().to_string()
+    }
+
+    pub async fn status(&self, id: &str) -> Value {
+        self.api(Method::GET, &format!("/session/{id}/status")).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Poll status until `state` (panics with the log after `limit`).
+    pub async fn wait_state(&self, id: &str, state: &str, limit: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let s = self.status(id).await;
+            if s["state"] == state {
+                return s;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("session {id} did not reach {state} within {limit:?}: {s}\nlog:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn sleep(&self, id: &str) {
+        let r = self.api(Method::POST, &format!("/session/{id}/sleep")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+
+    /// Workspace starts recorded by the testspace (one line each).
+    pub fn starts(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("starts")).map(|t| t.lines().count()).unwrap_or(0)
+    }
+
+    pub fn workspace_dir(&self, id: &str) -> PathBuf {
+        self.dir.join("data/workspaces").join(id)
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap()
+    }
+
+    /// SIGTERM and wait for exit (workspaces stopped if configured).
+    pub fn stop(&mut self) {
+        assert!(self.terminate(), "wakeway did not exit within 20 s of SIGTERM; log:\n{}", self.log());
+    }
+
+    /// SIGTERM, wait up to 20 s, then SIGKILL. True when it exited on its own.
+    fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else { return true };
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        for _ in 0..400 {
+            if child.try_wait().ok().flatten().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// SIGKILL: a crash. Workspace processes are left running.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Wakeway {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+pub fn assert_status(got: StatusCode, want: u16, context: &str) {
+    assert_eq!(got.as_u16(), want, "{context}");
+}
