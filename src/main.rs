@@ -133,7 +133,12 @@ fn chrono_now() -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_millis(SystemClock.now_ms()).unwrap_or_default()
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(mut config: Config) -> anyhow::Result<()> {
+    // Workspace processes run in their own folders: every path we hand them must be absolute.
+    config.data_dir = std::path::absolute(&config.data_dir).context("data_dir")?;
+    if !config.backup_dir.as_os_str().is_empty() {
+        config.backup_dir = std::path::absolute(&config.backup_dir).context("backup_dir")?;
+    }
     // Fail with a clear message instead of a panic deep in the listener.
     drop(std::net::TcpListener::bind(config.listen).with_context(|| {
         format!("cannot listen on {} (in use? set WAKEWAY_LISTEN or `listen` in the config)", config.listen)
@@ -162,7 +167,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
     };
 
     let mut conf = ServerConf::default();
-    conf.threads = if config.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { config.threads };
+    conf.threads =
+        if config.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { config.threads };
     conf.grace_period_seconds = Some(config.shutdown_grace.as_secs());
     conf.graceful_shutdown_timeout_seconds = Some(5);
     conf.pid_file = config.data_dir.join("wakeway.pid").to_string_lossy().into_owned();
@@ -176,10 +182,19 @@ fn serve(config: Config) -> anyhow::Result<()> {
 
     let base = format!("http://{}", config.listen);
     tracing::info!(listen = %config.listen, domain = %config.domain, data_dir = %config.data_dir.display(), "wakeway serving");
-    eprintln!("wakeway {} is serving the API at {base} and workspaces at {}", env!("CARGO_PKG_VERSION"), config.workspace_url("<id>"));
+    eprintln!(
+        "wakeway {} is serving the API at {base} and workspaces at {}",
+        env!("CARGO_PKG_VERSION"),
+        config.workspace_url("<id>")
+    );
     if let Some(key) = &built.new_api_key {
-        eprintln!("A new API key was generated (shown once; kept in {}):\n\n    {key}\n", config.data_dir.join("api-key").display());
-        eprintln!("Create a session:  curl -X POST {base}/session/create -H 'X-API-Key: {key}' -d '{{\"user_id\":\"me@example.com\"}}'");
+        eprintln!(
+            "A new API key was generated (shown once; kept in {}):\n\n    {key}\n",
+            config.data_dir.join("api-key").display()
+        );
+        eprintln!(
+            "Create a session:  curl -X POST {base}/session/create -H 'X-API-Key: {key}' -d '{{\"user_id\":\"me@example.com\"}}'"
+        );
     } else if config.api_keys.is_empty() {
         eprintln!("API key: see {}", config.data_dir.join("api-key").display());
     }

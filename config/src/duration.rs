@@ -4,9 +4,8 @@ use std::time::Duration;
 
 /// Parse `15m`, `24h`, `30d`, `90s`, `250ms`, or a sum such as `1h 30m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
-        format!("{e}: write a duration like \"90s\", \"15m\", \"24h\" or \"30d\"")
-    })
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e}: write a duration like \"90s\", \"15m\", \"24h\" or \"30d\""))
 }
 
 /// The shortest exact spelling: `15m`, `24h`, `30d`, `1500ms`.
@@ -16,7 +15,7 @@ pub fn format_duration(d: Duration) -> String {
         return "0s".into();
     }
     for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if ms % size == 0 {
+        if ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
     }

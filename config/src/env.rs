@@ -16,9 +16,7 @@ pub struct ProcessEnv;
 
 impl Env for ProcessEnv {
     fn vars(&self) -> Vec<(String, String)> {
-        std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .collect()
+        std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect()
     }
 }
 
@@ -47,8 +45,8 @@ const OTHER_VARS: &[&str] = &["WAKEWAY_CONFIG", "WAKEWAY_LOG", "WAKEWAY_TOOLS"];
 /// `WAKEWAY_API_KEYS` takes a comma-separated list. Unknown `WAKEWAY_*` names are an error, so a
 /// typo never goes unnoticed.
 pub(crate) fn apply(config: &mut Config, env: &dyn Env) -> Result<(), ConfigError> {
-    let toml::Value::Table(mut table) = toml::Value::try_from(&*config)
-        .map_err(|e| ConfigError::Invalid(format!("cannot represent config: {e}")))?
+    let toml::Value::Table(mut table) =
+        toml::Value::try_from(&*config).map_err(|e| ConfigError::Invalid(format!("cannot represent config: {e}")))?
     else {
         unreachable!("a struct serializes to a table")
     };
@@ -82,9 +80,9 @@ pub(crate) fn apply(config: &mut Config, env: &dyn Env) -> Result<(), ConfigErro
         changed = true;
     }
     if changed {
-        *config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-            ConfigError::Invalid(format!("environment overrides: {}", e.message()))
-        })?;
+        *config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(format!("environment overrides: {}", e.message())))?;
     }
     Ok(())
 }
@@ -97,9 +95,7 @@ fn convert(current: &toml::Value, text: &str, key: &str) -> Result<toml::Value, 
     use toml::Value;
     Ok(match current {
         Value::String(_) => Value::String(text.to_string()),
-        Value::Integer(_) => Value::Integer(
-            text.trim().parse().map_err(|_| format!("{key} takes a whole number"))?,
-        ),
+        Value::Integer(_) => Value::Integer(text.trim().parse().map_err(|_| format!("{key} takes a whole number"))?),
         Value::Float(_) => Value::Float(text.trim().parse().map_err(|_| format!("{key} takes a number"))?),
         Value::Boolean(_) => Value::Boolean(match text.trim() {
             "1" | "true" | "yes" | "on" => true,
@@ -107,16 +103,12 @@ fn convert(current: &toml::Value, text: &str, key: &str) -> Result<toml::Value, 
             _ => return Err(format!("{key} takes true or false")),
         }),
         Value::Array(_) => Value::Array(
-            text.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| Value::String(s.to_string()))
-                .collect(),
+            text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.to_string())).collect(),
         ),
         Value::Table(_) => {
             let wrapped = format!("v = {{ {text} }}");
-            let mut parsed: toml::Table = toml::from_str(&wrapped)
-                .map_err(|e| format!("{key} takes an inline TOML table: {}", e.message()))?;
+            let mut parsed: toml::Table =
+                toml::from_str(&wrapped).map_err(|e| format!("{key} takes an inline TOML table: {}", e.message()))?;
             parsed.remove("v").unwrap_or(Value::Table(Default::default()))
         }
         Value::Datetime(_) => return Err(format!("{key} cannot be set from the environment")),

@@ -21,18 +21,11 @@ pub use env::{Env, MapEnv, ProcessEnv};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("environment variable {var}={value:?} is not valid: {message}")]
-    Env {
-        var: String,
-        value: String,
-        message: String,
-    },
+    Env { var: String, value: String, message: String },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -188,8 +181,18 @@ impl Default for Config {
             rate_limit_per_minute: 100,
             max_api_body_bytes: 64 * 1024,
             bot_user_agents: [
-                "bot", "crawler", "spider", "slurp", "kube-probe", "ELB-HealthChecker", "GoogleHC",
-                "facebookexternalhit", "WhatsApp", "Slack", "Discord", "preview",
+                "bot",
+                "crawler",
+                "spider",
+                "slurp",
+                "kube-probe",
+                "ELB-HealthChecker",
+                "GoogleHC",
+                "facebookexternalhit",
+                "WhatsApp",
+                "Slack",
+                "Discord",
+                "preview",
             ]
             .map(String::from)
             .to_vec(),
@@ -221,14 +224,9 @@ impl Config {
 
     /// Parse a TOML file over the defaults (missing keys keep their default).
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        })
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
     }
 
     /// Parse TOML text over the defaults.
@@ -288,7 +286,7 @@ impl Config {
             }
         }
         for (name, tier) in &self.tiers {
-            if !(tier.cpu > 0.0) || tier.memory_mib == 0 {
+            if tier.cpu.is_nan() || tier.cpu <= 0.0 || tier.memory_mib == 0 {
                 return bad(format!("tier {name:?} needs cpu > 0 and memory_mib > 0"));
             }
         }

@@ -49,7 +49,8 @@ fn env_wins_over_file_and_file_over_defaults() {
     let dir = std::env::temp_dir().join(format!("wakeway-config-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("wakeway.toml");
-    std::fs::write(&path, "idle_timeout = \"5m\"\ndomain = \"a.example\"\n[tiers.huge]\ncpu = 8\nmemory_mib = 16384\n").unwrap();
+    std::fs::write(&path, "idle_timeout = \"5m\"\ndomain = \"a.example\"\n[tiers.huge]\ncpu = 8\nmemory_mib = 16384\n")
+        .unwrap();
     let c = Config::load(Some(&path), &MapEnv::new([("WAKEWAY_DOMAIN", "b.example")])).unwrap();
     assert_eq!(c.idle_timeout, Duration::from_secs(300));
     assert_eq!(c.domain, "b.example");
@@ -95,7 +96,9 @@ fn workspace_urls_follow_public_url() {
 
 #[test]
 fn durations_round_trip_in_short_form() {
-    for (text, shown) in [("15m", "15m"), ("24h", "1d"), ("30d", "30d"), ("90s", "90s"), ("250ms", "250ms"), ("36h", "36h")] {
+    for (text, shown) in
+        [("15m", "15m"), ("24h", "1d"), ("30d", "30d"), ("90s", "90s"), ("250ms", "250ms"), ("36h", "36h")]
+    {
         let d = parse_duration(text).unwrap();
         assert_eq!(format_duration(d), shown);
         assert_eq!(parse_duration(shown).unwrap(), d);
@@ -112,4 +115,10 @@ fn masked_toml_hides_keys_and_parses_back() {
     assert!(shown.contains("idle_timeout = \"15m\""));
     let back = Config::from_toml(&shown).unwrap();
     assert_eq!(back.idle_timeout, c.idle_timeout);
+}
+
+#[test]
+fn the_example_file_is_the_defaults() {
+    let text = include_str!("../wakeway.example.toml");
+    assert_eq!(Config::from_toml(text).unwrap(), Config::default());
 }

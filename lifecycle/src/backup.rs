@@ -115,17 +115,17 @@ fn options_for(meta: &fs::Metadata) -> SimpleFileOptions {
         .compression_method(CompressionMethod::Deflated)
         .unix_permissions(meta.permissions().mode() & 0o7777)
         .large_file(meta.len() >= u32::MAX as u64);
-    if let Some(t) = DateTime::<Utc>::from_timestamp(meta.mtime(), 0) {
-        if let Ok(dt) = zip::DateTime::from_date_and_time(
+    if let Some(t) = DateTime::<Utc>::from_timestamp(meta.mtime(), 0)
+        && let Ok(dt) = zip::DateTime::from_date_and_time(
             t.year().clamp(1980, 2107) as u16,
             t.month() as u8,
             t.day() as u8,
             t.hour() as u8,
             t.minute() as u8,
             t.second() as u8,
-        ) {
-            options = options.last_modified_time(dt);
-        }
+        )
+    {
+        options = options.last_modified_time(dt);
     }
     options
 }
@@ -169,7 +169,8 @@ fn add_dir(
         } else if kind.is_file() {
             zip.start_file(name.as_str(), options).map_err(zip_err)?;
             let mut file = File::open(&path).map_err(src_err(&path))?;
-            let (size, crc) = copy_with_crc(&mut file, zip).map_err(|source| BackupError::Dest { path: partial.to_owned(), source })?;
+            let (size, crc) = copy_with_crc(&mut file, zip)
+                .map_err(|source| BackupError::Dest { path: partial.to_owned(), source })?;
             entries.push(Entry { name, kind: Kind::File { size, crc } });
         } else {
             skipped.push(name);
@@ -221,7 +222,11 @@ fn verify(path: &Path, expected: &[Entry]) -> Result<(String, u64), BackupError>
             }
             Kind::File { size, crc } => {
                 if found.size() != *size {
-                    return Err(fail(format!("{}: {} bytes in the zip, {size} read from disk", entry.name, found.size())));
+                    return Err(fail(format!(
+                        "{}: {} bytes in the zip, {size} read from disk",
+                        entry.name,
+                        found.size()
+                    )));
                 }
                 // Reading to the end also makes the zip reader check the stored CRC-32.
                 let (got_size, got_crc) =
@@ -285,7 +290,7 @@ mod tests {
         let info = write_verified_zip(&src, &dest, Utc::now()).unwrap();
         assert!(dest.exists() && !partial_path(&dest).exists());
         assert_eq!(info.entries, 10);
-        assert_eq!(info.content_bytes, 5 + 15_000 + 70_000 + 0 + 7 + 10);
+        assert_eq!(info.content_bytes, (5 + 15_000 + 70_000) + 7 + 10);
         let mut zip = ZipArchive::new(File::open(&dest).unwrap()).unwrap();
         let mut text = String::new();
         zip.by_name("project/app.js").unwrap().read_to_string(&mut text).unwrap();

@@ -109,9 +109,15 @@ pub struct Built {
 }
 
 /// Build the manager, store, backend and API for `config`.
-pub fn build(config: Arc<Config>, clock: Arc<dyn Clock>, stats: Arc<ProxyStats>, rt: tokio::runtime::Handle) -> Result<Built, String> {
+pub fn build(
+    config: Arc<Config>,
+    clock: Arc<dyn Clock>,
+    stats: Arc<ProxyStats>,
+    rt: tokio::runtime::Handle,
+) -> Result<Built, String> {
     let command = workspace_command(&config)?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
     let backups = config.backup_dir();
     if let Err(e) = std::fs::create_dir_all(&backups) {
         tracing::error!(dir = %backups.display(), error = %e, "the backup folder cannot be created: deletions will fail (and keep the data) until it can");
@@ -121,7 +127,8 @@ pub fn build(config: Arc<Config>, clock: Arc<dyn Clock>, stats: Arc<ProxyStats>,
     let paths = backend::local::LocalPaths::new(&config.data_dir, backups);
     let backend = backend::LocalBackend::new(command, paths, config.stop_grace, tx);
     let (keys, new_api_key) = if config.api_keys.is_empty() {
-        let (key, created) = api::load_or_generate_key(&config.data_dir).map_err(|e| format!("cannot keep the API key in data_dir: {e}"))?;
+        let (key, created) = api::load_or_generate_key(&config.data_dir)
+            .map_err(|e| format!("cannot keep the API key in data_dir: {e}"))?;
         (vec![key.clone()], created.then_some(key))
     } else {
         (config.api_keys.clone(), None)

@@ -189,7 +189,11 @@ impl Manager {
 
     fn tier(&self, name: &str) -> Tier {
         let tiers = &self.inner.config.tiers;
-        tiers.get(name).or_else(|| tiers.get(&self.inner.config.default_tier)).cloned().unwrap_or(Tier { cpu: 1.0, memory_mib: 1024 })
+        tiers
+            .get(name)
+            .or_else(|| tiers.get(&self.inner.config.default_tier))
+            .cloned()
+            .unwrap_or(Tier { cpu: 1.0, memory_mib: 1024 })
     }
 
     // ---- the in-memory map ---------------------------------------------------------------
@@ -242,11 +246,11 @@ impl Manager {
     /// Persist `s` (compare-and-set), merging in-memory activity first; publish the new phase.
     async fn save(&self, rt: &Runtime, s: &mut Session) -> Result<()> {
         let ms = rt.handle.activity.last_activity_ms();
-        if ms > s.last_activity.timestamp_millis() {
-            if let Some(t) = DateTime::from_timestamp_millis(ms) {
-                s.last_activity = t;
-                s.activity_source = rt.handle.activity.source().as_str().to_string();
-            }
+        if ms > s.last_activity.timestamp_millis()
+            && let Some(t) = DateTime::from_timestamp_millis(ms)
+        {
+            s.last_activity = t;
+            s.activity_source = rt.handle.activity.source().as_str().to_string();
         }
         let stored = self.inner.store.put(s).await.inspect_err(|e| self.note_store_error(e))?;
         self.inner.store_up.store(true, Ordering::Relaxed);
@@ -563,7 +567,12 @@ impl Manager {
                     self.inner.metrics.backups.with_label_values(&["failed"]).inc();
                     self.inner.metrics.backup_seconds.with_label_values(&["failed"]).observe(secs);
                     s.backup_failures += 1;
-                    let backoff = self.inner.config.backup_retry.saturating_mul(1 << (s.backup_failures - 1).min(10)).min(Duration::from_secs(3600));
+                    let backoff = self
+                        .inner
+                        .config
+                        .backup_retry
+                        .saturating_mul(1 << (s.backup_failures - 1).min(10))
+                        .min(Duration::from_secs(3600));
                     s.next_backup_attempt = Some(self.now() + chrono::Duration::from_std(backoff).unwrap_or_default());
                     s.last_error = Some(format!("backup failed (attempt {}): {e}", s.backup_failures));
                     tracing::error!(session = %s.uuid, attempt = s.backup_failures, retry_in = ?backoff, error = %e, "backup failed; the workspace is kept");
@@ -706,8 +715,10 @@ impl Manager {
             let rt = self.runtime_for(&s);
             // An operation in flight owns this session right now; look again next sweep.
             let Ok(guard) = rt.op.try_lock() else { continue };
-            let last = DateTime::from_timestamp_millis(rt.handle.activity.last_activity_ms().max(s.last_activity.timestamp_millis()))
-                .unwrap_or(s.last_activity);
+            let last = DateTime::from_timestamp_millis(
+                rt.handle.activity.last_activity_ms().max(s.last_activity.timestamp_millis()),
+            )
+            .unwrap_or(s.last_activity);
             let crashed = s.state == State::Running && !self.inner.backend.is_alive(&s);
             let action = if crashed { Action::FinishSleep } else { self.inner.policy.decide(&s, last, now) };
             drop(guard);
@@ -715,7 +726,9 @@ impl Manager {
             let result = match action {
                 Action::Nothing => Ok(()),
                 Action::Sleep => self.sleep(&id, SleepReason::Idle).await.map(drop),
-                Action::FinishSleep => self.sleep(&id, if crashed { SleepReason::Crashed } else { SleepReason::Shutdown }).await.map(drop),
+                Action::FinishSleep => {
+                    self.sleep(&id, if crashed { SleepReason::Crashed } else { SleepReason::Shutdown }).await.map(drop)
+                }
                 Action::BackUpAndDelete => self.delete(&id, false).await.map(drop),
                 Action::Forget => self.forget(&rt).await,
             };
@@ -743,7 +756,8 @@ impl Manager {
     async fn prune_backups(&self, now: DateTime<Utc>) {
         let dir = self.inner.config.backup_dir();
         let Ok(mut entries) = tokio::fs::read_dir(&dir).await else { return };
-        let cutoff = now - chrono::Duration::from_std(self.inner.config.backup_retention).unwrap_or(chrono::Duration::MAX);
+        let cutoff =
+            now - chrono::Duration::from_std(self.inner.config.backup_retention).unwrap_or(chrono::Duration::MAX);
         while let Ok(Some(entry)) = entries.next_entry().await {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some(taken) = backup_time(&name) else { continue };
@@ -798,7 +812,11 @@ impl Manager {
     }
 
     /// Run the sweep, checkpoints and backend events until `shutdown` fires.
-    pub async fn run_background(&self, mut events: mpsc::UnboundedReceiver<BackendEvent>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run_background(
+        &self,
+        mut events: mpsc::UnboundedReceiver<BackendEvent>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut sweep = tokio::time::interval(self.inner.config.sweep_interval);
         let mut checkpoint = tokio::time::interval(self.inner.config.checkpoint_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -44,13 +44,39 @@ impl Metrics {
         let secs = vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
         Metrics {
             wakes: counter("wakeway_wakes_total", "Workspace starts by result (ok, failed).", &["result"]),
-            wake_seconds: histogram("wakeway_wake_duration_seconds", "Time from wake request to a workspace answering HTTP.", &["result"], secs.clone()),
-            sleeps: counter("wakeway_sleeps_total", "Workspaces put to sleep, by reason (idle, api, crashed, shutdown).", &["reason"]),
+            wake_seconds: histogram(
+                "wakeway_wake_duration_seconds",
+                "Time from wake request to a workspace answering HTTP.",
+                &["result"],
+                secs.clone(),
+            ),
+            sleeps: counter(
+                "wakeway_sleeps_total",
+                "Workspaces put to sleep, by reason (idle, api, crashed, shutdown).",
+                &["reason"],
+            ),
             backups: counter("wakeway_backups_total", "Backups by result (ok, failed).", &["result"]),
-            backup_seconds: histogram("wakeway_backup_duration_seconds", "Time to write and verify a backup.", &["result"], secs),
-            deletes: counter("wakeway_deletes_total", "Workspaces deleted after a verified backup, by trigger (policy, api).", &["trigger"]),
-            backups_pruned: counter("wakeway_backups_pruned_total", "Backups deleted after backup_retention.", &["result"]),
-            api_requests: counter("wakeway_api_requests_total", "Management API requests by endpoint and status.", &["endpoint", "status"]),
+            backup_seconds: histogram(
+                "wakeway_backup_duration_seconds",
+                "Time to write and verify a backup.",
+                &["result"],
+                secs,
+            ),
+            deletes: counter(
+                "wakeway_deletes_total",
+                "Workspaces deleted after a verified backup, by trigger (policy, api).",
+                &["trigger"],
+            ),
+            backups_pruned: counter(
+                "wakeway_backups_pruned_total",
+                "Backups deleted after backup_retention.",
+                &["result"],
+            ),
+            api_requests: counter(
+                "wakeway_api_requests_total",
+                "Management API requests by endpoint and status.",
+                &["endpoint", "status"],
+            ),
             registry,
         }
     }
@@ -64,24 +90,62 @@ impl Metrics {
         for (state, n) in states {
             let _ = writeln!(text, "wakeway_sessions{{state=\"{}\"}} {n}", state.as_str());
         }
-        let _ = writeln!(text, "# HELP wakeway_store_up Whether the session store answers (1) or not (0).\n# TYPE wakeway_store_up gauge");
+        let _ = writeln!(
+            text,
+            "# HELP wakeway_store_up Whether the session store answers (1) or not (0).\n# TYPE wakeway_store_up gauge"
+        );
         let _ = writeln!(text, "wakeway_store_up {}", u8::from(store_up));
         let counters: [(&str, &str, u64); 9] = [
             ("wakeway_proxy_requests_total", "Requests proxied to workspaces.", stats.requests.load(Ordering::Relaxed)),
-            ("wakeway_proxy_request_bytes_total", "Request body bytes sent to workspaces.", stats.bytes_in.load(Ordering::Relaxed)),
-            ("wakeway_proxy_response_bytes_total", "Response body bytes sent to clients.", stats.bytes_out.load(Ordering::Relaxed)),
-            ("wakeway_held_released_total", "Held requests released by a wake.", stats.held_released.load(Ordering::Relaxed)),
-            ("wakeway_held_timed_out_total", "Held requests answered 503 after hold_timeout.", stats.held_timed_out.load(Ordering::Relaxed)),
-            ("wakeway_held_rejected_total", "Requests answered 503 because too many were held.", stats.held_rejected.load(Ordering::Relaxed)),
-            ("wakeway_waiting_pages_total", "Waiting pages served to browser navigations.", stats.waiting_pages.load(Ordering::Relaxed)),
-            ("wakeway_unknown_host_total", "Requests for workspace hosts with no session.", stats.unknown_host.load(Ordering::Relaxed)),
-            ("wakeway_not_woken_total", "Requests answered without waking (HEAD, OPTIONS, prefetch, bots, health).", stats.not_woken.load(Ordering::Relaxed)),
+            (
+                "wakeway_proxy_request_bytes_total",
+                "Request body bytes sent to workspaces.",
+                stats.bytes_in.load(Ordering::Relaxed),
+            ),
+            (
+                "wakeway_proxy_response_bytes_total",
+                "Response body bytes sent to clients.",
+                stats.bytes_out.load(Ordering::Relaxed),
+            ),
+            (
+                "wakeway_held_released_total",
+                "Held requests released by a wake.",
+                stats.held_released.load(Ordering::Relaxed),
+            ),
+            (
+                "wakeway_held_timed_out_total",
+                "Held requests answered 503 after hold_timeout.",
+                stats.held_timed_out.load(Ordering::Relaxed),
+            ),
+            (
+                "wakeway_held_rejected_total",
+                "Requests answered 503 because too many were held.",
+                stats.held_rejected.load(Ordering::Relaxed),
+            ),
+            (
+                "wakeway_waiting_pages_total",
+                "Waiting pages served to browser navigations.",
+                stats.waiting_pages.load(Ordering::Relaxed),
+            ),
+            (
+                "wakeway_unknown_host_total",
+                "Requests for workspace hosts with no session.",
+                stats.unknown_host.load(Ordering::Relaxed),
+            ),
+            (
+                "wakeway_not_woken_total",
+                "Requests answered without waking (HEAD, OPTIONS, prefetch, bots, health).",
+                stats.not_woken.load(Ordering::Relaxed),
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
         }
         let held = stats.held_now.load(Ordering::Relaxed);
-        let _ = writeln!(text, "# HELP wakeway_held_requests Requests held right now while a workspace wakes.\n# TYPE wakeway_held_requests gauge\nwakeway_held_requests {held}");
+        let _ = writeln!(
+            text,
+            "# HELP wakeway_held_requests Requests held right now while a workspace wakes.\n# TYPE wakeway_held_requests gauge\nwakeway_held_requests {held}"
+        );
         text
     }
 }

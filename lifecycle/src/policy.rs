@@ -18,7 +18,11 @@ pub struct Policy {
 
 impl From<&Config> for Policy {
     fn from(c: &Config) -> Self {
-        Policy { idle_timeout: c.idle_timeout, sleep_to_delete: c.sleep_to_delete, backup_retention: c.backup_retention }
+        Policy {
+            idle_timeout: c.idle_timeout,
+            sleep_to_delete: c.sleep_to_delete,
+            backup_retention: c.backup_retention,
+        }
     }
 }
 
@@ -62,7 +66,9 @@ impl Policy {
         match s.state {
             State::Running if now >= after(last_activity, self.idle_timeout) => Action::Sleep,
             State::Stopping => Action::FinishSleep,
-            State::Sleeping | State::BackupFailed if self.deletes_at(s).is_some_and(|t| now >= t) => Action::BackUpAndDelete,
+            State::Sleeping | State::BackupFailed if self.deletes_at(s).is_some_and(|t| now >= t) => {
+                Action::BackUpAndDelete
+            }
             State::BackingUp | State::Deleting => Action::BackUpAndDelete,
             State::Deleted if s.deleted_at.is_some_and(|t| now >= after(t, self.backup_retention)) => Action::Forget,
             _ => Action::Nothing,

@@ -52,7 +52,11 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>, headers: &Head
     }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
     let purpose = |name: &str| header(name).to_ascii_lowercase().contains("prefetch");
-    if purpose("sec-purpose") || purpose("purpose") || purpose("x-moz") || header("x-purpose").eq_ignore_ascii_case("preview") {
+    if purpose("sec-purpose")
+        || purpose("purpose")
+        || purpose("x-moz")
+        || header("x-purpose").eq_ignore_ascii_case("preview")
+    {
         return RequestKind::Passive(PassiveReason::Prefetch);
     }
     if HEALTH_PATHS.contains(&path) {
@@ -93,12 +97,18 @@ mod tests {
     #[test]
     fn browsers_navigating_get_the_waiting_page() {
         assert_eq!(kind(Method::GET, "/", None, &[("sec-fetch-mode", "navigate")]), RequestKind::Navigate);
-        assert_eq!(kind(Method::GET, "/", None, &[("accept", "text/html,application/xhtml+xml")]), RequestKind::Navigate);
+        assert_eq!(
+            kind(Method::GET, "/", None, &[("accept", "text/html,application/xhtml+xml")]),
+            RequestKind::Navigate
+        );
     }
 
     #[test]
     fn programs_are_held() {
-        assert_eq!(kind(Method::GET, "/api", None, &[("sec-fetch-mode", "cors"), ("accept", "text/html")]), RequestKind::Hold);
+        assert_eq!(
+            kind(Method::GET, "/api", None, &[("sec-fetch-mode", "cors"), ("accept", "text/html")]),
+            RequestKind::Hold
+        );
         assert_eq!(kind(Method::GET, "/", None, &[("accept", "*/*")]), RequestKind::Hold);
         assert_eq!(kind(Method::POST, "/files/a", None, &[]), RequestKind::Hold);
         assert_eq!(
@@ -112,7 +122,10 @@ mod tests {
         use PassiveReason::*;
         assert_eq!(kind(Method::HEAD, "/", None, &[]), RequestKind::Passive(Head));
         assert_eq!(kind(Method::OPTIONS, "/", None, &[]), RequestKind::Passive(Options));
-        assert_eq!(kind(Method::GET, "/", None, &[("sec-purpose", "prefetch;prerender")]), RequestKind::Passive(Prefetch));
+        assert_eq!(
+            kind(Method::GET, "/", None, &[("sec-purpose", "prefetch;prerender")]),
+            RequestKind::Passive(Prefetch)
+        );
         assert_eq!(kind(Method::GET, "/", None, &[("purpose", "prefetch")]), RequestKind::Passive(Prefetch));
         assert_eq!(kind(Method::GET, "/healthz", None, &[]), RequestKind::Passive(HealthCheck));
         assert_eq!(kind(Method::GET, "/", None, &[("user-agent", "Googlebot/2.1")]), RequestKind::Passive(Bot));

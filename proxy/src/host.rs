@@ -105,10 +105,21 @@ mod tests {
     fn everything_else_is_the_api_or_a_bad_workspace() {
         let d = "example.com";
         for host in [
-            "example.com", "localhost:8080", "127.0.0.1:8080", "[::1]:8080", "api.example.com",
-            "vs-code-abc12345.example.org", "vs-code-abc12345.xexample.com", "vs-code-.example.com",
-            "vs-code-abc12345.a.example.com.evil", "", ":", "vs-code-abc12345.example.com.evil.com",
-            "vs-code-abc12345\u{e9}.example.com", "vs-code-\u{e9}example.com", "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}.example.com",
+            "example.com",
+            "localhost:8080",
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "api.example.com",
+            "vs-code-abc12345.example.org",
+            "vs-code-abc12345.xexample.com",
+            "vs-code-.example.com",
+            "vs-code-abc12345.a.example.com.evil",
+            "",
+            ":",
+            "vs-code-abc12345.example.com.evil.com",
+            "vs-code-abc12345\u{e9}.example.com",
+            "vs-code-\u{e9}example.com",
+            "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}.example.com",
         ] {
             let route = HostRoute::parse(host, d);
             assert!(matches!(route, HostRoute::Api | HostRoute::BadWorkspace), "{host} -> {route:?}");

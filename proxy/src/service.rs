@@ -72,7 +72,12 @@ pub struct RequestCtx {
 }
 
 impl WakewayProxy {
-    pub fn new(settings: ProxySettings, lifecycle: Arc<dyn Lifecycle>, clock: Arc<dyn Clock>, stats: Arc<ProxyStats>) -> Self {
+    pub fn new(
+        settings: ProxySettings,
+        lifecycle: Arc<dyn Lifecycle>,
+        clock: Arc<dyn Clock>,
+        stats: Arc<ProxyStats>,
+    ) -> Self {
         WakewayProxy { settings, lifecycle, clock, stats }
     }
 
@@ -99,7 +104,14 @@ impl WakewayProxy {
             headers.extend(req.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         let Ok(request) = builder.body(body.freeze()) else {
-            return respond(session, StatusCode::BAD_REQUEST, JSON, error_body("bad_request", "unreadable request"), &[]).await;
+            return respond(
+                session,
+                StatusCode::BAD_REQUEST,
+                JSON,
+                error_body("bad_request", "unreadable request"),
+                &[],
+            )
+            .await;
         };
         let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let response = self.lifecycle.api(request, client).await;
@@ -231,14 +243,20 @@ impl ProxyHttp for WakewayProxy {
             HostRoute::BadWorkspace => {
                 ProxyStats::bump(&self.stats.unknown_host);
                 let message = "This is not a valid workspace address: check the link.";
-                return self.answer(session, StatusCode::NOT_FOUND, "unknown_workspace", message, pages::not_found, &[]).await;
+                return self
+                    .answer(session, StatusCode::NOT_FOUND, "unknown_workspace", message, pages::not_found, &[])
+                    .await;
             }
             HostRoute::Workspace(id) => id,
         };
         let Some(handle) = self.lifecycle.session(&id) else {
             ProxyStats::bump(&self.stats.unknown_host);
-            let message = format!("There is no workspace vs-code-{id} on this server. Check the link, or create a session through the API.");
-            return self.answer(session, StatusCode::NOT_FOUND, "unknown_workspace", &message, pages::not_found, &[]).await;
+            let message = format!(
+                "There is no workspace vs-code-{id} on this server. Check the link, or create a session through the API."
+            );
+            return self
+                .answer(session, StatusCode::NOT_FOUND, "unknown_workspace", &message, pages::not_found, &[])
+                .await;
         };
         let req = session.req_header();
         if req.uri.path() == pages::STATUS_PATH {
@@ -259,7 +277,16 @@ impl ProxyHttp for WakewayProxy {
         let ready = match phase {
             Phase::Ready(addr) => addr,
             Phase::Gone => {
-                return self.answer(session, StatusCode::GONE, "session_deleted", GONE_MESSAGE, |m| pages::gone(id.as_str(), m), &[]).await;
+                return self
+                    .answer(
+                        session,
+                        StatusCode::GONE,
+                        "session_deleted",
+                        GONE_MESSAGE,
+                        |m| pages::gone(id.as_str(), m),
+                        &[],
+                    )
+                    .await;
             }
             _ => match kind {
                 RequestKind::Passive(reason) => {
@@ -268,20 +295,42 @@ impl ProxyHttp for WakewayProxy {
                     let message = format!("The workspace is {state}; a {} does not wake it.", reason.as_str());
                     let extra = [("retry-after", "5"), ("x-wakeway-state", state)];
                     return self
-                        .answer(session, StatusCode::SERVICE_UNAVAILABLE, "workspace_asleep", &message, |m| pages::unavailable(id.as_str(), m, 5), &extra)
+                        .answer(
+                            session,
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "workspace_asleep",
+                            &message,
+                            |m| pages::unavailable(id.as_str(), m, 5),
+                            &extra,
+                        )
                         .await;
                 }
                 RequestKind::Navigate => {
                     ProxyStats::bump(&self.stats.waiting_pages);
                     self.lifecycle.request_wake(&handle, source);
-                    return respond(session, StatusCode::OK, HTML, pages::waiting(id.as_str()), &[("x-wakeway-state", "waking")]).await;
+                    return respond(
+                        session,
+                        StatusCode::OK,
+                        HTML,
+                        pages::waiting(id.as_str()),
+                        &[("x-wakeway-state", "waking")],
+                    )
+                    .await;
                 }
                 RequestKind::Hold => {
                     let Some(_slot) = self.hold_slot(&handle) else {
                         ProxyStats::bump(&self.stats.held_rejected);
-                        let message = "Too many requests are already waiting for this workspace to wake; retry in a few seconds.";
+                        let message =
+                            "Too many requests are already waiting for this workspace to wake; retry in a few seconds.";
                         return self
-                            .answer(session, StatusCode::SERVICE_UNAVAILABLE, "too_many_waiting", message, |m| pages::unavailable(id.as_str(), m, 5), &[("retry-after", "5")])
+                            .answer(
+                                session,
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "too_many_waiting",
+                                message,
+                                |m| pages::unavailable(id.as_str(), m, 5),
+                                &[("retry-after", "5")],
+                            )
                             .await;
                     };
                     self.lifecycle.request_wake(&handle, source);
@@ -292,20 +341,45 @@ impl ProxyHttp for WakewayProxy {
                             addr
                         }
                         Some(Phase::Gone) => {
-                            return self.answer(session, StatusCode::GONE, "session_deleted", GONE_MESSAGE, |m| pages::gone(id.as_str(), m), &[]).await;
+                            return self
+                                .answer(
+                                    session,
+                                    StatusCode::GONE,
+                                    "session_deleted",
+                                    GONE_MESSAGE,
+                                    |m| pages::gone(id.as_str(), m),
+                                    &[],
+                                )
+                                .await;
                         }
                         Some(Phase::Failed(why)) => {
                             let message = format!("The workspace could not start: {why}");
                             return self
-                                .answer(session, StatusCode::BAD_GATEWAY, "workspace_start_failed", &message, |m| pages::unavailable(id.as_str(), m, 10), &[("retry-after", "10")])
+                                .answer(
+                                    session,
+                                    StatusCode::BAD_GATEWAY,
+                                    "workspace_start_failed",
+                                    &message,
+                                    |m| pages::unavailable(id.as_str(), m, 10),
+                                    &[("retry-after", "10")],
+                                )
                                 .await;
                         }
                         _ => {
                             ProxyStats::bump(&self.stats.held_timed_out);
                             let secs = self.settings.hold_timeout.as_secs();
-                            let message = format!("The workspace did not become ready within {secs} s; it is still starting, retry shortly.");
+                            let message = format!(
+                                "The workspace did not become ready within {secs} s; it is still starting, retry shortly."
+                            );
                             return self
-                                .answer(session, StatusCode::SERVICE_UNAVAILABLE, "wake_timeout", &message, |m| pages::unavailable(id.as_str(), m, 5), &[("retry-after", "5")])
+                                .answer(
+                                    session,
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    "wake_timeout",
+                                    &message,
+                                    |m| pages::unavailable(id.as_str(), m, 5),
+                                    &[("retry-after", "5")],
+                                )
                                 .await;
                         }
                     }
@@ -324,7 +398,9 @@ impl ProxyHttp for WakewayProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let addr = ctx.upstream.ok_or_else(|| pingora::Error::explain(pingora::ErrorType::InternalError, "no upstream chosen"))?;
+        let addr = ctx
+            .upstream
+            .ok_or_else(|| pingora::Error::explain(pingora::ErrorType::InternalError, "no upstream chosen"))?;
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(5));
         peer.options.idle_timeout = Some(Duration::from_secs(60));
@@ -338,7 +414,15 @@ impl ProxyHttp for WakewayProxy {
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
         // Forwarding headers are ours alone: a client-set one is never passed on or trusted.
-        for name in ["forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port", "x-real-ip", "x-api-key"] {
+        for name in [
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-forwarded-port",
+            "x-real-ip",
+            "x-api-key",
+        ] {
             upstream.remove_header(name);
         }
         let host = request_host(session).to_string();
@@ -389,10 +473,10 @@ impl ProxyHttp for WakewayProxy {
     }
 
     async fn logging(&self, _session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
-        if ctx.open {
-            if let Some(handle) = &ctx.session {
-                handle.activity.open_connections.fetch_sub(1, Ordering::Relaxed);
-            }
+        if ctx.open
+            && let Some(handle) = &ctx.session
+        {
+            handle.activity.open_connections.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

@@ -76,10 +76,10 @@ impl Wakeway {
 
     async fn wait_healthy(&self) {
         for _ in 0..300 {
-            if let Ok(r) = self.client.get(self.url("/health")).send().await {
-                if r.status() == 200 {
-                    return;
-                }
+            if let Ok(r) = self.client.get(self.url("/health")).send().await
+                && r.status() == 200
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -109,7 +109,8 @@ impl Wakeway {
     }
 
     pub async fn create(&self) -> String {
-        let r = self.api(Method::POST, "/session/create").body(r#"{"user_id":"user@example.com"}"#).send().await.unwrap();
+        let r =
+            self.api(Method::POST, "/session/create").body(r#"{"user_id":"user@example.com"}"#).send().await.unwrap();
         assert_eq!(r.status(), 200);
         let v: Value = r.json().await.unwrap();
         v["uuid"].as_str().unwrap().to_string()

@@ -160,10 +160,10 @@ async fn held_requests_are_released_by_one_wake() {
         let url = w.url(&format!("/session/{id}/status"));
         tokio::spawn(async move {
             while !done.load(Ordering::SeqCst) {
-                if let Ok(r) = client.get(&url).header("x-api-key", KEY).send().await {
-                    if let Ok(v) = r.json::<Value>().await {
-                        max_queue.fetch_max(v["queue_length"].as_u64().unwrap_or(0) as usize, Ordering::SeqCst);
-                    }
+                if let Ok(r) = client.get(&url).header("x-api-key", KEY).send().await
+                    && let Ok(v) = r.json::<Value>().await
+                {
+                    max_queue.fetch_max(v["queue_length"].as_u64().unwrap_or(0) as usize, Ordering::SeqCst);
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -391,7 +391,14 @@ async fn bad_input_at_the_front_door() {
 
     let cases = [
         (w.client.post(w.url("/session/create")).body(r#"{"user_id":"a"}"#), 401, "missing_api_key"),
-        (w.client.post(w.url("/session/create")).header("x-api-key", "nope-nope-nope-nope").body(r#"{"user_id":"a"}"#), 401, "invalid_api_key"),
+        (
+            w.client
+                .post(w.url("/session/create"))
+                .header("x-api-key", "nope-nope-nope-nope")
+                .body(r#"{"user_id":"a"}"#),
+            401,
+            "invalid_api_key",
+        ),
         (w.api(Method::POST, "/session/create").body("{not json"), 400, "invalid_json"),
         (w.api(Method::POST, "/session/create").body("{}"), 422, "missing_field"),
         (w.api(Method::POST, "/session/abc12345/scale").body(r#"{"scale":"left"}"#), 422, "invalid_scale"),

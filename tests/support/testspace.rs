@@ -38,7 +38,9 @@ fn parse_args() -> Args {
         match arg.as_str() {
             "--port" => out.port = args.next().and_then(|p| p.parse().ok()).expect("--port PORT"),
             "--starts" => out.starts = args.next().map(PathBuf::from),
-            "--delay-ms" => out.delay = Duration::from_millis(args.next().and_then(|p| p.parse().ok()).expect("--delay-ms N")),
+            "--delay-ms" => {
+                out.delay = Duration::from_millis(args.next().and_then(|p| p.parse().ok()).expect("--delay-ms N"))
+            }
             "--fail" => out.fail = true,
             other => out.workspace = PathBuf::from(other),
         }
@@ -71,7 +73,9 @@ async fn get_file(State(root): State<Arc<PathBuf>>, UrlPath(rel): UrlPath<String
 }
 
 async fn headers(headers: HeaderMap) -> axum::Json<BTreeMap<String, String>> {
-    axum::Json(headers.iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect())
+    axum::Json(
+        headers.iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect(),
+    )
 }
 
 async fn ws(upgrade: WebSocketUpgrade) -> Response {

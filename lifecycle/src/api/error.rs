@@ -42,23 +42,41 @@ impl From<LifecycleError> for ApiError {
     fn from(e: LifecycleError) -> Self {
         let message = e.to_string();
         match e {
-            LifecycleError::NotFound(id) => ApiError::new(StatusCode::NOT_FOUND, "session_not_found", format!("No session {id}. List sessions with GET /sessions.")),
-            LifecycleError::Deleted(id) => ApiError::new(StatusCode::GONE, "session_deleted", format!("Session {id} was deleted after a verified backup.")),
+            LifecycleError::NotFound(id) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "session_not_found",
+                format!("No session {id}. List sessions with GET /sessions."),
+            ),
+            LifecycleError::Deleted(id) => ApiError::new(
+                StatusCode::GONE,
+                "session_deleted",
+                format!("Session {id} was deleted after a verified backup."),
+            ),
             LifecycleError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "invalid_state", message),
             LifecycleError::Invalid(_) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message),
-            LifecycleError::Store(StoreError::Unavailable(_)) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", format!("{message}. Retry shortly.")).retry_after(5)
-            }
+            LifecycleError::Store(StoreError::Unavailable(_)) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                format!("{message}. Retry shortly."),
+            )
+            .retry_after(5),
             LifecycleError::Store(StoreError::Conflict { .. }) => {
-                ApiError::new(StatusCode::CONFLICT, "concurrent_update", format!("{message}. Retry the request.")).retry_after(1)
+                ApiError::new(StatusCode::CONFLICT, "concurrent_update", format!("{message}. Retry the request."))
+                    .retry_after(1)
             }
-            LifecycleError::Store(StoreError::Corrupt { .. }) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_corrupt", message),
+            LifecycleError::Store(StoreError::Corrupt { .. }) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_corrupt", message)
+            }
             LifecycleError::BackupFailed(_) => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "backup_failed",
-                format!("{message}. The workspace is kept (state backup_failed) and the deletion is retried automatically."),
+                format!(
+                    "{message}. The workspace is kept (state backup_failed) and the deletion is retried automatically."
+                ),
             ),
-            LifecycleError::Backend(BackendError::Start(_)) => ApiError::new(StatusCode::BAD_GATEWAY, "workspace_start_failed", message),
+            LifecycleError::Backend(BackendError::Start(_)) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "workspace_start_failed", message)
+            }
             LifecycleError::Backend(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "backend_error", message),
         }
     }

@@ -93,10 +93,18 @@ async fn count(State(state): State<ApiState>, req: Request, next: Next) -> Respo
 async fn require_key(State(state): State<ApiState>, req: Request, next: Next) -> Result<Response, ApiError> {
     let presented = req.headers().get("x-api-key").map(|v| v.to_str().unwrap_or(""));
     let Some(presented) = presented else {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing_api_key", "Send your API key in the X-API-Key header."));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_api_key",
+            "Send your API key in the X-API-Key header.",
+        ));
     };
     let Some(key) = state.keys.check(presented) else {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", "The X-API-Key header does not hold a valid API key."));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "The X-API-Key header does not hold a valid API key.",
+        ));
     };
     let endpoint = endpoint_of(&req);
     if let Err(wait) = state.limiter.check(key, &endpoint) {
@@ -113,12 +121,20 @@ async fn require_key(State(state): State<ApiState>, req: Request, next: Next) ->
 // ---- request parsing -----------------------------------------------------------------------
 
 fn bad_query(e: QueryRejection) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("The query string is not valid: {}.", e.body_text()))
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+        format!("The query string is not valid: {}.", e.body_text()),
+    )
 }
 
 fn parse_id(text: &str) -> Result<SessionId, ApiError> {
     SessionId::parse(text).ok_or_else(|| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_uuid", format!("{text:?} is not a session id (8 hex digits, e.g. \"abc12345\")."))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_uuid",
+            format!("{text:?} is not a session id (8 hex digits, e.g. \"abc12345\")."),
+        )
     })
 }
 
@@ -144,12 +160,17 @@ fn string_field<'a>(map: &'a serde_json::Map<String, Value>, name: &str, example
             format!("The field {name:?} is required, e.g. {{\"{name}\": \"{example}\"}}."),
         )),
         Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", format!("The field {name:?} must be a string."))),
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            format!("The field {name:?} must be a string."),
+        )),
     }
 }
 
 fn valid_user_id(user_id: &str) -> Result<(), ApiError> {
-    let bad = |why: &str| Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_user_id", format!("user_id {why}.")));
+    let bad =
+        |why: &str| Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_user_id", format!("user_id {why}.")));
     if user_id.trim().is_empty() {
         return bad("must not be empty");
     }
@@ -252,7 +273,9 @@ async fn status(State(state): State<ApiState>, Path(uuid): Path<String>) -> Resu
 async fn sleep(State(state): State<ApiState>, Path(uuid): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&uuid)?;
     let s = state.manager.sleep(&id, SleepReason::Api).await?;
-    Ok(Json(json!({ "uuid": s.uuid, "status": s.state.as_str(), "replicas": 0, "message": "The workspace is asleep; the next request wakes it." })))
+    Ok(Json(
+        json!({ "uuid": s.uuid, "status": s.state.as_str(), "replicas": 0, "message": "The workspace is asleep; the next request wakes it." }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -270,7 +293,9 @@ async fn wake(
     let wait = query.map_err(bad_query)?.wait;
     if wait {
         let s = state.manager.wake(&id, ActivitySource::ApiWake).await?;
-        return Ok(Json(json!({ "uuid": s.uuid, "status": s.state.as_str(), "replicas": 1, "message": "The workspace is awake." })));
+        return Ok(Json(
+            json!({ "uuid": s.uuid, "status": s.state.as_str(), "replicas": 1, "message": "The workspace is awake." }),
+        ));
     }
     let handle = state.manager.handle(&id).ok_or_else(|| LifecycleError::NotFound(id.to_string()))?;
     let v = state.manager.view(&id).await?;
@@ -280,7 +305,9 @@ async fn wake(
     handle.activity.touch(state.manager.now().timestamp_millis(), ActivitySource::ApiWake);
     state.manager.request_wake(&handle, ActivitySource::ApiWake);
     let status = if v.replicas == 1 { "running" } else { "waking" };
-    Ok(Json(json!({ "uuid": v.session.uuid, "status": status, "replicas": 1, "message": "The workspace is waking; poll GET /session/{uuid}/status or pass ?wait=true." })))
+    Ok(Json(
+        json!({ "uuid": v.session.uuid, "status": status, "replicas": 1, "message": "The workspace is waking; poll GET /session/{uuid}/status or pass ?wait=true." }),
+    ))
 }
 
 async fn scale(State(state): State<ApiState>, Path(uuid): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
@@ -290,7 +317,11 @@ async fn scale(State(state): State<ApiState>, Path(uuid): Path<String>, body: By
         "up" => ScaleDirection::Up,
         "down" => ScaleDirection::Down,
         other => {
-            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_scale", format!("scale must be \"up\" or \"down\", not {other:?}.")));
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_scale",
+                format!("scale must be \"up\" or \"down\", not {other:?}."),
+            ));
         }
     };
     let s = state.manager.scale(&id, direction).await?;
@@ -323,7 +354,10 @@ struct ListQuery {
     user_id: Option<String>,
 }
 
-async fn list(State(state): State<ApiState>, query: Result<Query<ListQuery>, QueryRejection>) -> Result<Json<Value>, ApiError> {
+async fn list(
+    State(state): State<ApiState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
     let Query(ListQuery { include_deleted, user_id: user }) = query.map_err(bad_query)?;
     let views = state.manager.list(include_deleted).await?;
     let sessions: Vec<Value> = views
@@ -354,6 +388,8 @@ async fn health(State(state): State<ApiState>) -> Response {
 
 async fn metrics(State(state): State<ApiState>) -> Response {
     let mut response = state.manager.render_metrics().into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     response
 }

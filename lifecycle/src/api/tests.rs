@@ -32,7 +32,13 @@ fn harness(per_minute: u32) -> Harness {
     config.workspace_command = "exec python3 -m http.server --bind 127.0.0.1 {port}".into();
     config.stop_grace = Duration::from_secs(2);
     let clock = Arc::new(ManualClock::new(1_760_000_000_000));
-    let built = crate::build(Arc::new(config), clock.clone(), Arc::new(ProxyStats::default()), tokio::runtime::Handle::current()).unwrap();
+    let built = crate::build(
+        Arc::new(config),
+        clock.clone(),
+        Arc::new(ProxyStats::default()),
+        tokio::runtime::Handle::current(),
+    )
+    .unwrap();
     let state = ApiState {
         manager: built.wakeway.manager.clone(),
         keys: Arc::new(ApiKeys::new(&[KEY.into()])),
@@ -41,7 +47,13 @@ fn harness(per_minute: u32) -> Harness {
     Harness { router: router(state), manager: built.wakeway.manager, clock, _dir: dir }
 }
 
-async fn call(router: &Router, method: &str, path: &str, key: Option<&str>, body: &str) -> (StatusCode, Value, http::HeaderMap) {
+async fn call(
+    router: &Router,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (StatusCode, Value, http::HeaderMap) {
     let mut req = Request::builder().method(method).uri(path);
     if let Some(key) = key {
         req = req.header("x-api-key", key);
@@ -62,7 +74,8 @@ fn code(v: &Value) -> &str {
 async fn bad_input_gets_a_precise_error() {
     let h = harness(100);
     let r = &h.router;
-    let cases: &[(&str, &str, Option<&str>, &str, u16, &str)] = &[
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, u16, &'a str);
+    let cases: &[Case] = &[
         ("POST", "/session/create", None, r#"{"user_id":"a"}"#, 401, "missing_api_key"),
         ("POST", "/session/create", Some("wrong-key-0123456789"), r#"{"user_id":"a"}"#, 401, "invalid_api_key"),
         ("POST", "/session/create", Some(KEY), r#"{"user_id":"#, 400, "invalid_json"),
@@ -125,7 +138,8 @@ async fn the_rate_limit_is_per_key_and_endpoint() {
 #[tokio::test]
 async fn create_status_sleep_scale_delete_round_trip() {
     let h = harness(100);
-    let (status, created, _) = call(&h.router, "POST", "/session/create", Some(KEY), r#"{"user_id":"user@example.com"}"#).await;
+    let (status, created, _) =
+        call(&h.router, "POST", "/session/create", Some(KEY), r#"{"user_id":"user@example.com"}"#).await;
     assert_eq!(status, 200, "{created}");
     assert_eq!(created["status"], "created");
     assert_eq!(created["user_id"], "user@example.com");
@@ -142,7 +156,8 @@ async fn create_status_sleep_scale_delete_round_trip() {
     assert_eq!(st["session"]["uuid"], id.as_str());
     assert!(st["sleeps_at"].is_string() && st["deletes_at"].is_null());
 
-    let (status, scaled, _) = call(&h.router, "POST", &format!("/session/{id}/scale"), Some(KEY), r#"{"scale":"up"}"#).await;
+    let (status, scaled, _) =
+        call(&h.router, "POST", &format!("/session/{id}/scale"), Some(KEY), r#"{"scale":"up"}"#).await;
     assert_eq!(status, 200, "{scaled}");
     assert_eq!(scaled["tier"], "large");
     assert_eq!(scaled["resources"]["memory_mib"], 2048);

@@ -64,7 +64,12 @@ pub struct LocalBackend {
 
 impl LocalBackend {
     /// `command` is the template (see `workspace_command`), already resolved (non-empty).
-    pub fn new(command: String, paths: LocalPaths, stop_grace: Duration, events: mpsc::UnboundedSender<BackendEvent>) -> Arc<Self> {
+    pub fn new(
+        command: String,
+        paths: LocalPaths,
+        stop_grace: Duration,
+        events: mpsc::UnboundedSender<BackendEvent>,
+    ) -> Arc<Self> {
         Arc::new(LocalBackend { command, paths, stop_grace, running: DashMap::new(), events })
     }
 
@@ -172,7 +177,8 @@ impl Backend for LocalBackend {
     }
 
     async fn create(&self, session: &Session) -> Result<(), BackendError> {
-        for dir in [self.paths.workspace(&session.uuid), self.paths.state.join(&session.uuid), self.paths.logs.clone()] {
+        for dir in [self.paths.workspace(&session.uuid), self.paths.state.join(&session.uuid), self.paths.logs.clone()]
+        {
             tokio::fs::create_dir_all(&dir)
                 .await
                 .map_err(|e| BackendError::Io(format!("cannot create {}: {e}", dir.display())))?;
@@ -180,7 +186,12 @@ impl Backend for LocalBackend {
         Ok(())
     }
 
-    async fn start(&self, session: &Session, tier: &Tier, deadline: tokio::time::Instant) -> Result<Started, BackendError> {
+    async fn start(
+        &self,
+        session: &Session,
+        tier: &Tier,
+        deadline: tokio::time::Instant,
+    ) -> Result<Started, BackendError> {
         let id = session.uuid.clone();
         if let Some(addr) = self.find_running(session).await {
             let placement = session.placement.clone().expect("find_running needs a placement");
@@ -300,7 +311,12 @@ impl Backend for LocalBackend {
         match tokio::fs::metadata(&zip).await {
             Ok(meta) if meta.len() == backup.size => {}
             Ok(meta) => {
-                return Err(BackendError::Refused(format!("{} is {} bytes, {} were verified", zip.display(), meta.len(), backup.size)));
+                return Err(BackendError::Refused(format!(
+                    "{} is {} bytes, {} were verified",
+                    zip.display(),
+                    meta.len(),
+                    backup.size
+                )));
             }
             Err(e) => return Err(BackendError::Refused(format!("{} is missing: {e}", zip.display()))),
         }

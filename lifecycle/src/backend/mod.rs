@@ -54,7 +54,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Start the workspace with `tier`'s resources; return once it answers HTTP, or fail at
     /// `deadline` (or as soon as it exits).
-    async fn start(&self, session: &Session, tier: &Tier, deadline: tokio::time::Instant) -> Result<Started, BackendError>;
+    async fn start(
+        &self,
+        session: &Session,
+        tier: &Tier,
+        deadline: tokio::time::Instant,
+    ) -> Result<Started, BackendError>;
 
     /// Stop the workspace; nothing running is fine.
     async fn stop(&self, session: &Session) -> Result<(), BackendError>;

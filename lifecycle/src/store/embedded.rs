@@ -26,7 +26,10 @@ impl EmbeddedStore {
     /// Open (or create) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(|e| {
-            StoreError::Unavailable(format!("cannot open {}: {e} (is another wakeway using this data_dir?)", path.display()))
+            StoreError::Unavailable(format!(
+                "cannot open {}: {e} (is another wakeway using this data_dir?)",
+                path.display()
+            ))
         })?;
         let txn = db.begin_write().map_err(unavailable)?;
         txn.open_table(SESSIONS).map_err(unavailable)?;
