@@ -177,6 +177,12 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
     server.bootstrap();
     let proxy = WakewayProxy::new(ProxySettings::from(config.as_ref()), Arc::new(built.wakeway), clock, stats);
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
+    // HTTP/2 without TLS (prior knowledge) too: clients in a cluster often speak it.
+    if let Some(app) = service.app_logic_mut() {
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = true;
+        app.server_options = Some(options);
+    }
     service.add_tcp(&config.listen.to_string());
     server.add_service(service);
 

@@ -138,6 +138,17 @@ async fn websockets_and_headers_pass_through() {
     assert_eq!(seen["x-forwarded-host"], w.host(&id));
     assert_eq!(seen["x-forwarded-proto"], "http");
     assert!(seen.get("forwarded").is_none() && seen.get("x-api-key").is_none(), "{seen}");
+
+    // HTTP/2 (prior knowledge): the host is in :authority, not a Host header, and still routes.
+    let host = format!("vs-code-{id}.localhost");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", w.port).parse().unwrap();
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().resolve(&host, addr).build().unwrap();
+    let url = format!("http://{host}:{}/files/h2.txt", w.port);
+    let r = h2.put(&url).body("over h2").send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_status(r.status(), 201, "PUT over HTTP/2");
+    let r = h2.get(&url).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "over h2");
 }
 
 /// A request to a sleeping workspace is held (it shows in `queue_length`) and released when the
