@@ -196,6 +196,43 @@ async fn held_requests_are_released_by_one_wake() {
     assert!(metrics.contains("wakeway_held_requests 0"));
 }
 
+/// Holding is bounded: beyond `max_held_per_session` a request is refused at once, and a held
+/// request that outlasts `hold_timeout` gets 503 with Retry-After; the wake itself goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holding_is_bounded_in_count_and_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let command = testspace_command(tmp.path(), "--delay-ms 3000");
+    let w = Wakeway::start_in(
+        tmp.path(),
+        &[("WAKEWAY_WORKSPACE_COMMAND", &command), ("WAKEWAY_MAX_HELD_PER_SESSION", "5"), ("WAKEWAY_HOLD_TIMEOUT", "1s")],
+    )
+    .await;
+    let id = w.create().await;
+    w.wait_state(&id, "running", LONG).await;
+    w.sleep(&id).await;
+
+    let requests = (0..12).map(|_| {
+        let req = w.ws(Method::GET, &id, "/headers");
+        async move {
+            let r = req.send().await.unwrap();
+            let retry = r.headers().get("retry-after").is_some();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            (body["error"]["code"].as_str().unwrap_or("").to_string(), retry)
+        }
+    });
+    let results = futures::future::join_all(requests).await;
+    let refused = results.iter().filter(|(code, retry)| code == "too_many_waiting" && *retry).count();
+    let timed_out = results.iter().filter(|(code, retry)| code == "wake_timeout" && *retry).count();
+    assert_eq!(refused + timed_out, 12, "{results:?}");
+    assert_eq!(timed_out, 5, "exactly max_held_per_session requests were held: {results:?}");
+    // The wake was not abandoned with its waiters.
+    w.wait_state(&id, "running", LONG).await;
+    assert_eq!(w.starts(), 2);
+    let metrics = w.metrics().await;
+    assert!(metrics.contains("wakeway_held_rejected_total 7"), "{metrics}");
+    assert!(metrics.contains("wakeway_held_timed_out_total 5"));
+}
+
 /// HEAD, OPTIONS, prefetch, bots and health checks never wake a session; a navigation gets the
 /// waiting page at once and wakes it; the page's status endpoint follows progress.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
