@@ -19,7 +19,7 @@ use wakeway_proxy::{ActivitySource, Clock, Phase, ProxyStats, SessionHandle, Ses
 
 use crate::backend::{Backend, BackendError, BackendEvent};
 use crate::metrics::Metrics;
-use crate::policy::{Action, Policy};
+use crate::policy::{Action, Policy, Seen};
 use crate::session::{InvalidTransition, Placement, Session, State};
 use crate::store::{Store, StoreError};
 
@@ -90,6 +90,8 @@ pub enum ScaleDirection {
 #[derive(Debug, Clone, Copy)]
 pub enum SleepReason {
     Idle,
+    /// Only raw WebSocket traffic for `max_awake_with_open_tab`.
+    OpenTabCap,
     Api,
     Crashed,
     Shutdown,
@@ -99,6 +101,7 @@ impl SleepReason {
     fn as_str(self) -> &'static str {
         match self {
             SleepReason::Idle => "idle",
+            SleepReason::OpenTabCap => "open_tab_cap",
             SleepReason::Api => "api",
             SleepReason::Crashed => "crashed",
             SleepReason::Shutdown => "shutdown",
@@ -215,7 +218,7 @@ impl Manager {
             .or_insert_with(|| {
                 let handle = SessionHandle::new(id, Phase::Asleep);
                 let ms = s.last_activity.timestamp_millis();
-                handle.activity.touch(ms, ActivitySource::None);
+                handle.activity.restore(ms, s.last_interaction().timestamp_millis());
                 Arc::new(Runtime {
                     handle: Arc::new(handle),
                     op: tokio::sync::Mutex::new(()),
@@ -245,19 +248,30 @@ impl Manager {
 
     /// Persist `s` (compare-and-set), merging in-memory activity first; publish the new phase.
     async fn save(&self, rt: &Runtime, s: &mut Session) -> Result<()> {
-        let ms = rt.handle.activity.last_activity_ms();
-        if ms > s.last_activity.timestamp_millis()
-            && let Some(t) = DateTime::from_timestamp_millis(ms)
-        {
-            s.last_activity = t;
+        let seen = self.seen(rt, s);
+        if seen.last_activity > s.last_activity {
+            s.last_activity = seen.last_activity;
             s.activity_source = rt.handle.activity.source().as_str().to_string();
         }
+        s.last_interaction = Some(seen.last_interaction);
         let stored = self.inner.store.put(s).await.inspect_err(|e| self.note_store_error(e))?;
         self.inner.store_up.store(true, Ordering::Relaxed);
         rt.persisted_activity_ms.fetch_max(stored.last_activity.timestamp_millis(), Ordering::Relaxed);
         *s = stored;
         self.publish(rt, s);
         Ok(())
+    }
+
+    /// Activity merged from the record and the proxy's counters.
+    fn seen(&self, rt: &Runtime, s: &Session) -> Seen {
+        let ms = |t: i64, stored: DateTime<Utc>| {
+            DateTime::from_timestamp_millis(t.max(stored.timestamp_millis())).unwrap_or(stored)
+        };
+        let activity = &rt.handle.activity;
+        Seen {
+            last_activity: ms(activity.last_activity_ms(), s.last_activity),
+            last_interaction: ms(activity.last_interaction_ms(), s.last_interaction()),
+        }
     }
 
     fn note_store_error(&self, e: &StoreError) {
@@ -603,23 +617,29 @@ impl Manager {
     }
 
     fn view_of(&self, s: Session) -> SessionView {
-        let rt = self.runtime(&s.id());
-        let (mut last_activity, mut source) = (s.last_activity, s.activity_source.clone());
-        let (mut queue_length, mut open_connections) = (0, 0);
-        if let Some(rt) = &rt {
-            let activity = &rt.handle.activity;
-            if activity.last_activity_ms() > last_activity.timestamp_millis() {
-                last_activity = DateTime::from_timestamp_millis(activity.last_activity_ms()).unwrap_or(last_activity);
-                source = activity.source().as_str().to_string();
+        let (seen, source, queue_length, open_connections) = match self.runtime(&s.id()) {
+            Some(rt) => {
+                let seen = self.seen(&rt, &s);
+                let activity = &rt.handle.activity;
+                let source = if seen.last_activity > s.last_activity {
+                    activity.source().as_str().to_string()
+                } else {
+                    s.activity_source.clone()
+                };
+                (seen, source, rt.handle.held(), activity.open_connections())
             }
-            queue_length = rt.handle.held();
-            open_connections = activity.open_connections();
-        }
+            None => (
+                Seen { last_activity: s.last_activity, last_interaction: s.last_interaction() },
+                s.activity_source.clone(),
+                0,
+                0,
+            ),
+        };
         SessionView {
-            sleeps_at: self.inner.policy.sleeps_at(&s, last_activity),
+            sleeps_at: self.inner.policy.sleeps_at(&s, seen),
             deletes_at: self.inner.policy.deletes_at(&s),
             replicas: u8::from(s.state.is_awake() && s.placement.is_some()),
-            last_activity,
+            last_activity: seen.last_activity,
             activity_source: source,
             queue_length,
             open_connections,
@@ -715,17 +735,15 @@ impl Manager {
             let rt = self.runtime_for(&s);
             // An operation in flight owns this session right now; look again next sweep.
             let Ok(guard) = rt.op.try_lock() else { continue };
-            let last = DateTime::from_timestamp_millis(
-                rt.handle.activity.last_activity_ms().max(s.last_activity.timestamp_millis()),
-            )
-            .unwrap_or(s.last_activity);
+            let seen = self.seen(&rt, &s);
             let crashed = s.state == State::Running && !self.inner.backend.is_alive(&s);
-            let action = if crashed { Action::FinishSleep } else { self.inner.policy.decide(&s, last, now) };
+            let action = if crashed { Action::FinishSleep } else { self.inner.policy.decide(&s, seen, now) };
             drop(guard);
             let id = rt.handle.id.clone();
             let result = match action {
                 Action::Nothing => Ok(()),
                 Action::Sleep => self.sleep(&id, SleepReason::Idle).await.map(drop),
+                Action::SleepOpenTab => self.sleep(&id, SleepReason::OpenTabCap).await.map(drop),
                 Action::FinishSleep => {
                     self.sleep(&id, if crashed { SleepReason::Crashed } else { SleepReason::Shutdown }).await.map(drop)
                 }

@@ -14,6 +14,7 @@ pub struct Policy {
     pub idle_timeout: Duration,
     pub sleep_to_delete: Duration,
     pub backup_retention: Duration,
+    pub max_awake_with_open_tab: Duration,
 }
 
 impl From<&Config> for Policy {
@@ -22,8 +23,18 @@ impl From<&Config> for Policy {
             idle_timeout: c.idle_timeout,
             sleep_to_delete: c.sleep_to_delete,
             backup_retention: c.backup_retention,
+            max_awake_with_open_tab: c.max_awake_with_open_tab,
         }
     }
+}
+
+/// What the proxy has seen of a session (merged from the store and memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// Latest activity of any kind that counts.
+    pub last_activity: DateTime<Utc>,
+    /// Latest interaction (not raw WebSocket traffic).
+    pub last_interaction: DateTime<Utc>,
 }
 
 /// What to do with one session now.
@@ -32,6 +43,8 @@ pub enum Action {
     Nothing,
     /// Idle for `idle_timeout`: stop the workspace.
     Sleep,
+    /// Only raw WebSocket traffic for `max_awake_with_open_tab`: stop the workspace.
+    SleepOpenTab,
     /// A stop was interrupted (crash): finish it.
     FinishSleep,
     /// Asleep for `sleep_to_delete`, deletion requested, a failed backup due for retry, or a
@@ -47,8 +60,10 @@ fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 
 impl Policy {
     /// When a running session will be put to sleep if nothing happens.
-    pub fn sleeps_at(&self, s: &Session, last_activity: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        (s.state == State::Running).then(|| after(last_activity, self.idle_timeout))
+    pub fn sleeps_at(&self, s: &Session, seen: Seen) -> Option<DateTime<Utc>> {
+        let idle = after(seen.last_activity, self.idle_timeout);
+        let cap = after(seen.last_interaction, self.max_awake_with_open_tab);
+        (s.state == State::Running).then(|| idle.min(cap))
     }
 
     /// When a sleeping session will be backed up and deleted.
@@ -62,9 +77,10 @@ impl Policy {
     }
 
     /// The next action for `s`, given its latest activity (store and in-memory, merged).
-    pub fn decide(&self, s: &Session, last_activity: DateTime<Utc>, now: DateTime<Utc>) -> Action {
+    pub fn decide(&self, s: &Session, seen: Seen, now: DateTime<Utc>) -> Action {
         match s.state {
-            State::Running if now >= after(last_activity, self.idle_timeout) => Action::Sleep,
+            State::Running if now >= after(seen.last_activity, self.idle_timeout) => Action::Sleep,
+            State::Running if now >= after(seen.last_interaction, self.max_awake_with_open_tab) => Action::SleepOpenTab,
             State::Stopping => Action::FinishSleep,
             State::Sleeping | State::BackupFailed if self.deletes_at(s).is_some_and(|t| now >= t) => {
                 Action::BackUpAndDelete
@@ -87,6 +103,10 @@ mod tests {
         Policy::from(&Config::default())
     }
 
+    fn seen(t: DateTime<Utc>) -> Seen {
+        Seen { last_activity: t, last_interaction: t }
+    }
+
     fn session(state: State, t0: DateTime<Utc>) -> Session {
         let mut s = Session::new(&SessionId::parse("abc12345").unwrap(), "u", "small", t0);
         s.state = state;
@@ -98,13 +118,26 @@ mod tests {
         let t0 = Utc::now();
         let s = session(State::Running, t0);
         let p = policy();
-        assert_eq!(p.decide(&s, t0, after(t0, 14 * MIN)), Action::Nothing);
-        assert_eq!(p.decide(&s, t0, after(t0, 15 * MIN)), Action::Sleep);
+        assert_eq!(p.decide(&s, seen(t0), after(t0, 14 * MIN)), Action::Nothing);
+        assert_eq!(p.decide(&s, seen(t0), after(t0, 15 * MIN)), Action::Sleep);
         // Activity 10 minutes in moves the deadline.
         let active = after(t0, 10 * MIN);
-        assert_eq!(p.decide(&s, active, after(t0, 20 * MIN)), Action::Nothing);
-        assert_eq!(p.decide(&s, active, after(t0, 25 * MIN)), Action::Sleep);
-        assert_eq!(p.sleeps_at(&s, active), Some(after(t0, 25 * MIN)));
+        assert_eq!(p.decide(&s, seen(active), after(t0, 20 * MIN)), Action::Nothing);
+        assert_eq!(p.decide(&s, seen(active), after(t0, 25 * MIN)), Action::Sleep);
+        assert_eq!(p.sleeps_at(&s, seen(active)), Some(after(t0, 25 * MIN)));
+    }
+
+    #[test]
+    fn websocket_traffic_alone_keeps_a_session_awake_at_most_the_open_tab_cap() {
+        let t0 = Utc::now();
+        let s = session(State::Running, t0);
+        let p = policy();
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        // WebSocket data a minute ago, the last interaction 7 h ago: still awake.
+        let ws = Seen { last_activity: after(t0, hours(7) + 59 * MIN), last_interaction: after(t0, MIN) };
+        assert_eq!(p.decide(&s, ws, after(t0, hours(8))), Action::Nothing);
+        assert_eq!(p.decide(&s, ws, after(t0, hours(8) + MIN)), Action::SleepOpenTab);
+        assert_eq!(p.sleeps_at(&s, ws), Some(after(t0, hours(8) + MIN)));
     }
 
     #[test]
@@ -113,8 +146,8 @@ mod tests {
         let mut s = session(State::Sleeping, t0);
         s.slept_at = Some(t0);
         let p = policy();
-        assert_eq!(p.decide(&s, t0, after(t0, 23 * 60 * MIN)), Action::Nothing);
-        assert_eq!(p.decide(&s, t0, after(t0, 24 * 60 * MIN)), Action::BackUpAndDelete);
+        assert_eq!(p.decide(&s, seen(t0), after(t0, 23 * 60 * MIN)), Action::Nothing);
+        assert_eq!(p.decide(&s, seen(t0), after(t0, 24 * 60 * MIN)), Action::BackUpAndDelete);
         assert_eq!(p.deletes_at(&s), Some(after(t0, 24 * 60 * MIN)));
     }
 
@@ -124,12 +157,12 @@ mod tests {
         let mut s = session(State::BackupFailed, t0);
         s.next_backup_attempt = Some(after(t0, 5 * MIN));
         let p = policy();
-        assert_eq!(p.decide(&s, t0, after(t0, 4 * MIN)), Action::Nothing);
-        assert_eq!(p.decide(&s, t0, after(t0, 5 * MIN)), Action::BackUpAndDelete);
+        assert_eq!(p.decide(&s, seen(t0), after(t0, 4 * MIN)), Action::Nothing);
+        assert_eq!(p.decide(&s, seen(t0), after(t0, 5 * MIN)), Action::BackUpAndDelete);
         for state in [State::BackingUp, State::Deleting] {
-            assert_eq!(p.decide(&session(state, t0), t0, t0), Action::BackUpAndDelete);
+            assert_eq!(p.decide(&session(state, t0), seen(t0), t0), Action::BackUpAndDelete);
         }
-        assert_eq!(p.decide(&session(State::Stopping, t0), t0, t0), Action::FinishSleep);
+        assert_eq!(p.decide(&session(State::Stopping, t0), seen(t0), t0), Action::FinishSleep);
     }
 
     #[test]
@@ -138,8 +171,8 @@ mod tests {
         let mut s = session(State::Deleted, t0);
         s.deleted_at = Some(t0);
         let p = policy();
-        assert_eq!(p.decide(&s, t0, after(t0, 29 * 24 * 60 * MIN)), Action::Nothing);
-        assert_eq!(p.decide(&s, t0, after(t0, 30 * 24 * 60 * MIN)), Action::Forget);
+        assert_eq!(p.decide(&s, seen(t0), after(t0, 29 * 24 * 60 * MIN)), Action::Nothing);
+        assert_eq!(p.decide(&s, seen(t0), after(t0, 30 * 24 * 60 * MIN)), Action::Forget);
     }
 
     #[test]
@@ -147,7 +180,7 @@ mod tests {
         let t0 = Utc::now();
         let later = after(t0, 1000 * 60 * MIN);
         for state in [State::Creating, State::Starting, State::Waking, State::Resizing, State::Failed] {
-            assert_eq!(policy().decide(&session(state, t0), t0, later), Action::Nothing, "{state:?}");
+            assert_eq!(policy().decide(&session(state, t0), seen(t0), later), Action::Nothing, "{state:?}");
         }
     }
 }

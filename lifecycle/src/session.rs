@@ -140,6 +140,10 @@ pub struct Session {
     /// Latest user activity (checkpointed from the proxy's counters).
     pub last_activity: DateTime<Utc>,
     pub activity_source: String,
+    /// Latest interaction (HTTP request, editor input, API wake): raw WebSocket traffic alone
+    /// keeps a session awake at most `max_awake_with_open_tab` past this.
+    #[serde(default)]
+    pub last_interaction: Option<DateTime<Utc>>,
     /// When the workspace last became ready.
     #[serde(default)]
     pub awake_since: Option<DateTime<Utc>>,
@@ -180,6 +184,7 @@ impl Session {
             updated_at: now,
             last_activity: now,
             activity_source: "created".into(),
+            last_interaction: Some(now),
             awake_since: None,
             slept_at: None,
             deleted_at: None,
@@ -191,6 +196,11 @@ impl Session {
             placement: None,
             version: 0,
         }
+    }
+
+    /// The latest interaction, or the latest activity for records written before it existed.
+    pub fn last_interaction(&self) -> DateTime<Utc> {
+        self.last_interaction.unwrap_or(self.last_activity)
     }
 
     pub fn id(&self) -> SessionId {

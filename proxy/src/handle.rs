@@ -50,6 +50,16 @@ impl ActivitySource {
         }
     }
 
+    /// Whether this source is a person interacting (HTTP request, editor input, API wake), as
+    /// opposed to raw WebSocket traffic counted by the fallback rule. `max_awake_with_open_tab`
+    /// caps how long the latter alone keeps a session awake.
+    pub fn is_interaction(self) -> bool {
+        matches!(
+            self,
+            ActivitySource::Http | ActivitySource::Editor | ActivitySource::ApiWake | ActivitySource::Created
+        )
+    }
+
     fn from_u8(v: u8) -> ActivitySource {
         match v {
             1 => ActivitySource::Http,
@@ -66,6 +76,7 @@ impl ActivitySource {
 #[derive(Debug, Default)]
 pub struct Activity {
     last_activity_ms: AtomicI64,
+    last_interaction_ms: AtomicI64,
     source: AtomicU8,
     pub requests: AtomicU64,
     pub bytes_in: AtomicU64,
@@ -80,6 +91,20 @@ impl Activity {
         if prev <= now_ms {
             self.source.store(source as u8, Ordering::Relaxed);
         }
+        if source.is_interaction() {
+            self.last_interaction_ms.fetch_max(now_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Seed the counters from what the store knew (at start-up); never moves them backwards.
+    pub fn restore(&self, last_activity_ms: i64, last_interaction_ms: i64) {
+        self.last_activity_ms.fetch_max(last_activity_ms, Ordering::Relaxed);
+        self.last_interaction_ms.fetch_max(last_interaction_ms, Ordering::Relaxed);
+    }
+
+    /// Unix ms of the latest interaction (see [`ActivitySource::is_interaction`]).
+    pub fn last_interaction_ms(&self) -> i64 {
+        self.last_interaction_ms.load(Ordering::Relaxed)
     }
 
     /// Unix ms of the latest activity (0: none seen by this process).
@@ -207,5 +232,11 @@ mod tests {
         a.touch(1_000, ActivitySource::WebSocket);
         assert_eq!(a.last_activity_ms(), 2_000);
         assert_eq!(a.source(), ActivitySource::Http);
+        a.touch(3_000, ActivitySource::WebSocket);
+        assert_eq!(
+            (a.last_activity_ms(), a.last_interaction_ms()),
+            (3_000, 2_000),
+            "raw WebSocket data is not an interaction"
+        );
     }
 }

@@ -217,6 +217,7 @@ fn session_json(manager: &Manager, v: &SessionView) -> Value {
         "replicas": v.replicas,
         "last_activity": rfc3339(v.last_activity),
         "activity_source": v.activity_source,
+        "last_interaction": s.last_interaction.map(rfc3339),
         "sleeps_at": v.sleeps_at.map(rfc3339),
         "deletes_at": v.deletes_at.map(rfc3339),
         "awake_since": s.awake_since.map(rfc3339),
