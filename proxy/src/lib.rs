@@ -3,6 +3,7 @@
 //! else goes to the management API. It knows the lifecycle only through the [`Lifecycle`] trait.
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod classify;
 pub mod clock;
 pub mod error;

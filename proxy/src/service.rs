@@ -14,6 +14,7 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::{HttpPeer, ProxyHttp, Result, Session};
 use wakeway_config::Config;
 
+use crate::activity::{ClientStream, SocketKind, negotiated_deflate};
 use crate::classify::{RequestKind, classify};
 use crate::clock::Clock;
 use crate::error::error_body;
@@ -69,6 +70,8 @@ pub struct RequestCtx {
     upgrade: bool,
     /// Whether this request's traffic is user activity.
     counts: bool,
+    /// The client→server side of an upgraded WebSocket, classified message by message.
+    ws: Option<Box<ClientStream>>,
 }
 
 impl WakewayProxy {
@@ -438,6 +441,20 @@ impl ProxyHttp for WakewayProxy {
         Ok(())
     }
 
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.upgrade && ctx.counts && upstream.status == StatusCode::SWITCHING_PROTOCOLS {
+            let extensions = upstream.headers.get("sec-websocket-extensions").and_then(|v| v.to_str().ok());
+            let (deflate, client_no_context_takeover) = extensions.map_or((false, false), negotiated_deflate);
+            ctx.ws = Some(Box::new(ClientStream::new(deflate, client_no_context_takeover)));
+        }
+        Ok(())
+    }
+
     async fn request_body_filter(
         &self,
         _session: &mut Session,
@@ -445,13 +462,21 @@ impl ProxyHttp for WakewayProxy {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(handle), Some(chunk)) = (&ctx.session, body.as_ref()) {
-            let n = chunk.len() as u64;
-            handle.activity.bytes_in.fetch_add(n, Ordering::Relaxed);
-            self.stats.bytes_in.fetch_add(n, Ordering::Relaxed);
-            // Fallback rule until frames are classified: client→server WebSocket data is activity.
-            if ctx.upgrade && ctx.counts && n > 0 {
-                handle.activity.touch(self.clock.now_ms(), ActivitySource::WebSocket);
+        let (Some(handle), Some(chunk)) = (&ctx.session, body.as_ref()) else { return Ok(()) };
+        let n = chunk.len() as u64;
+        handle.activity.bytes_in.fetch_add(n, Ordering::Relaxed);
+        self.stats.bytes_in.fetch_add(n, Ordering::Relaxed);
+        if let Some(ws) = ctx.ws.as_mut() {
+            let had_error = ws.error().is_some();
+            if ws.feed(chunk) > 0 {
+                // A VS Code editor or terminal call is a person; other sockets use the fallback
+                // rule (every data message), which max_awake_with_open_tab caps.
+                let source =
+                    if ws.kind() == SocketKind::VsCode { ActivitySource::Editor } else { ActivitySource::WebSocket };
+                handle.activity.touch(self.clock.now_ms(), source);
+            }
+            if !had_error && let Some(why) = ws.error() {
+                tracing::debug!(session = %handle.id, reason = why, "WebSocket classification fell back to counting every message");
             }
         }
         Ok(())

@@ -204,7 +204,11 @@ async fn holding_is_bounded_in_count_and_time() {
     let command = testspace_command(tmp.path(), "--delay-ms 3000");
     let w = Wakeway::start_in(
         tmp.path(),
-        &[("WAKEWAY_WORKSPACE_COMMAND", &command), ("WAKEWAY_MAX_HELD_PER_SESSION", "5"), ("WAKEWAY_HOLD_TIMEOUT", "1s")],
+        &[
+            ("WAKEWAY_WORKSPACE_COMMAND", &command),
+            ("WAKEWAY_MAX_HELD_PER_SESSION", "5"),
+            ("WAKEWAY_HOLD_TIMEOUT", "1s"),
+        ],
     )
     .await;
     let id = w.create().await;
