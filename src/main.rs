@@ -175,7 +175,8 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
     conf.upgrade_sock = config.data_dir.join("wakeway-upgrade.sock").to_string_lossy().into_owned();
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let proxy = WakewayProxy::new(ProxySettings::from(config.as_ref()), Arc::new(built.wakeway), clock, stats);
+    let settings = ProxySettings::from(config.as_ref());
+    let proxy = WakewayProxy::new(settings, &built.cookie_secret, Arc::new(built.wakeway), clock, stats);
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
     // HTTP/2 without TLS (prior knowledge) too: clients in a cluster often speak it.
     if let Some(app) = service.app_logic_mut() {

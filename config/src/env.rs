@@ -88,7 +88,7 @@ pub(crate) fn apply(config: &mut Config, env: &dyn Env) -> Result<(), ConfigErro
 }
 
 fn mask_if_secret(var: &str, value: &str) -> String {
-    if var.contains("KEY") { crate::mask(value) } else { value.to_string() }
+    if var.contains("KEY") || var.contains("SECRET") { crate::mask(value) } else { value.to_string() }
 }
 
 fn convert(current: &toml::Value, text: &str, key: &str) -> Result<toml::Value, String> {

@@ -46,6 +46,17 @@ pub enum BackendKind {
     Local,
 }
 
+/// Who may open a workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkspaceAuth {
+    /// Anyone who knows the URL (local use).
+    #[default]
+    None,
+    /// A one-time sign-in token (`access_url`) is exchanged for a signed, host-only cookie.
+    Token,
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -80,6 +91,25 @@ pub struct Config {
     pub public_url: String,
     /// API keys accepted in `X-API-Key`. Empty: a key is generated once and kept in `data_dir`.
     pub api_keys: Vec<String>,
+    /// Who may open a workspace: `none` (anyone with the URL) or `token` (sign-in link → cookie).
+    pub workspace_auth: WorkspaceAuth,
+    /// How long a sign-in token (in `access_url`) can be used, once.
+    #[serde(with = "duration::serde_fmt")]
+    pub access_token_ttl: Duration,
+    /// How long the workspace cookie a sign-in token is exchanged for stays valid.
+    #[serde(with = "duration::serde_fmt")]
+    pub cookie_ttl: Duration,
+    /// Secret that signs workspace cookies (same on every replica). Empty: generated once and kept
+    /// in `data_dir/cookie-secret`.
+    pub cookie_secret: String,
+    /// Requests per minute per client address that fail the workspace sign-in check.
+    pub unauthenticated_per_minute: u32,
+    /// Wakes a session may be asked for per minute (each may start a workspace).
+    pub wake_attempts_per_minute: u32,
+    /// WebSockets open at once per session.
+    pub max_websockets_per_session: usize,
+    /// Largest request header block, in bytes (431 beyond).
+    pub max_header_bytes: usize,
     /// Folder for the embedded store, workspace folders, backups and logs.
     pub data_dir: PathBuf,
     /// Folder for backup zips. Empty: `<data_dir>/backups`.
@@ -160,6 +190,14 @@ impl Default for Config {
             domain: "localhost".into(),
             public_url: String::new(),
             api_keys: Vec::new(),
+            workspace_auth: WorkspaceAuth::None,
+            access_token_ttl: Duration::from_secs(5 * minute),
+            cookie_ttl: Duration::from_secs(12 * hour),
+            cookie_secret: String::new(),
+            unauthenticated_per_minute: 120,
+            wake_attempts_per_minute: 30,
+            max_websockets_per_session: 64,
+            max_header_bytes: 32 * 1024,
             data_dir: PathBuf::from("wakeway-data"),
             backup_dir: PathBuf::new(),
             store: StoreKind::Embedded,
@@ -290,6 +328,15 @@ impl Config {
                 return bad(format!("tier {name:?} needs cpu > 0 and memory_mib > 0"));
             }
         }
+        if !self.cookie_secret.is_empty() && self.cookie_secret.len() < 32 {
+            return bad("cookie_secret must be at least 32 characters (or empty to generate one)".into());
+        }
+        if self.unauthenticated_per_minute == 0 || self.wake_attempts_per_minute == 0 {
+            return bad("unauthenticated_per_minute and wake_attempts_per_minute must be at least 1".into());
+        }
+        if self.max_websockets_per_session == 0 || self.max_header_bytes < 4096 {
+            return bad("max_websockets_per_session must be at least 1 and max_header_bytes at least 4096".into());
+        }
         if self.rate_limit_per_minute == 0 {
             return bad("rate_limit_per_minute must be at least 1".into());
         }
@@ -329,6 +376,9 @@ impl Config {
     pub fn to_masked_toml(&self) -> String {
         let mut shown = self.clone();
         shown.api_keys = shown.api_keys.iter().map(|k| mask(k)).collect();
+        if !shown.cookie_secret.is_empty() {
+            shown.cookie_secret = mask(&shown.cookie_secret);
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 }

@@ -49,6 +49,10 @@ impl wakeway_proxy::Lifecycle for Wakeway {
         self.manager.request_wake(handle, source)
     }
 
+    async fn redeem_token(&self, id: &SessionId, token: &str) -> bool {
+        self.manager.redeem_token(id, token)
+    }
+
     async fn api(&self, request: http::Request<Bytes>, _client: Option<IpAddr>) -> http::Response<Bytes> {
         let request = request.map(axum::body::Body::from);
         let response = match self.router.clone().oneshot(request).await {
@@ -106,6 +110,8 @@ pub struct Built {
     pub events: mpsc::UnboundedReceiver<backend::BackendEvent>,
     /// The API key, when it was generated just now (print it once).
     pub new_api_key: Option<String>,
+    /// The secret that signs workspace cookies.
+    pub cookie_secret: Vec<u8>,
 }
 
 /// Build the manager, store, backend and API for `config`.
@@ -127,11 +133,19 @@ pub fn build(
     let paths = backend::local::LocalPaths::new(&config.data_dir, backups);
     let backend = backend::LocalBackend::new(command, paths, config.stop_grace, tx);
     let (keys, new_api_key) = if config.api_keys.is_empty() {
-        let (key, created) = api::load_or_generate_key(&config.data_dir)
+        let (key, created) = api::load_or_generate_secret(&config.data_dir.join("api-key"))
             .map_err(|e| format!("cannot keep the API key in data_dir: {e}"))?;
         (vec![key.clone()], created.then_some(key))
     } else {
         (config.api_keys.clone(), None)
+    };
+    let cookie_secret = if config.cookie_secret.is_empty() {
+        let path = config.data_dir.join("cookie-secret");
+        api::load_or_generate_secret(&path)
+            .map_err(|e| format!("cannot keep the cookie secret in {}: {e}", path.display()))?
+            .0
+    } else {
+        config.cookie_secret.clone()
     };
     let manager = Manager::new(config.clone(), Arc::new(store), backend, clock.clone(), stats, rt);
     let state = api::ApiState {
@@ -140,5 +154,5 @@ pub fn build(
         limiter: Arc::new(api::RateLimiter::new(config.rate_limit_per_minute, clock)),
     };
     let router = api::router(state);
-    Ok(Built { wakeway: Wakeway::new(manager, router), events, new_api_key })
+    Ok(Built { wakeway: Wakeway::new(manager, router), events, new_api_key, cookie_secret: cookie_secret.into_bytes() })
 }

@@ -132,6 +132,9 @@ struct Inner {
     metrics: Metrics,
     stats: Arc<ProxyStats>,
     store_up: AtomicBool,
+    /// One-time sign-in tokens: SHA-256 of the token → (session, expiry ms). In memory: they
+    /// live minutes, and a restart only means asking for a new link.
+    tokens: DashMap<[u8; 32], (SessionId, i64)>,
     /// The runtime every lifecycle task runs on (the proxy calls in from its own runtimes).
     rt: tokio::runtime::Handle,
 }
@@ -165,6 +168,7 @@ impl Manager {
                 metrics: Metrics::new(),
                 stats,
                 store_up: AtomicBool::new(true),
+                tokens: DashMap::new(),
                 rt,
             }),
         }
@@ -608,6 +612,35 @@ impl Manager {
         Ok(s)
     }
 
+    // ---- workspace sign-in -------------------------------------------------------------
+
+    /// Mint a one-time sign-in token for `id`, valid for `access_token_ttl`. Returns the
+    /// `access_url` and its expiry.
+    pub async fn mint_token(&self, id: &SessionId) -> Result<(String, DateTime<Utc>)> {
+        let s = self.load(id).await?;
+        if matches!(s.state, State::Deleting | State::Deleted) {
+            return Err(LifecycleError::Deleted(s.uuid));
+        }
+        let bytes: [u8; 24] = rand::rng().random();
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let now = self.now();
+        let expires = now + chrono::Duration::from_std(self.inner.config.access_token_ttl).unwrap_or_default();
+        self.inner.tokens.retain(|_, (_, exp)| *exp > now.timestamp_millis());
+        self.inner.tokens.insert(token_digest(&token), (id.clone(), expires.timestamp_millis()));
+        let url =
+            format!("{}/?{}={token}", self.inner.config.workspace_url(id.as_str()), wakeway_proxy::auth::TOKEN_PARAM);
+        Ok((url, expires))
+    }
+
+    /// Consume a sign-in token; true if it was minted for `id` and has not expired.
+    pub fn redeem_token(&self, id: &SessionId, token: &str) -> bool {
+        let now = self.now().timestamp_millis();
+        match self.inner.tokens.remove(&token_digest(token)) {
+            Some((_, (owner, expires))) => owner == *id && expires > now,
+            None => false,
+        }
+    }
+
     // ---- reads ------------------------------------------------------------------------
 
     /// A session with its live fields.
@@ -861,6 +894,11 @@ impl Manager {
             }
         }
     }
+}
+
+fn token_digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
 }
 
 /// The time in a backup's name `workspace-<id>-YYYYMMDD-HHMMSS.zip`.

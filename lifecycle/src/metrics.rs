@@ -95,7 +95,7 @@ impl Metrics {
             "# HELP wakeway_store_up Whether the session store answers (1) or not (0).\n# TYPE wakeway_store_up gauge"
         );
         let _ = writeln!(text, "wakeway_store_up {}", u8::from(store_up));
-        let counters: [(&str, &str, u64); 9] = [
+        let counters: [(&str, &str, u64); 12] = [
             ("wakeway_proxy_requests_total", "Requests proxied to workspaces.", stats.requests.load(Ordering::Relaxed)),
             (
                 "wakeway_proxy_request_bytes_total",
@@ -131,6 +131,21 @@ impl Metrics {
                 "wakeway_unknown_host_total",
                 "Requests for workspace hosts with no session.",
                 stats.unknown_host.load(Ordering::Relaxed),
+            ),
+            (
+                "wakeway_unauthorized_total",
+                "Workspace requests refused by the sign-in check (401/429).",
+                stats.unauthorized.load(Ordering::Relaxed),
+            ),
+            (
+                "wakeway_signed_in_total",
+                "Sign-in tokens exchanged for a workspace cookie.",
+                stats.signed_in.load(Ordering::Relaxed),
+            ),
+            (
+                "wakeway_wakes_refused_total",
+                "Wakes refused by wake_attempts_per_minute.",
+                stats.wakes_refused.load(Ordering::Relaxed),
             ),
             (
                 "wakeway_not_woken_total",

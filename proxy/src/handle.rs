@@ -127,12 +127,19 @@ pub struct SessionHandle {
     pub id: SessionId,
     pub activity: Activity,
     held: AtomicUsize,
+    websockets: AtomicUsize,
     phase: watch::Sender<Phase>,
 }
 
 impl SessionHandle {
     pub fn new(id: SessionId, phase: Phase) -> Self {
-        SessionHandle { id, activity: Activity::default(), held: AtomicUsize::new(0), phase: watch::Sender::new(phase) }
+        SessionHandle {
+            id,
+            activity: Activity::default(),
+            held: AtomicUsize::new(0),
+            websockets: AtomicUsize::new(0),
+            phase: watch::Sender::new(phase),
+        }
     }
 
     /// The current phase (a cheap read; no await).
@@ -171,6 +178,25 @@ impl SessionHandle {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
             .ok()
             .map(|_| HeldGuard(self.clone()))
+    }
+}
+
+impl SessionHandle {
+    /// Count one more open WebSocket if fewer than `max` are open; the slot un-counts it.
+    pub(crate) fn try_open_websocket(self: &Arc<Self>, max: usize) -> Option<WebSocketSlot> {
+        self.websockets
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| WebSocketSlot(self.clone()))
+    }
+}
+
+/// An open WebSocket's place in its session's bound; released when dropped.
+pub struct WebSocketSlot(Arc<SessionHandle>);
+
+impl Drop for WebSocketSlot {
+    fn drop(&mut self) {
+        self.0.websockets.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -4,12 +4,14 @@
 #![forbid(unsafe_code)]
 
 pub mod activity;
+pub mod auth;
 pub mod classify;
 pub mod clock;
 pub mod error;
 pub mod handle;
 pub mod host;
 pub mod pages;
+pub mod ratelimit;
 pub mod service;
 pub mod stats;
 
@@ -35,6 +37,10 @@ pub trait Lifecycle: Send + Sync + 'static {
     /// Ask for the session to be awake. Returns at once; idempotent and single-flight: however
     /// many requests call it, one start happens. Progress is published on the handle's phase.
     fn request_wake(&self, handle: &Arc<SessionHandle>, source: ActivitySource);
+
+    /// Exchange a one-time sign-in token for access to session `id` (consumes it). False for an
+    /// unknown, expired, used, or other session's token.
+    async fn redeem_token(&self, id: &SessionId, token: &str) -> bool;
 
     /// Serve one management API request (body already read and size-checked).
     async fn api(&self, request: http::Request<Bytes>, client: Option<IpAddr>) -> http::Response<Bytes>;

@@ -7,6 +7,7 @@ const WAITING: &str = include_str!("../assets/waiting.html");
 const GONE: &str = include_str!("../assets/gone.html");
 const UNAVAILABLE: &str = include_str!("../assets/unavailable.html");
 const NOT_FOUND: &str = include_str!("../assets/not_found.html");
+const UNAUTHORIZED: &str = include_str!("../assets/unauthorized.html");
 
 /// The path (on every workspace host) that the waiting page polls. It never reaches the workspace.
 pub const STATUS_PATH: &str = "/.wakeway/status";
@@ -24,6 +25,11 @@ pub fn gone(id: &str, message: &str) -> Bytes {
 /// The 503 page, retrying after `retry_after` seconds.
 pub fn unavailable(id: &str, message: &str, retry_after: u64) -> Bytes {
     render(UNAVAILABLE, id, message, retry_after)
+}
+
+/// The 401 page: a sign-in link is needed.
+pub fn unauthorized(id: &str, message: &str) -> Bytes {
+    render(UNAUTHORIZED, id, message, 0)
 }
 
 /// The 404 page for an unknown workspace host.
@@ -69,6 +75,8 @@ mod tests {
         assert!(page.contains("&lt;script&gt;") && !page.contains("<script>x"));
         let page = String::from_utf8(unavailable("abc12345", "busy", 7).to_vec()).unwrap();
         assert!(page.contains("busy") && !page.contains("{{"));
+        let page = String::from_utf8(unauthorized("abc12345", "sign in").to_vec()).unwrap();
+        assert!(page.contains("sign-in link") && page.contains("abc12345") && !page.contains("{{"));
         let page = String::from_utf8(not_found("nothing here").to_vec()).unwrap();
         assert!(page.contains("nothing here") && !page.contains("{{"));
     }

@@ -2,7 +2,7 @@
 //!
 //! Per request: one host parse, one map lookup, one phase read; per body chunk: atomics only.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -12,14 +12,16 @@ use bytes::{Bytes, BytesMut};
 use http::{Method, StatusCode, header};
 use pingora::http::ResponseHeader;
 use pingora::prelude::{HttpPeer, ProxyHttp, Result, Session};
-use wakeway_config::Config;
+use wakeway_config::{Config, WorkspaceAuth};
 
 use crate::activity::{ClientStream, SocketKind, negotiated_deflate};
+use crate::auth::{CookieSigner, cookie_values, cookie_without_ours, take_token};
 use crate::classify::{RequestKind, classify};
 use crate::clock::Clock;
 use crate::error::error_body;
-use crate::handle::{ActivitySource, HeldGuard, Phase, SessionHandle};
-use crate::host::HostRoute;
+use crate::handle::{ActivitySource, HeldGuard, Phase, SessionHandle, WebSocketSlot};
+use crate::host::{HostRoute, SessionId};
+use crate::ratelimit::RateLimiter;
 use crate::stats::ProxyStats;
 use crate::{Lifecycle, pages};
 
@@ -33,6 +35,12 @@ pub struct ProxySettings {
     pub max_held_per_session: usize,
     pub max_held_total: usize,
     pub max_api_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_websockets_per_session: usize,
+    pub workspace_auth: WorkspaceAuth,
+    pub cookie_ttl: Duration,
+    pub unauthenticated_per_minute: u32,
+    pub wake_attempts_per_minute: u32,
     /// Idle limit of a proxied WebSocket (pingora's default of 60 s would cut quiet sockets).
     pub websocket_idle_timeout: Duration,
 }
@@ -46,6 +54,12 @@ impl From<&Config> for ProxySettings {
             max_held_per_session: c.max_held_per_session,
             max_held_total: c.max_held_total,
             max_api_body_bytes: c.max_api_body_bytes,
+            max_header_bytes: c.max_header_bytes,
+            max_websockets_per_session: c.max_websockets_per_session,
+            workspace_auth: c.workspace_auth,
+            cookie_ttl: c.cookie_ttl,
+            unauthenticated_per_minute: c.unauthenticated_per_minute,
+            wake_attempts_per_minute: c.wake_attempts_per_minute,
             websocket_idle_timeout: Duration::from_secs(3600),
         }
     }
@@ -57,6 +71,11 @@ pub struct WakewayProxy {
     lifecycle: Arc<dyn Lifecycle>,
     clock: Arc<dyn Clock>,
     stats: Arc<ProxyStats>,
+    cookies: CookieSigner,
+    /// Failed sign-in checks per client address.
+    unauthenticated: RateLimiter<IpAddr>,
+    /// Wakes asked for per session.
+    wakes: RateLimiter<SessionId>,
 }
 
 /// Per-request state.
@@ -72,16 +91,112 @@ pub struct RequestCtx {
     counts: bool,
     /// The client→server side of an upgraded WebSocket, classified message by message.
     ws: Option<Box<ClientStream>>,
+    /// This WebSocket's place in the session's bound (released when the request ends).
+    _ws_slot: Option<WebSocketSlot>,
 }
 
 impl WakewayProxy {
+    /// `cookie_secret` signs workspace cookies (the same on every replica).
     pub fn new(
         settings: ProxySettings,
+        cookie_secret: &[u8],
         lifecycle: Arc<dyn Lifecycle>,
         clock: Arc<dyn Clock>,
         stats: Arc<ProxyStats>,
     ) -> Self {
-        WakewayProxy { settings, lifecycle, clock, stats }
+        WakewayProxy {
+            cookies: CookieSigner::new(cookie_secret, settings.cookie_ttl),
+            unauthenticated: RateLimiter::new(settings.unauthenticated_per_minute, clock.clone()),
+            wakes: RateLimiter::new(settings.wake_attempts_per_minute, clock.clone()),
+            settings,
+            lifecycle,
+            clock,
+            stats,
+        }
+    }
+
+    fn client_ip(session: &Session) -> IpAddr {
+        session.client_addr().and_then(|a| a.as_inet()).map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip())
+    }
+
+    /// Token mode: exchange a sign-in token for a cookie, or check the cookie. `Some(answered)`
+    /// when the request was answered here (redirect, 401, 429).
+    async fn check_access(&self, session: &mut Session, id: &SessionId) -> Result<Option<bool>> {
+        if self.settings.workspace_auth == WorkspaceAuth::None {
+            return Ok(None);
+        }
+        let now = self.clock.now_ms();
+        let req = session.req_header();
+        if let Some((token, rest)) = req.uri.query().and_then(take_token) {
+            let (token, path) = (token.to_string(), req.uri.path().to_string());
+            if self.lifecycle.redeem_token(id, &token).await {
+                let location = if rest.is_empty() { path } else { format!("{path}?{rest}") };
+                let secure = session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some();
+                let cookie = self.cookies.set_cookie(&self.cookies.issue(id, now), secure);
+                ProxyStats::bump(&self.stats.signed_in);
+                let extra = [("location", location.as_str()), ("set-cookie", cookie.as_str())];
+                return respond(session, StatusCode::FOUND, HTML, Bytes::new(), &extra).await.map(Some);
+            }
+            let message = "This sign-in link is invalid, expired or was already used. Ask your app for a new link.";
+            return self.refuse(session, id, message).await.map(Some);
+        }
+        if cookie_values(&req.headers).any(|v| self.cookies.verify(id, v, now)) {
+            return Ok(None);
+        }
+        let message = "This workspace needs a sign-in link from the app that created it.";
+        self.refuse(session, id, message).await.map(Some)
+    }
+
+    /// 401 (or 429 when this address keeps failing). Never wakes anything.
+    async fn refuse(&self, session: &mut Session, id: &SessionId, message: &str) -> Result<bool> {
+        ProxyStats::bump(&self.stats.unauthorized);
+        if let Err(wait) = self.unauthenticated.check(&Self::client_ip(session)) {
+            let message = format!("Too many failed sign-in attempts from this address; retry in {wait} s.");
+            let retry = wait.to_string();
+            return self
+                .answer(
+                    session,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    &message,
+                    |m| pages::unavailable(id.as_str(), m, wait),
+                    &[("retry-after", &retry)],
+                )
+                .await;
+        }
+        self.answer(
+            session,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            message,
+            |m| pages::unauthorized(id.as_str(), m),
+            &[],
+        )
+        .await
+    }
+
+    async fn too_many_wakes(&self, session: &mut Session, id: &SessionId, wait: u64) -> Result<bool> {
+        ProxyStats::bump(&self.stats.wakes_refused);
+        let message = format!("This workspace was asked to wake too often; retry in {wait} s.");
+        let retry = wait.to_string();
+        self.answer(
+            session,
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_wakes",
+            &message,
+            |m| pages::unavailable(id.as_str(), m, wait),
+            &[("retry-after", &retry)],
+        )
+        .await
+    }
+
+    /// Ask for a wake, within `wake_attempts_per_minute` for this session. `Err(seconds)` to wait.
+    fn wake(&self, handle: &Arc<SessionHandle>, source: ActivitySource) -> std::result::Result<(), u64> {
+        if matches!(handle.phase(), Phase::Asleep | Phase::Failed(_)) {
+            self.wakes.check(&handle.id)?;
+        }
+        self.lifecycle.request_wake(handle, source);
+        Ok(())
     }
 
     async fn serve_api(&self, session: &mut Session) -> Result<bool> {
@@ -241,6 +356,14 @@ impl ProxyHttp for WakewayProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        let header_bytes: usize = req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+        if header_bytes + req.uri.path_and_query().map_or(0, |p| p.as_str().len()) > self.settings.max_header_bytes {
+            let message = format!("The request headers are larger than {} bytes.", self.settings.max_header_bytes);
+            session.set_keepalive(None);
+            let body = error_body("headers_too_large", &message);
+            return respond(session, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, JSON, body, &[]).await;
+        }
         let id = match HostRoute::parse(request_host(session), &self.settings.domain) {
             HostRoute::Api => return self.serve_api(session).await,
             HostRoute::BadWorkspace => {
@@ -261,12 +384,40 @@ impl ProxyHttp for WakewayProxy {
                 .answer(session, StatusCode::NOT_FOUND, "unknown_workspace", &message, pages::not_found, &[])
                 .await;
         };
+        if let Some(answered) = self.check_access(session, &id).await? {
+            return Ok(answered);
+        }
         let req = session.req_header();
         if req.uri.path() == pages::STATUS_PATH {
             let (state, ready, message) = phase_state(&handle.phase());
             let body = serde_json::json!({ "uuid": id.as_str(), "state": state, "ready": ready, "message": message });
             return respond(session, StatusCode::OK, JSON, Bytes::from(body.to_string()), &[]).await;
         }
+        if session.is_upgrade_req() {
+            // Cross-site WebSocket hijacking: a page elsewhere must not open this workspace's socket
+            // with the user's cookie. Browsers always send Origin on WebSocket upgrades.
+            let origin = req.headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()).unwrap_or("");
+            let host = request_host(session);
+            let same = origin
+                .split_once("://")
+                .is_some_and(|(scheme, rest)| matches!(scheme, "http" | "https") && rest.eq_ignore_ascii_case(host));
+            if !same {
+                let message = "WebSocket upgrades must come from the workspace's own origin.";
+                return respond(session, StatusCode::FORBIDDEN, JSON, error_body("bad_origin", message), &[]).await;
+            }
+            match handle.try_open_websocket(self.settings.max_websockets_per_session) {
+                Some(slot) => ctx._ws_slot = Some(slot),
+                None => {
+                    let message = format!(
+                        "This workspace already has {} WebSockets open; close some tabs.",
+                        self.settings.max_websockets_per_session
+                    );
+                    let body = error_body("too_many_websockets", &message);
+                    return respond(session, StatusCode::TOO_MANY_REQUESTS, JSON, body, &[("retry-after", "10")]).await;
+                }
+            }
+        }
+        let req = session.req_header();
         let kind = classify(&req.method, req.uri.path(), req.uri.query(), &req.headers, &self.settings.bot_user_agents);
         ctx.upgrade = session.is_upgrade_req();
         ctx.counts = !matches!(kind, RequestKind::Passive(_));
@@ -309,8 +460,10 @@ impl ProxyHttp for WakewayProxy {
                         .await;
                 }
                 RequestKind::Navigate => {
+                    if let Err(wait) = self.wake(&handle, source) {
+                        return self.too_many_wakes(session, &id, wait).await;
+                    }
                     ProxyStats::bump(&self.stats.waiting_pages);
-                    self.lifecycle.request_wake(&handle, source);
                     return respond(
                         session,
                         StatusCode::OK,
@@ -336,7 +489,9 @@ impl ProxyHttp for WakewayProxy {
                             )
                             .await;
                     };
-                    self.lifecycle.request_wake(&handle, source);
+                    if let Err(wait) = self.wake(&handle, source) {
+                        return self.too_many_wakes(session, &id, wait).await;
+                    }
                     let deadline = tokio::time::Instant::now() + self.settings.hold_timeout;
                     match handle.wait_settled(deadline).await {
                         Some(Phase::Ready(addr)) => {
@@ -427,6 +582,14 @@ impl ProxyHttp for WakewayProxy {
             "x-api-key",
         ] {
             upstream.remove_header(name);
+        }
+        // The workspace never sees wakeway's own cookie (its other cookies pass untouched).
+        if self.settings.workspace_auth == WorkspaceAuth::Token && cookie_values(&upstream.headers).next().is_some() {
+            let kept = cookie_without_ours(&upstream.headers);
+            upstream.remove_header(&header::COOKIE);
+            if let Some(kept) = kept {
+                upstream.insert_header(header::COOKIE, kept)?;
+            }
         }
         let host = request_host(session).to_string();
         if upstream.headers.get(header::HOST).is_none() && !host.is_empty() {

@@ -23,6 +23,12 @@ pub struct ProxyStats {
     pub waiting_pages: AtomicU64,
     /// Requests for a workspace host with no such session.
     pub unknown_host: AtomicU64,
+    /// Requests refused by the workspace sign-in check (401/429).
+    pub unauthorized: AtomicU64,
+    /// Sign-in tokens exchanged for a workspace cookie.
+    pub signed_in: AtomicU64,
+    /// Wakes refused by `wake_attempts_per_minute`.
+    pub wakes_refused: AtomicU64,
     /// Requests answered without waking (HEAD, OPTIONS, prefetch, bots, health checks).
     pub not_woken: AtomicU64,
 }

@@ -1,5 +1,6 @@
 //! Black-box tests: the real `wakeway` binary, real sockets, real workspace processes.
 
+mod access;
 mod harness;
 
 use std::io::Read;
@@ -103,6 +104,7 @@ async fn websockets_and_headers_pass_through() {
 
     let mut req = format!("ws://127.0.0.1:{}/ws", w.port).into_client_request().unwrap();
     req.headers_mut().insert("host", w.host(&id).parse().unwrap());
+    req.headers_mut().insert("origin", format!("http://{}", w.host(&id)).parse().unwrap());
     let (mut socket, response) = tokio_tungstenite::connect_async(req).await.unwrap();
     assert_eq!(response.status(), 101);
     socket.send(Message::text("hello through wakeway")).await.unwrap();

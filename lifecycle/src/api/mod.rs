@@ -24,19 +24,21 @@ use wakeway_proxy::{ActivitySource, SessionId};
 
 use crate::manager::{LifecycleError, Manager, ScaleDirection, SessionView, SleepReason};
 use crate::session::{BackupInfo, seed_timestamp};
-pub use auth::{ApiKeys, RateLimiter, load_or_generate_key};
+pub use auth::{ApiKeys, load_or_generate_secret};
 pub use error::ApiError;
+pub use wakeway_proxy::ratelimit::RateLimiter;
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct ApiState {
     pub manager: Manager,
     pub keys: Arc<ApiKeys>,
-    pub limiter: Arc<RateLimiter>,
+    /// Per (API key index, endpoint).
+    pub limiter: Arc<RateLimiter<(usize, String)>>,
 }
 
 const ENDPOINTS: &str = "POST /session/create, GET /session/{uuid}/status, POST /session/{uuid}/sleep, \
-POST /session/{uuid}/wake, POST /session/{uuid}/scale, DELETE /session/{uuid}, GET /sessions, GET /health, GET /metrics";
+POST /session/{uuid}/wake, POST /session/{uuid}/scale, POST /session/{uuid}/token, DELETE /session/{uuid}, GET /sessions, GET /health, GET /metrics";
 
 /// The API router.
 pub fn router(state: ApiState) -> Router {
@@ -46,6 +48,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/session/{uuid}/sleep", post(sleep))
         .route("/session/{uuid}/wake", post(wake))
         .route("/session/{uuid}/scale", post(scale))
+        .route("/session/{uuid}/token", post(token))
         .route("/session/{uuid}", delete(remove))
         .route("/sessions", get(list))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
@@ -107,7 +110,7 @@ async fn require_key(State(state): State<ApiState>, req: Request, next: Next) ->
         ));
     };
     let endpoint = endpoint_of(&req);
-    if let Err(wait) = state.limiter.check(key, &endpoint) {
+    if let Err(wait) = state.limiter.check(&(key, endpoint.clone())) {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -240,6 +243,7 @@ async fn create(State(state): State<ApiState>, body: Bytes) -> Result<Json<Value
     let user_id = string_field(&map, "user_id", "user@example.com")?;
     valid_user_id(user_id)?;
     let s = state.manager.create(user_id).await?;
+    let (access_url, expires) = state.manager.mint_token(&s.id()).await?;
     let config = state.manager.config();
     Ok(Json(json!({
         "uuid": s.uuid,
@@ -249,7 +253,16 @@ async fn create(State(state): State<ApiState>, body: Bytes) -> Result<Json<Value
         "workspace_url": config.workspace_url(&s.uuid),
         "state": s.state.as_str(),
         "tier": s.tier,
+        "access_url": access_url,
+        "access_url_expires_at": rfc3339(expires),
     })))
+}
+
+/// A new one-time sign-in link for the session (for the client's backend to hand to its user).
+async fn token(State(state): State<ApiState>, Path(uuid): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&uuid)?;
+    let (access_url, expires) = state.manager.mint_token(&id).await?;
+    Ok(Json(json!({ "uuid": id.as_str(), "access_url": access_url, "expires_at": rfc3339(expires) })))
 }
 
 async fn status(State(state): State<ApiState>, Path(uuid): Path<String>) -> Result<Json<Value>, ApiError> {
