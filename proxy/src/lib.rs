@@ -11,6 +11,8 @@ pub mod error;
 pub mod handle;
 pub mod host;
 pub mod pages;
+#[cfg(test)]
+mod proptests;
 pub mod ratelimit;
 pub mod service;
 pub mod stats;

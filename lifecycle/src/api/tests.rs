@@ -180,3 +180,24 @@ async fn create_status_sleep_scale_delete_round_trip() {
     let (_, listed, _) = call(&h.router, "GET", "/sessions?include_deleted=true", Some(KEY), "").await;
     assert_eq!(listed["count"], 1);
 }
+
+/// Any body sent to the endpoints that parse JSON gets a 2xx or a precise 4xx, never a 5xx.
+#[test]
+fn arbitrary_bodies_never_cause_a_server_error() {
+    use proptest::prelude::*;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let h = rt.block_on(async { harness(1_000_000) });
+    let config = ProptestConfig { cases: 1024, failure_persistence: None, ..ProptestConfig::default() };
+    let bodies = prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..256).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        "\\{\"(user_id|scale)\": ?(\"[^\"]{0,20}\"|[0-9]{1,3}|null|true|\\[\\]|\\{\\})\\}",
+        ".{0,64}",
+    ];
+    proptest!(config, |(body in bodies, path in prop_oneof![Just("/session/create"), Just("/session/abc12345/scale")])| {
+        let (status, json, _) = rt.block_on(call(&h.router, "POST", path, Some(KEY), &body));
+        prop_assert!(status.is_success() || status.is_client_error(), "{} {} -> {} {}", path, body, status, json);
+        if status.is_client_error() {
+            prop_assert!(json["error"]["code"].is_string(), "{}", json);
+        }
+    });
+}
