@@ -2,12 +2,16 @@
 # Install what building and testing wakeway needs on a fresh Debian 12 machine (idempotent).
 #   - cmake: pingora builds zlib-ng with it
 #   - python3: the lifecycle API tests run `python3 -m http.server` as a workspace
+#   - pebble (+ pebble-challtestsrv): the ACME server the TLS tests issue certificates from
+#   - curl: the tests' DNS-01 hook talks to pebble-challtestsrv with it
 set -euo pipefail
 
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+[ -x /usr/bin/pebble ] && [ -x /usr/bin/pebble-challtestsrv ] || need+=(pebble)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "[install-test-deps] installing: ${need[*]}"
@@ -16,4 +20,4 @@ if [ ${#need[@]} -gt 0 ]; then
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-echo "[install-test-deps] ready: $(cmake --version | head -1), $(python3 --version)"
+echo "[install-test-deps] ready: $(cmake --version | head -1), $(python3 --version), pebble $(dpkg-query -W -f='${Version}' pebble)"

@@ -10,11 +10,22 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use pingora::listeners::TlsAccept;
+use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use wakeway_config::{Config, LogFormat, ProcessEnv};
+use wakeway_lifecycle::acme::Certificates;
 use wakeway_proxy::service::ProxySettings;
+use wakeway_proxy::tls::{CertStore, Resolver};
 use wakeway_proxy::{Clock, ProxyStats, SystemClock, WakewayProxy};
+
+/// pingora's rustls listener takes its settings through a callbacks constructor; certificates come
+/// from the resolver, so there is nothing to do in the callbacks.
+struct NoHandshakeCallbacks;
+
+#[async_trait::async_trait]
+impl TlsAccept for NoHandshakeCallbacks {}
 
 /// wakeway: browser VS Code workspaces that sleep when nobody uses them and wake the moment
 /// their user comes back.
@@ -68,6 +79,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // One crypto provider for everything TLS (pingora, ACME client): ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -161,6 +174,7 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
     let manager = built.wakeway.manager.clone();
     lifecycle_rt.block_on(manager.recover()).context("cannot load sessions from the store")?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let shutdown_rx_tls = shutdown_rx.clone();
     let background = {
         let manager = manager.clone();
         lifecycle_rt.spawn(async move { manager.run_background(built.events, shutdown_rx).await })
@@ -176,7 +190,14 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let settings = ProxySettings::from(config.as_ref());
-    let proxy = WakewayProxy::new(settings, &built.cookie_secret, Arc::new(built.wakeway), clock, stats);
+    let mut proxy = WakewayProxy::new(settings, &built.cookie_secret, Arc::new(built.wakeway), clock, stats);
+    let certs = CertStore::new();
+    if config.tls_addr().is_some() {
+        let certificates = Certificates::new(config.clone(), built.store.clone(), certs.clone(), manager.clone());
+        lifecycle_rt.block_on(certificates.load()).map_err(anyhow::Error::msg)?;
+        lifecycle_rt.spawn(certificates.run(shutdown_rx_tls));
+        proxy = proxy.with_certs(certs.clone());
+    }
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
     // HTTP/2 without TLS (prior knowledge) too: clients in a cluster often speak it.
     if let Some(app) = service.app_logic_mut() {
@@ -185,6 +206,13 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
         app.server_options = Some(options);
     }
     service.add_tcp(&config.listen.to_string());
+    if let Some(addr) = config.tls_addr() {
+        let mut tls = TlsSettings::with_callbacks(Box::new(NoHandshakeCallbacks)).context("TLS settings")?;
+        tls.set_cert_resolver(Arc::new(Resolver(certs)));
+        tls.enable_h2();
+        service.add_tls_with_settings(&addr.to_string(), None, tls);
+        tracing::info!(%addr, acme = ?config.acme, "TLS listener");
+    }
     server.add_service(service);
 
     let base = format!("http://{}", config.listen);

@@ -46,6 +46,21 @@ pub enum BackendKind {
     Local,
 }
 
+/// How certificates for the TLS listener are obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AcmeMode {
+    /// Only the files in `tls_cert_file` / `tls_key_file`.
+    #[default]
+    None,
+    /// One certificate per workspace host (`vs-code-<id>.<domain>`), validated over HTTP
+    /// (`/.well-known/acme-challenge/` on the plain listener). Only for hosts of existing sessions.
+    Http01,
+    /// One wildcard certificate `*.<domain>`, validated through DNS TXT records that
+    /// `acme_dns_hook` sets.
+    Dns01,
+}
+
 /// Who may open a workspace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -91,6 +106,32 @@ pub struct Config {
     pub public_url: String,
     /// API keys accepted in `X-API-Key`. Empty: a key is generated once and kept in `data_dir`.
     pub api_keys: Vec<String>,
+    /// Address of the TLS listener (HTTPS, HTTP/2 and HTTP/1.1 by ALPN). Empty: no TLS.
+    pub tls_listen: String,
+    /// PEM certificate chain served when no better certificate matches (e.g. a `*.<domain>`
+    /// wildcard from cert-manager). Re-read when the file changes.
+    pub tls_cert_file: PathBuf,
+    /// PEM private key for `tls_cert_file`.
+    pub tls_key_file: PathBuf,
+    /// With TLS on, answer plain-HTTP requests with a redirect to HTTPS (except ACME challenges).
+    pub redirect_http_to_https: bool,
+    /// Certificates from an ACME CA: `none`, `http01` (per workspace host) or `dns01` (wildcard).
+    pub acme: AcmeMode,
+    /// The ACME directory URL (Let's Encrypt by default).
+    pub acme_directory: String,
+    /// Contact e-mail for the ACME account (optional).
+    pub acme_email: String,
+    /// Extra PEM root to trust for the ACME directory's own HTTPS (test CAs such as Pebble).
+    pub acme_ca_file: PathBuf,
+    /// For `dns01`: an executable called as `<hook> set|clear <record name> <value>` that sets or
+    /// removes the TXT record with your DNS provider.
+    pub acme_dns_hook: PathBuf,
+    /// Renew a certificate this long before it expires.
+    #[serde(with = "duration::serde_fmt")]
+    pub acme_renew_before: Duration,
+    /// How often certificates are checked (new sessions also trigger a check at once).
+    #[serde(with = "duration::serde_fmt")]
+    pub acme_check_interval: Duration,
     /// Who may open a workspace: `none` (anyone with the URL) or `token` (sign-in link → cookie).
     pub workspace_auth: WorkspaceAuth,
     /// How long a sign-in token (in `access_url`) can be used, once.
@@ -125,6 +166,9 @@ pub struct Config {
     /// Sleep a session after this long without user activity.
     #[serde(with = "duration::serde_fmt")]
     pub idle_timeout: Duration,
+    /// Loopback ports local workspaces listen on, `first-last`. Outside the kernel's ephemeral
+    /// range (32768–60999 on Linux) so outgoing connections never take a workspace's port.
+    pub workspace_ports: String,
     /// Back up and delete a session after it has been asleep this long.
     #[serde(with = "duration::serde_fmt")]
     pub sleep_to_delete: Duration,
@@ -190,6 +234,17 @@ impl Default for Config {
             domain: "localhost".into(),
             public_url: String::new(),
             api_keys: Vec::new(),
+            tls_listen: String::new(),
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
+            redirect_http_to_https: false,
+            acme: AcmeMode::None,
+            acme_directory: "https://acme-v02.api.letsencrypt.org/directory".into(),
+            acme_email: String::new(),
+            acme_ca_file: PathBuf::new(),
+            acme_dns_hook: PathBuf::new(),
+            acme_renew_before: Duration::from_secs(30 * 24 * hour),
+            acme_check_interval: Duration::from_secs(10 * minute),
             workspace_auth: WorkspaceAuth::None,
             access_token_ttl: Duration::from_secs(5 * minute),
             cookie_ttl: Duration::from_secs(12 * hour),
@@ -203,6 +258,7 @@ impl Default for Config {
             store: StoreKind::Embedded,
             backend: BackendKind::Local,
             workspace_command: String::new(),
+            workspace_ports: "20000-29999".into(),
             idle_timeout: Duration::from_secs(15 * minute),
             sleep_to_delete: Duration::from_secs(24 * hour),
             backup_retention: Duration::from_secs(30 * 24 * hour),
@@ -328,6 +384,24 @@ impl Config {
                 return bad(format!("tier {name:?} needs cpu > 0 and memory_mib > 0"));
             }
         }
+        if self.workspace_port_range().is_none() {
+            return bad(format!("workspace_ports {:?} must look like \"20000-29999\"", self.workspace_ports));
+        }
+        if !self.tls_listen.is_empty() && self.tls_listen.parse::<SocketAddr>().is_err() {
+            return bad(format!("tls_listen {:?} must be an address like 0.0.0.0:8443 (or empty)", self.tls_listen));
+        }
+        if self.tls_cert_file.as_os_str().is_empty() != self.tls_key_file.as_os_str().is_empty() {
+            return bad("tls_cert_file and tls_key_file go together".into());
+        }
+        if self.acme != AcmeMode::None && self.tls_listen.is_empty() {
+            return bad("acme needs tls_listen".into());
+        }
+        if self.acme == AcmeMode::Dns01 && self.acme_dns_hook.as_os_str().is_empty() {
+            return bad("acme = \"dns01\" needs acme_dns_hook (the program that sets TXT records)".into());
+        }
+        if !self.tls_listen.is_empty() && self.acme == AcmeMode::None && self.tls_cert_file.as_os_str().is_empty() {
+            return bad("tls_listen needs a certificate: set tls_cert_file/tls_key_file or acme".into());
+        }
         if !self.cookie_secret.is_empty() && self.cookie_secret.len() < 32 {
             return bad("cookie_secret must be at least 32 characters (or empty to generate one)".into());
         }
@@ -347,6 +421,18 @@ impl Config {
             return bad("max_api_body_bytes must be at least 1024".into());
         }
         Ok(())
+    }
+
+    /// `workspace_ports` as an inclusive range.
+    pub fn workspace_port_range(&self) -> Option<std::ops::RangeInclusive<u16>> {
+        let (first, last) = self.workspace_ports.split_once('-')?;
+        let (first, last): (u16, u16) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
+        (first > 0 && first <= last).then_some(first..=last)
+    }
+
+    /// The TLS listener's address, if TLS is on.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_listen.parse().ok()
     }
 
     /// The folder backups are written to.

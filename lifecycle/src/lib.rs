@@ -2,6 +2,7 @@
 //! workspaces, the stores that keep sessions, verified backups, and the management API.
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod api;
 pub mod backend;
 pub mod backup;
@@ -112,6 +113,8 @@ pub struct Built {
     pub new_api_key: Option<String>,
     /// The secret that signs workspace cookies.
     pub cookie_secret: Vec<u8>,
+    /// The session store (shared with certificates).
+    pub store: Arc<dyn store::Store>,
 }
 
 /// Build the manager, store, backend and API for `config`.
@@ -131,7 +134,8 @@ pub fn build(
     let store = store::EmbeddedStore::open(&config.data_dir.join("wakeway.redb")).map_err(|e| e.to_string())?;
     let (tx, events) = mpsc::unbounded_channel();
     let paths = backend::local::LocalPaths::new(&config.data_dir, backups);
-    let backend = backend::LocalBackend::new(command, paths, config.stop_grace, tx);
+    let ports = config.workspace_port_range().ok_or("workspace_ports is not a port range")?;
+    let backend = backend::LocalBackend::new(command, paths, ports, config.stop_grace, tx);
     let (keys, new_api_key) = if config.api_keys.is_empty() {
         let (key, created) = api::load_or_generate_secret(&config.data_dir.join("api-key"))
             .map_err(|e| format!("cannot keep the API key in data_dir: {e}"))?;
@@ -147,12 +151,19 @@ pub fn build(
     } else {
         config.cookie_secret.clone()
     };
-    let manager = Manager::new(config.clone(), Arc::new(store), backend, clock.clone(), stats, rt);
+    let store: Arc<dyn store::Store> = Arc::new(store);
+    let manager = Manager::new(config.clone(), store.clone(), backend, clock.clone(), stats, rt);
     let state = api::ApiState {
         manager: manager.clone(),
         keys: Arc::new(api::ApiKeys::new(&keys)),
         limiter: Arc::new(api::RateLimiter::new(config.rate_limit_per_minute, clock)),
     };
     let router = api::router(state);
-    Ok(Built { wakeway: Wakeway::new(manager, router), events, new_api_key, cookie_secret: cookie_secret.into_bytes() })
+    Ok(Built {
+        wakeway: Wakeway::new(manager, router),
+        events,
+        new_api_key,
+        cookie_secret: cookie_secret.into_bytes(),
+        store,
+    })
 }

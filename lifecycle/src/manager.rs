@@ -135,6 +135,10 @@ struct Inner {
     /// One-time sign-in tokens: SHA-256 of the token → (session, expiry ms). In memory: they
     /// live minutes, and a restart only means asking for a new link.
     tokens: DashMap<[u8; 32], (SessionId, i64)>,
+    /// Problems worth showing in `/health` (component → message), e.g. ACME failures.
+    problems: DashMap<&'static str, String>,
+    /// Notified when a session is created or deleted (certificates follow sessions).
+    changed: Arc<tokio::sync::Notify>,
     /// The runtime every lifecycle task runs on (the proxy calls in from its own runtimes).
     rt: tokio::runtime::Handle,
 }
@@ -169,6 +173,8 @@ impl Manager {
                 stats,
                 store_up: AtomicBool::new(true),
                 tokens: DashMap::new(),
+                problems: DashMap::new(),
+                changed: Arc::new(tokio::sync::Notify::new()),
                 rt,
             }),
         }
@@ -330,6 +336,7 @@ impl Manager {
             return Err(e.into());
         }
         tracing::info!(session = %s.uuid, user = %s.user_id, "session created");
+        self.inner.changed.notify_one();
         self.request_wake(&rt.handle, ActivitySource::Created);
         Ok(s)
     }
@@ -608,8 +615,35 @@ impl Manager {
         self.transition(rt, &mut s, State::Deleted).await?;
         let trigger = if s.delete_requested { "api" } else { "policy" };
         self.inner.metrics.deletes.with_label_values(&[trigger]).inc();
+        self.inner.changed.notify_one();
         tracing::info!(session = %s.uuid, trigger, backup = ?s.backup.as_ref().map(|b| &b.file), "workspace deleted");
         Ok(s)
+    }
+
+    // ---- health notes and change notifications ---------------------------------------
+
+    /// Record (or clear) a problem of a component, shown in `/health`.
+    pub fn set_problem(&self, component: &'static str, problem: Option<String>) {
+        match problem {
+            Some(p) => {
+                self.inner.problems.insert(component, p);
+            }
+            None => {
+                self.inner.problems.remove(component);
+            }
+        }
+    }
+
+    /// Current problems by component.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut all: Vec<_> = self.inner.problems.iter().map(|p| (*p.key(), p.value().clone())).collect();
+        all.sort();
+        all
+    }
+
+    /// Notified whenever a session is created or deleted.
+    pub fn changed(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.changed.clone()
     }
 
     // ---- workspace sign-in -------------------------------------------------------------

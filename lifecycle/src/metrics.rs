@@ -20,6 +20,7 @@ pub struct Metrics {
     pub deletes: IntCounterVec,
     pub backups_pruned: IntCounterVec,
     pub api_requests: IntCounterVec,
+    pub acme_orders: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -70,6 +71,11 @@ impl Metrics {
             backups_pruned: counter(
                 "wakeway_backups_pruned_total",
                 "Backups deleted after backup_retention.",
+                &["result"],
+            ),
+            acme_orders: counter(
+                "wakeway_acme_orders_total",
+                "ACME certificate orders by result (ok, failed).",
                 &["result"],
             ),
             api_requests: counter(

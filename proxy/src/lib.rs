@@ -16,6 +16,7 @@ mod proptests;
 pub mod ratelimit;
 pub mod service;
 pub mod stats;
+pub mod tls;
 
 use std::net::IpAddr;
 use std::sync::Arc;

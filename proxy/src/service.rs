@@ -23,6 +23,7 @@ use crate::handle::{ActivitySource, HeldGuard, Phase, SessionHandle, WebSocketSl
 use crate::host::{HostRoute, SessionId};
 use crate::ratelimit::RateLimiter;
 use crate::stats::ProxyStats;
+use crate::tls::{ACME_CHALLENGE_PREFIX, CertStore};
 use crate::{Lifecycle, pages};
 
 /// The proxy's settings, taken from [`Config`] once at start.
@@ -41,6 +42,8 @@ pub struct ProxySettings {
     pub cookie_ttl: Duration,
     pub unauthenticated_per_minute: u32,
     pub wake_attempts_per_minute: u32,
+    /// With TLS on and `redirect_http_to_https`: the HTTPS port plain workspace requests are sent to.
+    pub https_redirect_port: Option<u16>,
     /// Idle limit of a proxied WebSocket (pingora's default of 60 s would cut quiet sockets).
     pub websocket_idle_timeout: Duration,
 }
@@ -60,6 +63,7 @@ impl From<&Config> for ProxySettings {
             cookie_ttl: c.cookie_ttl,
             unauthenticated_per_minute: c.unauthenticated_per_minute,
             wake_attempts_per_minute: c.wake_attempts_per_minute,
+            https_redirect_port: c.tls_addr().filter(|_| c.redirect_http_to_https).map(|a| a.port()),
             websocket_idle_timeout: Duration::from_secs(3600),
         }
     }
@@ -76,6 +80,8 @@ pub struct WakewayProxy {
     unauthenticated: RateLimiter<IpAddr>,
     /// Wakes asked for per session.
     wakes: RateLimiter<SessionId>,
+    /// Certificates and pending ACME HTTP-01 answers (when TLS is on).
+    certs: Option<Arc<CertStore>>,
 }
 
 /// Per-request state.
@@ -108,11 +114,52 @@ impl WakewayProxy {
             cookies: CookieSigner::new(cookie_secret, settings.cookie_ttl),
             unauthenticated: RateLimiter::new(settings.unauthenticated_per_minute, clock.clone()),
             wakes: RateLimiter::new(settings.wake_attempts_per_minute, clock.clone()),
+            certs: None,
             settings,
             lifecycle,
             clock,
             stats,
         }
+    }
+
+    /// Serve ACME HTTP-01 answers from this certificate store.
+    pub fn with_certs(mut self, certs: Arc<CertStore>) -> Self {
+        self.certs = Some(certs);
+        self
+    }
+
+    /// ACME HTTP-01 answers and the plain-HTTP → HTTPS redirect. `Some(answered)` if handled.
+    async fn acme_and_redirect(&self, session: &mut Session) -> Result<Option<bool>> {
+        let req = session.req_header();
+        if let Some(token) = req.uri.path().strip_prefix(ACME_CHALLENGE_PREFIX) {
+            let answer = self.certs.as_ref().and_then(|c| c.challenge(token));
+            return match answer {
+                Some(key_authorization) => {
+                    respond(session, StatusCode::OK, "text/plain", Bytes::from(key_authorization), &[]).await.map(Some)
+                }
+                None => {
+                    let body = error_body("unknown_challenge", "No ACME challenge is pending with this token.");
+                    respond(session, StatusCode::NOT_FOUND, JSON, body, &[]).await.map(Some)
+                }
+            };
+        }
+        let Some(port) = self.settings.https_redirect_port else { return Ok(None) };
+        if session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some() {
+            return Ok(None);
+        }
+        let host = request_host(session);
+        // Only workspace hosts (browsers): the API host stays reachable for probes and clients.
+        if HostRoute::parse(host, &self.settings.domain) == HostRoute::Api {
+            return Ok(None);
+        }
+        let name = match host.rfind(':') {
+            Some(i) if !host.ends_with(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+            _ => host,
+        };
+        let port = if port == 443 { String::new() } else { format!(":{port}") };
+        let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let location = format!("https://{name}{port}{path}");
+        respond(session, StatusCode::PERMANENT_REDIRECT, HTML, Bytes::new(), &[("location", &location)]).await.map(Some)
     }
 
     fn client_ip(session: &Session) -> IpAddr {
@@ -363,6 +410,9 @@ impl ProxyHttp for WakewayProxy {
             session.set_keepalive(None);
             let body = error_body("headers_too_large", &message);
             return respond(session, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, JSON, body, &[]).await;
+        }
+        if let Some(answered) = self.acme_and_redirect(session).await? {
+            return Ok(answered);
         }
         let id = match HostRoute::parse(request_host(session), &self.settings.domain) {
             HostRoute::Api => return self.serve_api(session).await,

@@ -20,6 +20,11 @@ pub struct Wakeway {
     pub client: reqwest::Client,
 }
 
+/// The HTTP clients here use rustls with ring, as wakeway does (process-wide, once).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -42,9 +47,25 @@ impl Wakeway {
         w
     }
 
-    /// Start wakeway on an existing data folder (restart tests).
+    /// Start wakeway on an existing data folder (restart tests). If the port picked for it was
+    /// taken in the meantime by another test's process, it retries on another port.
     pub async fn start_in(dir: &Path, env: &[(&str, &str)]) -> Wakeway {
-        let port = free_port();
+        install_crypto_provider();
+        let fixed: Option<u16> =
+            env.iter().find(|(k, _)| *k == "WAKEWAY_LISTEN").and_then(|(_, v)| v.rsplit(':').next()?.parse().ok());
+        for attempt in 0.. {
+            let port = fixed.unwrap_or_else(free_port);
+            let mut w = Wakeway::spawn(dir, port, env);
+            match w.wait_healthy().await {
+                Ok(()) => return w,
+                Err(e) if fixed.is_none() && attempt < 4 && e.contains("cannot listen") => w.child = None,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        unreachable!()
+    }
+
+    fn spawn(dir: &Path, port: u16, env: &[(&str, &str)]) -> Wakeway {
         let mut vars: Vec<(String, String)> = vec![
             ("WAKEWAY_LISTEN".into(), format!("127.0.0.1:{port}")),
             ("WAKEWAY_DATA_DIR".into(), dir.join("data").display().to_string()),
@@ -69,21 +90,26 @@ impl Wakeway {
             .spawn()
             .expect("start wakeway");
         let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
-        let w = Wakeway { child: Some(child), port, dir: dir.to_owned(), _tmp: None, client };
-        w.wait_healthy().await;
-        w
+        Wakeway { child: Some(child), port, dir: dir.to_owned(), _tmp: None, client }
     }
 
-    async fn wait_healthy(&self) {
+    /// Wait until *this* wakeway answers `/health` (its pid, not another test's instance that
+    /// happens to hold the port), or panic with its log if it exits.
+    async fn wait_healthy(&mut self) -> Result<(), String> {
+        let pid = self.child.as_ref().map(|c| c.id()).unwrap_or_default();
         for _ in 0..300 {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                return Err(format!("wakeway exited ({status}) before it was healthy; log:\n{}", self.log()));
+            }
             if let Ok(r) = self.client.get(self.url("/health")).send().await
                 && r.status() == 200
+                && r.json::<serde_json::Value>().await.is_ok_and(|v| v["pid"] == pid)
             {
-                return;
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("wakeway did not become healthy; log:\n{}", self.log());
+        Err(format!("wakeway did not become healthy; log:\n{}", self.log()))
     }
 
     pub fn log(&self) -> String {

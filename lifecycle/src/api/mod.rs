@@ -388,12 +388,14 @@ async fn health(State(state): State<ApiState>) -> Response {
     let body = json!({
         "status": if healthy { "healthy" } else { "unhealthy" },
         "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
         "store": {
             "kind": state.manager.store_kind(),
             "status": if healthy { "healthy" } else { "unhealthy" },
             "error": store.err().map(|e| e.to_string()),
         },
         "backend": state.manager.backend_kind(),
+        "problems": state.manager.problems().into_iter().map(|(k, v)| (k.to_string(), Value::String(v))).collect::<serde_json::Map<_, _>>(),
         "sessions": state.manager.state_counts().iter().map(|(_, n)| n).sum::<usize>(),
     });
     let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

@@ -49,6 +49,7 @@ impl LocalPaths {
 /// One process this wakeway started (and reaps).
 struct Running {
     pid: u32,
+    port: u16,
     /// `Some(detail)` once it exited.
     exited: watch::Receiver<Option<String>>,
 }
@@ -59,18 +60,31 @@ pub struct LocalBackend {
     paths: LocalPaths,
     stop_grace: Duration,
     running: DashMap<String, Running>,
+    /// Ports our workspaces listen on (started or adopted) → session id.
+    ports: DashMap<u16, String>,
+    port_range: std::ops::RangeInclusive<u16>,
     events: mpsc::UnboundedSender<BackendEvent>,
 }
 
 impl LocalBackend {
     /// `command` is the template (see `workspace_command`), already resolved (non-empty).
+    /// `port_range`: where workspaces listen (`workspace_ports`).
     pub fn new(
         command: String,
         paths: LocalPaths,
+        port_range: std::ops::RangeInclusive<u16>,
         stop_grace: Duration,
         events: mpsc::UnboundedSender<BackendEvent>,
     ) -> Arc<Self> {
-        Arc::new(LocalBackend { command, paths, stop_grace, running: DashMap::new(), events })
+        Arc::new(LocalBackend {
+            command,
+            paths,
+            stop_grace,
+            running: DashMap::new(),
+            ports: DashMap::new(),
+            port_range,
+            events,
+        })
     }
 
     pub fn paths(&self) -> &LocalPaths {
@@ -108,9 +122,18 @@ fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
-/// A free loopback port (the OS picks; the tiny race with other programs is retried by the caller).
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+/// A free loopback port in `range`, starting at a random offset, skipping ports our own
+/// workspaces hold. Free = we can bind it now; the workspace binds it a moment later.
+fn free_port(range: &std::ops::RangeInclusive<u16>, taken: &DashMap<u16, String>) -> std::io::Result<u16> {
+    let (first, len) = (*range.start() as u32, range.len() as u32);
+    let offset = rand::random::<u32>() % len;
+    for i in 0..len {
+        let port = (first + (offset + i) % len) as u16;
+        if !taken.contains_key(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, format!("every port in {range:?} is in use")))
 }
 
 /// Start time of `pid` in clock ticks since boot, from `/proc/<pid>/stat` (None: no such process,
@@ -168,6 +191,95 @@ impl LocalBackend {
             Err(BackendError::Stop(format!("process group {pgid} survived SIGKILL")))
         }
     }
+    /// One attempt at starting the workspace on a freshly picked port.
+    async fn start_once(
+        &self,
+        session: &Session,
+        tier: &Tier,
+        deadline: tokio::time::Instant,
+    ) -> Result<Started, StartFailure> {
+        let id = session.uuid.clone();
+        let fail = |message: String| StartFailure { message, port_taken: false };
+        let port = free_port(&self.port_range, &self.ports).map_err(|e| fail(format!("no free port: {e}")))?;
+        let command = self.render(session, port, tier);
+        let state = self.paths.state.join(&id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(&id))
+            .map_err(|e| fail(format!("cannot open the workspace log: {e}")))?;
+        let log_start = log.metadata().map_or(0, |m| m.len());
+        let log_err = log.try_clone().map_err(|e| fail(e.to_string()))?;
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .current_dir(self.paths.workspace(&id))
+            .env("HOME", &state)
+            .env("XDG_CONFIG_HOME", state.join(".config"))
+            .env("XDG_DATA_HOME", state.join(".local/share"))
+            .env("XDG_CACHE_HOME", state.join(".cache"))
+            .env("PORT", port.to_string())
+            .env("WAKEWAY_SESSION", &id)
+            .env("WAKEWAY_CPU", tier.cpu.to_string())
+            .env("WAKEWAY_MEMORY_MIB", tier.memory_mib.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| fail(format!("cannot run `sh -c {command}`: {e}")))?;
+        let pid = child.id().ok_or_else(|| fail("the workspace exited at once".into()))?;
+        let ticks = start_ticks(pid).unwrap_or(0);
+        let placement = Placement::Local { pid, start_ticks: ticks, port };
+        self.ports.insert(port, id.clone());
+        tracing::info!(session = %id, pid, port, "workspace process started");
+
+        let (tx, exited) = watch::channel(None);
+        self.running.insert(id.clone(), Running { pid, port, exited: exited.clone() });
+        let events = self.events.clone();
+        let watched = placement.clone();
+        let watched_id = id.clone();
+        tokio::spawn(async move {
+            let detail = match child.wait().await {
+                Ok(status) => status.to_string(),
+                Err(e) => format!("wait failed: {e}"),
+            };
+            let _ = tx.send(Some(detail.clone()));
+            let _ = events.send(BackendEvent::Exited { id: watched_id, placement: watched, detail });
+        });
+
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut exit_rx = exited.clone();
+        let exited_early = async move {
+            let _ = exit_rx.wait_for(|e| e.is_some()).await;
+        };
+        // Whoever answers must be our process: if it died meanwhile, the answer came from
+        // another program that holds the port, and traffic must never go there.
+        if probe::wait_until_answers(addr, deadline, exited_early).await && exited.borrow().is_none() {
+            return Ok(Started { addr, placement });
+        }
+        let exit = exited.borrow().clone();
+        let _ = self.stop_group(pid).await;
+        self.running.remove(&id);
+        self.ports.remove(&port);
+        let new_log =
+            std::fs::read(self.log_path(&id)).map(|b| b.get(log_start as usize..).map(<[u8]>::to_vec)).ok().flatten();
+        let new_log = String::from_utf8_lossy(&new_log.unwrap_or_default()).to_ascii_lowercase();
+        let port_taken = exit.is_some()
+            && ["address already in use", "eaddrinuse", "address in use"].iter().any(|m| new_log.contains(m));
+        let why = match exit {
+            Some(detail) => format!("the workspace command exited ({detail}) before answering on port {port}"),
+            None => format!("nothing answered on port {port} before the start timeout"),
+        };
+        Err(StartFailure { message: format!("{why}{}", self.log_tail(&id)), port_taken })
+    }
+}
+
+/// Why one start attempt failed, and whether another port may help.
+struct StartFailure {
+    message: String,
+    port_taken: bool,
 }
 
 #[async_trait]
@@ -200,67 +312,19 @@ impl Backend for LocalBackend {
         // Whatever is left of an earlier run of this session must not keep the folder busy.
         self.stop(session).await?;
         self.create(session).await?;
-        let port = free_port().map_err(|e| BackendError::Start(format!("no free port: {e}")))?;
-        let command = self.render(session, port, tier);
-        let state = self.paths.state.join(&id);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(&id))
-            .map_err(|e| BackendError::Start(format!("cannot open the workspace log: {e}")))?;
-        let log_err = log.try_clone().map_err(|e| BackendError::Start(e.to_string()))?;
-        let mut child = tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(&command)
-            .current_dir(self.paths.workspace(&id))
-            .env("HOME", &state)
-            .env("XDG_CONFIG_HOME", state.join(".config"))
-            .env("XDG_DATA_HOME", state.join(".local/share"))
-            .env("XDG_CACHE_HOME", state.join(".cache"))
-            .env("PORT", port.to_string())
-            .env("WAKEWAY_SESSION", &id)
-            .env("WAKEWAY_CPU", tier.cpu.to_string())
-            .env("WAKEWAY_MEMORY_MIB", tier.memory_mib.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err))
-            .process_group(0)
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(|e| BackendError::Start(format!("cannot run `sh -c {command}`: {e}")))?;
-        let pid = child.id().ok_or_else(|| BackendError::Start("the workspace exited at once".into()))?;
-        let ticks = start_ticks(pid).unwrap_or(0);
-        let placement = Placement::Local { pid, start_ticks: ticks, port };
-        tracing::info!(session = %id, pid, port, "workspace process started");
-
-        let (tx, exited) = watch::channel(None);
-        self.running.insert(id.clone(), Running { pid, exited: exited.clone() });
-        let events = self.events.clone();
-        let watched = placement.clone();
-        let watched_id = id.clone();
-        tokio::spawn(async move {
-            let detail = match child.wait().await {
-                Ok(status) => status.to_string(),
-                Err(e) => format!("wait failed: {e}"),
-            };
-            let _ = tx.send(Some(detail.clone()));
-            let _ = events.send(BackendEvent::Exited { id: watched_id, placement: watched, detail });
-        });
-
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut exit_rx = exited.clone();
-        let exited_early = async move {
-            let _ = exit_rx.wait_for(|e| e.is_some()).await;
-        };
-        if probe::wait_until_answers(addr, deadline, exited_early).await {
-            return Ok(Started { addr, placement });
+        // A port that was free when picked can be taken before the workspace binds it (another
+        // program on the machine): that start fails fast, and another port is tried.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.start_once(session, tier, deadline).await {
+                Err(StartFailure { message, port_taken: true }) if attempt < 3 => {
+                    tracing::warn!(session = %id, %message, "workspace port was taken; trying another");
+                }
+                Err(failure) => return Err(BackendError::Start(failure.message)),
+                Ok(started) => return Ok(started),
+            }
         }
-        let why = match exited.borrow().clone() {
-            Some(detail) => format!("the workspace command exited ({detail}) before answering on port {port}"),
-            None => format!("nothing answered on port {port} before the start timeout"),
-        };
-        let _ = self.stop_group(pid).await;
-        Err(BackendError::Start(format!("{why}{}", self.log_tail(&id))))
     }
 
     async fn stop(&self, session: &Session) -> Result<(), BackendError> {
@@ -276,7 +340,12 @@ impl Backend for LocalBackend {
             self.stop_group(pid).await?;
             tracing::info!(session = %session.uuid, pid, "workspace process stopped");
         }
-        self.running.remove(&session.uuid);
+        if let Some((_, running)) = self.running.remove(&session.uuid) {
+            self.ports.remove(&running.port);
+        }
+        if let Some(Placement::Local { port, .. }) = &session.placement {
+            self.ports.remove_if(port, |_, owner| owner == &session.uuid);
+        }
         Ok(())
     }
 
@@ -287,7 +356,11 @@ impl Backend for LocalBackend {
             return None;
         }
         let addr = SocketAddr::from(([127, 0, 0, 1], *port));
-        probe::answers_http(addr).await.then_some(addr)
+        let answers = probe::answers_http(addr).await;
+        if answers {
+            self.ports.insert(*port, session.uuid.clone());
+        }
+        answers.then_some(addr)
     }
 
     fn is_alive(&self, session: &Session) -> bool {
@@ -342,6 +415,38 @@ mod tests {
     #[test]
     fn placeholders_are_quoted_for_the_shell() {
         assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
+    }
+
+    fn backend(dir: &Path, command: &str) -> Arc<LocalBackend> {
+        let paths = LocalPaths::new(dir, dir.join("backups"));
+        let (tx, _rx) = mpsc::unbounded_channel();
+        LocalBackend::new(command.into(), paths, 21000..=21999, Duration::from_secs(2), tx)
+    }
+
+    fn session(id: &str) -> Session {
+        Session::new(&crate::session::SessionId::parse(id).unwrap(), "u", "small", chrono::Utc::now())
+    }
+
+    #[tokio::test]
+    async fn a_workspace_is_only_ready_while_its_own_process_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let tier = Tier { cpu: 1.0, memory_mib: 512 };
+        let deadline = || tokio::time::Instant::now() + Duration::from_secs(20);
+        // A command that leaves a server behind and exits: whoever answers is not the workspace.
+        let detaching = backend(dir.path(), "python3 -m http.server --bind 127.0.0.1 {port} >/dev/null 2>&1 & exit 0");
+        let s = session("abc12345");
+        let err = detaching.start(&s, &tier, deadline()).await.unwrap_err().to_string();
+        assert!(err.contains("exited"), "{err}");
+        // A foreground server is ready, on a port from the range, and stops with its group.
+        let foreground = backend(dir.path(), "exec python3 -m http.server --bind 127.0.0.1 {port}");
+        let started = foreground.start(&s, &tier, deadline()).await.unwrap();
+        assert!((21000..=21999).contains(&started.addr.port()));
+        let mut s = s;
+        s.placement = Some(started.placement);
+        assert!(foreground.is_alive(&s));
+        foreground.stop(&s).await.unwrap();
+        assert!(!foreground.is_alive(&s));
+        assert!(!probe::answers_http(started.addr).await);
     }
 
     #[test]

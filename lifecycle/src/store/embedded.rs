@@ -11,6 +11,7 @@ use super::{Store, StoreError};
 use crate::session::Session;
 
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 
 /// A redb-backed [`Store`]. Writes are durable (fsynced) when `put` returns.
 #[derive(Clone)]
@@ -33,6 +34,7 @@ impl EmbeddedStore {
         })?;
         let txn = db.begin_write().map_err(unavailable)?;
         txn.open_table(SESSIONS).map_err(unavailable)?;
+        txn.open_table(BLOBS).map_err(unavailable)?;
         txn.commit().map_err(unavailable)?;
         Ok(EmbeddedStore { db: Arc::new(db) })
     }
@@ -126,6 +128,44 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn get_blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_string();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(BLOBS).map_err(unavailable)?;
+            Ok(table.get(key.as_str()).map_err(unavailable)?.map(|v| v.value().to_vec()))
+        })
+        .await
+    }
+
+    async fn put_blob(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let (key, value) = (key.to_string(), value.to_vec());
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            txn.open_table(BLOBS).map_err(unavailable)?.insert(key.as_str(), value.as_slice()).map_err(unavailable)?;
+            txn.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn list_blobs(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = prefix.to_string();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(BLOBS).map_err(unavailable)?;
+            let mut keys = Vec::new();
+            for row in table.range(prefix.as_str()..).map_err(unavailable)? {
+                let (k, _) = row.map_err(unavailable)?;
+                if !k.value().starts_with(&prefix) {
+                    break;
+                }
+                keys.push(k.value().to_string());
+            }
+            Ok(keys)
+        })
+        .await
+    }
+
     async fn health(&self) -> Result<(), StoreError> {
         self.blocking(|db| {
             let txn = db.begin_read().map_err(unavailable)?;
@@ -167,6 +207,12 @@ mod tests {
         let back = store.get("abc12345").await.unwrap().unwrap();
         assert_eq!(back.user_id, "a");
         assert_eq!(store.list().await.unwrap().len(), 1);
+        store.put_blob("certs/b", b"two").await.unwrap();
+        store.put_blob("certs/a", b"one").await.unwrap();
+        store.put_blob("other", b"x").await.unwrap();
+        assert_eq!(store.list_blobs("certs/").await.unwrap(), ["certs/a", "certs/b"]);
+        assert_eq!(store.get_blob("certs/a").await.unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(store.get_blob("missing").await.unwrap(), None);
         store.remove("abc12345", 2).await.unwrap();
         assert!(store.get("abc12345").await.unwrap().is_none());
         store.health().await.unwrap();

@@ -41,6 +41,15 @@ pub trait Store: Send + Sync + 'static {
     /// Remove a record if its stored version equals `version`.
     async fn remove(&self, id: &str, version: u64) -> Result<(), StoreError>;
 
+    /// A small shared value (ACME account, certificates), by key.
+    async fn get_blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Write a small shared value (last write wins).
+    async fn put_blob(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+
+    /// Keys of the shared values starting with `prefix`.
+    async fn list_blobs(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+
     /// Ok when reads and writes work.
     async fn health(&self) -> Result<(), StoreError>;
 }
