@@ -4,6 +4,7 @@
 #   - python3: the lifecycle API tests run `python3 -m http.server` as a workspace
 #   - pebble (+ pebble-challtestsrv): the ACME server the TLS tests issue certificates from
 #   - curl: the tests' DNS-01 hook talks to pebble-challtestsrv with it
+#   - redis-server: the multi-replica tests start their own on free ports
 set -euo pipefail
 
 need=()
@@ -12,6 +13,7 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 [ -x /usr/bin/pebble ] && [ -x /usr/bin/pebble-challtestsrv ] || need+=(pebble)
+[ -x /usr/bin/redis-server ] || need+=(redis-server)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "[install-test-deps] installing: ${need[*]}"
@@ -20,4 +22,4 @@ if [ ${#need[@]} -gt 0 ]; then
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-echo "[install-test-deps] ready: $(cmake --version | head -1), $(python3 --version), pebble $(dpkg-query -W -f='${Version}' pebble)"
+echo "[install-test-deps] ready: $(cmake --version | head -1), $(python3 --version), pebble $(dpkg-query -W -f='${Version}' pebble), $(redis-server --version | cut -d' ' -f1-3)"

@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
-cargo test --workspace --locked "$@"
+scripts/install-browser-test-deps.sh
+# Four at a time: the browser tests mostly wait (an idle tab for minutes), so they overlap well.
+cargo test --workspace --locked "$@" -- --test-threads=4

@@ -166,11 +166,9 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
         .build()
         .context("cannot start the lifecycle runtime")?;
 
-    let built = {
-        let _entered = lifecycle_rt.enter();
-        wakeway_lifecycle::build(config.clone(), clock.clone(), stats.clone(), lifecycle_rt.handle().clone())
-            .map_err(anyhow::Error::msg)?
-    };
+    let built = lifecycle_rt
+        .block_on(wakeway_lifecycle::build(config.clone(), clock.clone(), stats.clone(), lifecycle_rt.handle().clone()))
+        .map_err(anyhow::Error::msg)?;
     let manager = built.wakeway.manager.clone();
     lifecycle_rt.block_on(manager.recover()).context("cannot load sessions from the store")?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

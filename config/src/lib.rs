@@ -36,6 +36,8 @@ pub enum ConfigError {
 pub enum StoreKind {
     /// A file-backed embedded database in `data_dir` (single replica).
     Embedded,
+    /// Redis (`redis_url`), shared by several replicas.
+    Redis,
 }
 
 /// Where workspaces run.
@@ -157,6 +159,14 @@ pub struct Config {
     pub backup_dir: PathBuf,
     /// Where session state lives.
     pub store: StoreKind,
+    /// Redis URL (`redis://host:6379/0`). Set: sessions, activity, certificates and the sweep
+    /// lease live in Redis, so several replicas can serve together (`store` is then `redis`).
+    pub redis_url: String,
+    /// This replica's name in leases and activity (empty: hostname and process id).
+    pub replica_id: String,
+    /// How long the sweep lease lasts without renewal (another replica takes over after that).
+    #[serde(with = "duration::serde_fmt")]
+    pub lease_ttl: Duration,
     /// Where workspaces run.
     pub backend: BackendKind,
     /// Command that starts one workspace (run by `sh -c`). Placeholders: `{port}`, `{workspace}`,
@@ -256,6 +266,9 @@ impl Default for Config {
             data_dir: PathBuf::from("wakeway-data"),
             backup_dir: PathBuf::new(),
             store: StoreKind::Embedded,
+            redis_url: String::new(),
+            replica_id: String::new(),
+            lease_ttl: Duration::from_secs(10),
             backend: BackendKind::Local,
             workspace_command: String::new(),
             workspace_ports: "20000-29999".into(),
@@ -384,6 +397,12 @@ impl Config {
                 return bad(format!("tier {name:?} needs cpu > 0 and memory_mib > 0"));
             }
         }
+        if self.store == StoreKind::Redis && self.redis_url.is_empty() {
+            return bad("store = \"redis\" needs redis_url (WAKEWAY_REDIS_URL)".into());
+        }
+        if self.lease_ttl < Duration::from_secs(1) {
+            return bad("lease_ttl must be at least 1s".into());
+        }
         if self.workspace_port_range().is_none() {
             return bad(format!("workspace_ports {:?} must look like \"20000-29999\"", self.workspace_ports));
         }
@@ -421,6 +440,11 @@ impl Config {
             return bad("max_api_body_bytes must be at least 1024".into());
         }
         Ok(())
+    }
+
+    /// The store in use: Redis whenever `redis_url` is set.
+    pub fn store_kind(&self) -> StoreKind {
+        if self.redis_url.is_empty() { self.store } else { StoreKind::Redis }
     }
 
     /// `workspace_ports` as an inclusive range.
@@ -462,6 +486,11 @@ impl Config {
     pub fn to_masked_toml(&self) -> String {
         let mut shown = self.clone();
         shown.api_keys = shown.api_keys.iter().map(|k| mask(k)).collect();
+        if let Some((scheme, rest)) = shown.redis_url.split_once("://")
+            && let Some((_, host)) = rest.rsplit_once('@')
+        {
+            shown.redis_url = format!("{scheme}://****@{host}");
+        }
         if !shown.cookie_secret.is_empty() {
             shown.cookie_secret = mask(&shown.cookie_secret);
         }

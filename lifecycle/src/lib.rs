@@ -118,7 +118,7 @@ pub struct Built {
 }
 
 /// Build the manager, store, backend and API for `config`.
-pub fn build(
+pub async fn build(
     config: Arc<Config>,
     clock: Arc<dyn Clock>,
     stats: Arc<ProxyStats>,
@@ -131,7 +131,16 @@ pub fn build(
     if let Err(e) = std::fs::create_dir_all(&backups) {
         tracing::error!(dir = %backups.display(), error = %e, "the backup folder cannot be created: deletions will fail (and keep the data) until it can");
     }
-    let store = store::EmbeddedStore::open(&config.data_dir.join("wakeway.redb")).map_err(|e| e.to_string())?;
+    let store: Arc<dyn store::Store> = match config.store_kind() {
+        wakeway_config::StoreKind::Redis => Arc::new(
+            store::RedisStore::connect(&config.redis_url)
+                .await
+                .map_err(|e| format!("{e} (is Redis running at the redis_url?)"))?,
+        ),
+        wakeway_config::StoreKind::Embedded => {
+            Arc::new(store::EmbeddedStore::open(&config.data_dir.join("wakeway.redb")).map_err(|e| e.to_string())?)
+        }
+    };
     let (tx, events) = mpsc::unbounded_channel();
     let paths = backend::local::LocalPaths::new(&config.data_dir, backups);
     let ports = config.workspace_port_range().ok_or("workspace_ports is not a port range")?;
@@ -151,7 +160,6 @@ pub fn build(
     } else {
         config.cookie_secret.clone()
     };
-    let store: Arc<dyn store::Store> = Arc::new(store);
     let manager = Manager::new(config.clone(), store.clone(), backend, clock.clone(), stats, rt);
     let state = api::ApiState {
         manager: manager.clone(),

@@ -21,7 +21,7 @@ use crate::backend::{Backend, BackendError, BackendEvent};
 use crate::metrics::Metrics;
 use crate::policy::{Action, Policy, Seen};
 use crate::session::{InvalidTransition, Placement, Session, State};
-use crate::store::{Store, StoreError};
+use crate::store::{ActivityCheckpoint, Store, StoreError};
 
 /// Lifecycle failures, mapped to HTTP statuses in one place (`api::error`).
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,8 @@ struct Runtime {
     state: AtomicU8,
     /// Activity already written to the store (ms).
     persisted_activity_ms: AtomicI64,
+    /// Open connections over every replica (shared store), as of the last checkpoint.
+    open_everywhere: std::sync::atomic::AtomicUsize,
 }
 
 impl Runtime {
@@ -139,6 +141,12 @@ struct Inner {
     problems: DashMap<&'static str, String>,
     /// Notified when a session is created or deleted (certificates follow sessions).
     changed: Arc<tokio::sync::Notify>,
+    /// Several replicas share the store: activity, the sweep lease and events go through it.
+    shared: bool,
+    /// This replica's name (leases, activity checkpoints).
+    replica: String,
+    /// Placements this replica routed to (to rebuild a lost record of a running workspace).
+    placements: DashMap<SocketAddr, Placement>,
     /// The runtime every lifecycle task runs on (the proxy calls in from its own runtimes).
     rt: tokio::runtime::Handle,
 }
@@ -161,6 +169,8 @@ impl Manager {
         rt: tokio::runtime::Handle,
     ) -> Self {
         let policy = Policy::from(config.as_ref());
+        let store_shared = store.shared();
+        let config_replica = config.replica_id.clone();
         Manager {
             inner: Arc::new(Inner {
                 config,
@@ -175,6 +185,9 @@ impl Manager {
                 tokens: DashMap::new(),
                 problems: DashMap::new(),
                 changed: Arc::new(tokio::sync::Notify::new()),
+                shared: store_shared,
+                replica: replica_name(&config_replica),
+                placements: DashMap::new(),
                 rt,
             }),
         }
@@ -235,6 +248,7 @@ impl Manager {
                     wake_queued: AtomicBool::new(false),
                     state: AtomicU8::new(state_index(s.state)),
                     persisted_activity_ms: AtomicI64::new(ms),
+                    open_everywhere: std::sync::atomic::AtomicUsize::new(0),
                 })
             })
             .clone()
@@ -245,7 +259,10 @@ impl Manager {
         rt.state.store(state_index(s.state), Ordering::Relaxed);
         let phase = match s.state {
             State::Running => match &s.placement {
-                Some(p) => Phase::Ready(placement_addr(p)),
+                Some(p) => {
+                    self.inner.placements.insert(placement_addr(p), p.clone());
+                    Phase::Ready(placement_addr(p))
+                }
                 None => Phase::Asleep,
             },
             State::Creating | State::Starting | State::Waking | State::Resizing => Phase::Starting,
@@ -377,6 +394,12 @@ impl Manager {
     async fn wake_inner(&self, rt: &Runtime, source: ActivitySource) -> Result<Session> {
         let id = rt.handle.id.clone();
         let mut s = self.load(&id).await?;
+        if self.inner.shared {
+            s = self.follow_other_replica(rt, s).await?;
+            if matches!(s.state, State::Starting | State::Waking | State::Resizing) {
+                return Ok(s); // another replica is starting it; its events release our waiters
+            }
+        }
         match s.state {
             State::Running if self.inner.backend.is_alive(&s) => {
                 self.publish(rt, &s);
@@ -413,7 +436,15 @@ impl Manager {
             s.last_error = None;
             s.backup_failures = 0;
             s.next_backup_attempt = None;
-            self.transition(rt, &mut s, next).await?;
+            match self.transition(rt, &mut s, next).await {
+                Err(LifecycleError::Store(StoreError::Conflict { .. })) if self.inner.shared => {
+                    // Another replica changed it first (most likely: it is waking it). Follow it.
+                    let now = self.load(&id).await?;
+                    self.publish(rt, &now);
+                    return Ok(now);
+                }
+                other => other?,
+            }
         } else {
             self.publish(rt, &s);
         }
@@ -442,6 +473,24 @@ impl Manager {
                 Err(e.into())
             }
         }
+    }
+
+    /// With a shared store, a stop, backup or start another replica is doing shows as a
+    /// transitional state: wait (bounded by `start_timeout`) for it to finish instead of acting on
+    /// it. A state still transitional after that is a leftover of a dead replica: act on it.
+    async fn follow_other_replica(&self, rt: &Runtime, mut s: Session) -> Result<Session> {
+        let deadline = tokio::time::Instant::now() + self.inner.config.start_timeout;
+        while matches!(s.state, State::Stopping | State::BackingUp | State::Starting | State::Waking | State::Resizing)
+            && tokio::time::Instant::now() < deadline
+        {
+            self.publish(rt, &s);
+            if matches!(s.state, State::Starting | State::Waking | State::Resizing) {
+                return Ok(s);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s = self.load(&rt.handle.id).await?;
+        }
+        Ok(s)
     }
 
     /// Put a session to sleep (idempotent for a sleeping one).
@@ -693,7 +742,8 @@ impl Manager {
                 } else {
                     s.activity_source.clone()
                 };
-                (seen, source, rt.handle.held(), activity.open_connections())
+                let open = activity.open_connections().max(rt.open_everywhere.load(Ordering::Relaxed));
+                (seen, source, rt.handle.held(), open)
             }
             None => (
                 Seen { last_activity: s.last_activity, last_interaction: s.last_interaction() },
@@ -747,6 +797,13 @@ impl Manager {
     /// running workspaces that still answer are adopted, others are marked asleep; interrupted
     /// stops are finished; interrupted backups and deletions are left for the sweep to resume.
     pub async fn recover(&self) -> Result<()> {
+        if self.inner.shared {
+            // Other replicas may be acting on these sessions right now: only learn the routes.
+            // Leftovers of a dead replica are the sweep leader's to finish.
+            self.resync().await?;
+            tracing::info!(sessions = self.inner.runtimes.len(), replica = %self.inner.replica, "sessions loaded from the shared store");
+            return Ok(());
+        }
         let all = self.inner.store.list().await?;
         let total = all.len();
         let mut adopted = 0;
@@ -789,6 +846,40 @@ impl Manager {
     /// Apply the policy to every session once. Skips everything if the store cannot be read
     /// (never decide on stale data).
     pub async fn sweep(&self) -> Result<()> {
+        if self.inner.shared {
+            let ttl = self.inner.config.lease_ttl;
+            match self.inner.store.lease("sweep", &self.inner.replica, ttl).await {
+                Ok(true) => {}
+                Ok(false) => return self.resync().await,
+                Err(e) => {
+                    self.note_store_error(&e);
+                    tracing::warn!(error = %e, "sweep skipped: the store is unavailable");
+                    return Err(e.into());
+                }
+            }
+            // Keep the lease while sweeping; stop issuing actions if it is lost.
+            let renew = async {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    if !matches!(self.inner.store.lease("sweep", &self.inner.replica, ttl).await, Ok(true)) {
+                        tracing::warn!("the sweep lease was lost; stopping this sweep");
+                        return;
+                    }
+                }
+            };
+            return tokio::select! {
+                result = self.sweep_as_leader() => result,
+                () = renew => Ok(()),
+            };
+        }
+        self.sweep_as_leader().await
+    }
+
+    async fn sweep_as_leader(&self) -> Result<()> {
+        if self.inner.shared {
+            self.merge_activity().await;
+            self.rebuild_missing().await;
+        }
         let all = match self.inner.store.list().await {
             Ok(all) => all,
             Err(e) => {
@@ -798,13 +889,18 @@ impl Manager {
             }
         };
         let now = self.now();
+        // Other replicas' activity reaches the store up to one checkpoint late: wait that long
+        // more before deciding a session is idle.
+        let grace = if self.inner.shared { self.inner.config.checkpoint_interval } else { Duration::ZERO };
+        let decide_at = now - chrono::Duration::from_std(grace).unwrap_or_default();
         for s in all {
             let rt = self.runtime_for(&s);
+            self.publish_if_idle(&rt, &s);
             // An operation in flight owns this session right now; look again next sweep.
             let Ok(guard) = rt.op.try_lock() else { continue };
             let seen = self.seen(&rt, &s);
             let crashed = s.state == State::Running && !self.inner.backend.is_alive(&s);
-            let action = if crashed { Action::FinishSleep } else { self.inner.policy.decide(&s, seen, now) };
+            let action = if crashed { Action::FinishSleep } else { self.inner.policy.decide(&s, seen, decide_at) };
             drop(guard);
             let id = rt.handle.id.clone();
             let result = match action {
@@ -823,6 +919,89 @@ impl Manager {
         }
         self.prune_backups(now).await;
         Ok(())
+    }
+
+    /// Publish a record's phase unless a local operation owns the session (it publishes itself).
+    fn publish_if_idle(&self, rt: &Runtime, s: &Session) {
+        if let Ok(_op) = rt.op.try_lock() {
+            self.publish(rt, s);
+        }
+    }
+
+    /// Bring the in-memory map in line with the store (other replicas' changes).
+    async fn resync(&self) -> Result<()> {
+        let all = self.inner.store.list().await.inspect_err(|e| self.note_store_error(e))?;
+        for s in all {
+            let rt = self.runtime_for(&s);
+            self.publish_if_idle(&rt, &s);
+        }
+        Ok(())
+    }
+
+    /// A session another replica changed.
+    async fn on_store_event(&self, id: &str) {
+        if id.is_empty() {
+            let _ = self.resync().await;
+            return;
+        }
+        let Some(id) = SessionId::parse(id) else { return };
+        match self.inner.store.get(id.as_str()).await {
+            Ok(Some(s)) => {
+                let rt = self.runtime_for(&s);
+                self.publish_if_idle(&rt, &s);
+                if s.state == State::Deleted {
+                    self.inner.changed.notify_one();
+                }
+            }
+            Ok(None) => {} // forgotten, or the store lost it (then the leader rebuilds it)
+            Err(e) => self.note_store_error(&e),
+        }
+    }
+
+    /// Records the store lost (Redis emptied): rebuilt from what the backend holds. A running
+    /// workspace is adopted, the others come back asleep. Nothing is deleted for lack of a record.
+    async fn rebuild_missing(&self) {
+        let (Ok(records), Ok(found)) = (self.inner.store.list().await, self.inner.backend.discover().await) else {
+            return;
+        };
+        let known: std::collections::HashSet<&str> = records.iter().map(|s| s.uuid.as_str()).collect();
+        for d in found.into_iter().filter(|d| !known.contains(d.id.as_str())) {
+            let Some(id) = SessionId::parse(&d.id) else { continue };
+            let now = self.now();
+            let mut s = Session::new(&id, &d.user_id, &d.tier, d.created_at.unwrap_or(now));
+            // Placement comes from our runtime's last phase, if this replica routed to it.
+            let addr = self.runtime(&id).and_then(|rt| match rt.handle.phase() {
+                Phase::Ready(addr) => Some(addr),
+                _ => None,
+            });
+            s.state = State::Sleeping;
+            s.slept_at = Some(now);
+            s.last_error = Some("rebuilt from the workspace after the store lost its record".into());
+            if let Some(addr) = addr {
+                s.placement = self.placement_at(addr);
+                if s.placement.as_ref().is_some_and(|_| self.inner.backend.is_alive(&s)) {
+                    s.state = State::Running;
+                    s.slept_at = None;
+                    s.awake_since = Some(now);
+                } else {
+                    s.placement = None;
+                }
+            }
+            match self.inner.store.put(&s).await {
+                Ok(stored) => {
+                    tracing::warn!(session = %stored.uuid, state = stored.state.as_str(), "session record rebuilt from its workspace");
+                    let rt = self.runtime_for(&stored);
+                    self.publish_if_idle(&rt, &stored);
+                }
+                Err(e) => tracing::debug!(session = %id, error = %e, "rebuild raced with another writer"),
+            }
+        }
+    }
+
+    /// The placement of a workspace this replica routes to at `addr`, from the runtime map of
+    /// local placements (the local backend's identity check needs pid and start time).
+    fn placement_at(&self, addr: SocketAddr) -> Option<Placement> {
+        self.inner.placements.get(&addr).map(|p| p.clone())
     }
 
     async fn forget(&self, rt: &Arc<Runtime>) -> Result<()> {
@@ -862,8 +1041,44 @@ impl Manager {
         }
     }
 
+    /// With a shared store: send every session's activity (and open connections) in one
+    /// pipeline, and take back what all replicas saw (max-merged), so a sleep decision anywhere
+    /// counts activity seen everywhere.
+    async fn merge_activity(&self) {
+        let runtimes: Vec<Arc<Runtime>> = self.inner.runtimes.iter().map(|r| r.clone()).collect();
+        let batch: Vec<ActivityCheckpoint> = runtimes
+            .iter()
+            .filter(|rt| rt.state() != State::Deleted)
+            .map(|rt| ActivityCheckpoint {
+                id: rt.handle.id.to_string(),
+                replica: self.inner.replica.clone(),
+                last_activity_ms: rt.handle.activity.last_activity_ms(),
+                last_interaction_ms: rt.handle.activity.last_interaction_ms(),
+                open_connections: rt.handle.activity.open_connections(),
+            })
+            .collect();
+        let ttl = self.inner.config.checkpoint_interval * 3;
+        match self.inner.store.merge_activity(&batch, self.now().timestamp_millis(), ttl).await {
+            Ok(merged) => {
+                for m in merged {
+                    if let Some(rt) = SessionId::parse(&m.id).and_then(|id| self.runtime(&id)) {
+                        rt.handle.activity.restore(m.last_activity_ms, m.last_interaction_ms);
+                        rt.open_everywhere.store(m.open_connections, Ordering::Relaxed);
+                    }
+                }
+            }
+            Err(e) => {
+                self.note_store_error(&e);
+                tracing::debug!(error = %e, "activity checkpoint failed; kept in memory and retried");
+            }
+        }
+    }
+
     /// Write in-memory activity to the store for sessions whose activity moved.
     pub async fn checkpoint(&self) {
+        if self.inner.shared {
+            return self.merge_activity().await;
+        }
         let runtimes: Vec<Arc<Runtime>> = self.inner.runtimes.iter().map(|r| r.clone()).collect();
         for rt in runtimes {
             let ms = rt.handle.activity.last_activity_ms();
@@ -902,6 +1117,7 @@ impl Manager {
         mut events: mpsc::UnboundedReceiver<BackendEvent>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
+        let mut store_events = self.inner.store.subscribe().await;
         let mut sweep = tokio::time::interval(self.inner.config.sweep_interval);
         let mut checkpoint = tokio::time::interval(self.inner.config.checkpoint_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -911,6 +1127,9 @@ impl Manager {
                 _ = sweep.tick() => { let _ = self.sweep().await; }
                 _ = checkpoint.tick() => self.checkpoint().await,
                 Some(event) = events.recv() => self.on_event(event).await,
+                Some(id) = async { match store_events.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                    self.on_store_event(&id).await
+                }
                 _ = shutdown.changed() => break,
             }
         }
@@ -928,6 +1147,15 @@ impl Manager {
             }
         }
     }
+}
+
+/// The replica's name: configured, or hostname and process id.
+fn replica_name(configured: &str) -> String {
+    if !configured.is_empty() {
+        return configured.to_string();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
 }
 
 fn token_digest(token: &str) -> [u8; 32] {

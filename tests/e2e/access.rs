@@ -189,14 +189,17 @@ async fn limits_at_the_front_door() {
     .await;
     let before = w.starts();
     let id = w.create().await;
+    let began = std::time::Instant::now();
     let mut codes = Vec::new();
     for _ in 0..6 {
         let r = w.ws(Method::GET, &id, "/x").send().await.unwrap();
         codes.push(r.status().as_u16());
     }
-    // The start at creation, then at most two asked for through the proxy; the rest are refused.
-    let failed = codes.iter().take_while(|c| **c == 502).count();
-    assert!((2..=3).contains(&failed), "{codes:?}");
-    assert!(codes[failed..].iter().all(|c| *c == 429), "{codes:?}");
-    assert!(w.starts() - before <= 3, "no restart loop: {} starts", w.starts() - before);
+    // The start at creation, then at most two a minute asked for through the proxy (a token comes
+    // back every 30 s on a slow machine); the rest are refused with 429.
+    let allowed = 3 + (began.elapsed().as_secs() / 30) as usize;
+    let failed = codes.iter().filter(|c| **c == 502).count();
+    assert!(codes.iter().all(|c| *c == 502 || *c == 429), "{codes:?}");
+    assert!(failed <= allowed && codes.contains(&429), "{codes:?} (allowed {allowed})");
+    assert!(w.starts() - before <= allowed, "no restart loop: {} starts", w.starts() - before);
 }

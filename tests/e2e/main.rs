@@ -1,7 +1,9 @@
 //! Black-box tests: the real `wakeway` binary, real sockets, real workspace processes.
 
 mod access;
+mod browser;
 mod harness;
+mod redis;
 mod tls;
 
 use std::io::Read;

@@ -23,7 +23,7 @@ struct Harness {
     _dir: tempfile::TempDir,
 }
 
-fn harness(per_minute: u32) -> Harness {
+async fn harness(per_minute: u32) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.data_dir = dir.path().to_owned();
@@ -38,6 +38,7 @@ fn harness(per_minute: u32) -> Harness {
         Arc::new(ProxyStats::default()),
         tokio::runtime::Handle::current(),
     )
+    .await
     .unwrap();
     let state = ApiState {
         manager: built.wakeway.manager.clone(),
@@ -72,7 +73,7 @@ fn code(v: &Value) -> &str {
 
 #[tokio::test]
 async fn bad_input_gets_a_precise_error() {
-    let h = harness(100);
+    let h = harness(100).await;
     let r = &h.router;
     type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, u16, &'a str);
     let cases: &[Case] = &[
@@ -106,7 +107,7 @@ async fn bad_input_gets_a_precise_error() {
 
 #[tokio::test]
 async fn health_and_metrics_need_no_key() {
-    let h = harness(100);
+    let h = harness(100).await;
     let (status, json, _) = call(&h.router, "GET", "/health", None, "").await;
     assert_eq!(status, 200);
     assert_eq!(json["status"], "healthy");
@@ -121,7 +122,7 @@ async fn health_and_metrics_need_no_key() {
 
 #[tokio::test]
 async fn the_rate_limit_is_per_key_and_endpoint() {
-    let h = harness(3);
+    let h = harness(3).await;
     for _ in 0..3 {
         assert_eq!(call(&h.router, "GET", "/sessions", Some(KEY), "").await.0, 200);
     }
@@ -137,7 +138,7 @@ async fn the_rate_limit_is_per_key_and_endpoint() {
 
 #[tokio::test]
 async fn create_status_sleep_scale_delete_round_trip() {
-    let h = harness(100);
+    let h = harness(100).await;
     let (status, created, _) =
         call(&h.router, "POST", "/session/create", Some(KEY), r#"{"user_id":"user@example.com"}"#).await;
     assert_eq!(status, 200, "{created}");
@@ -186,7 +187,7 @@ async fn create_status_sleep_scale_delete_round_trip() {
 fn arbitrary_bodies_never_cause_a_server_error() {
     use proptest::prelude::*;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let h = rt.block_on(async { harness(1_000_000) });
+    let h = rt.block_on(harness(1_000_000));
     let config = ProptestConfig { cases: 1024, failure_persistence: None, ..ProptestConfig::default() };
     let bodies = prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..256).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),

@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 use tokio::sync::{mpsc, watch};
 use wakeway_config::Tier;
 
-use super::{Backend, BackendError, BackendEvent, Started};
+use super::{Backend, BackendError, BackendEvent, Discovered, Started};
 use crate::backup::{backup_file_name, write_verified_zip};
 use crate::probe;
 use crate::session::{BackupInfo, Placement, Session};
@@ -295,7 +295,43 @@ impl Backend for LocalBackend {
                 .await
                 .map_err(|e| BackendError::Io(format!("cannot create {}: {e}", dir.display())))?;
         }
-        Ok(())
+        // Who this workspace belongs to, beside it: the store can be rebuilt from it.
+        let sidecar = Discovered {
+            id: session.uuid.clone(),
+            user_id: session.user_id.clone(),
+            tier: session.tier.clone(),
+            created_at: Some(session.created_at),
+        };
+        let json = serde_json::json!({
+            "uuid": sidecar.id, "user_id": sidecar.user_id, "tier": sidecar.tier, "created_at": sidecar.created_at,
+        });
+        let path = self.paths.state.join(&session.uuid).join("session.json");
+        tokio::fs::write(&path, json.to_string())
+            .await
+            .map_err(|e| BackendError::Io(format!("cannot write {}: {e}", path.display())))
+    }
+
+    async fn discover(&self) -> Result<Vec<Discovered>, BackendError> {
+        let mut found = Vec::new();
+        let mut dirs = match tokio::fs::read_dir(&self.paths.workspaces).await {
+            Ok(dirs) => dirs,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+            Err(e) => return Err(BackendError::Io(format!("cannot list {}: {e}", self.paths.workspaces.display()))),
+        };
+        while let Ok(Some(entry)) = dirs.next_entry().await {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(id) = crate::session::SessionId::parse(&name) else { continue };
+            let sidecar = tokio::fs::read(self.paths.state.join(id.as_str()).join("session.json")).await.ok();
+            let meta: serde_json::Value = sidecar.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+            found.push(Discovered {
+                id: id.to_string(),
+                user_id: meta["user_id"].as_str().unwrap_or("unknown").to_string(),
+                tier: meta["tier"].as_str().unwrap_or("small").to_string(),
+                created_at: meta["created_at"].as_str().and_then(|t| t.parse().ok()),
+            });
+        }
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(found)
     }
 
     async fn start(

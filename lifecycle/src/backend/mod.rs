@@ -21,6 +21,15 @@ pub struct Started {
     pub placement: Placement,
 }
 
+/// A workspace a backend holds, found without the store (to rebuild records the store lost).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovered {
+    pub id: String,
+    pub user_id: String,
+    pub tier: String,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
 /// Something the backend noticed on its own.
 #[derive(Debug, Clone)]
 pub enum BackendEvent {
@@ -72,6 +81,13 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Zip the (stopped) workspace into a verified backup named for `now`.
     async fn backup(&self, session: &Session, now: DateTime<Utc>) -> Result<BackupInfo, BackendError>;
+
+    /// Every workspace this backend holds, with what it knows of its session (labels and
+    /// annotations, a sidecar file…). Used when the store lost records: nothing is deleted because
+    /// its record vanished.
+    async fn discover(&self) -> Result<Vec<Discovered>, BackendError> {
+        Ok(Vec::new())
+    }
 
     /// Delete the workspace's data. Refuses unless `session.backup` names a backup that exists.
     async fn destroy(&self, session: &Session) -> Result<(), BackendError>;

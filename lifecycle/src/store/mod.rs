@@ -2,12 +2,36 @@
 //! implementations.
 
 pub mod embedded;
+pub mod redis;
+
+use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::mpsc;
 
 use crate::session::Session;
 
 pub use embedded::EmbeddedStore;
+pub use redis::RedisStore;
+
+/// One replica's view of one session's activity, written every checkpoint interval.
+#[derive(Debug, Clone)]
+pub struct ActivityCheckpoint {
+    pub id: String,
+    pub replica: String,
+    pub last_activity_ms: i64,
+    pub last_interaction_ms: i64,
+    pub open_connections: usize,
+}
+
+/// Activity merged over every replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergedActivity {
+    pub id: String,
+    pub last_activity_ms: i64,
+    pub last_interaction_ms: i64,
+    pub open_connections: usize,
+}
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +73,41 @@ pub trait Store: Send + Sync + 'static {
 
     /// Keys of the shared values starting with `prefix`.
     async fn list_blobs(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Whether several replicas share this store (then activity, leases and events go through it).
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Merge each replica's activity (max, never backwards) and return the merged values. A
+    /// store used by one replica has nothing to merge.
+    async fn merge_activity(
+        &self,
+        batch: &[ActivityCheckpoint],
+        _now_ms: i64,
+        _ttl: Duration,
+    ) -> Result<Vec<MergedActivity>, StoreError> {
+        Ok(batch
+            .iter()
+            .map(|c| MergedActivity {
+                id: c.id.clone(),
+                last_activity_ms: c.last_activity_ms,
+                last_interaction_ms: c.last_interaction_ms,
+                open_connections: c.open_connections,
+            })
+            .collect())
+    }
+
+    /// Take or renew the lease `name` for `holder` for `ttl`; true while `holder` has it. With one
+    /// replica there is nobody to share with.
+    async fn lease(&self, _name: &str, _holder: &str, _ttl: Duration) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// Ids of sessions other replicas changed, as they change (an empty id: resync everything).
+    async fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<String>> {
+        None
+    }
 
     /// Ok when reads and writes work.
     async fn health(&self) -> Result<(), StoreError>;

@@ -1,0 +1,201 @@
+//! Several replicas share one Redis (a real `redis-server` per test): activity anywhere keeps a
+//! session awake, one start however the requests spread, the sweep moves when its holder dies,
+//! and a Redis restart loses nothing.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::harness::{KEY, Wakeway, free_port};
+
+const LONG: Duration = Duration::from_secs(30);
+
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Redis {
+    async fn start(dir: &Path) -> Redis {
+        let mut redis = Redis { child: None, port: free_port(), dir: dir.to_owned() };
+        redis.restart().await;
+        redis
+    }
+
+    /// (Re)start on the same port, empty: no persistence.
+    async fn restart(&mut self) {
+        assert!(
+            Path::new("/usr/bin/redis-server").exists(),
+            "redis-server is missing: run scripts/install-test-deps.sh"
+        );
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("redis.log")).unwrap();
+        let child = Command::new("/usr/bin/redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not start");
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn replica<'a>(name: &'a str, url: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![
+        ("WAKEWAY_REDIS_URL", url),
+        ("WAKEWAY_REPLICA_ID", name),
+        ("WAKEWAY_SWEEP_INTERVAL", "200ms"),
+        ("WAKEWAY_CHECKPOINT_INTERVAL", "300ms"),
+        ("WAKEWAY_LEASE_TTL", "2s"),
+    ];
+    env.extend_from_slice(extra);
+    env
+}
+
+async fn state(w: &Wakeway, id: &str) -> String {
+    w.status(id).await["state"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_agree_on_activity_wakes_and_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = Redis::start(tmp.path()).await;
+    let url = redis.url();
+    let a = Wakeway::start_in(tmp.path(), &replica("a", &url, &[("WAKEWAY_IDLE_TIMEOUT", "3s")])).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // a takes the sweep lease first
+    let b = Wakeway::start_in(tmp.path(), &replica("b", &url, &[("WAKEWAY_IDLE_TIMEOUT", "3s")])).await;
+    let id = a.create().await;
+    b.wait_state(&id, "running", LONG).await;
+
+    // Traffic through B only, for twice the idle timeout: A's sweep must not sleep it.
+    for _ in 0..20 {
+        let r = b.ws(Method::GET, &id, "/headers").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(state(&a, &id).await, "running", "activity on B keeps the session awake for A's sweep");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Then idle: it sleeps (A's sweep), and B learns it.
+    b.wait_state(&id, "sleeping", LONG).await;
+    assert_eq!(a.starts(), 1, "{}", a.log());
+    assert!(a.metrics().await.contains("wakeway_sleeps_total{reason=\"idle\"} 1"), "the leader slept it");
+    assert!(!b.metrics().await.contains("wakeway_sleeps_total{reason=\"idle\"}"), "only the leader sweeps");
+
+    // A wake through A is seen by B: no second start.
+    assert_eq!(a.ws(Method::GET, &id, "/headers").send().await.unwrap().status(), 200);
+    b.wait_state(&id, "running", LONG).await;
+    assert_eq!(b.ws(Method::GET, &id, "/headers").send().await.unwrap().status(), 200);
+    assert_eq!(a.starts(), 2);
+
+    // 100 concurrent requests spread over both replicas to a sleeping session: one start.
+    a.sleep(&id).await;
+    b.wait_state(&id, "sleeping", LONG).await;
+    let requests = (0..100).map(|i| {
+        let req = if i % 2 == 0 { a.ws(Method::GET, &id, "/headers") } else { b.ws(Method::GET, &id, "/headers") };
+        async move { req.send().await.map(|r| r.status().as_u16()) }
+    });
+    let results = futures::future::join_all(requests).await;
+    assert!(results.iter().all(|r| matches!(r, Ok(200))), "{results:?}");
+    assert_eq!(a.starts(), 3, "one start for 100 requests over two replicas");
+
+    // A sleep decided on A while requests arrive on B: every request is served.
+    let sleeper = {
+        let client = a.client.clone();
+        let url = a.url(&format!("/session/{id}/sleep"));
+        tokio::spawn(async move { client.post(url).header("x-api-key", KEY).send().await.map(|r| r.status().as_u16()) })
+    };
+    let during = (0..20).map(|i| {
+        let req = b.ws(Method::GET, &id, "/headers");
+        async move {
+            tokio::time::sleep(Duration::from_millis(i * 10)).await;
+            req.send().await.map(|r| r.status().as_u16())
+        }
+    });
+    let during = futures::future::join_all(during).await;
+    assert_eq!(sleeper.await.unwrap().unwrap(), 200);
+    assert!(during.iter().all(|r| matches!(r, Ok(200))), "no request is dropped by a sleep elsewhere: {during:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_moves_to_another_replica_when_its_holder_dies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = Redis::start(tmp.path()).await;
+    let url = redis.url();
+    let mut a = Wakeway::start_in(tmp.path(), &replica("a", &url, &[("WAKEWAY_IDLE_TIMEOUT", "4s")])).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b = Wakeway::start_in(tmp.path(), &replica("b", &url, &[("WAKEWAY_IDLE_TIMEOUT", "4s")])).await;
+    let id = a.create().await;
+    b.wait_state(&id, "running", LONG).await;
+    a.crash(); // SIGKILL: the lease is not released, it expires
+    // B takes the lease within lease_ttl and sleeps the idle session, exactly once.
+    b.wait_state(&id, "sleeping", LONG).await;
+    assert!(b.metrics().await.contains("wakeway_sleeps_total{reason=\"idle\"} 1"), "B swept after A died");
+    assert_eq!(b.starts(), 1);
+    assert_eq!(b.ws(Method::GET, &id, "/headers").send().await.unwrap().status(), 200, "B wakes it");
+    assert_eq!(b.starts(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut redis = Redis::start(tmp.path()).await;
+    let url = redis.url();
+    let a = Wakeway::start_in(tmp.path(), &replica("a", &url, &[("WAKEWAY_IDLE_TIMEOUT", "2s")])).await;
+    let id = a.create().await;
+    a.wait_state(&id, "running", LONG).await;
+    a.ws(Method::PUT, &id, "/files/keep.txt").body("still here").send().await.unwrap();
+
+    redis.stop();
+    // Proxying goes on from memory; the API says the store is unavailable; /health shows it.
+    let r = a.ws(Method::GET, &id, "/files/keep.txt").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = a.api(Method::GET, &format!("/session/{id}/status")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "store_unavailable");
+    let health: Value = a.client.get(a.url("/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!((health["status"].as_str(), health["store"]["status"].as_str()), (Some("degraded"), Some("unhealthy")));
+    // Longer than idle_timeout without Redis: nothing is slept on stale data.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(a.ws(Method::GET, &id, "/files/keep.txt").send().await.unwrap().status(), 200);
+
+    redis.restart().await; // empty: no persistence
+    let deadline = tokio::time::Instant::now() + LONG;
+    let status = loop {
+        let r = a.api(Method::GET, &format!("/session/{id}/status")).send().await.unwrap();
+        if r.status() == 200 {
+            break r.json::<Value>().await.unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the session was not rebuilt:\n{}", a.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status["session"]["user_id"], "user@example.com", "rebuilt from the workspace's sidecar");
+    assert!(a.workspace_dir(&id).join("keep.txt").exists(), "no workspace is deleted because its record vanished");
+    assert_eq!(a.ws(Method::GET, &id, "/files/keep.txt").send().await.unwrap().text().await.unwrap(), "still here");
+}
