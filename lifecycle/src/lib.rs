@@ -21,7 +21,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
-use wakeway_config::Config;
+use wakeway_config::{BackendKind, Config};
 use wakeway_proxy::{ActivitySource, Clock, ProxyStats, SessionHandle, SessionId};
 
 pub use manager::{LifecycleError, Manager};
@@ -104,7 +104,8 @@ pub fn workspace_command(config: &Config) -> Result<String, String> {
     ))
 }
 
-/// Everything `wakeway serve` runs, built from config on the embedded store and local backend.
+/// Everything `wakeway serve` runs, built from config: the embedded store and the local or
+/// kubernetes backend.
 pub struct Built {
     pub wakeway: Wakeway,
     pub events: mpsc::UnboundedReceiver<backend::BackendEvent>,
@@ -114,14 +115,14 @@ pub struct Built {
     pub cookie_secret: Vec<u8>,
 }
 
-/// Build the manager, store, backend and API for `config`.
+/// Build the manager, store, backend and API for `config`. Call it outside any async context
+/// (it blocks on `rt` to configure the Kubernetes client).
 pub fn build(
     config: Arc<Config>,
     clock: Arc<dyn Clock>,
     stats: Arc<ProxyStats>,
     rt: tokio::runtime::Handle,
 ) -> Result<Built, String> {
-    let command = workspace_command(&config)?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
     let backups = config.backup_dir();
@@ -130,8 +131,18 @@ pub fn build(
     }
     let store = store::EmbeddedStore::open(&config.data_dir.join("wakeway.redb")).map_err(|e| e.to_string())?;
     let (tx, events) = mpsc::unbounded_channel();
-    let paths = backend::local::LocalPaths::new(&config.data_dir, backups);
-    let backend = backend::LocalBackend::new(command, paths, config.stop_grace, tx);
+    let backend: Arc<dyn backend::Backend> = match config.backend {
+        BackendKind::Local => {
+            let command = workspace_command(&config)?;
+            let paths = backend::local::LocalPaths::new(&config.data_dir, backups);
+            backend::LocalBackend::new(command, paths, config.stop_grace, tx)
+        }
+        // The client and its pod watcher live on the lifecycle runtime (`rt`).
+        BackendKind::Kubernetes => {
+            let _entered = rt.enter();
+            rt.block_on(backend::KubernetesBackend::connect(config.clone(), tx)).map_err(|e| e.to_string())?
+        }
+    };
     let (keys, new_api_key) = if config.api_keys.is_empty() {
         let (key, created) = api::load_or_generate_secret(&config.data_dir.join("api-key"))
             .map_err(|e| format!("cannot keep the API key in data_dir: {e}"))?;

@@ -2,6 +2,7 @@
 
 mod access;
 mod harness;
+mod render;
 
 use std::io::Read;
 use std::sync::Arc;
