@@ -52,7 +52,8 @@ const EXAMPLES: &str = "Examples:
   wakeway                                   serve on 127.0.0.1:8080 with data in ./wakeway-data
   WAKEWAY_IDLE_TIMEOUT=5m wakeway serve     sleep workspaces after 5 idle minutes
   wakeway check-config -c /etc/wakeway.toml validate a config file and print the result
-  wakeway backup --src /workspace --dest /backups/workspace-abc12345-20250101-120000.zip";
+  wakeway backup --src /workspace --dest /backups/workspace-abc12345-20250101-120000.zip
+  wakeway render --session abc12345 | kubectl apply --dry-run=server -f -";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormatArg {
@@ -76,6 +77,34 @@ enum Command {
         #[arg(long)]
         dest: PathBuf,
     },
+    /// Print the Kubernetes objects of a session (PVC, Deployment, Service; with --jobs also a
+    /// backup and a restore Job) as the kubernetes backend would apply them, for review or
+    /// `kubectl apply --dry-run=server -f -`. Reads the config (the [kubernetes] table); needs no cluster.
+    Render {
+        /// Session id (8 to 32 hex digits, e.g. abc12345).
+        #[arg(long)]
+        session: String,
+        /// The user id recorded in the objects' annotation.
+        #[arg(long, default_value = "user@example.com")]
+        user: String,
+        /// Tier (default: the configured default tier).
+        #[arg(long)]
+        tier: Option<String>,
+        /// Also print the backup and restore Jobs (for a backup taken now).
+        #[arg(long)]
+        jobs: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "yaml")]
+        output: RenderFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RenderFormat {
+    /// Multi-document YAML.
+    Yaml,
+    /// A `v1 List` in JSON.
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -94,12 +123,19 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Backup { src, dest } => backup(&src, &dest),
+        Command::Render { session, user, tier, jobs, output } => {
+            let config = Config::load(cli.config.as_deref(), &ProcessEnv)?;
+            print!("{}", render(&config, &session, &user, tier, jobs, output)?);
+            Ok(())
+        }
         Command::CheckConfig => {
             let config = Config::load(cli.config.as_deref(), &ProcessEnv)?;
             print!("{}", config.to_masked_toml());
-            match wakeway_lifecycle::workspace_command(&config) {
-                Ok(command) => eprintln!("# workspace command: {command}"),
-                Err(e) => eprintln!("# warning: {e}"),
+            if config.backend == wakeway_config::BackendKind::Local {
+                match wakeway_lifecycle::workspace_command(&config) {
+                    Ok(command) => eprintln!("# workspace command: {command}"),
+                    Err(e) => eprintln!("# warning: {e}"),
+                }
             }
             eprintln!("# configuration is valid");
             Ok(())
@@ -140,6 +176,36 @@ fn backup(src: &std::path::Path, dest: &std::path::Path) -> anyhow::Result<()> {
             bail!("backup failed: {e}")
         }
     }
+}
+
+fn render(
+    config: &Config,
+    id: &str,
+    user: &str,
+    tier: Option<String>,
+    jobs: bool,
+    output: RenderFormat,
+) -> anyhow::Result<String> {
+    use wakeway_lifecycle::backend::kubernetes::objects;
+    let Some(id) = wakeway_proxy::SessionId::parse(id) else {
+        bail!("{id:?} is not a session id (8 to 32 hex digits, e.g. abc12345)")
+    };
+    let tier = tier.unwrap_or_else(|| config.default_tier.clone());
+    if !config.tiers.contains_key(&tier) {
+        bail!("no tier {tier:?} (the tiers are {:?})", config.tiers.keys().collect::<Vec<_>>());
+    }
+    let now = chrono_now();
+    let session = wakeway_lifecycle::session::Session::new(&id, user, &tier, now);
+    let mut values = objects::workspace_objects(config, &session);
+    if jobs {
+        let file = wakeway_lifecycle::backup::backup_file_name(id.as_str(), now);
+        values.push(serde_json::to_value(objects::backup_job(config, &session, &file, now))?);
+        values.push(serde_json::to_value(objects::restore_job(config, &session, &file, now))?);
+    }
+    Ok(match output {
+        RenderFormat::Yaml => objects::to_yaml(&values),
+        RenderFormat::Json => objects::to_json_list(&values) + "\n",
+    })
 }
 
 fn chrono_now() -> chrono::DateTime<chrono::Utc> {

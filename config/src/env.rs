@@ -57,26 +57,22 @@ pub(crate) fn apply(config: &mut Config, env: &dyn Env) -> Result<(), ConfigErro
             continue;
         }
         let key = key.to_ascii_lowercase();
-        let (key, current) = if key == "api_key" {
-            ("api_keys".to_string(), toml::Value::Array(vec![]))
+        let env_err =
+            |message: String| ConfigError::Env { var: var.clone(), value: mask_if_secret(&var, &value), message };
+        if key == "api_key" {
+            let parsed = convert(&toml::Value::Array(vec![]), &value, "api_keys").map_err(env_err)?;
+            table.insert("api_keys".into(), parsed);
+        } else if let Some(current) = table.get(&key) {
+            let parsed = convert(current, &value, &key).map_err(env_err)?;
+            table.insert(key, parsed);
+        } else if let Some((outer, inner)) = nested_key(&table, &key) {
+            // `WAKEWAY_<TABLE>_<KEY>` sets one key of a table (`WAKEWAY_KUBERNETES_NAMESPACE`).
+            let Some(toml::Value::Table(sub)) = table.get_mut(&outer) else { unreachable!("nested_key found it") };
+            let parsed = convert(&sub[&inner], &value, &format!("{outer}.{inner}")).map_err(env_err)?;
+            sub.insert(inner, parsed);
         } else {
-            match table.get(&key) {
-                Some(current) => (key, current.clone()),
-                None => {
-                    return Err(ConfigError::Env {
-                        var: var.clone(),
-                        value: mask_if_secret(&var, &value),
-                        message: "unknown setting (see `wakeway check-config` for every key)".into(),
-                    });
-                }
-            }
-        };
-        let parsed = convert(&current, &value, &key).map_err(|message| ConfigError::Env {
-            var: var.clone(),
-            value: mask_if_secret(&var, &value),
-            message,
-        })?;
-        table.insert(key, parsed);
+            return Err(env_err("unknown setting (see `wakeway check-config` for every key)".into()));
+        }
         changed = true;
     }
     if changed {
@@ -85,6 +81,15 @@ pub(crate) fn apply(config: &mut Config, env: &dyn Env) -> Result<(), ConfigErro
             .map_err(|e: toml::de::Error| ConfigError::Invalid(format!("environment overrides: {}", e.message())))?;
     }
     Ok(())
+}
+
+/// `kubernetes_namespace` → (`kubernetes`, `namespace`) when the table `kubernetes` has that key.
+fn nested_key(table: &toml::Table, key: &str) -> Option<(String, String)> {
+    table.iter().find_map(|(outer, value)| {
+        let toml::Value::Table(sub) = value else { return None };
+        let inner = key.strip_prefix(outer.as_str())?.strip_prefix('_')?;
+        sub.contains_key(inner).then(|| (outer.clone(), inner.to_string()))
+    })
 }
 
 fn mask_if_secret(var: &str, value: &str) -> String {

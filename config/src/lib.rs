@@ -4,6 +4,7 @@
 
 mod duration;
 mod env;
+mod kubernetes;
 #[cfg(test)]
 mod tests;
 
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::{format_duration, parse_duration};
 pub use env::{Env, MapEnv, ProcessEnv};
+pub use kubernetes::KubernetesConfig;
 
 /// Everything that can go wrong while loading configuration. Each message says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,8 @@ pub enum StoreKind {
 pub enum BackendKind {
     /// Local processes on this machine, one process group per workspace.
     Local,
+    /// A Deployment, Service and PVC per session in a Kubernetes cluster (the `[kubernetes]` table).
+    Kubernetes,
 }
 
 /// How certificates for the TLS listener are obtained.
@@ -169,6 +173,8 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// Where workspaces run.
     pub backend: BackendKind,
+    /// The kubernetes backend's settings (used when `backend = "kubernetes"`).
+    pub kubernetes: KubernetesConfig,
     /// Command that starts one workspace (run by `sh -c`). Placeholders: `{port}`, `{workspace}`,
     /// `{state}`, `{cpu}`, `{memory_mib}`, `{id}`. Empty: code-server, found on PATH or in the
     /// tools folder that `scripts/install-code-server.sh` fills.
@@ -270,6 +276,7 @@ impl Default for Config {
             replica_id: String::new(),
             lease_ttl: Duration::from_secs(10),
             backend: BackendKind::Local,
+            kubernetes: KubernetesConfig::default(),
             workspace_command: String::new(),
             workspace_ports: "20000-29999".into(),
             idle_timeout: Duration::from_secs(15 * minute),
@@ -438,6 +445,9 @@ impl Config {
         }
         if self.max_api_body_bytes < 1024 {
             return bad("max_api_body_bytes must be at least 1024".into());
+        }
+        if self.backend == BackendKind::Kubernetes {
+            self.kubernetes.validate().map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }

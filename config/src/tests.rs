@@ -122,3 +122,37 @@ fn the_example_file_is_the_defaults() {
     let text = include_str!("../wakeway.example.toml");
     assert_eq!(Config::from_toml(text).unwrap(), Config::default());
 }
+
+#[test]
+fn table_keys_are_overridable_one_by_one() {
+    let dir = std::env::temp_dir().join(format!("wakeway-config-k8s-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("wakeway.toml");
+    std::fs::write(&path, "backend = \"kubernetes\"\n[kubernetes]\nimage = \"example/code-server:1\"\n").unwrap();
+    let env = MapEnv::new([
+        ("WAKEWAY_KUBERNETES_NAMESPACE", "workspaces"),
+        ("WAKEWAY_KUBERNETES_PORT", "9000"),
+        ("WAKEWAY_KUBERNETES_JOB_TIMEOUT", "10m"),
+        ("WAKEWAY_KUBERNETES_ARGS", "--bind-addr,0.0.0.0:{port}"),
+    ]);
+    let c = Config::load(Some(&path), &env).unwrap();
+    assert_eq!(c.backend, BackendKind::Kubernetes);
+    assert_eq!(c.kubernetes.namespace, "workspaces");
+    assert_eq!(c.kubernetes.port, 9000);
+    assert_eq!(c.kubernetes.job_timeout, Duration::from_secs(600));
+    assert_eq!(c.kubernetes.args, vec!["--bind-addr".to_string(), "0.0.0.0:{port}".to_string()]);
+    assert_eq!(c.kubernetes.image, "example/code-server:1", "the file's other keys are kept");
+    assert_eq!(c.kubernetes.pvc_size, "5Gi", "unset keys keep their default");
+    std::fs::remove_dir_all(dir).ok();
+
+    let err = Config::load(None, &MapEnv::new([("WAKEWAY_KUBERNETES_NAMESPAC", "x")])).unwrap_err();
+    assert!(err.to_string().contains("unknown"), "{err}");
+    let err = Config::load(None, &MapEnv::new([("WAKEWAY_KUBERNETES_PORT", "http")])).unwrap_err();
+    assert!(err.to_string().contains("kubernetes.port"), "{err}");
+    let err = Config::load(
+        None,
+        &MapEnv::new([("WAKEWAY_BACKEND", "kubernetes"), ("WAKEWAY_KUBERNETES_NAMESPACE", "Not_A_Label")]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("kubernetes.namespace"), "{err}");
+}

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
-use wakeway_config::Config;
+use wakeway_config::{BackendKind, Config};
 use wakeway_proxy::{ActivitySource, Clock, ProxyStats, SessionHandle, SessionId};
 
 pub use manager::{LifecycleError, Manager};
@@ -105,7 +105,8 @@ pub fn workspace_command(config: &Config) -> Result<String, String> {
     ))
 }
 
-/// Everything `wakeway serve` runs, built from config on the embedded store and local backend.
+/// Everything `wakeway serve` runs, built from config: the embedded store and the local or
+/// kubernetes backend.
 pub struct Built {
     pub wakeway: Wakeway,
     pub events: mpsc::UnboundedReceiver<backend::BackendEvent>,
@@ -117,14 +118,14 @@ pub struct Built {
     pub store: Arc<dyn store::Store>,
 }
 
-/// Build the manager, store, backend and API for `config`.
+/// Build the manager, store, backend and API for `config`. Run it on the lifecycle runtime `rt`:
+/// the Kubernetes client and its pod watcher live there.
 pub async fn build(
     config: Arc<Config>,
     clock: Arc<dyn Clock>,
     stats: Arc<ProxyStats>,
     rt: tokio::runtime::Handle,
 ) -> Result<Built, String> {
-    let command = workspace_command(&config)?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
     let backups = config.backup_dir();
@@ -142,9 +143,17 @@ pub async fn build(
         }
     };
     let (tx, events) = mpsc::unbounded_channel();
-    let paths = backend::local::LocalPaths::new(&config.data_dir, backups);
-    let ports = config.workspace_port_range().ok_or("workspace_ports is not a port range")?;
-    let backend = backend::LocalBackend::new(command, paths, ports, config.stop_grace, tx);
+    let backend: Arc<dyn backend::Backend> = match config.backend {
+        BackendKind::Local => {
+            let command = workspace_command(&config)?;
+            let paths = backend::local::LocalPaths::new(&config.data_dir, backups);
+            let ports = config.workspace_port_range().ok_or("workspace_ports is not a port range")?;
+            backend::LocalBackend::new(command, paths, ports, config.stop_grace, tx)
+        }
+        BackendKind::Kubernetes => {
+            backend::KubernetesBackend::connect(config.clone(), tx).await.map_err(|e| e.to_string())?
+        }
+    };
     let (keys, new_api_key) = if config.api_keys.is_empty() {
         let (key, created) = api::load_or_generate_secret(&config.data_dir.join("api-key"))
             .map_err(|e| format!("cannot keep the API key in data_dir: {e}"))?;

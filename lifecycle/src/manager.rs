@@ -78,6 +78,7 @@ fn state_index(s: State) -> u8 {
 fn placement_addr(p: &Placement) -> SocketAddr {
     match p {
         Placement::Local { port, .. } => SocketAddr::from(([127, 0, 0, 1], *port)),
+        Placement::Kubernetes { pod_ip, port, .. } => SocketAddr::new(*pod_ip, *port),
     }
 }
 
@@ -347,10 +348,17 @@ impl Manager {
         let rt = self.runtime_for(&s);
         rt.handle.activity.touch(now.timestamp_millis(), ActivitySource::Created);
         self.publish(&rt, &s);
-        if let Err(e) = self.inner.backend.create(&s).await {
-            s.last_error = Some(e.to_string());
-            self.transition(&rt, &mut s, State::Failed).await?;
-            return Err(e.into());
+        match self.inner.backend.create(&s).await {
+            Ok(None) => {}
+            Ok(objects @ Some(_)) => {
+                s.objects = objects;
+                self.save(&rt, &mut s).await?;
+            }
+            Err(e) => {
+                s.last_error = Some(e.to_string());
+                self.transition(&rt, &mut s, State::Failed).await?;
+                return Err(e.into());
+            }
         }
         tracing::info!(session = %s.uuid, user = %s.user_id, "session created");
         self.inner.changed.notify_one();
@@ -455,6 +463,9 @@ impl Manager {
         match result {
             Ok(started) => {
                 s.placement = Some(started.placement);
+                if started.objects.is_some() {
+                    s.objects = started.objects;
+                }
                 self.transition(rt, &mut s, State::Running).await?;
                 self.inner.metrics.wakes.with_label_values(&["ok"]).inc();
                 self.inner.metrics.wake_seconds.with_label_values(&["ok"]).observe(elapsed);
@@ -570,6 +581,9 @@ impl Manager {
                 match self.inner.backend.start(&s, &self.tier(&s.tier), deadline).await {
                     Ok(started) => {
                         s.placement = Some(started.placement);
+                        if started.objects.is_some() {
+                            s.objects = started.objects;
+                        }
                         self.transition(rt, &mut s, State::Running).await?;
                         tracing::info!(session = %s.uuid, tier = %s.tier, "workspace resized");
                         Ok(s)
@@ -806,6 +820,10 @@ impl Manager {
         }
         let all = self.inner.store.list().await?;
         let total = all.len();
+        match self.inner.backend.reconcile(&all).await {
+            Ok(report) => log_reconcile(&report),
+            Err(e) => tracing::warn!(error = %e, "could not compare the cluster with the sessions"),
+        }
         let mut adopted = 0;
         for mut s in all {
             let rt = self.runtime_for(&s);
@@ -1156,6 +1174,24 @@ fn replica_name(configured: &str) -> String {
     }
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{}-{}", host.trim(), std::process::id())
+}
+
+/// Log what reconciliation found. Nothing here is acted on: objects are never deleted because
+/// of a report, and a session whose objects vanished shows it when it next starts.
+fn log_reconcile(report: &crate::backend::ReconcileReport) {
+    if report.is_clean() {
+        tracing::debug!("the backend's objects match the sessions");
+        return;
+    }
+    for o in &report.orphans {
+        tracing::warn!(kind = o.kind, name = %o.name, uid = %o.uid, session = %o.session, "object labelled managed-by=wakeway has no session; kept (back it up or delete it by hand)");
+    }
+    for m in &report.vanished {
+        tracing::warn!(session = %m.session, kind = m.kind, name = %m.name, recorded_uid = %m.recorded_uid, found_uid = ?m.found_uid, "an object recorded at creation is gone or was replaced");
+    }
+    for d in &report.scaled_elsewhere {
+        tracing::warn!(session = %d.session, name = %d.name, replicas = d.replicas, expected = ?d.expected, other_owners = ?d.other_owners, "Deployment scaled by someone other than wakeway (nothing else may own spec.replicas)");
+    }
 }
 
 fn token_digest(token: &str) -> [u8; 32] {

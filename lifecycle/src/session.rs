@@ -109,6 +109,28 @@ pub enum Placement {
         start_ticks: u64,
         port: u16,
     },
+    /// A pod of the session's Deployment (kubernetes backend). wakeway routes straight to
+    /// `pod_ip:port`; the pod's uid tells a replacement pod from this one.
+    Kubernetes {
+        pod: String,
+        pod_uid: String,
+        pod_ip: std::net::IpAddr,
+        port: u16,
+        /// The session's objects, as recorded at creation.
+        objects: ObjectUids,
+    },
+}
+
+/// UIDs of the cluster objects created for a session (kubernetes backend). Deletion targets
+/// exactly these (delete preconditions), never a name alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectUids {
+    /// Deployment `user-<id>`.
+    pub deployment: String,
+    /// Service `user-<id>`.
+    pub service: String,
+    /// PersistentVolumeClaim `pvc-<id>` (the workspace data).
+    pub pvc: String,
 }
 
 /// A verified backup of a session's workspace.
@@ -165,6 +187,9 @@ pub struct Session {
     pub last_error: Option<String>,
     #[serde(default)]
     pub placement: Option<Placement>,
+    /// The cluster objects created for this session (kubernetes backend; kept while asleep).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<ObjectUids>,
     /// Compare-and-set version, bumped by the store on every write.
     #[serde(default)]
     pub version: u64,
@@ -194,6 +219,7 @@ impl Session {
             next_backup_attempt: None,
             last_error: None,
             placement: None,
+            objects: None,
             version: 0,
         }
     }

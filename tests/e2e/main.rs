@@ -4,6 +4,7 @@ mod access;
 mod browser;
 mod harness;
 mod redis;
+mod render;
 mod tls;
 
 use std::io::Read;

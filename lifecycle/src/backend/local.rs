@@ -156,7 +156,7 @@ fn group_exists(pgid: u32) -> bool {
 impl LocalBackend {
     /// Is the group led by `placement`'s pid still there, and is it ours (not a reused pid)?
     fn placement_alive(&self, placement: &Placement) -> bool {
-        let Placement::Local { pid, start_ticks: ticks, .. } = placement;
+        let Placement::Local { pid, start_ticks: ticks, .. } = placement else { return false };
         match start_ticks(*pid) {
             Some(now) => now == *ticks,
             // The leader is gone (or a zombie): members of its group may still run; a pgid is
@@ -257,7 +257,7 @@ impl LocalBackend {
         // Whoever answers must be our process: if it died meanwhile, the answer came from
         // another program that holds the port, and traffic must never go there.
         if probe::wait_until_answers(addr, deadline, exited_early).await && exited.borrow().is_none() {
-            return Ok(Started { addr, placement });
+            return Ok(Started { addr, placement, objects: None });
         }
         let exit = exited.borrow().clone();
         let _ = self.stop_group(pid).await;
@@ -288,7 +288,7 @@ impl Backend for LocalBackend {
         "local"
     }
 
-    async fn create(&self, session: &Session) -> Result<(), BackendError> {
+    async fn create(&self, session: &Session) -> Result<Option<crate::session::ObjectUids>, BackendError> {
         for dir in [self.paths.workspace(&session.uuid), self.paths.state.join(&session.uuid), self.paths.logs.clone()]
         {
             tokio::fs::create_dir_all(&dir)
@@ -308,7 +308,8 @@ impl Backend for LocalBackend {
         let path = self.paths.state.join(&session.uuid).join("session.json");
         tokio::fs::write(&path, json.to_string())
             .await
-            .map_err(|e| BackendError::Io(format!("cannot write {}: {e}", path.display())))
+            .map_err(|e| BackendError::Io(format!("cannot write {}: {e}", path.display())))?;
+        Ok(None)
     }
 
     async fn discover(&self) -> Result<Vec<Discovered>, BackendError> {
@@ -343,7 +344,7 @@ impl Backend for LocalBackend {
         let id = session.uuid.clone();
         if let Some(addr) = self.find_running(session).await {
             let placement = session.placement.clone().expect("find_running needs a placement");
-            return Ok(Started { addr, placement });
+            return Ok(Started { addr, placement, objects: None });
         }
         // Whatever is left of an earlier run of this session must not keep the folder busy.
         self.stop(session).await?;
@@ -366,10 +367,7 @@ impl Backend for LocalBackend {
     async fn stop(&self, session: &Session) -> Result<(), BackendError> {
         let pid = match (self.running.get(&session.uuid), &session.placement) {
             (Some(r), _) if r.exited.borrow().is_none() || group_exists(r.pid) => Some(r.pid),
-            (_, Some(placement)) if self.placement_alive(placement) => {
-                let Placement::Local { pid, .. } = placement;
-                Some(*pid)
-            }
+            (_, Some(placement @ Placement::Local { pid, .. })) if self.placement_alive(placement) => Some(*pid),
             _ => None,
         };
         if let Some(pid) = pid {
@@ -387,7 +385,7 @@ impl Backend for LocalBackend {
 
     async fn find_running(&self, session: &Session) -> Option<SocketAddr> {
         let placement = session.placement.as_ref()?;
-        let Placement::Local { port, .. } = placement;
+        let Placement::Local { port, .. } = placement else { return None };
         if !self.placement_alive(placement) {
             return None;
         }

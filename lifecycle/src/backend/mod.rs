@@ -1,6 +1,7 @@
 //! Where workspaces run: the `Backend` trait and its implementations. The manager decides *when*
 //! (state machine, policy); a backend knows *how* (processes, or Kubernetes objects).
 
+pub mod kubernetes;
 pub mod local;
 
 use std::net::SocketAddr;
@@ -10,8 +11,9 @@ use chrono::{DateTime, Utc};
 use wakeway_config::Tier;
 
 use crate::backup::BackupError;
-use crate::session::{BackupInfo, Placement, Session};
+use crate::session::{BackupInfo, ObjectUids, Placement, Session};
 
+pub use kubernetes::KubernetesBackend;
 pub use local::LocalBackend;
 
 /// A started workspace that answers HTTP.
@@ -19,6 +21,8 @@ pub use local::LocalBackend;
 pub struct Started {
     pub addr: SocketAddr,
     pub placement: Placement,
+    /// The session's objects when the backend has some (kubernetes); the manager persists them.
+    pub objects: Option<ObjectUids>,
 }
 
 /// A workspace a backend holds, found without the store (to rebuild records the store lost).
@@ -48,8 +52,64 @@ pub enum BackendError {
     Backup(#[from] BackupError),
     #[error("refusing to delete workspace data: {0}")]
     Refused(String),
+    #[error("the backup Job {job} failed: {why}")]
+    BackupJob { job: String, why: String },
+    #[error("Kubernetes API: {0}")]
+    Api(String),
     #[error("{0}")]
     Io(String),
+}
+
+/// What a backend found at start-up that does not match the sessions (reported, never acted on
+/// blindly: nothing is deleted because of a report).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Objects labelled as wakeway's whose session does not exist (or was deleted).
+    pub orphans: Vec<FoundObject>,
+    /// Objects a live session recorded at creation that are gone (or were replaced: other uid).
+    pub vanished: Vec<MissingObject>,
+    /// Deployments whose replicas disagree with their session, or whose replicas someone other
+    /// than wakeway owns.
+    pub scaled_elsewhere: Vec<ScaledElsewhere>,
+}
+
+impl ReconcileReport {
+    pub fn is_clean(&self) -> bool {
+        self.orphans.is_empty() && self.vanished.is_empty() && self.scaled_elsewhere.is_empty()
+    }
+}
+
+/// One object found in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundObject {
+    pub kind: &'static str,
+    pub name: String,
+    pub uid: String,
+    /// Its `uuid` label.
+    pub session: String,
+}
+
+/// An object a session recorded that is not (or no longer the same) in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingObject {
+    pub session: String,
+    pub kind: &'static str,
+    pub name: String,
+    pub recorded_uid: String,
+    /// The uid of an object by that name now, if one exists (a replacement).
+    pub found_uid: Option<String>,
+}
+
+/// A Deployment scaled by someone else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaledElsewhere {
+    pub session: String,
+    pub name: String,
+    pub replicas: i32,
+    /// What the session's state implies (None: in transition, any is fine).
+    pub expected: Option<i32>,
+    /// Field managers other than wakeway that own `spec.replicas`.
+    pub other_owners: Vec<String>,
 }
 
 /// How workspaces are run. Every method is idempotent: calling it again after a crash is safe.
@@ -58,8 +118,9 @@ pub trait Backend: Send + Sync + 'static {
     /// `local` or `kubernetes`.
     fn kind(&self) -> &'static str;
 
-    /// Prepare a new session's storage.
-    async fn create(&self, session: &Session) -> Result<(), BackendError>;
+    /// Prepare a new session's storage (and, on Kubernetes, its objects: their UIDs are returned
+    /// for the manager to persist).
+    async fn create(&self, session: &Session) -> Result<Option<ObjectUids>, BackendError>;
 
     /// Start the workspace with `tier`'s resources; return once it answers HTTP, or fail at
     /// `deadline` (or as soon as it exits).
@@ -91,4 +152,9 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Delete the workspace's data. Refuses unless `session.backup` names a backup that exists.
     async fn destroy(&self, session: &Session) -> Result<(), BackendError>;
+
+    /// Compare what runs with `sessions` (all of them, deleted ones included) at start-up.
+    async fn reconcile(&self, _sessions: &[Session]) -> Result<ReconcileReport, BackendError> {
+        Ok(ReconcileReport::default())
+    }
 }

@@ -1,0 +1,580 @@
+//! The kubernetes backend: per session a PVC `pvc-<id>`, a Deployment `user-<id>` and a Service
+//! `user-<id>`, written with server-side apply (field manager `wakeway`). Sleep and wake go
+//! through the Deployment's `scale` subresource; readiness comes from one pod watcher for the
+//! whole namespace plus an HTTP probe of the pod; backups are Jobs running the wakeway image; and
+//! deletion targets the UIDs recorded at creation only.
+//!
+//! `spec.replicas` of a workspace Deployment belongs to wakeway alone: an HPA, a GitOps tool or
+//! `kubectl scale` owning it would wake or sleep sessions behind wakeway's back (reconciliation
+//! reports such Deployments).
+
+pub mod lease;
+pub mod objects;
+mod pods;
+pub mod reconcile;
+#[cfg(test)]
+mod tests;
+
+use std::fmt::Debug;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams, Preconditions, PropagationPolicy};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use wakeway_config::{Config, Tier};
+
+use super::{Backend, BackendError, BackendEvent, ReconcileReport, Started};
+use crate::backup::backup_file_name;
+use crate::probe;
+use crate::session::{BackupInfo, ObjectUids, Placement, Session};
+use objects::{FIELD_MANAGER, JOB, WORKSPACE_SELECTOR, deployment_name, pvc_name, service_name};
+use pods::PodWatch;
+
+pub use lease::{LeaseError, LeaseLock};
+pub use objects::{backup_job, restore_job};
+
+/// Runs each workspace as a Deployment in one namespace.
+pub struct KubernetesBackend {
+    config: Arc<Config>,
+    client: Client,
+    deployments: Api<Deployment>,
+    services: Api<Service>,
+    pvcs: Api<PersistentVolumeClaim>,
+    pod_api: Api<Pod>,
+    jobs: Api<Job>,
+    pods: PodWatch,
+    /// Sessions this replica started or adopted, by id: the watcher reports their pods' exits.
+    running: Arc<DashMap<String, Placement>>,
+}
+
+/// The HTTP status of an API error (404, 409, …).
+fn status_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+fn uid_of<K: Resource>(object: &K) -> Result<String, BackendError> {
+    object.meta().uid.clone().ok_or_else(|| {
+        BackendError::Api(format!("{} came back without a uid", object.meta().name.as_deref().unwrap_or("an object")))
+    })
+}
+
+impl KubernetesBackend {
+    /// Connect with the in-cluster service account, or `KUBECONFIG` / `~/.kube/config`.
+    pub async fn connect(
+        config: Arc<Config>,
+        events: mpsc::UnboundedSender<BackendEvent>,
+    ) -> Result<Arc<Self>, BackendError> {
+        let client = Client::try_default().await.map_err(|e| {
+            BackendError::Api(format!("cannot configure a Kubernetes client (in-cluster or KUBECONFIG): {e}"))
+        })?;
+        Ok(Self::new(client, config, events))
+    }
+
+    /// A backend on `client` (needs a Tokio runtime: it starts the pod watcher).
+    pub fn new(client: Client, config: Arc<Config>, events: mpsc::UnboundedSender<BackendEvent>) -> Arc<Self> {
+        let ns = config.kubernetes.namespace.clone();
+        let running: Arc<DashMap<String, Placement>> = Arc::new(DashMap::new());
+        let watched = running.clone();
+        let watch_ns = ns.clone();
+        let pods = PodWatch::spawn(Api::namespaced(client.clone(), &ns), ns.clone(), move |store| {
+            report_exits(&watched, store, &watch_ns, &events)
+        });
+        Arc::new(KubernetesBackend {
+            deployments: Api::namespaced(client.clone(), &ns),
+            services: Api::namespaced(client.clone(), &ns),
+            pvcs: Api::namespaced(client.clone(), &ns),
+            pod_api: Api::namespaced(client.clone(), &ns),
+            jobs: Api::namespaced(client.clone(), &ns),
+            client,
+            config,
+            pods,
+            running,
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Server-side apply, field manager `wakeway`, forced (wakeway owns these fields).
+    async fn apply<K>(&self, api: &Api<K>, object: K) -> Result<K, BackendError>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
+    {
+        let name = object.meta().name.clone().unwrap_or_default();
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object))
+            .await
+            .map_err(|e| BackendError::Api(format!("apply {} {name}: {e}", K::kind(&()))))
+    }
+
+    /// Set the Deployment's replicas through the `scale` subresource. `Ok(false)`: no Deployment.
+    async fn scale(&self, id: &str, replicas: i32) -> Result<bool, BackendError> {
+        let name = deployment_name(id);
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+        let patch = Patch::Merge(serde_json::json!({ "spec": { "replicas": replicas } }));
+        match self.deployments.patch_scale(&name, &params, &patch).await {
+            Ok(_) => Ok(true),
+            Err(e) if status_code(&e) == Some(404) => Ok(false),
+            Err(e) => Err(BackendError::Api(format!("scale {name} to {replicas}: {e}"))),
+        }
+    }
+
+    /// Apply the Deployment (with `tier`) and Service; check that the PVC recorded at creation is
+    /// still the one there. A PVC is only ever created for a session that has none recorded: a
+    /// vanished volume is an error, never silently replaced by an empty one.
+    async fn ensure_objects(&self, session: &Session, tier: &Tier) -> Result<ObjectUids, BackendError> {
+        let id = &session.uuid;
+        let pvc = match &session.objects {
+            Some(recorded) => {
+                let name = pvc_name(id);
+                let found =
+                    self.pvcs.get_opt(&name).await.map_err(|e| BackendError::Api(format!("get {name}: {e}")))?;
+                match found {
+                    None => {
+                        return Err(BackendError::Start(format!(
+                            "the workspace volume {name} (uid {}) is gone; restore the session from a backup",
+                            recorded.pvc
+                        )));
+                    }
+                    Some(p) if p.metadata.uid.as_deref() != Some(recorded.pvc.as_str()) => {
+                        return Err(BackendError::Start(format!(
+                            "{name} is not the volume created for this session (uid {} instead of {}); refusing to start on it",
+                            p.metadata.uid.as_deref().unwrap_or("?"),
+                            recorded.pvc
+                        )));
+                    }
+                    Some(_) => recorded.pvc.clone(),
+                }
+            }
+            None => uid_of(&self.apply(&self.pvcs, objects::pvc(&self.config, session)).await?)?,
+        };
+        let deployment =
+            uid_of(&self.apply(&self.deployments, objects::deployment(&self.config, session, tier)).await?)?;
+        let service = uid_of(&self.apply(&self.services, objects::service(&self.config, session)).await?)?;
+        if let Some(recorded) = &session.objects
+            && (recorded.deployment != deployment || recorded.service != service)
+        {
+            tracing::warn!(session = %id, "the Deployment or Service was recreated; recording the new UIDs");
+        }
+        Ok(ObjectUids { deployment, service, pvc })
+    }
+
+    /// Wait for a Ready pod of the session built for its tier, or a reason it will not come.
+    async fn wait_for_ready_pod(
+        &self,
+        session: &Session,
+        deadline: tokio::time::Instant,
+    ) -> Result<Arc<Pod>, BackendError> {
+        let id = &session.uuid;
+        let mut changes = self.pods.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let found = self.pods.of_session(id);
+            if let Some(pod) =
+                found.iter().find(|p| pods::is_ready(p) && pods::tier_of(p) == Some(session.tier.as_str()))
+            {
+                return Ok(pod.clone());
+            }
+            if let Some(why) = found.iter().find_map(|p| pods::fatal_reason(p)) {
+                return Err(BackendError::Start(why));
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(BackendError::Start("the pod watcher stopped".into())),
+                Err(_) => {
+                    let seen = if !found.is_empty() {
+                        found.iter().map(|p| pods::describe(p)).collect::<Vec<_>>().join("; ")
+                    } else if self.pods.synced() {
+                        "no pod was created (see `kubectl describe deployment` for quota or admission errors)".into()
+                    } else {
+                        "the pod watcher could not list pods yet".into()
+                    };
+                    return Err(BackendError::Start(format!(
+                        "no Ready pod for {} before the start timeout: {seen}",
+                        deployment_name(id)
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Resolves once pod `name` (with `uid`) is gone or terminating.
+    async fn until_pod_gone(&self, name: &str, uid: &str) {
+        let mut changes = self.pods.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let present = self
+                .pods
+                .get(name)
+                .is_some_and(|p| p.metadata.uid.as_deref() == Some(uid) && !pods::is_terminating(&p));
+            if !present || changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Wait until a Ready pod answers HTTP on its IP; the placement that routes to it.
+    async fn wait_until_serving(
+        &self,
+        session: &Session,
+        objects: &ObjectUids,
+        deadline: tokio::time::Instant,
+    ) -> Result<(SocketAddr, Placement), BackendError> {
+        let pod = self.wait_for_ready_pod(session, deadline).await?;
+        let name = pod.name_any();
+        let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
+        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).unwrap_or_default();
+        let pod_ip: IpAddr =
+            ip.parse().map_err(|_| BackendError::Start(format!("pod {name} has an unusable IP {ip:?}")))?;
+        let port = self.config.kubernetes.port;
+        let addr = SocketAddr::new(pod_ip, port);
+        // Ready is the kubelet's view; wakeway must be able to reach the pod itself.
+        if !probe::wait_until_answers(addr, deadline, self.until_pod_gone(&name, &pod_uid)).await {
+            let gone = self.pods.get(&name).is_none_or(|p| pods::is_terminating(&p));
+            return Err(BackendError::Start(if gone {
+                format!("pod {name} went away before it answered HTTP")
+            } else {
+                format!(
+                    "pod {name} is Ready but {addr} did not answer HTTP before the start timeout (a NetworkPolicy?)"
+                )
+            }));
+        }
+        let placement = Placement::Kubernetes { pod: name, pod_uid, pod_ip, port, objects: objects.clone() };
+        Ok((addr, placement))
+    }
+
+    /// The last JSON line a Job's pod printed.
+    async fn job_log(&self, job: &str, container: &str) -> Result<String, String> {
+        let params = ListParams::default().labels(&format!("{JOB}={job}"));
+        let found = self.pod_api.list(&params).await.map_err(|e| format!("cannot list the Job's pods: {e}"))?;
+        let Some(pod) = found.items.iter().max_by_key(|p| p.metadata.creation_timestamp.clone()) else {
+            return Err("the Job has no pod to read the result from".into());
+        };
+        let params = LogParams { container: Some(container.into()), ..LogParams::default() };
+        self.pod_api.logs(&pod.name_any(), &params).await.map_err(|e| format!("cannot read the log of its pod: {e}"))
+    }
+
+    /// The session's objects, found by their `uuid` label (for sessions with no recorded UIDs).
+    async fn labelled_objects(&self, id: &str) -> Result<Vec<String>, BackendError> {
+        let params = ListParams::default().labels(&format!("{WORKSPACE_SELECTOR},uuid={id}"));
+        let err = |e: kube::Error| BackendError::Api(format!("list objects of {id}: {e}"));
+        let mut names = Vec::new();
+        names.extend(self.deployments.list(&params).await.map_err(err)?.items.iter().map(|o| o.name_any()));
+        names.extend(self.services.list(&params).await.map_err(err)?.items.iter().map(|o| o.name_any()));
+        names.extend(self.pvcs.list(&params).await.map_err(err)?.items.iter().map(|o| o.name_any()));
+        Ok(names)
+    }
+}
+
+/// Report every tracked session whose pod is gone, replaced or terminating (once).
+fn report_exits(
+    running: &DashMap<String, Placement>,
+    store: &Store<Pod>,
+    namespace: &str,
+    events: &mpsc::UnboundedSender<BackendEvent>,
+) {
+    let gone: Vec<(String, Placement, String)> = running
+        .iter()
+        .filter_map(|entry| {
+            let Placement::Kubernetes { pod, pod_uid, .. } = entry.value() else { return None };
+            let detail = match store.get(&ObjectRef::new(pod).within(namespace)) {
+                None => format!("pod {pod} was deleted"),
+                Some(p) if p.metadata.uid.as_deref() != Some(pod_uid.as_str()) => format!("pod {pod} was replaced"),
+                Some(p) if pods::is_terminating(&p) => format!("pod {pod} is being deleted"),
+                Some(_) => return None,
+            };
+            Some((entry.key().clone(), entry.value().clone(), detail))
+        })
+        .collect();
+    for (id, placement, detail) in gone {
+        if running.remove_if(&id, |_, p| *p == placement).is_some() {
+            tracing::warn!(session = %id, %detail, "workspace pod went away");
+            let _ = events.send(BackendEvent::Exited { id, placement, detail });
+        }
+    }
+}
+
+/// The result a `wakeway backup` Job printed: the last JSON line of its log,
+/// `{"ok":true,"path":…,"backup":{file,size,sha256,entries,content_bytes,verified_at,skipped}}`.
+pub fn parse_backup_result(log: &str, expected_file: &str) -> Result<BackupInfo, String> {
+    let line = log
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
+        .find(|v| v.get("ok").is_some())
+        .ok_or_else(|| format!("no result line in its log (last lines: {})", tail(log)))?;
+    if line["ok"] != serde_json::Value::Bool(true) {
+        return Err(line["error"].as_str().unwrap_or("it reported a failure without a reason").to_string());
+    }
+    let info: BackupInfo = serde_json::from_value(line["backup"].clone())
+        .map_err(|e| format!("its result line is not a backup description: {e}"))?;
+    if info.file != expected_file {
+        return Err(format!("it reported {} instead of {expected_file}", info.file));
+    }
+    if info.size == 0 || info.sha256.len() != 64 {
+        return Err(format!("it reported an implausible backup ({} bytes, sha256 {:?})", info.size, info.sha256));
+    }
+    Ok(info)
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().rev().take(3).collect();
+    if lines.is_empty() { "empty".into() } else { lines.into_iter().rev().collect::<Vec<_>>().join(" | ") }
+}
+
+/// `Some((succeeded, reason))` once a Job finished.
+fn job_outcome(job: &Job) -> Option<(bool, String)> {
+    let conditions = job.status.as_ref()?.conditions.as_ref()?;
+    conditions.iter().filter(|c| c.status == "True").find_map(|c| match c.type_.as_str() {
+        "Complete" => Some((true, String::new())),
+        "Failed" => Some((
+            false,
+            format!("{}: {}", c.reason.as_deref().unwrap_or("Failed"), c.message.as_deref().unwrap_or("")),
+        )),
+        _ => None,
+    })
+}
+
+#[async_trait]
+impl Backend for KubernetesBackend {
+    fn kind(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    async fn create(&self, session: &Session) -> Result<Option<ObjectUids>, BackendError> {
+        let tier = objects::session_tier(&self.config, session);
+        let pvc = self.apply(&self.pvcs, objects::pvc(&self.config, session)).await?;
+        let deployment = self.apply(&self.deployments, objects::deployment(&self.config, session, &tier)).await?;
+        let service = self.apply(&self.services, objects::service(&self.config, session)).await?;
+        let uids = ObjectUids { deployment: uid_of(&deployment)?, service: uid_of(&service)?, pvc: uid_of(&pvc)? };
+        tracing::info!(session = %session.uuid, deployment = %uids.deployment, service = %uids.service, pvc = %uids.pvc, "workspace objects applied");
+        Ok(Some(uids))
+    }
+
+    async fn start(
+        &self,
+        session: &Session,
+        tier: &Tier,
+        deadline: tokio::time::Instant,
+    ) -> Result<Started, BackendError> {
+        let id = &session.uuid;
+        let objects = self.ensure_objects(session, tier).await?;
+        if !self.scale(id, 1).await? {
+            return Err(BackendError::Start(format!("Deployment {} disappeared while starting", deployment_name(id))));
+        }
+        match self.wait_until_serving(session, &objects, deadline).await {
+            Ok((addr, placement)) => {
+                self.running.insert(id.clone(), placement.clone());
+                tracing::info!(session = %id, %addr, "workspace pod serving");
+                Ok(Started { addr, placement, objects: Some(objects) })
+            }
+            Err(e) => {
+                // Like a local process that failed to start: it must not keep running (and
+                // holding its volume) while the session is asleep.
+                if let Err(stop) = self.scale(id, 0).await {
+                    tracing::warn!(session = %id, error = %stop, "could not scale a failed start back to 0");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn stop(&self, session: &Session) -> Result<(), BackendError> {
+        let id = &session.uuid;
+        self.running.remove(id);
+        let found = self.scale(id, 0).await.map_err(|e| BackendError::Stop(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + self.config.kubernetes.stop_timeout;
+        if !self.pods.wait_synced(deadline).await {
+            return Err(BackendError::Stop(
+                "the pod watcher has not listed pods yet: cannot tell if it stopped".into(),
+            ));
+        }
+        // The volume is ReadWriteOnce: stopped means the pod is gone, not merely terminating.
+        let mut changes = self.pods.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let left = self.pods.of_session(id);
+            if left.is_empty() {
+                if found {
+                    tracing::info!(session = %id, "workspace scaled to 0");
+                }
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+                let names: Vec<String> = left.iter().map(|p| p.name_any()).collect();
+                return Err(BackendError::Stop(format!(
+                    "pods {names:?} still exist {} after scaling {} to 0",
+                    wakeway_config::format_duration(self.config.kubernetes.stop_timeout),
+                    deployment_name(id)
+                )));
+            }
+        }
+    }
+
+    async fn find_running(&self, session: &Session) -> Option<SocketAddr> {
+        let placement = session.placement.as_ref()?;
+        let Placement::Kubernetes { pod, pod_uid, pod_ip, port, .. } = placement else { return None };
+        if !self.pods.wait_synced(tokio::time::Instant::now() + Duration::from_secs(30)).await {
+            return None;
+        }
+        let found = self.pods.get(pod)?;
+        let same_ip = found.status.as_ref().and_then(|s| s.pod_ip.as_deref()?.parse::<IpAddr>().ok()) == Some(*pod_ip);
+        if found.metadata.uid.as_deref() != Some(pod_uid.as_str()) || !pods::is_ready(&found) || !same_ip {
+            return None;
+        }
+        let addr = SocketAddr::new(*pod_ip, *port);
+        if !probe::answers_http(addr).await {
+            return None;
+        }
+        self.running.insert(session.uuid.clone(), placement.clone());
+        Some(addr)
+    }
+
+    fn is_alive(&self, session: &Session) -> bool {
+        let Some(Placement::Kubernetes { pod, pod_uid, .. }) = &session.placement else { return false };
+        if !self.pods.synced() {
+            // Nothing is known yet: never call a workspace dead on an empty cache.
+            return true;
+        }
+        self.pods
+            .get(pod)
+            .is_some_and(|p| p.metadata.uid.as_deref() == Some(pod_uid.as_str()) && !pods::is_terminating(&p))
+    }
+
+    async fn backup(&self, session: &Session, now: DateTime<Utc>) -> Result<BackupInfo, BackendError> {
+        // The Deployment stays at 0 while the Job runs: the volume is ReadWriteOnce, and a zip of
+        // a folder being written to is not a backup. (A wake waits: the manager holds the
+        // session's lock for the whole backup.)
+        self.stop(session).await?;
+        let file = backup_file_name(&session.uuid, now);
+        let job = objects::backup_job(&self.config, session, &file, now);
+        let name = job.name_any();
+        let failed = |why: String| BackendError::BackupJob { job: name.clone(), why };
+        self.apply(&self.jobs, job).await?;
+        tracing::info!(session = %session.uuid, job = %name, %file, "backup Job started");
+        let timeout = self.config.kubernetes.job_timeout;
+        // The Job's own activeDeadlineSeconds fails it at `timeout`; wait a little longer to see
+        // that (the API server's verdict names the reason), then give up on our own.
+        let grace = timeout.min(Duration::from_secs(60));
+        let finished = kube::runtime::wait::await_condition(self.jobs.clone(), &name, |job: Option<&Job>| {
+            job.is_none_or(|j| job_outcome(j).is_some())
+        });
+        let job = match tokio::time::timeout(timeout + grace, finished).await {
+            Err(_) => {
+                return Err(failed(format!("it did not finish within {}", wakeway_config::format_duration(timeout))));
+            }
+            Ok(Err(e)) => return Err(BackendError::Api(format!("watch Job {name}: {e}"))),
+            Ok(Ok(None)) => return Err(failed("it was deleted before it finished".into())),
+            Ok(Ok(Some(job))) => job,
+        };
+        let (succeeded, reason) = job_outcome(&job).unwrap_or((false, "unknown".into()));
+        let log = self.job_log(&name, "backup").await;
+        if !succeeded {
+            let detail = match log.as_deref().map(|l| parse_backup_result(l, &file)) {
+                Ok(Err(why)) => format!("{reason}; {why}"),
+                _ => reason,
+            };
+            return Err(failed(detail));
+        }
+        let info = log.and_then(|l| parse_backup_result(&l, &file)).map_err(failed)?;
+        tracing::info!(session = %session.uuid, job = %name, file = %info.file, bytes = info.size, "backup Job succeeded");
+        Ok(info)
+    }
+
+    async fn destroy(&self, session: &Session) -> Result<(), BackendError> {
+        let id = &session.uuid;
+        let Some(backup) = &session.backup else {
+            return Err(BackendError::Refused(format!("session {id} has no verified backup")));
+        };
+        if !backup.file.starts_with(&format!("workspace-{id}-")) {
+            return Err(BackendError::Refused(format!("the backup {} is not of session {id}", backup.file)));
+        }
+        if self.pods.synced() && !self.pods.of_session(id).is_empty() {
+            return Err(BackendError::Refused(format!("session {id} still has pods; put it to sleep first")));
+        }
+        let Some(uids) = &session.objects else {
+            // Nothing was recorded: only proceed if nothing exists (never delete by name).
+            let found = self.labelled_objects(id).await?;
+            if found.is_empty() {
+                return Ok(());
+            }
+            return Err(BackendError::Refused(format!(
+                "no UIDs were recorded for session {id}, yet {found:?} exist; delete them by hand after checking"
+            )));
+        };
+        let targets = [
+            ("Deployment", deployment_name(id), uids.deployment.as_str()),
+            ("Service", service_name(id), uids.service.as_str()),
+            ("PersistentVolumeClaim", pvc_name(id), uids.pvc.as_str()),
+        ];
+        let params = |uid: &str, dry_run: bool| DeleteParams {
+            dry_run,
+            propagation_policy: Some(PropagationPolicy::Background),
+            preconditions: Some(Preconditions { uid: Some(uid.to_string()), resource_version: None }),
+            ..DeleteParams::default()
+        };
+        // First a dry run of all three: the API server checks each UID precondition, so a
+        // replaced object (409) stops the whole deletion before anything is deleted.
+        let mut present = Vec::new();
+        for (kind, name, uid) in &targets {
+            let result = match *kind {
+                "Deployment" => self.deployments.delete(name, &params(uid, true)).await.map(drop),
+                "Service" => self.services.delete(name, &params(uid, true)).await.map(drop),
+                _ => self.pvcs.delete(name, &params(uid, true)).await.map(drop),
+            };
+            match result {
+                Ok(()) => present.push((*kind, name.clone(), *uid)),
+                Err(e) if status_code(&e) == Some(404) => {}
+                Err(e) if status_code(&e) == Some(409) => {
+                    return Err(BackendError::Refused(format!(
+                        "{kind} {name} is not the object created for session {id} (uid {uid}): {e}; nothing was deleted"
+                    )));
+                }
+                Err(e) => return Err(BackendError::Api(format!("delete (dry run) {kind} {name}: {e}"))),
+            }
+        }
+        // The PVC (the data) goes last.
+        for (kind, name, uid) in present {
+            let result = match kind {
+                "Deployment" => self.deployments.delete(&name, &params(uid, false)).await.map(drop),
+                "Service" => self.services.delete(&name, &params(uid, false)).await.map(drop),
+                _ => self.pvcs.delete(&name, &params(uid, false)).await.map(drop),
+            };
+            match result {
+                Ok(()) => tracing::info!(session = %id, kind, %name, %uid, "deleted"),
+                Err(e) if status_code(&e) == Some(404) => {}
+                Err(e) if status_code(&e) == Some(409) => {
+                    return Err(BackendError::Refused(format!(
+                        "{kind} {name} was replaced while deleting (uid {uid} expected): {e}"
+                    )));
+                }
+                Err(e) => return Err(BackendError::Api(format!("delete {kind} {name}: {e}"))),
+            }
+        }
+        self.running.remove(id);
+        Ok(())
+    }
+
+    async fn reconcile(&self, sessions: &[Session]) -> Result<ReconcileReport, BackendError> {
+        let params = ListParams::default().labels(WORKSPACE_SELECTOR);
+        let err = |e: kube::Error| BackendError::Api(format!("list workspace objects: {e}"));
+        let deployments = self.deployments.list(&params).await.map_err(err)?.items;
+        let services = self.services.list(&params).await.map_err(err)?.items;
+        let pvcs = self.pvcs.list(&params).await.map_err(err)?.items;
+        Ok(reconcile::report(sessions, &deployments, &services, &pvcs))
+    }
+}

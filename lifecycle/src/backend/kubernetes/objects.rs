@@ -1,0 +1,389 @@
+//! The objects the kubernetes backend applies, as pure functions of (config, session): the
+//! session's PVC, Deployment and Service, and the backup and restore Jobs. Snapshot-tested
+//! (`snapshots/`) and printed by `wakeway render`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use wakeway_config::{Config, KubernetesConfig, Tier};
+
+use crate::session::Session;
+
+/// The field manager of every write (server-side apply and the scale subresource).
+pub const FIELD_MANAGER: &str = "wakeway";
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const NAME: &str = "app.kubernetes.io/name";
+pub const UUID: &str = "uuid";
+/// The raw user id (not a valid label value in general).
+pub const USER_ID: &str = "wakeway.dev/user-id";
+/// The tier a pod template was built for: a started workspace is only routed to when its pod
+/// runs the session's tier (not an old pod of a resize).
+pub const TIER: &str = "wakeway.dev/tier";
+/// On a Job's pods: the Job's name (how its result is found).
+pub const JOB: &str = "wakeway.dev/job";
+/// On a backup or restore Job: the zip it writes or reads.
+pub const BACKUP_FILE: &str = "wakeway.dev/backup-file";
+
+/// Selects the workspace objects and pods of every session (what the pod watcher and
+/// reconciliation list).
+pub const WORKSPACE_SELECTOR: &str = "app.kubernetes.io/managed-by=wakeway,app.kubernetes.io/name=workspace";
+
+/// The workspace container's name (and the port's name).
+pub const CONTAINER: &str = "workspace";
+const PORT_NAME: &str = "http";
+/// Where the session's PVC is mounted, in the workspace and in Jobs.
+pub const WORKSPACE_MOUNT: &str = "/workspace";
+/// Where the backup PVC is mounted in Jobs.
+pub const BACKUP_MOUNT: &str = "/backups";
+
+pub fn deployment_name(id: &str) -> String {
+    format!("user-{id}")
+}
+
+pub fn service_name(id: &str) -> String {
+    format!("user-{id}")
+}
+
+pub fn pvc_name(id: &str) -> String {
+    format!("pvc-{id}")
+}
+
+/// The labels of every object of session `id` (`component`: `workspace`, `backup`, `restore`).
+pub fn labels(id: &str, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY.to_string(), "wakeway".to_string()),
+        (NAME.to_string(), component.to_string()),
+        (UUID.to_string(), id.to_string()),
+    ])
+}
+
+fn meta(config: &KubernetesConfig, name: String, session: &Session, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(config.namespace.clone()),
+        labels: Some(labels(&session.uuid, component)),
+        annotations: Some(BTreeMap::from([(USER_ID.to_string(), session.user_id.clone())])),
+        ..ObjectMeta::default()
+    }
+}
+
+/// CPU as the API server writes it back: `1`, `2`, `500m`, `1500m`.
+pub fn cpu_quantity(cpu: f64) -> Quantity {
+    let millis = (cpu * 1000.0).round() as i64;
+    Quantity(if millis % 1000 == 0 { (millis / 1000).to_string() } else { format!("{millis}m") })
+}
+
+pub fn memory_quantity(mib: u64) -> Quantity {
+    Quantity(format!("{mib}Mi"))
+}
+
+/// The tier named by the session, or the default tier.
+pub fn session_tier(config: &Config, session: &Session) -> Tier {
+    config
+        .tiers
+        .get(&session.tier)
+        .or_else(|| config.tiers.get(&config.default_tier))
+        .cloned()
+        .unwrap_or(Tier { cpu: 1.0, memory_mib: 1024 })
+}
+
+/// `pvc-<id>`: the session's workspace data (ReadWriteOnce, `pvc_size`, `storage_class`).
+pub fn pvc(config: &Config, session: &Session) -> PersistentVolumeClaim {
+    let k8s = &config.kubernetes;
+    PersistentVolumeClaim {
+        metadata: meta(k8s, pvc_name(&session.uuid), session, "workspace"),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(k8s.pvc_size.clone()))])),
+                ..VolumeResourceRequirements::default()
+            }),
+            storage_class_name: (!k8s.storage_class.is_empty()).then(|| k8s.storage_class.clone()),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+fn pod_security(k8s: &KubernetesConfig) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(k8s.run_as_user),
+        run_as_group: Some(k8s.run_as_group),
+        fs_group: Some(k8s.fs_group),
+        // Only walk the volume when its root is not ours yet (a 5 GiB workspace starts faster).
+        fs_group_change_policy: Some("OnRootMismatch".into()),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn container_security(read_only_root: bool) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+        read_only_root_filesystem: read_only_root.then_some(true),
+        ..SecurityContext::default()
+    }
+}
+
+fn pvc_volume(name: &str, claim: String, read_only: bool) -> Volume {
+    Volume {
+        name: name.into(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: claim,
+            read_only: read_only.then_some(true),
+        }),
+        ..Volume::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+fn env(name: &str, value: impl ToString) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.to_string()), ..EnvVar::default() }
+}
+
+/// `user-<id>`: one code-server pod with `/workspace` on the session's PVC and the tier's
+/// resources. `spec.replicas` is deliberately absent: it defaults to 1 when the Deployment is
+/// created and from then on only wakeway sets it, through the `scale` subresource (0 asleep, 1
+/// awake). Applying this object again (a resize) therefore never wakes or sleeps a session.
+pub fn deployment(config: &Config, session: &Session, tier: &Tier) -> Deployment {
+    let k8s = &config.kubernetes;
+    let id = &session.uuid;
+    let selector = labels(id, "workspace");
+    let port = i32::from(k8s.port);
+    let resources = BTreeMap::from([
+        ("cpu".to_string(), cpu_quantity(tier.cpu)),
+        ("memory".to_string(), memory_quantity(tier.memory_mib)),
+    ]);
+    let container = Container {
+        name: CONTAINER.into(),
+        image: Some(k8s.image.clone()),
+        image_pull_policy: Some(k8s.image_pull_policy.clone()),
+        args: Some(k8s.args.iter().map(|a| a.replace("{port}", &k8s.port.to_string())).collect()),
+        ports: Some(vec![ContainerPort {
+            name: Some(PORT_NAME.into()),
+            container_port: port,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(vec![
+            env("WAKEWAY_SESSION", id),
+            env("WAKEWAY_CPU", tier.cpu),
+            env("WAKEWAY_MEMORY_MIB", tier.memory_mib),
+        ]),
+        resources: Some(ResourceRequirements {
+            requests: Some(resources.clone()),
+            limits: Some(resources),
+            ..ResourceRequirements::default()
+        }),
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/healthz".into()),
+                port: IntOrString::String(PORT_NAME.into()),
+                ..HTTPGetAction::default()
+            }),
+            period_seconds: Some(1),
+            timeout_seconds: Some(1),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        }),
+        security_context: Some(container_security(false)),
+        volume_mounts: Some(vec![mount("workspace", WORKSPACE_MOUNT, false)]),
+        ..Container::default()
+    };
+    let mut template_annotations = BTreeMap::from([(USER_ID.to_string(), session.user_id.clone())]);
+    template_annotations.insert(TIER.into(), session.tier.clone());
+    Deployment {
+        metadata: meta(k8s, deployment_name(id), session, "workspace"),
+        spec: Some(DeploymentSpec {
+            selector: LabelSelector { match_labels: Some(selector.clone()), ..LabelSelector::default() },
+            // The PVC is ReadWriteOnce: the old pod must be gone before a new one mounts it.
+            strategy: Some(DeploymentStrategy { type_: Some("Recreate".into()), ..DeploymentStrategy::default() }),
+            revision_history_limit: Some(2),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(selector),
+                    annotations: Some(template_annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(vec![pvc_volume("workspace", pvc_name(id), false)]),
+                    security_context: Some(pod_security(k8s)),
+                    service_account_name: (!k8s.service_account.is_empty()).then(|| k8s.service_account.clone()),
+                    // A workspace runs user code: it gets no API credentials and no Service env vars.
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    termination_grace_period_seconds: Some(config.stop_grace.as_secs() as i64),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+/// `user-<id>`: a ClusterIP Service in front of the session's pod. wakeway itself routes to the
+/// pod IP (no kube-proxy hop, and a pod that is Ready but not yet answering is never used); the
+/// Service is the stable in-cluster name for everything else.
+pub fn service(config: &Config, session: &Session) -> Service {
+    let k8s = &config.kubernetes;
+    Service {
+        metadata: meta(k8s, service_name(&session.uuid), session, "workspace"),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(labels(&session.uuid, "workspace")),
+            ports: Some(vec![ServicePort {
+                name: Some(PORT_NAME.into()),
+                port: i32::from(k8s.port),
+                target_port: Some(IntOrString::String(PORT_NAME.into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The name of the backup Job for `id` taken at `at`.
+pub fn backup_job_name(id: &str, at: DateTime<Utc>) -> String {
+    format!("backup-{id}-{}", at.format("%Y%m%d-%H%M%S"))
+}
+
+/// The name of the restore Job for `id` started at `at`.
+pub fn restore_job_name(id: &str, at: DateTime<Utc>) -> String {
+    format!("restore-{id}-{}", at.format("%Y%m%d-%H%M%S"))
+}
+
+/// A Job running the wakeway image itself, with the session's PVC and the backup PVC mounted.
+#[allow(clippy::too_many_arguments)]
+fn wakeway_job(
+    config: &Config,
+    session: &Session,
+    component: &str,
+    name: String,
+    file: &str,
+    command: Vec<String>,
+    workspace_read_only: bool,
+    backups_read_only: bool,
+) -> Job {
+    let k8s = &config.kubernetes;
+    let mut pod_labels = labels(&session.uuid, component);
+    pod_labels.insert(JOB.into(), name.clone());
+    let mut metadata = meta(k8s, name, session, component);
+    metadata.annotations.get_or_insert_default().insert(BACKUP_FILE.into(), file.into());
+    let container = Container {
+        name: component.into(),
+        image: Some(k8s.wakeway_image.clone()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(command),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), Quantity("100m".into())),
+                ("memory".to_string(), Quantity("128Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([("memory".to_string(), Quantity("512Mi".into()))])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(container_security(true)),
+        volume_mounts: Some(vec![
+            mount("workspace", WORKSPACE_MOUNT, workspace_read_only),
+            mount("backups", BACKUP_MOUNT, backups_read_only),
+        ]),
+        ..Container::default()
+    };
+    Job {
+        metadata,
+        spec: Some(JobSpec {
+            // A failed backup is retried by wakeway's own backoff, with a new name and a fresh
+            // start (a `.partial` is never trusted), not by the Job controller.
+            backoff_limit: Some(0),
+            active_deadline_seconds: Some(k8s.job_timeout.as_secs() as i64),
+            ttl_seconds_after_finished: Some(k8s.job_ttl.as_secs().min(i32::MAX as u64) as i32),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(pod_labels), ..ObjectMeta::default() }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    containers: vec![container],
+                    volumes: Some(vec![
+                        pvc_volume("workspace", pvc_name(&session.uuid), workspace_read_only),
+                        pvc_volume("backups", k8s.backup_pvc.clone(), backups_read_only),
+                    ]),
+                    security_context: Some(pod_security(k8s)),
+                    service_account_name: (!k8s.service_account.is_empty()).then(|| k8s.service_account.clone()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        ..Job::default()
+    }
+}
+
+/// `backup-<id>-<stamp>`: `wakeway backup --src /workspace --dest /backups/<file>` with the
+/// session's PVC mounted read-only. It prints one JSON line, read back from the pod's log.
+pub fn backup_job(config: &Config, session: &Session, file: &str, at: DateTime<Utc>) -> Job {
+    let command = ["wakeway", "backup", "--src", WORKSPACE_MOUNT, "--dest", &format!("{BACKUP_MOUNT}/{file}")]
+        .map(String::from)
+        .to_vec();
+    wakeway_job(config, session, "backup", backup_job_name(&session.uuid, at), file, command, true, false)
+}
+
+/// `restore-<id>-<stamp>`: `wakeway restore --src /backups/<file> --dest /workspace` into the
+/// session's (fresh) PVC, the backup PVC mounted read-only. Apply [`pvc`] first.
+pub fn restore_job(config: &Config, session: &Session, file: &str, at: DateTime<Utc>) -> Job {
+    let command = ["wakeway", "restore", "--src", &format!("{BACKUP_MOUNT}/{file}"), "--dest", WORKSPACE_MOUNT]
+        .map(String::from)
+        .to_vec();
+    wakeway_job(config, session, "restore", restore_job_name(&session.uuid, at), file, command, false, true)
+}
+
+/// The PVC, Deployment and Service of `session` as JSON values (what `create` applies).
+pub fn workspace_objects(config: &Config, session: &Session) -> Vec<serde_json::Value> {
+    let tier = session_tier(config, session);
+    let to_value = |r: Result<serde_json::Value, serde_json::Error>| r.expect("k8s-openapi objects serialize");
+    vec![
+        to_value(serde_json::to_value(pvc(config, session))),
+        to_value(serde_json::to_value(deployment(config, session, &tier))),
+        to_value(serde_json::to_value(service(config, session))),
+    ]
+}
+
+/// Objects as a multi-document YAML stream (`kubectl apply -f -` takes it).
+pub fn to_yaml(objects: &[serde_json::Value]) -> String {
+    objects
+        .iter()
+        .map(|o| serde_yaml::to_string(o).unwrap_or_else(|e| format!("# cannot render: {e}\n")))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// Objects as a `v1 List` (`kubectl apply -f -` takes it too).
+pub fn to_json_list(objects: &[serde_json::Value]) -> String {
+    let list = serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": objects });
+    serde_json::to_string_pretty(&list).expect("JSON values serialize")
+}

@@ -1,0 +1,856 @@
+//! An in-process fake Kubernetes API server (axum on an ephemeral port) serving exactly what the
+//! backend uses, with the API server's semantics that matter to it: server-side apply (field
+//! manager and force required), resourceVersions and watch streams that resume from one, label
+//! and field selectors, the `scale` subresource, delete preconditions (409 on a UID mismatch,
+//! dry runs), optimistic concurrency on Leases, and small stand-ins for the controllers: a
+//! Deployment controller (Recreate: pods of an old template go first) and a Job controller that
+//! really runs `wakeway backup` (`write_verified_zip`) and serves its JSON line as the pod log.
+//! Every request is recorded for assertions.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State as AxumState;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+/// What the Job controller does with a new Job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobMode {
+    /// Run `wakeway backup` for real on the PVC's folder.
+    Run,
+    /// The backup command fails with this message.
+    Fail(String),
+    /// Never finishes; `activeDeadlineSeconds` fails it (DeadlineExceeded).
+    Hang,
+    /// Never finishes and ignores the deadline (a stuck controller).
+    Stuck,
+}
+
+/// How new workspace pods come up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PodMode {
+    /// Running and Ready with `pod_ip`.
+    Ready,
+    /// Running, container waiting in CrashLoopBackOff.
+    CrashLoop,
+}
+
+/// One request as received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: BTreeMap<String, String>,
+    pub content_type: String,
+    pub body: Value,
+    /// (API group, resource[/subresource], verb) as RBAC sees it.
+    pub rbac: (String, String, String),
+}
+
+#[derive(Debug, Clone)]
+struct Event {
+    rv: u64,
+    resource: String,
+    kind: &'static str,
+    object: Value,
+}
+
+pub struct State {
+    rv: u64,
+    seq: u64,
+    objects: BTreeMap<(String, String), Value>,
+    history: Vec<Event>,
+    pub requests: Vec<Recorded>,
+    logs: HashMap<String, String>,
+    pub pod_ip: String,
+    pub pod_mode: PodMode,
+    pub job_mode: JobMode,
+    /// PVC name → the folder standing for its volume.
+    pub volumes: HashMap<String, PathBuf>,
+    /// Where `/backups` of a Job is.
+    pub backup_dir: PathBuf,
+    /// Backup Jobs that started while a workspace pod of the same session existed.
+    pub rwo_violations: u32,
+    /// Authorization checks beyond the request's own verb: an apply that creates an object is
+    /// also authorized as `create` by the API server.
+    extra_rbac: Vec<(String, String, String)>,
+}
+
+pub struct Fake {
+    pub url: String,
+    state: Arc<Mutex<State>>,
+    events: broadcast::Sender<Event>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    state: Arc<Mutex<State>>,
+    events: broadcast::Sender<Event>,
+}
+
+const NAMESPACE: &str = "wakeway";
+
+fn kind_of(resource: &str) -> (&'static str, &'static str) {
+    match resource {
+        "pods" => ("v1", "Pod"),
+        "services" => ("v1", "Service"),
+        "persistentvolumeclaims" => ("v1", "PersistentVolumeClaim"),
+        "deployments" => ("apps/v1", "Deployment"),
+        "jobs" => ("batch/v1", "Job"),
+        "leases" => ("coordination.k8s.io/v1", "Lease"),
+        _ => ("v1", "Unknown"),
+    }
+}
+
+fn status(code: u16, reason: &str, message: String) -> Response {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code,
+    });
+    (StatusCode::from_u16(code).unwrap(), axum::Json(body)).into_response()
+}
+
+fn labels_of(object: &Value) -> BTreeMap<String, String> {
+    serde_json::from_value(object["metadata"]["labels"].clone()).unwrap_or_default()
+}
+
+/// `a=b,c==d` (the only selectors the backend sends).
+fn matches_labels(selector: Option<&String>, object: &Value) -> bool {
+    let Some(selector) = selector else { return true };
+    let labels = labels_of(object);
+    selector.split(',').filter(|t| !t.is_empty()).all(|term| {
+        let (k, v) = term.split_once("==").or_else(|| term.split_once('=')).expect("equality selectors only");
+        labels.get(k).map(String::as_str) == Some(v)
+    })
+}
+
+fn matches_fields(selector: Option<&String>, object: &Value) -> bool {
+    let Some(selector) = selector else { return true };
+    selector.split(',').all(|term| match term.split_once('=') {
+        Some(("metadata.name", name)) => object["metadata"]["name"] == name,
+        _ => panic!("unsupported field selector {term}"),
+    })
+}
+
+impl State {
+    fn next_rv(&mut self) -> u64 {
+        self.rv += 1;
+        self.rv
+    }
+
+    fn new_uid(&mut self) -> String {
+        self.seq += 1;
+        format!("00000000-0000-4000-8000-{:012x}", self.seq)
+    }
+
+    fn emit(&mut self, events: &broadcast::Sender<Event>, resource: &str, kind: &'static str, object: Value) {
+        let event = Event { rv: self.rv, resource: resource.into(), kind, object };
+        self.history.push(event.clone());
+        let _ = events.send(event);
+    }
+
+    /// Store `object` (new or changed) with a fresh resourceVersion and emit its event.
+    fn put(&mut self, events: &broadcast::Sender<Event>, resource: &str, mut object: Value) -> Value {
+        let name = object["metadata"]["name"].as_str().expect("named").to_string();
+        let key = (resource.to_string(), name);
+        let existed = self.objects.contains_key(&key);
+        if !existed && object["metadata"]["uid"].is_null() {
+            object["metadata"]["uid"] = json!(self.new_uid());
+            object["metadata"]["creationTimestamp"] = json!(format!("2026-01-01T00:00:{:02}Z", self.seq % 60));
+        }
+        let (api_version, kind) = kind_of(resource);
+        object["apiVersion"] = json!(api_version);
+        object["kind"] = json!(kind);
+        object["metadata"]["namespace"] = json!(NAMESPACE);
+        let rv = self.next_rv();
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        self.objects.insert(key, object.clone());
+        self.emit(events, resource, if existed { "MODIFIED" } else { "ADDED" }, object.clone());
+        object
+    }
+
+    fn remove(&mut self, events: &broadcast::Sender<Event>, resource: &str, name: &str) -> Option<Value> {
+        let mut object = self.objects.remove(&(resource.to_string(), name.to_string()))?;
+        let rv = self.next_rv();
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        self.emit(events, resource, "DELETED", object.clone());
+        Some(object)
+    }
+
+    fn get(&self, resource: &str, name: &str) -> Option<Value> {
+        self.objects.get(&(resource.to_string(), name.to_string())).cloned()
+    }
+
+    fn list(&self, resource: &str) -> Vec<Value> {
+        self.objects.iter().filter(|((r, _), _)| r == resource).map(|(_, o)| o.clone()).collect()
+    }
+
+    /// The Deployment controller: pods of another template go first (Recreate), then the count
+    /// is brought to `spec.replicas`.
+    fn reconcile_deployment(&mut self, events: &broadcast::Sender<Event>, name: &str) {
+        let deployment = self.get("deployments", name);
+        let (replicas, template, selector) = match &deployment {
+            Some(d) => (
+                d["spec"]["replicas"].as_i64().unwrap_or(1) as usize,
+                d["spec"]["template"].clone(),
+                d["spec"]["selector"]["matchLabels"].clone(),
+            ),
+            None => (0, Value::Null, Value::Null),
+        };
+        let hash = format!("{:08x}", crc32fast::hash(template.to_string().as_bytes()));
+        let prefix = format!("{name}-");
+        let mine: Vec<Value> = self
+            .list("pods")
+            .into_iter()
+            .filter(|p| p["metadata"]["name"].as_str().is_some_and(|n| n.starts_with(&prefix)))
+            .filter(|p| labels_of(p).get("app.kubernetes.io/name").map(String::as_str) == Some("workspace"))
+            .collect();
+        let mut current = Vec::new();
+        for pod in mine {
+            let pod_name = pod["metadata"]["name"].as_str().unwrap().to_string();
+            if labels_of(&pod).get("pod-template-hash") == Some(&hash) {
+                current.push(pod_name);
+            } else {
+                self.remove(events, "pods", &pod_name);
+            }
+        }
+        while current.len() > replicas {
+            let pod_name = current.pop().unwrap();
+            self.remove(events, "pods", &pod_name);
+        }
+        while current.len() < replicas {
+            self.seq += 1;
+            let pod_name = format!("{name}-{hash}-{:05x}", self.seq);
+            let mut labels: BTreeMap<String, String> = serde_json::from_value(selector.clone()).unwrap_or_default();
+            labels.extend(
+                serde_json::from_value::<BTreeMap<String, String>>(template["metadata"]["labels"].clone())
+                    .unwrap_or_default(),
+            );
+            labels.insert("pod-template-hash".into(), hash.clone());
+            let status = match self.pod_mode {
+                PodMode::Ready => json!({
+                    "phase": "Running", "podIP": self.pod_ip,
+                    "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}],
+                }),
+                PodMode::CrashLoop => json!({
+                    "phase": "Running", "podIP": self.pod_ip,
+                    "conditions": [{"type": "Ready", "status": "False", "reason": "ContainersNotReady"}],
+                    "containerStatuses": [{
+                        "name": "workspace", "ready": false, "restartCount": 3, "image": "x", "imageID": "",
+                        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}},
+                    }],
+                }),
+            };
+            let pod = json!({
+                "metadata": {
+                    "name": pod_name, "labels": labels,
+                    "annotations": template["metadata"]["annotations"].clone(),
+                },
+                "spec": template["spec"].clone(),
+                "status": status,
+            });
+            self.put(events, "pods", pod);
+            current.push(pod_name);
+        }
+    }
+}
+
+impl Fake {
+    pub async fn start(backup_dir: PathBuf) -> Fake {
+        let (events, _) = broadcast::channel(4096);
+        let state = Arc::new(Mutex::new(State {
+            rv: 100,
+            seq: 0,
+            objects: BTreeMap::new(),
+            history: Vec::new(),
+            requests: Vec::new(),
+            logs: HashMap::new(),
+            pod_ip: "127.0.0.1".into(),
+            pod_mode: PodMode::Ready,
+            job_mode: JobMode::Run,
+            volumes: HashMap::new(),
+            backup_dir,
+            rwo_violations: 0,
+            extra_rbac: Vec::new(),
+        }));
+        let shared = Shared { state: state.clone(), events: events.clone() };
+        let app = axum::Router::new().fallback(handle).with_state(shared);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Fake { url, state, events, server }
+    }
+
+    pub fn client(&self) -> kube::Client {
+        let config = kube::Config::new(self.url.parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+
+    pub fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        f(&mut self.state.lock().unwrap())
+    }
+
+    pub fn object(&self, resource: &str, name: &str) -> Option<Value> {
+        self.with(|s| s.get(resource, name))
+    }
+
+    /// Put an object as if someone else created it.
+    pub fn insert(&self, resource: &str, object: Value) -> Value {
+        let events = self.events.clone();
+        self.with(|s| s.put(&events, resource, object))
+    }
+
+    /// Delete a pod as an eviction would (the Deployment controller replaces it).
+    pub fn evict(&self, pod: &str) {
+        let events = self.events.clone();
+        self.with(|s| {
+            let removed = s.remove(&events, "pods", pod).expect("pod exists");
+            let owner = pod.rsplitn(3, '-').nth(2).unwrap().to_string();
+            assert!(removed["metadata"]["name"].as_str().unwrap().starts_with(&owner));
+            s.reconcile_deployment(&events, &owner);
+        });
+    }
+
+    pub fn pods_of(&self, id: &str) -> Vec<Value> {
+        self.with(|s| {
+            s.list("pods").into_iter().filter(|p| labels_of(p).get("uuid").map(String::as_str) == Some(id)).collect()
+        })
+    }
+
+    pub fn workspace_pods_of(&self, id: &str) -> Vec<Value> {
+        self.pods_of(id)
+            .into_iter()
+            .filter(|p| labels_of(p).get("app.kubernetes.io/name").map(String::as_str) == Some("workspace"))
+            .collect()
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.with(|s| s.requests.clone())
+    }
+
+    /// Requests other than the watcher's own list and watch calls.
+    pub fn calls(&self, method: &str, path_contains: &str) -> Vec<Recorded> {
+        self.requests().into_iter().filter(|r| r.method == method && r.path.contains(path_contains)).collect()
+    }
+
+    /// Every (group, resource, verb) used so far.
+    pub fn rbac_used(&self) -> BTreeSet<(String, String, String)> {
+        let extra = self.with(|s| s.extra_rbac.clone());
+        self.requests().into_iter().map(|r| r.rbac).chain(extra).collect()
+    }
+}
+
+struct Target {
+    group: String,
+    resource: String,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", "v1", "namespaces", ns, rest @ ..] if *ns == NAMESPACE => (String::new(), rest),
+        ["apis", group, _version, "namespaces", ns, rest @ ..] if *ns == NAMESPACE => (group.to_string(), rest),
+        _ => return None,
+    };
+    match rest {
+        [resource] => Some(Target { group, resource: resource.to_string(), name: None, sub: None }),
+        [resource, name] => {
+            Some(Target { group, resource: resource.to_string(), name: Some(name.to_string()), sub: None })
+        }
+        [resource, name, sub] => Some(Target {
+            group,
+            resource: resource.to_string(),
+            name: Some(name.to_string()),
+            sub: Some(sub.to_string()),
+        }),
+        _ => None,
+    }
+}
+
+async fn handle(
+    AxumState(shared): AxumState<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    let query: BTreeMap<String, String> = uri.query().map(form_urlencoded).unwrap_or_default();
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap_or(Value::Null) };
+    let Some(target) = parse_path(&path) else {
+        return status(404, "NotFound", format!("the fake does not serve {path}"));
+    };
+    let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let verb = match (&method, &target.name, watch) {
+        (&Method::GET, None, true) => "watch",
+        (&Method::GET, None, false) => "list",
+        (&Method::GET, Some(_), _) => "get",
+        (&Method::PATCH, _, _) => "patch",
+        (&Method::DELETE, _, _) => "delete",
+        (&Method::POST, _, _) => "create",
+        (&Method::PUT, _, _) => "update",
+        _ => "unknown",
+    };
+    let resource_path = match &target.sub {
+        Some(sub) => format!("{}/{sub}", target.resource),
+        None => target.resource.clone(),
+    };
+    shared.state.lock().unwrap().requests.push(Recorded {
+        method: method.to_string(),
+        path: path.clone(),
+        query: query.clone(),
+        content_type: content_type.clone(),
+        body: body.clone(),
+        rbac: (target.group.clone(), resource_path, verb.into()),
+    });
+    if watch {
+        return watch_stream(&shared, &target.resource, &query);
+    }
+    let resource = target.resource.as_str();
+    match (method, target.name.as_deref(), target.sub.as_deref()) {
+        (Method::GET, None, None) => list(&shared, resource, &query),
+        (Method::GET, Some(name), None) => match shared.state.lock().unwrap().get(resource, name) {
+            Some(object) => axum::Json(object).into_response(),
+            None => status(404, "NotFound", format!("{resource} \"{name}\" not found")),
+        },
+        (Method::GET, Some(name), Some("log")) => match shared.state.lock().unwrap().logs.get(name) {
+            Some(log) => log.clone().into_response(),
+            None => status(404, "NotFound", format!("no log for pod {name}")),
+        },
+        (Method::PATCH, Some(name), None) => apply(&shared, resource, name, &query, &content_type, body),
+        (Method::PATCH, Some(name), Some("scale")) if resource == "deployments" => {
+            scale(&shared, name, &query, &content_type, body)
+        }
+        (Method::DELETE, Some(name), None) => delete(&shared, resource, name, &body),
+        (Method::POST, None, None) => create(&shared, resource, body),
+        (Method::PUT, Some(name), None) => update(&shared, resource, name, body),
+        (method, _, _) => status(405, "MethodNotAllowed", format!("the fake does not serve {method} {path}")),
+    }
+}
+
+fn form_urlencoded(query: &str) -> BTreeMap<String, String> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn decode(text: &str) -> String {
+    let bytes = text.replace('+', " ").into_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn list(shared: &Shared, resource: &str, query: &BTreeMap<String, String>) -> Response {
+    let state = shared.state.lock().unwrap();
+    let items: Vec<Value> = state
+        .list(resource)
+        .into_iter()
+        .filter(|o| matches_labels(query.get("labelSelector"), o) && matches_fields(query.get("fieldSelector"), o))
+        .collect();
+    let (api_version, kind) = kind_of(resource);
+    axum::Json(json!({
+        "apiVersion": api_version, "kind": format!("{kind}List"),
+        "metadata": {"resourceVersion": state.rv.to_string()}, "items": items,
+    }))
+    .into_response()
+}
+
+fn watch_stream(shared: &Shared, resource: &str, query: &BTreeMap<String, String>) -> Response {
+    let since: u64 = query.get("resourceVersion").and_then(|rv| rv.parse().ok()).unwrap_or(0);
+    let labels = query.get("labelSelector").cloned();
+    let fields = query.get("fieldSelector").cloned();
+    let state = shared.state.lock().unwrap();
+    // Subscribe under the lock: no event falls between the replay and the live stream.
+    let live = shared.events.subscribe();
+    let replay: Vec<Event> = if since == 0 {
+        state
+            .list(resource)
+            .into_iter()
+            .map(|o| Event { rv: state.rv, resource: resource.into(), kind: "ADDED", object: o })
+            .collect()
+    } else {
+        state.history.iter().filter(|e| e.rv > since && e.resource == resource).cloned().collect()
+    };
+    drop(state);
+    let resource = resource.to_string();
+    let keep = move |e: &Event| {
+        e.resource == resource
+            && matches_labels(labels.as_ref(), &e.object)
+            && matches_fields(fields.as_ref(), &e.object)
+    };
+    let keep_live = keep.clone();
+    let line = |e: Event| {
+        Ok::<_, std::convert::Infallible>(Bytes::from(format!("{}\n", json!({"type": e.kind, "object": e.object}))))
+    };
+    let replayed = futures::stream::iter(replay.into_iter().filter(keep).map(line));
+    let following = futures::stream::unfold(live, move |mut rx| {
+        let keep = keep_live.clone();
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok(e) if keep(&e) => return Some((line(e), rx)),
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from_stream(replayed.chain(following)))
+        .unwrap()
+}
+
+fn api_group(resource: &str) -> String {
+    kind_of(resource).0.rsplit_once('/').map(|(g, _)| g.to_string()).unwrap_or_default()
+}
+
+fn apply(
+    shared: &Shared,
+    resource: &str,
+    name: &str,
+    query: &BTreeMap<String, String>,
+    content_type: &str,
+    body: Value,
+) -> Response {
+    if content_type != "application/apply-patch+yaml" {
+        return status(
+            415,
+            "UnsupportedMediaType",
+            format!("apply needs application/apply-patch+yaml, got {content_type}"),
+        );
+    }
+    if query.get("fieldManager").map(String::as_str) != Some("wakeway") {
+        return status(400, "BadRequest", "fieldManager is required for apply requests".into());
+    }
+    if query.get("force").map(String::as_str) != Some("true") {
+        return status(409, "Conflict", "Apply failed with conflicts (use force)".into());
+    }
+    if body["metadata"]["name"] != name || body["kind"] != kind_of(resource).1 {
+        return status(400, "BadRequest", format!("the applied object does not match {resource}/{name}"));
+    }
+    if !body["metadata"]["uid"].is_null() || !body["metadata"]["resourceVersion"].is_null() || !body["status"].is_null()
+    {
+        return status(400, "BadRequest", "apply configurations carry no uid, resourceVersion or status".into());
+    }
+    let events = shared.events.clone();
+    let mut state = shared.state.lock().unwrap();
+    let existing = state.get(resource, name);
+    let mut object = body.clone();
+    match &existing {
+        Some(old) => {
+            for key in ["uid", "creationTimestamp", "managedFields"] {
+                object["metadata"][key] = old["metadata"][key].clone();
+            }
+            // Fields the applier does not own are kept (replicas belongs to the scale subresource).
+            if object["spec"]["replicas"].is_null() && !old["spec"]["replicas"].is_null() {
+                object["spec"]["replicas"] = old["spec"]["replicas"].clone();
+            }
+            if !old["status"].is_null() {
+                object["status"] = old["status"].clone();
+            }
+            let unchanged = {
+                let mut a = object.clone();
+                let mut b = old.clone();
+                for v in [&mut a, &mut b] {
+                    v["metadata"]["resourceVersion"] = Value::Null;
+                    v["metadata"]["namespace"] = Value::Null;
+                    v["apiVersion"] = Value::Null;
+                    v["kind"] = Value::Null;
+                }
+                a == b
+            };
+            if unchanged {
+                return axum::Json(old.clone()).into_response();
+            }
+        }
+        None => {
+            state.extra_rbac.push((api_group(resource), resource.to_string(), "create".into()));
+            object["metadata"]["managedFields"] =
+                json!([{"manager": "wakeway", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {}}]);
+            match resource {
+                "deployments" if object["spec"]["replicas"].is_null() => object["spec"]["replicas"] = json!(1),
+                "persistentvolumeclaims" => object["status"] = json!({"phase": "Bound"}),
+                "services" => object["spec"]["clusterIP"] = json!("10.96.0.10"),
+                _ => {}
+            }
+        }
+    }
+    let stored = state.put(&events, resource, object);
+    if resource == "deployments" {
+        state.reconcile_deployment(&events, name);
+    }
+    drop(state);
+    if resource == "jobs" && existing.is_none() {
+        tokio::spawn(run_job(shared.clone(), name.to_string()));
+    }
+    axum::Json(stored).into_response()
+}
+
+fn scale(shared: &Shared, name: &str, query: &BTreeMap<String, String>, content_type: &str, body: Value) -> Response {
+    if content_type != "application/merge-patch+json" {
+        return status(415, "UnsupportedMediaType", format!("scale patch with {content_type}"));
+    }
+    if query.get("fieldManager").map(String::as_str) != Some("wakeway") {
+        return status(400, "BadRequest", "the fake expects fieldManager=wakeway on scale".into());
+    }
+    let Some(replicas) = body["spec"]["replicas"].as_i64() else {
+        return status(422, "Invalid", "spec.replicas is required".into());
+    };
+    let events = shared.events.clone();
+    let mut state = shared.state.lock().unwrap();
+    let Some(mut deployment) = state.get("deployments", name) else {
+        return status(404, "NotFound", format!("deployments.apps \"{name}\" not found"));
+    };
+    deployment["spec"]["replicas"] = json!(replicas);
+    let mut managed: Vec<Value> =
+        serde_json::from_value(deployment["metadata"]["managedFields"].clone()).unwrap_or_default();
+    managed.retain(|m| m["subresource"] != "scale");
+    managed.push(json!({"manager": "wakeway", "operation": "Update", "subresource": "scale", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}}));
+    deployment["metadata"]["managedFields"] = json!(managed);
+    let stored = state.put(&events, "deployments", deployment);
+    state.reconcile_deployment(&events, name);
+    axum::Json(json!({
+        "apiVersion": "autoscaling/v1", "kind": "Scale",
+        "metadata": {"name": name, "namespace": NAMESPACE, "uid": stored["metadata"]["uid"], "resourceVersion": stored["metadata"]["resourceVersion"]},
+        "spec": {"replicas": replicas}, "status": {"replicas": replicas},
+    }))
+    .into_response()
+}
+
+fn delete(shared: &Shared, resource: &str, name: &str, options: &Value) -> Response {
+    let events = shared.events.clone();
+    let mut state = shared.state.lock().unwrap();
+    let Some(existing) = state.get(resource, name) else {
+        return status(404, "NotFound", format!("{resource} \"{name}\" not found"));
+    };
+    if let Some(uid) = options["preconditions"]["uid"].as_str()
+        && existing["metadata"]["uid"] != uid
+    {
+        return status(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {resource} \"{name}\": Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                existing["metadata"]["uid"].as_str().unwrap_or("")
+            ),
+        );
+    }
+    if options["dryRun"] == json!(["All"]) {
+        return axum::Json(existing).into_response();
+    }
+    let removed = state.remove(&events, resource, name).unwrap();
+    if resource == "deployments" {
+        // Background propagation: the garbage collector removes the pods.
+        state.reconcile_deployment(&events, name);
+    }
+    axum::Json(removed).into_response()
+}
+
+fn create(shared: &Shared, resource: &str, mut body: Value) -> Response {
+    let events = shared.events.clone();
+    let mut state = shared.state.lock().unwrap();
+    let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    if state.get(resource, &name).is_some() {
+        return status(409, "AlreadyExists", format!("{resource} \"{name}\" already exists"));
+    }
+    body["metadata"]["uid"] = Value::Null;
+    let stored = state.put(&events, resource, body);
+    (StatusCode::CREATED, axum::Json(stored)).into_response()
+}
+
+fn update(shared: &Shared, resource: &str, name: &str, body: Value) -> Response {
+    let events = shared.events.clone();
+    let mut state = shared.state.lock().unwrap();
+    let Some(existing) = state.get(resource, name) else {
+        return status(404, "NotFound", format!("{resource} \"{name}\" not found"));
+    };
+    if body["metadata"]["resourceVersion"] != existing["metadata"]["resourceVersion"] {
+        return status(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        );
+    }
+    let mut object = body;
+    object["metadata"]["uid"] = existing["metadata"]["uid"].clone();
+    object["metadata"]["creationTimestamp"] = existing["metadata"]["creationTimestamp"].clone();
+    axum::Json(state.put(&events, resource, object)).into_response()
+}
+
+/// The Job controller plus kubelet for one backup Job.
+async fn run_job(shared: Shared, name: String) {
+    let (mode, job) = {
+        let state = shared.state.lock().unwrap();
+        (state.job_mode.clone(), state.get("jobs", &name).unwrap())
+    };
+    let deadline = job["spec"]["activeDeadlineSeconds"].as_u64().unwrap_or(600);
+    let finish = |succeeded: bool, reason: &str, message: &str| {
+        let events = shared.events.clone();
+        let mut state = shared.state.lock().unwrap();
+        let Some(mut job) = state.get("jobs", &name) else { return };
+        job["status"] = if succeeded {
+            json!({"succeeded": 1, "conditions": [
+                {"type": "SuccessCriteriaMet", "status": "True"},
+                {"type": "Complete", "status": "True"}]})
+        } else {
+            json!({"failed": 1, "conditions": [
+                {"type": "FailureTarget", "status": "True", "reason": reason, "message": message},
+                {"type": "Failed", "status": "True", "reason": reason, "message": message}]})
+        };
+        state.put(&events, "jobs", job);
+    };
+    match mode {
+        JobMode::Stuck => return,
+        JobMode::Hang => {
+            tokio::time::sleep(Duration::from_secs(deadline)).await;
+            finish(false, "DeadlineExceeded", "Job was active longer than specified deadline");
+            return;
+        }
+        JobMode::Run | JobMode::Fail(_) => {}
+    }
+    let template = &job["spec"]["template"];
+    let command: Vec<String> = serde_json::from_value(template["spec"]["containers"][0]["command"].clone()).unwrap();
+    let arg = |flag: &str| command.iter().position(|c| c == flag).map(|i| command[i + 1].clone()).unwrap();
+    let dest = arg("--dest");
+    let claim = template["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "workspace")
+        .map(|v| v["persistentVolumeClaim"]["claimName"].as_str().unwrap().to_string())
+        .unwrap();
+    let session = labels_of(template).get("uuid").cloned().unwrap_or_default();
+    let (src, backup_dir, attached) = {
+        let mut state = shared.state.lock().unwrap();
+        let attached = state.list("pods").iter().any(|p| {
+            let l = labels_of(p);
+            l.get("uuid") == Some(&session) && l.get("app.kubernetes.io/name").map(String::as_str) == Some("workspace")
+        });
+        if attached {
+            state.rwo_violations += 1;
+        }
+        (state.volumes.get(&claim).cloned(), state.backup_dir.clone(), attached)
+    };
+    let line = match (&mode, attached, src) {
+        (JobMode::Fail(message), _, _) => json!({"ok": false, "error": message}),
+        (_, true, _) => json!({"ok": false, "error": format!("Multi-Attach error for volume of {claim}")}),
+        (_, false, None) => json!({"ok": false, "error": format!("no volume for {claim}")}),
+        (_, false, Some(src)) => {
+            let file = dest.strip_prefix("/backups/").expect("dest under /backups").to_string();
+            let target = backup_dir.join(&file);
+            let written = tokio::task::spawn_blocking(move || {
+                crate::backup::write_verified_zip(&src, &target, chrono::Utc::now())
+            })
+            .await
+            .unwrap();
+            match written {
+                Ok(info) => json!({"ok": true, "path": dest, "backup": info}),
+                Err(e) => json!({"ok": false, "error": e.to_string()}),
+            }
+        }
+    };
+    let ok = line["ok"] == true;
+    {
+        let events = shared.events.clone();
+        let mut state = shared.state.lock().unwrap();
+        let pod_name = format!("{name}-x7k2p");
+        let mut labels = labels_of(template);
+        labels.insert("batch.kubernetes.io/job-name".into(), name.clone());
+        let pod = json!({
+            "metadata": {"name": pod_name, "labels": labels},
+            "spec": template["spec"].clone(),
+            "status": {"phase": if ok { "Succeeded" } else { "Failed" }},
+        });
+        state.put(&events, "pods", pod);
+        state.logs.insert(pod_name, format!("starting backup\n{line}\n"));
+    }
+    if ok {
+        finish(true, "", "");
+    } else {
+        finish(false, "BackoffLimitExceeded", "Job has reached the specified backoff limit");
+    }
+}
+
+/// A workspace stand-in: accepts connections, answers HTTP only once `ready` is set.
+pub struct TestWorkspace {
+    pub port: u16,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestWorkspace {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestWorkspace {
+    pub async fn start(ready: bool) -> TestWorkspace {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(ready));
+        let answering = flag.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { return };
+                let answering = answering.load(std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if !answering {
+                        return; // accepted and closed: a process that is up but not serving
+                    }
+                    let mut buf = [0u8; 1024];
+                    let _ = stream.read(&mut buf).await;
+                    let _ =
+                        stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
+                });
+            }
+        });
+        TestWorkspace { port, ready: flag, task }
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, std::sync::atomic::Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,504 @@
+//! The kubernetes backend against an in-process fake API server (`fake`), the objects it
+//! generates against checked-in snapshots (`snapshots`), and `deploy/` against the code (RBAC
+//! rules = the calls made, config parses).
+
+mod deploy;
+mod fake;
+mod lease;
+mod snapshots;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use wakeway_config::{BackendKind, Config};
+
+use super::*;
+use crate::backend::{Backend, BackendError, BackendEvent};
+use crate::session::{Session, SessionId};
+use fake::{Fake, JobMode, PodMode, TestWorkspace};
+
+const ID: &str = "abc12345";
+
+fn test_config(port: u16) -> Arc<Config> {
+    let mut c = Config::default();
+    c.backend = BackendKind::Kubernetes;
+    c.kubernetes.port = port;
+    c.kubernetes.stop_timeout = Duration::from_secs(5);
+    c.kubernetes.job_timeout = Duration::from_secs(20);
+    c.validate().unwrap();
+    Arc::new(c)
+}
+
+fn session(id: &str, tier: &str) -> Session {
+    Session::new(&SessionId::parse(id).unwrap(), "Ada Lovelace <ada@example.com>", tier, Utc::now())
+}
+
+fn deadline(secs: u64) -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(secs)
+}
+
+struct Rig {
+    fake: Fake,
+    workspace: TestWorkspace,
+    config: Arc<Config>,
+    backend: Arc<KubernetesBackend>,
+    events: mpsc::UnboundedReceiver<BackendEvent>,
+    volumes: tempfile::TempDir,
+    backups: tempfile::TempDir,
+}
+
+async fn rig(answering: bool) -> Rig {
+    let backups = tempfile::tempdir().unwrap();
+    let volumes = tempfile::tempdir().unwrap();
+    let fake = Fake::start(backups.path().to_path_buf()).await;
+    let workspace = TestWorkspace::start(answering).await;
+    let config = test_config(workspace.port);
+    let (tx, events) = mpsc::unbounded_channel();
+    let backend = KubernetesBackend::new(fake.client(), config.clone(), tx);
+    Rig { fake, workspace, config, backend, events, volumes, backups }
+}
+
+impl Rig {
+    /// A folder standing for `pvc-<id>`, with a few files.
+    fn fill_volume(&self, id: &str) {
+        let dir = self.volumes.path().join(id);
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        std::fs::write(dir.join("README.md"), "# my project\n").unwrap();
+        std::fs::write(dir.join("src/main.rs"), "fn main() { println!(\"hi\"); }\n".repeat(50)).unwrap();
+        self.fake.with(|s| s.volumes.insert(objects::pvc_name(id), dir));
+    }
+
+    async fn start(&self, s: &Session) -> Result<crate::backend::Started, BackendError> {
+        let tier = objects::session_tier(&self.config, s);
+        self.backend.start(s, &tier, deadline(10)).await
+    }
+}
+
+fn uid(object: &Value) -> String {
+    object["metadata"]["uid"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_lives_and_dies_through_the_api() {
+    let mut rig = rig(false).await;
+    let fake = &rig.fake;
+    let mut s = session(ID, "small");
+
+    // ---- create: server-side apply of PVC, Deployment, Service; idempotent; UIDs recorded.
+    let uids = rig.backend.create(&s).await.unwrap().expect("kubernetes records UIDs");
+    assert_eq!(uids.pvc, uid(&fake.object("persistentvolumeclaims", "pvc-abc12345").unwrap()));
+    assert_eq!(uids.deployment, uid(&fake.object("deployments", "user-abc12345").unwrap()));
+    assert_eq!(uids.service, uid(&fake.object("services", "user-abc12345").unwrap()));
+    let applies = fake.calls("PATCH", "");
+    assert_eq!(applies.len(), 3);
+    for r in &applies {
+        assert_eq!(r.content_type, "application/apply-patch+yaml", "{}", r.path);
+        assert_eq!(r.query.get("fieldManager").map(String::as_str), Some("wakeway"));
+        assert_eq!(r.query.get("force").map(String::as_str), Some("true"));
+        assert_eq!(r.body["metadata"]["labels"]["app.kubernetes.io/managed-by"], "wakeway");
+        assert_eq!(r.body["metadata"]["labels"]["uuid"], ID);
+        assert_eq!(r.body["metadata"]["annotations"]["wakeway.dev/user-id"], "Ada Lovelace <ada@example.com>");
+    }
+    let deployment_body = &applies.iter().find(|r| r.path.ends_with("/deployments/user-abc12345")).unwrap().body;
+    assert!(deployment_body["spec"].get("replicas").is_none(), "replicas is owned through the scale subresource");
+    assert_eq!(rig.backend.create(&s).await.unwrap().unwrap(), uids, "applying again changes nothing");
+    s.objects = Some(uids.clone());
+    rig.fill_volume(ID);
+
+    // ---- start: the pod is Ready at once, but start waits until it answers HTTP.
+    let task = {
+        let (backend, s, tier) = (rig.backend.clone(), s.clone(), rig.config.tiers["small"].clone());
+        tokio::spawn(async move { backend.start(&s, &tier, deadline(10)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!task.is_finished(), "Ready is not enough: the pod must answer");
+    rig.workspace.set_ready(true);
+    let started = task.await.unwrap().unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], rig.workspace.port));
+    assert_eq!(started.addr, addr);
+    let crate::session::Placement::Kubernetes { pod, pod_ip, port, objects: recorded, .. } = &started.placement else {
+        panic!("a kubernetes placement")
+    };
+    assert_eq!((pod_ip.to_string(), *port), ("127.0.0.1".to_string(), rig.workspace.port));
+    assert_eq!(recorded, &uids);
+    assert_eq!(started.objects.as_ref(), Some(&uids));
+    let first_pod = pod.clone();
+    let scales = fake.calls("PATCH", "/scale");
+    assert_eq!(scales.last().unwrap().body, json!({"spec": {"replicas": 1}}));
+    assert_eq!(scales.last().unwrap().content_type, "application/merge-patch+json");
+    s.placement = Some(started.placement.clone());
+    assert!(rig.backend.is_alive(&s));
+    assert_eq!(rig.backend.find_running(&s).await, Some(addr));
+
+    // ---- the pod goes away behind our back (eviction): Exited for exactly that placement.
+    fake.evict(&first_pod);
+    let event = tokio::time::timeout(Duration::from_secs(5), rig.events.recv()).await.unwrap().unwrap();
+    let BackendEvent::Exited { id, placement, detail } = event;
+    assert_eq!((id.as_str(), &placement), (ID, &started.placement));
+    assert!(detail.contains(&first_pod), "{detail}");
+    assert!(!rig.backend.is_alive(&s));
+    // The next start routes to the replacement pod.
+    let started = rig.start(&s).await.unwrap();
+    let crate::session::Placement::Kubernetes { pod, .. } = &started.placement else { unreachable!() };
+    assert_ne!(pod, &first_pod);
+    s.placement = Some(started.placement.clone());
+
+    // ---- sleep: scale to 0 through the subresource; the pod is gone when stop returns.
+    rig.backend.stop(&s).await.unwrap();
+    assert_eq!(fake.calls("PATCH", "/scale").last().unwrap().body, json!({"spec": {"replicas": 0}}));
+    assert_eq!(fake.object("deployments", "user-abc12345").unwrap()["spec"]["replicas"], 0);
+    assert!(fake.workspace_pods_of(ID).is_empty());
+    assert!(!rig.backend.is_alive(&s));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(rig.events.try_recv().is_err(), "an expected stop is not an exit");
+    s.placement = None;
+
+    // ---- wake into the large tier: the Deployment's resources are patched, the pod has them.
+    s.tier = "large".into();
+    let started = rig.start(&s).await.unwrap();
+    let applied = fake.calls("PATCH", "/deployments/user-abc12345");
+    let last = &applied.iter().rev().find(|r| !r.path.ends_with("/scale")).unwrap().body;
+    let resources = &last["spec"]["template"]["spec"]["containers"][0]["resources"];
+    assert_eq!(resources["limits"], json!({"cpu": "2", "memory": "2048Mi"}));
+    let pods = fake.workspace_pods_of(ID);
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0]["metadata"]["annotations"]["wakeway.dev/tier"], "large");
+    assert_eq!(pods[0]["spec"]["containers"][0]["resources"]["requests"], json!({"cpu": "2", "memory": "2048Mi"}));
+    s.placement = Some(started.placement);
+    rig.backend.stop(&s).await.unwrap();
+    s.placement = None;
+
+    // ---- backup: a Job runs `wakeway backup` (for real, in the fake) while the Deployment is at 0.
+    let now: DateTime<Utc> = "2026-03-04T05:06:07Z".parse().unwrap();
+    let info = rig.backend.backup(&s, now).await.unwrap();
+    assert_eq!(info.file, "workspace-abc12345-20260304-050607.zip");
+    let zip = rig.backups.path().join(&info.file);
+    let bytes = std::fs::read(&zip).unwrap();
+    assert_eq!(info.size, bytes.len() as u64);
+    use sha2::Digest;
+    assert_eq!(info.sha256, format!("{:x}", sha2::Sha256::digest(&bytes)));
+    assert_eq!(info.entries, 3, "README.md, src/, src/main.rs");
+    assert_eq!(fake.with(|st| st.rwo_violations), 0, "no workspace pod while the Job ran");
+    let job = fake.object("jobs", "backup-abc12345-20260304-050607").unwrap();
+    let pod_spec = &job["spec"]["template"]["spec"];
+    assert_eq!(
+        pod_spec["containers"][0]["command"],
+        json!([
+            "wakeway",
+            "backup",
+            "--src",
+            "/workspace",
+            "--dest",
+            "/backups/workspace-abc12345-20260304-050607.zip"
+        ])
+    );
+    assert_eq!(pod_spec["volumes"][0]["persistentVolumeClaim"], json!({"claimName": "pvc-abc12345", "readOnly": true}));
+    assert_eq!(pod_spec["volumes"][1]["persistentVolumeClaim"], json!({"claimName": "backup-pvc"}));
+
+    // ---- destroy: refused without a backup, refused (409, nothing deleted) for another object.
+    let err = rig.backend.destroy(&s).await.unwrap_err();
+    assert!(matches!(err, BackendError::Refused(_)), "{err}");
+    assert!(fake.calls("DELETE", "").is_empty());
+    s.backup = Some(info);
+    let mut wrong = s.clone();
+    wrong.objects.as_mut().unwrap().pvc = "00000000-0000-4000-8000-00000000dead".into();
+    let err = rig.backend.destroy(&wrong).await.unwrap_err();
+    assert!(
+        matches!(&err, BackendError::Refused(m) if m.contains("nothing was deleted") && m.contains("409")),
+        "{err}"
+    );
+    let deletes = fake.calls("DELETE", "");
+    assert!(deletes.iter().all(|r| r.body["dryRun"] == json!(["All"])), "only dry runs so far");
+    assert!(fake.object("deployments", "user-abc12345").is_some());
+    assert!(fake.object("services", "user-abc12345").is_some());
+    assert!(fake.object("persistentvolumeclaims", "pvc-abc12345").is_some());
+
+    // ---- destroy for real: each delete names the recorded UID; the PVC goes last.
+    rig.backend.destroy(&s).await.unwrap();
+    let real: Vec<_> = fake.calls("DELETE", "").into_iter().filter(|r| r.body.get("dryRun").is_none()).collect();
+    let order: Vec<(&str, &str)> = real
+        .iter()
+        .map(|r| (r.path.rsplit('/').next().unwrap(), r.body["preconditions"]["uid"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("user-abc12345", uids.deployment.as_str()),
+            ("user-abc12345", uids.service.as_str()),
+            ("pvc-abc12345", uids.pvc.as_str())
+        ]
+    );
+    assert!(real[0].path.contains("/deployments/") && real[2].path.contains("/persistentvolumeclaims/"));
+    assert!(fake.object("deployments", "user-abc12345").is_none());
+    assert!(fake.object("persistentvolumeclaims", "pvc-abc12345").is_none());
+    rig.backend.destroy(&s).await.unwrap();
+    assert!(zip.exists(), "the backup outlives the session");
+
+    // ---- reconcile and leader election use the same client; then RBAC must match the calls.
+    let report = rig.backend.reconcile(std::slice::from_ref(&s)).await.unwrap();
+    assert_eq!(report.vanished.len(), 3, "{report:?}");
+    let clock = Arc::new(wakeway_proxy::ManualClock::new(1_000_000));
+    let lock = LeaseLock::new(fake.client(), "wakeway", "wakeway-leader", "pod-a", Duration::from_secs(15), clock);
+    assert!(lock.try_acquire_or_renew().await.unwrap());
+    assert!(lock.try_acquire_or_renew().await.unwrap());
+    lock.release().await.unwrap();
+    deploy::role_allows_exactly(&fake.rbac_used());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_adopts_a_running_pod_and_reports_its_exit() {
+    let rig = rig(true).await;
+    let mut s = session(ID, "small");
+    s.objects = rig.backend.create(&s).await.unwrap();
+    let started = rig.start(&s).await.unwrap();
+    s.placement = Some(started.placement.clone());
+
+    // wakeway restarts: a fresh backend (fresh watcher) finds the same pod and adopts it.
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let again = KubernetesBackend::new(rig.fake.client(), rig.config.clone(), tx);
+    assert_eq!(again.find_running(&s).await, Some(started.addr));
+    assert!(again.is_alive(&s));
+    let crate::session::Placement::Kubernetes { pod, .. } = &started.placement else { unreachable!() };
+    rig.fake.evict(pod);
+    let event = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.unwrap().unwrap();
+    let BackendEvent::Exited { placement, .. } = event;
+    assert_eq!(placement, started.placement);
+
+    // A placement whose pod is not there is not adopted.
+    assert_eq!(again.find_running(&s).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_workspace_fails_the_start_with_its_reason_and_is_scaled_back() {
+    let rig = rig(true).await;
+    rig.fake.with(|st| st.pod_mode = PodMode::CrashLoop);
+    let mut s = session(ID, "small");
+    s.objects = rig.backend.create(&s).await.unwrap();
+    let began = std::time::Instant::now();
+    let err = rig.start(&s).await.unwrap_err();
+    assert!(began.elapsed() < Duration::from_secs(5), "fails on the reason, not at the timeout");
+    assert!(matches!(&err, BackendError::Start(m) if m.contains("CrashLoopBackOff")), "{err}");
+    assert_eq!(rig.fake.object("deployments", "user-abc12345").unwrap()["spec"]["replicas"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_or_vanished_volume_is_never_started_on() {
+    let rig = rig(true).await;
+    let mut s = session(ID, "small");
+    s.objects = rig.backend.create(&s).await.unwrap();
+    let mut replaced = s.clone();
+    replaced.objects.as_mut().unwrap().pvc = "someone-elses-uid".into();
+    let err = rig.start(&replaced).await.unwrap_err();
+    assert!(matches!(&err, BackendError::Start(m) if m.contains("not the volume created")), "{err}");
+    assert!(rig.fake.calls("PATCH", "/scale").is_empty(), "nothing was started");
+
+    let other = session("0123abcd", "small");
+    let mut gone = other.clone();
+    gone.objects = s.objects.clone();
+    let err = rig.start(&gone).await.unwrap_err();
+    assert!(matches!(&err, BackendError::Start(m) if m.contains("is gone") && m.contains("restore")), "{err}");
+    assert!(rig.fake.object("persistentvolumeclaims", "pvc-0123abcd").is_none(), "no empty volume in its place");
+    assert!(rig.fake.calls("DELETE", "").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_and_timed_out_backup_jobs_keep_everything() {
+    let mut rig = rig(true).await;
+    let mut config = (*rig.config).clone();
+    config.kubernetes.job_timeout = Duration::from_secs(1);
+    let (tx, _events) = mpsc::unbounded_channel();
+    rig.backend = KubernetesBackend::new(rig.fake.client(), Arc::new(config), tx);
+    let mut s = session(ID, "small");
+    s.objects = rig.backend.create(&s).await.unwrap();
+    rig.fill_volume(ID);
+    let t0: DateTime<Utc> = "2026-03-04T05:06:07Z".parse().unwrap();
+
+    rig.fake.with(|st| {
+        st.job_mode = JobMode::Fail("cannot write the backup /backups/x.zip.partial: No space left on device".into())
+    });
+    let err = rig.backend.backup(&s, t0).await.unwrap_err();
+    assert!(
+        matches!(&err, BackendError::BackupJob { job, why } if job == "backup-abc12345-20260304-050607" && why.contains("No space left")),
+        "{err}"
+    );
+
+    rig.fake.with(|st| st.job_mode = JobMode::Hang);
+    let err = rig.backend.backup(&s, t0 + chrono::Duration::seconds(1)).await.unwrap_err();
+    assert!(matches!(&err, BackendError::BackupJob { why, .. } if why.contains("DeadlineExceeded")), "{err}");
+
+    rig.fake.with(|st| st.job_mode = JobMode::Stuck);
+    let err = rig.backend.backup(&s, t0 + chrono::Duration::seconds(2)).await.unwrap_err();
+    assert!(matches!(&err, BackendError::BackupJob { why, .. } if why.contains("did not finish within 1s")), "{err}");
+
+    assert!(std::fs::read_dir(rig.backups.path()).unwrap().next().is_none(), "no zip was claimed");
+    assert!(rig.fake.calls("DELETE", "").is_empty());
+    assert!(rig.fake.object("persistentvolumeclaims", "pvc-abc12345").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_refuses_while_pods_run_and_without_recorded_uids() {
+    let rig = rig(true).await;
+    let mut s = session(ID, "small");
+    s.objects = rig.backend.create(&s).await.unwrap();
+    s.backup = Some(crate::session::BackupInfo {
+        file: "workspace-abc12345-20260304-050607.zip".into(),
+        size: 10,
+        sha256: "0".repeat(64),
+        entries: 1,
+        content_bytes: 1,
+        verified_at: Utc::now(),
+        skipped: vec![],
+    });
+    rig.start(&s).await.unwrap();
+    let err = rig.backend.destroy(&s).await.unwrap_err();
+    assert!(matches!(&err, BackendError::Refused(m) if m.contains("still has pods")), "{err}");
+    rig.backend.stop(&s).await.unwrap();
+
+    let mut unrecorded = s.clone();
+    unrecorded.objects = None;
+    let err = rig.backend.destroy(&unrecorded).await.unwrap_err();
+    assert!(matches!(&err, BackendError::Refused(m) if m.contains("no UIDs were recorded")), "{err}");
+    assert!(rig.fake.calls("DELETE", "").is_empty(), "never by name");
+
+    let mut other = session("0123abcd", "small");
+    other.backup = Some(crate::session::BackupInfo {
+        file: "workspace-0123abcd-20260304-050607.zip".into(),
+        ..s.backup.clone().unwrap()
+    });
+    rig.backend.destroy(&other).await.unwrap();
+
+    let mut foreign = s.clone();
+    foreign.backup.as_mut().unwrap().file = "workspace-ffffffff-20260304-050607.zip".into();
+    assert!(matches!(rig.backend.destroy(&foreign).await, Err(BackendError::Refused(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_reports_orphans_vanished_objects_and_foreign_scaling() {
+    let rig = rig(true).await;
+    let fake = &rig.fake;
+    let mut running = session("aaaa0001", "small");
+    running.objects = rig.backend.create(&running).await.unwrap();
+    running.state = crate::session::State::Running;
+    let mut asleep = session("bbbb0002", "small");
+    asleep.objects = rig.backend.create(&asleep).await.unwrap();
+    asleep.state = crate::session::State::Sleeping;
+    let mut deleted = session("cccc0003", "small");
+    deleted.state = crate::session::State::Deleted;
+
+    // Someone replaced the sleeping session's Service, and scaled it to 1 with kubectl.
+    let mut service = fake.object("services", "user-bbbb0002").unwrap();
+    service["metadata"]["uid"] = json!("replaced-uid");
+    fake.insert("services", service);
+    let mut d = fake.object("deployments", "user-bbbb0002").unwrap();
+    d["spec"]["replicas"] = json!(1);
+    d["metadata"]["managedFields"] = json!([
+        {"manager": "wakeway", "operation": "Apply", "fieldsV1": {"f:spec": {"f:template": {}}}},
+        {"manager": "kubectl", "operation": "Update", "subresource": "scale", "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+    ]);
+    fake.insert("deployments", d);
+    // A PVC of a deleted session, and one of a session wakeway never heard of.
+    let orphan = |id: &str| {
+        json!({"metadata": {"name": format!("pvc-{id}"), "labels": objects::labels(id, "workspace")},
+               "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}}}})
+    };
+    fake.insert("persistentvolumeclaims", orphan("cccc0003"));
+    fake.insert("persistentvolumeclaims", orphan("dddd0004"));
+    // Not a workspace object: not listed at all.
+    fake.insert(
+        "persistentvolumeclaims",
+        json!({"metadata": {"name": "backup-pvc", "labels": {"app.kubernetes.io/name": "wakeway"}}}),
+    );
+
+    fake.with(|st| st.requests.clear());
+    let report = rig.backend.reconcile(&[running.clone(), asleep.clone(), deleted]).await.unwrap();
+    let orphans: Vec<(&str, &str)> = report.orphans.iter().map(|o| (o.kind, o.name.as_str())).collect();
+    assert_eq!(orphans, [("PersistentVolumeClaim", "pvc-cccc0003"), ("PersistentVolumeClaim", "pvc-dddd0004")]);
+    assert_eq!(report.vanished.len(), 1);
+    assert_eq!(report.vanished[0].name, "user-bbbb0002");
+    assert_eq!(report.vanished[0].found_uid.as_deref(), Some("replaced-uid"));
+    assert_eq!(report.scaled_elsewhere.len(), 1, "{report:?}");
+    let scaled = &report.scaled_elsewhere[0];
+    assert_eq!((scaled.name.as_str(), scaled.replicas, scaled.expected), ("user-bbbb0002", 1, Some(0)));
+    assert_eq!(scaled.other_owners, ["kubectl"]);
+    // Only lists: a report never deletes or changes anything.
+    assert!(fake.requests().iter().filter(|r| !r.path.contains("/pods")).all(|r| r.method == "GET"));
+    assert!(fake.object("persistentvolumeclaims", "pvc-dddd0004").is_some());
+}
+
+#[test]
+fn backup_results_are_read_from_the_last_json_line() {
+    let info = json!({"file": "workspace-abc12345-20260304-050607.zip", "size": 123, "sha256": "a".repeat(64),
+                      "entries": 3, "content_bytes": 99, "verified_at": "2026-03-04T05:06:09Z"});
+    let log = format!("starting\n{}\n", json!({"ok": true, "path": "/backups/x", "backup": info}));
+    let parsed = parse_backup_result(&log, "workspace-abc12345-20260304-050607.zip").unwrap();
+    assert_eq!((parsed.size, parsed.entries), (123, 3));
+    let err = parse_backup_result(&log, "workspace-abc12345-20260304-050608.zip").unwrap_err();
+    assert!(err.contains("instead of"), "{err}");
+    let err = parse_backup_result("{\"ok\":false,\"error\":\"disk full\"}\n", "x").unwrap_err();
+    assert_eq!(err, "disk full");
+    let err = parse_backup_result("Killed\n", "x").unwrap_err();
+    assert!(err.contains("no result line") && err.contains("Killed"), "{err}");
+    let mut empty = info.clone();
+    empty["size"] = json!(0);
+    let log = json!({"ok": true, "backup": empty}).to_string();
+    assert!(parse_backup_result(&log, "workspace-abc12345-20260304-050607.zip").is_err());
+}
+
+/// The manager (state machine, store) on the kubernetes backend: the UIDs recorded at creation
+/// are persisted, routing follows the pod, and an API delete backs up through a Job first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manager_drives_the_kubernetes_backend() {
+    use crate::manager::{Manager, SleepReason};
+    use crate::session::{Placement, State};
+    use wakeway_proxy::{ActivitySource, Phase, ProxyStats, SystemClock};
+
+    let rig = rig(true).await;
+    let data = tempfile::tempdir().unwrap();
+    let store = crate::store::EmbeddedStore::open(&data.path().join("wakeway.redb")).unwrap();
+    let (tx, _events) = mpsc::unbounded_channel();
+    let backend = KubernetesBackend::new(rig.fake.client(), rig.config.clone(), tx);
+    let manager = Manager::new(
+        rig.config.clone(),
+        Arc::new(store),
+        backend,
+        Arc::new(SystemClock),
+        Arc::new(ProxyStats::default()),
+        tokio::runtime::Handle::current(),
+    );
+    let created = manager.create("grace@example.com").await.unwrap();
+    let id = created.id();
+    let recorded = created.objects.clone().expect("UIDs persisted at creation");
+    assert_eq!(recorded.pvc, uid(&rig.fake.object("persistentvolumeclaims", &format!("pvc-{id}")).unwrap()));
+    rig.fill_volume(id.as_str());
+
+    let s = manager.wake(&id, ActivitySource::Http).await.unwrap();
+    assert_eq!(s.state, State::Running);
+    assert!(matches!(&s.placement, Some(Placement::Kubernetes { objects, .. }) if *objects == recorded));
+    assert_eq!(
+        manager.handle(&id).unwrap().phase(),
+        Phase::Ready(SocketAddr::from(([127, 0, 0, 1], rig.workspace.port)))
+    );
+
+    let s = manager.sleep(&id, SleepReason::Api).await.unwrap();
+    assert_eq!(s.state, State::Sleeping);
+    assert_eq!(s.objects.as_ref(), Some(&recorded), "kept while asleep");
+    assert!(rig.fake.workspace_pods_of(id.as_str()).is_empty());
+
+    let s = manager.delete(&id, true).await.unwrap();
+    assert_eq!(s.state, State::Deleted);
+    let backup = s.backup.expect("deleted after a verified backup");
+    assert!(rig.backups.path().join(&backup.file).exists());
+    assert!(rig.fake.object("persistentvolumeclaims", &format!("pvc-{id}")).is_none());
+    let preconditions: Vec<String> = rig
+        .fake
+        .calls("DELETE", "")
+        .iter()
+        .filter(|r| r.body.get("dryRun").is_none())
+        .map(|r| r.body["preconditions"]["uid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(preconditions, [recorded.deployment, recorded.service, recorded.pvc]);
+}
