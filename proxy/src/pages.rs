@@ -3,43 +3,57 @@
 
 use bytes::Bytes;
 
-const WAITING: &str = include_str!("../assets/waiting.html");
-const GONE: &str = include_str!("../assets/gone.html");
-const UNAVAILABLE: &str = include_str!("../assets/unavailable.html");
-const NOT_FOUND: &str = include_str!("../assets/not_found.html");
-const UNAUTHORIZED: &str = include_str!("../assets/unauthorized.html");
+use std::sync::LazyLock;
+
+const BASE_CSS: &str = include_str!("../assets/base.css");
+
+/// A page template with the shared stylesheet inlined (once, at first use).
+struct Template(LazyLock<String>);
+
+macro_rules! template {
+    ($file:literal) => {
+        Template(LazyLock::new(|| include_str!($file).replace("{{BASE_CSS}}", BASE_CSS)))
+    };
+}
+
+static WAITING: Template = template!("../assets/waiting.html");
+static GONE: Template = template!("../assets/gone.html");
+static UNAVAILABLE: Template = template!("../assets/unavailable.html");
+static NOT_FOUND: Template = template!("../assets/not_found.html");
+static UNAUTHORIZED: Template = template!("../assets/unauthorized.html");
 
 /// The path (on every workspace host) that the waiting page polls. It never reaches the workspace.
 pub const STATUS_PATH: &str = "/.wakeway/status";
 
 /// The waiting page for session `id`.
 pub fn waiting(id: &str) -> Bytes {
-    render(WAITING, id, "", 0)
+    render(&WAITING, id, "", 0)
 }
 
 /// The 410 page.
 pub fn gone(id: &str, message: &str) -> Bytes {
-    render(GONE, id, message, 0)
+    render(&GONE, id, message, 0)
 }
 
 /// The 503 page, retrying after `retry_after` seconds.
 pub fn unavailable(id: &str, message: &str, retry_after: u64) -> Bytes {
-    render(UNAVAILABLE, id, message, retry_after)
+    render(&UNAVAILABLE, id, message, retry_after)
 }
 
 /// The 401 page: a sign-in link is needed.
 pub fn unauthorized(id: &str, message: &str) -> Bytes {
-    render(UNAUTHORIZED, id, message, 0)
+    render(&UNAUTHORIZED, id, message, 0)
 }
 
 /// The 404 page for an unknown workspace host.
 pub fn not_found(message: &str) -> Bytes {
-    render(NOT_FOUND, "", message, 0)
+    render(&NOT_FOUND, "", message, 0)
 }
 
-fn render(template: &str, id: &str, message: &str, retry_after: u64) -> Bytes {
+fn render(template: &Template, id: &str, message: &str, retry_after: u64) -> Bytes {
     Bytes::from(
         template
+            .0
             .replace("{{SESSION_ID}}", &escape(id))
             .replace("{{STATUS_URL}}", STATUS_PATH)
             .replace("{{MESSAGE}}", &escape(message))
@@ -71,6 +85,10 @@ mod tests {
     fn pages_are_filled_and_escaped() {
         let page = String::from_utf8(waiting("abc12345").to_vec()).unwrap();
         assert!(page.contains("abc12345") && page.contains(STATUS_PATH) && !page.contains("{{"));
+        assert!(
+            page.contains("--accent:") && page.contains("prefers-color-scheme: dark"),
+            "the shared stylesheet is inlined"
+        );
         let page = String::from_utf8(gone("abc12345", "<script>x</script>").to_vec()).unwrap();
         assert!(page.contains("&lt;script&gt;") && !page.contains("<script>x"));
         let page = String::from_utf8(unavailable("abc12345", "busy", 7).to_vec()).unwrap();

@@ -184,13 +184,14 @@ impl WakewayProxy {
                 let extra = [("location", location.as_str()), ("set-cookie", cookie.as_str())];
                 return respond(session, StatusCode::FOUND, HTML, Bytes::new(), &extra).await.map(Some);
             }
-            let message = "This sign-in link is invalid, expired or was already used. Ask your app for a new link.";
+            let message = "This sign-in link is invalid, expired or was already used: ask the app that created the workspace for a new one.";
             return self.refuse(session, id, message).await.map(Some);
         }
         if cookie_values(&req.headers).any(|v| self.cookies.verify(id, v, now)) {
             return Ok(None);
         }
-        let message = "This workspace needs a sign-in link from the app that created it.";
+        let message =
+            "Open it through the app that created it: sign-in links work once and expire after a few minutes.";
         self.refuse(session, id, message).await.map(Some)
     }
 
@@ -199,17 +200,7 @@ impl WakewayProxy {
         ProxyStats::bump(&self.stats.unauthorized);
         if let Err(wait) = self.unauthenticated.check(&Self::client_ip(session)) {
             let message = format!("Too many failed sign-in attempts from this address; retry in {wait} s.");
-            let retry = wait.to_string();
-            return self
-                .answer(
-                    session,
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    &message,
-                    |m| pages::unavailable(id.as_str(), m, wait),
-                    &[("retry-after", &retry)],
-                )
-                .await;
+            return self.unavailable(session, id, StatusCode::TOO_MANY_REQUESTS, "rate_limited", &message, wait).await;
         }
         self.answer(
             session,
@@ -225,16 +216,7 @@ impl WakewayProxy {
     async fn too_many_wakes(&self, session: &mut Session, id: &SessionId, wait: u64) -> Result<bool> {
         ProxyStats::bump(&self.stats.wakes_refused);
         let message = format!("This workspace was asked to wake too often; retry in {wait} s.");
-        let retry = wait.to_string();
-        self.answer(
-            session,
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_wakes",
-            &message,
-            |m| pages::unavailable(id.as_str(), m, wait),
-            &[("retry-after", &retry)],
-        )
-        .await
+        self.unavailable(session, id, StatusCode::TOO_MANY_REQUESTS, "too_many_wakes", &message, wait).await
     }
 
     /// Ask for a wake, within `wake_attempts_per_minute` for this session. `Err(seconds)` to wait.
@@ -284,6 +266,28 @@ impl WakewayProxy {
         let mut header = ResponseHeader::from(parts);
         header.insert_header(header::CONTENT_LENGTH, body.len())?;
         write_full(session, header, body).await
+    }
+
+    /// 410: the workspace was deleted (after a verified backup).
+    async fn gone(&self, session: &mut Session, id: &SessionId) -> Result<bool> {
+        self.answer(session, StatusCode::GONE, "session_deleted", GONE_MESSAGE, |m| pages::gone(id.as_str(), m), &[])
+            .await
+    }
+
+    /// A temporary refusal (429/502/503) with `Retry-After`: a page that retries for browsers,
+    /// JSON for programs.
+    async fn unavailable(
+        &self,
+        session: &mut Session,
+        id: &SessionId,
+        status: StatusCode,
+        code: &str,
+        message: &str,
+        retry_after: u64,
+    ) -> Result<bool> {
+        let retry = retry_after.to_string();
+        let page = |m: &str| pages::unavailable(id.as_str(), m, retry_after);
+        self.answer(session, status, code, message, page, &[("retry-after", &retry)]).await
     }
 
     async fn too_large(&self, session: &mut Session, max: usize) -> Result<bool> {
@@ -481,16 +485,7 @@ impl ProxyHttp for WakewayProxy {
         let ready = match phase {
             Phase::Ready(addr) => addr,
             Phase::Gone => {
-                return self
-                    .answer(
-                        session,
-                        StatusCode::GONE,
-                        "session_deleted",
-                        GONE_MESSAGE,
-                        |m| pages::gone(id.as_str(), m),
-                        &[],
-                    )
-                    .await;
+                return self.gone(session, &id).await;
             }
             _ => match kind {
                 RequestKind::Passive(reason) => {
@@ -529,14 +524,7 @@ impl ProxyHttp for WakewayProxy {
                         let message =
                             "Too many requests are already waiting for this workspace to wake; retry in a few seconds.";
                         return self
-                            .answer(
-                                session,
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "too_many_waiting",
-                                message,
-                                |m| pages::unavailable(id.as_str(), m, 5),
-                                &[("retry-after", "5")],
-                            )
+                            .unavailable(session, &id, StatusCode::SERVICE_UNAVAILABLE, "too_many_waiting", message, 5)
                             .await;
                     };
                     if let Err(wait) = self.wake(&handle, source) {
@@ -549,27 +537,18 @@ impl ProxyHttp for WakewayProxy {
                             addr
                         }
                         Some(Phase::Gone) => {
-                            return self
-                                .answer(
-                                    session,
-                                    StatusCode::GONE,
-                                    "session_deleted",
-                                    GONE_MESSAGE,
-                                    |m| pages::gone(id.as_str(), m),
-                                    &[],
-                                )
-                                .await;
+                            return self.gone(session, &id).await;
                         }
                         Some(Phase::Failed(why)) => {
                             let message = format!("The workspace could not start: {why}");
                             return self
-                                .answer(
+                                .unavailable(
                                     session,
+                                    &id,
                                     StatusCode::BAD_GATEWAY,
                                     "workspace_start_failed",
                                     &message,
-                                    |m| pages::unavailable(id.as_str(), m, 10),
-                                    &[("retry-after", "10")],
+                                    10,
                                 )
                                 .await;
                         }
@@ -580,14 +559,7 @@ impl ProxyHttp for WakewayProxy {
                                 "The workspace did not become ready within {secs} s; it is still starting, retry shortly."
                             );
                             return self
-                                .answer(
-                                    session,
-                                    StatusCode::SERVICE_UNAVAILABLE,
-                                    "wake_timeout",
-                                    &message,
-                                    |m| pages::unavailable(id.as_str(), m, 5),
-                                    &[("retry-after", "5")],
-                                )
+                                .unavailable(session, &id, StatusCode::SERVICE_UNAVAILABLE, "wake_timeout", &message, 5)
                                 .await;
                         }
                     }
