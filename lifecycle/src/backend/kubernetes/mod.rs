@@ -569,6 +569,44 @@ impl Backend for KubernetesBackend {
         Ok(())
     }
 
+    /// Sessions as the cluster knows them: one per workspace PVC (the data), with the user id from
+    /// its annotation and the tier from its Deployment's pod template. Used to rebuild records a
+    /// store lost; nothing is deleted because a record vanished.
+    async fn discover(&self) -> Result<Vec<crate::backend::Discovered>, BackendError> {
+        let params = ListParams::default().labels(WORKSPACE_SELECTOR);
+        let err = |e: kube::Error| BackendError::Api(format!("list workspace objects: {e}"));
+        let pvcs = self.pvcs.list(&params).await.map_err(err)?.items;
+        let deployments = self.deployments.list(&params).await.map_err(err)?.items;
+        let label = |meta: &kube::api::ObjectMeta| meta.labels.as_ref().and_then(|l| l.get(objects::UUID)).cloned();
+        let mut found: Vec<crate::backend::Discovered> = pvcs
+            .iter()
+            .filter_map(|pvc| {
+                let id = label(&pvc.metadata)?;
+                crate::session::SessionId::parse(&id)?;
+                let annotations = pvc.metadata.annotations.clone().unwrap_or_default();
+                let tier = deployments
+                    .iter()
+                    .find(|d| label(&d.metadata).as_deref() == Some(id.as_str()))
+                    .and_then(|d| {
+                        d.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()?.get(objects::TIER).cloned()
+                    })
+                    .unwrap_or_else(|| "small".into());
+                Some(crate::backend::Discovered {
+                    user_id: annotations.get(objects::USER_ID).cloned().unwrap_or_else(|| "unknown".into()),
+                    tier,
+                    created_at: pvc
+                        .metadata
+                        .creation_timestamp
+                        .as_ref()
+                        .and_then(|t| DateTime::from_timestamp_millis(t.0.as_millisecond())),
+                    id,
+                })
+            })
+            .collect();
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(found)
+    }
+
     async fn reconcile(&self, sessions: &[Session]) -> Result<ReconcileReport, BackendError> {
         let params = ListParams::default().labels(WORKSPACE_SELECTOR);
         let err = |e: kube::Error| BackendError::Api(format!("list workspace objects: {e}"));

@@ -377,6 +377,25 @@ async fn destroy_refuses_while_pods_run_and_without_recorded_uids() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discover_rebuilds_sessions_from_labels_and_annotations() {
+    let rig = rig(true).await;
+    let mut large = session("dddd0004", "large");
+    large.objects = rig.backend.create(&large).await.unwrap();
+    let small = session("eeee0005", "small");
+    rig.backend.create(&small).await.unwrap();
+    let found = rig.backend.discover().await.unwrap();
+    let summary: Vec<(&str, &str, &str)> =
+        found.iter().map(|d| (d.id.as_str(), d.user_id.as_str(), d.tier.as_str())).collect();
+    assert_eq!(
+        summary,
+        [
+            ("dddd0004", "Ada Lovelace <ada@example.com>", "large"),
+            ("eeee0005", "Ada Lovelace <ada@example.com>", "small")
+        ]
+    );
+}
+
+#[tokio::test]
 async fn reconcile_reports_orphans_vanished_objects_and_foreign_scaling() {
     let rig = rig(true).await;
     let fake = &rig.fake;
