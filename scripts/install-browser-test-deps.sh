@@ -29,6 +29,7 @@ missing=()
 installed chromium && [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+[ -x /usr/bin/certutil ] || missing+=(libnss3-tools)  # trusts a test CA in Chromium's NSS database
 if [ "${#missing[@]}" -gt 0 ]; then
   [ "${SUDO[0]:-}" != false ] || die "not root and no sudo: as root run: apt-get update && apt-get install -y ${missing[*]}"
   log "installing with apt: ${missing[*]}"

@@ -380,3 +380,69 @@ async fn certificate_files_are_hot_swapped_and_acme_failures_are_visible() {
     assert_eq!(r.status(), 200, "plain HTTP keeps serving the workspace");
     assert!(w.log().contains("certificate issuance failed"));
 }
+
+/// Chromium (Debian's, driven by playwright-core) loads a workspace over HTTPS through wakeway with a
+/// certificate Pebble issued, trusting only Pebble's root in its NSS database (no certificate-error
+/// flags), and a WebSocket over wss:// echoes through the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_trusts_the_issued_certificate_and_speaks_wss() {
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let script = repo.join("tests/browser/https.mjs");
+    let playwright = repo.join("tests/browser/node_modules/playwright-core/package.json");
+    for (what, ok) in [
+        ("Chromium (/usr/bin/chromium)", Path::new("/usr/bin/chromium").exists()),
+        ("certutil (libnss3-tools)", Path::new("/usr/bin/certutil").exists()),
+        ("playwright-core (npm ci in tests/browser)", playwright.exists()),
+    ] {
+        assert!(ok, "{what} is missing: run scripts/install-browser-test-deps.sh");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (plain, tls) = (free_port(), free_port());
+    let pebble = Pebble::start(tmp.path(), plain).await;
+    let env = [
+        ("WAKEWAY_LISTEN", format!("127.0.0.1:{plain}")),
+        ("WAKEWAY_TLS_LISTEN", format!("127.0.0.1:{tls}")),
+        ("WAKEWAY_DOMAIN", DOMAIN.to_string()),
+        ("WAKEWAY_ACME", "http01".to_string()),
+        ("WAKEWAY_ACME_DIRECTORY", pebble.directory.clone()),
+        ("WAKEWAY_ACME_CA_FILE", pebble.ca.display().to_string()),
+        ("WAKEWAY_ACME_CHECK_INTERVAL", "1s".to_string()),
+    ];
+    let w = Wakeway::start_in(tmp.path(), &env.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()).await;
+    let roots = pebble.issuing_root().await;
+    let id = w.create().await;
+    let host = format!("vs-code-{id}.{DOMAIN}");
+    wait_for_cert(tls, &host, &roots, &w).await;
+    w.wait_state(&id, "running", LONG).await;
+
+    // A fresh NSS database that trusts Pebble's root, in a HOME of its own.
+    let home = tmp.path().join("home");
+    let nssdb = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&nssdb).unwrap();
+    std::fs::write(tmp.path().join("pebble-root.pem"), &roots).unwrap();
+    let db = format!("sql:{}", nssdb.display());
+    let certutil = |args: &[&str]| {
+        let out = Command::new("/usr/bin/certutil").args(args).output().unwrap();
+        assert!(out.status.success(), "certutil {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    certutil(&["-N", "-d", &db, "--empty-password"]);
+    let root_path = tmp.path().join("pebble-root.pem").display().to_string();
+    certutil(&["-A", "-d", &db, "-n", "pebble", "-t", "C,,", "-i", &root_path]);
+
+    let out = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(format!("https://{host}:{tls}/"))
+        .arg(format!("MAP *.{DOMAIN} 127.0.0.1"))
+        .env("HOME", &home)
+        .output()
+        .await
+        .expect("run node (install it with scripts/install-browser-test-deps.sh)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["status"], 200, "{result}");
+    assert_eq!(result["protocol"], "https:", "{result}");
+    assert_eq!(result["title"], "testspace", "the workspace itself, over HTTPS: {result}");
+    assert_eq!(result["echo"], "hello over wss", "a WebSocket over wss:// through wakeway: {result}");
+}
