@@ -511,10 +511,24 @@ impl Manager {
         let task = self.inner.rt.spawn(async move {
             let _op = rt.op.lock().await;
             let mut s = this.load(&rt.handle.id).await?;
+            // A policy sleep is decided again under the lock: a request may have come meanwhile.
+            if matches!(reason, SleepReason::Idle | SleepReason::OpenTabCap)
+                && !matches!(this.decide(&rt, &s), Action::Sleep | Action::SleepOpenTab)
+            {
+                return Ok(s);
+            }
             this.sleep_inner(&rt, &mut s, reason).await?;
             Ok(s)
         });
         task.await.map_err(|e| LifecycleError::Invalid(format!("sleep task failed: {e}")))?
+    }
+
+    /// The policy's decision for `s` now, with other replicas' activity given one checkpoint
+    /// interval to arrive when the store is shared.
+    fn decide(&self, rt: &Runtime, s: &Session) -> Action {
+        let grace = if self.inner.shared { self.inner.config.checkpoint_interval } else { Duration::ZERO };
+        let at = self.now() - chrono::Duration::from_std(grace).unwrap_or_default();
+        self.inner.policy.decide(s, self.seen(rt, s), at)
     }
 
     async fn sleep_inner(&self, rt: &Runtime, s: &mut Session, reason: SleepReason) -> Result<()> {
@@ -907,18 +921,13 @@ impl Manager {
             }
         };
         let now = self.now();
-        // Other replicas' activity reaches the store up to one checkpoint late: wait that long
-        // more before deciding a session is idle.
-        let grace = if self.inner.shared { self.inner.config.checkpoint_interval } else { Duration::ZERO };
-        let decide_at = now - chrono::Duration::from_std(grace).unwrap_or_default();
         for s in all {
             let rt = self.runtime_for(&s);
             self.publish_if_idle(&rt, &s);
             // An operation in flight owns this session right now; look again next sweep.
             let Ok(guard) = rt.op.try_lock() else { continue };
-            let seen = self.seen(&rt, &s);
             let crashed = s.state == State::Running && !self.inner.backend.is_alive(&s);
-            let action = if crashed { Action::FinishSleep } else { self.inner.policy.decide(&s, seen, decide_at) };
+            let action = if crashed { Action::FinishSleep } else { self.decide(&rt, &s) };
             drop(guard);
             let id = rt.handle.id.clone();
             let result = match action {
