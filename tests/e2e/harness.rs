@@ -44,6 +44,18 @@ impl Wakeway {
 
     /// Start wakeway on an existing data folder (restart tests).
     pub async fn start_in(dir: &Path, env: &[(&str, &str)]) -> Wakeway {
+        Wakeway::spawn(dir, env, None).await
+    }
+
+    /// Start wakeway armed to abort at failpoint `name` (no core file).
+    pub async fn start_armed(dir: &Path, env: &[(&str, &str)], name: &str) -> Wakeway {
+        Wakeway::spawn(dir, env, Some(name)).await
+    }
+
+    async fn spawn(dir: &Path, env: &[(&str, &str)], failpoint: Option<&str>) -> Wakeway {
+        // reqwest is built with rustls but no bundled provider (wakeway's webhook client brings
+        // ring): every client in this process needs it installed first.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let port = free_port();
         let mut vars: Vec<(String, String)> = vec![
             ("WAKEWAY_LISTEN".into(), format!("127.0.0.1:{port}")),
@@ -59,8 +71,20 @@ impl Wakeway {
             vars.push((k.to_string(), v.to_string()));
         }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("wakeway.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_wakeway"))
-            .arg("serve")
+        let mut command = match failpoint {
+            None => {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_wakeway"));
+                c.arg("serve");
+                c
+            }
+            Some(name) => {
+                vars.push(("WAKEWAY_FAILPOINT".into(), name.into()));
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(format!("ulimit -c 0; exec '{}' serve", env!("CARGO_BIN_EXE_wakeway")));
+                c
+            }
+        };
+        let child = command
             .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env_remove("WAKEWAY_CONFIG")
             .stdin(Stdio::null())
@@ -149,6 +173,46 @@ impl Wakeway {
         self.dir.join("data/workspaces").join(id)
     }
 
+    /// The wakeway process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn backup_dir(&self) -> PathBuf {
+        self.dir.join("data/backups")
+    }
+
+    /// `GET /backups<query>`: the list.
+    pub async fn backups(&self, query: &str) -> Vec<Value> {
+        let r = self.api(Method::GET, &format!("/backups{query}")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        v["backups"].as_array().unwrap().clone()
+    }
+
+    /// Wait for a crash at a failpoint: the process must die of SIGABRT.
+    pub fn wait_abort(&mut self, limit: Duration) {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = self.child.take().expect("running");
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert_eq!(
+                    status.signal(),
+                    Some(6),
+                    "wakeway should abort at the failpoint: {status}; log:\n{}",
+                    self.log()
+                );
+                return;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("wakeway did not reach its failpoint within {limit:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub async fn metrics(&self) -> String {
         self.client.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap()
     }
@@ -186,6 +250,16 @@ impl Drop for Wakeway {
     fn drop(&mut self) {
         self.terminate();
     }
+}
+
+/// Processes whose working folder is `dir` (a workspace process left running).
+pub fn processes_in(dir: &Path) -> Vec<u32> {
+    let Ok(dir) = dir.canonicalize() else { return Vec::new() };
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir))
+        .collect()
 }
 
 pub fn assert_status(got: StatusCode, want: u16, context: &str) {

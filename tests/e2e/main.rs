@@ -1,7 +1,11 @@
 //! Black-box tests: the real `wakeway` binary, real sockets, real workspace processes.
 
 mod access;
+mod backups;
+mod failpoints;
 mod harness;
+mod tree;
+mod webhooks;
 
 use std::io::Read;
 use std::sync::Arc;
