@@ -310,12 +310,10 @@ impl Manager {
         if !op.fresh && op.safety_backup.is_none() {
             // The folder must hold the old content (a crash mid-swap is finished first).
             self.inner.backend.clean_interrupted_restore(s).await?;
-            let info = self
-                .inner
-                .backend
-                .backup(s, self.now(), "pre_restore")
-                .await
-                .map_err(|e| LifecycleError::SafetyBackupFailed { id: s.uuid.clone(), why: e.to_string() })?;
+            let info = self.inner.backend.backup(s, self.now(), "pre_restore").await.map_err(|e| {
+                self.inner.metrics.backups.with_label_values(&["failed"]).inc();
+                LifecycleError::SafetyBackupFailed { id: s.uuid.clone(), why: e.to_string() }
+            })?;
             self.inner.metrics.backups.with_label_values(&["ok"]).inc();
             tracing::info!(session = %s.uuid, file = %info.file, "backup of the content being replaced written and verified");
             self.event("backup_verified", s, backup_fields(&info, "pre_restore"));
