@@ -58,20 +58,19 @@ FILES=$(find "$SRC" -type f | wc -l)
 find "$SRC" -type f -exec cat {} + >/dev/null  # warm the page cache for every run alike
 
 mbps() { python3 -c "print(f'{$CONTENT / 2**20 / $1:.0f}')"; }
-run() { # label, command...
+run() { # label, command... ; wall time (MiB/s from it) and CPU time (user + sys, all threads)
   local label=$1; shift
-  local start end secs
-  start=$(date +%s.%N)
-  "$@" >/dev/null
-  end=$(date +%s.%N)
-  secs=$(python3 -c "print(f'{$end - $start:.2f}')")
-  printf '%-34s %7s s  %6s MiB/s\n' "$label" "$secs" "$(mbps "$secs")"
+  local TIMEFORMAT='%R %U %S' times wall cpu
+  times=$( { time "$@" >/dev/null 2>&1; } 2>&1 )
+  wall=$(echo "$times" | cut -d' ' -f1)
+  cpu=$(echo "$times" | awk '{ printf "%.1f", $2 + $3 }')
+  printf '%-34s %7s s wall %6s MiB/s   %6s s CPU\n' "$label" "$wall" "$(mbps "$wall")" "$cpu"
 }
 
 rm -rf "$WORK/out" && mkdir -p "$WORK/out"
 ZIP_W=$WORK/out/workspace-abc12345-20250101-120000.zip
 ZIP_I=$WORK/out/infozip.zip
-echo "content: $FILES files, $((CONTENT >> 20)) MiB; $(nproc) cores; $(uname -r)"
+echo "content: $FILES files, $((CONTENT >> 20)) MiB; $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
 run "wakeway backup (verified)" "$BIN" backup --src "$SRC" --dest "$ZIP_W"
 run "zip -qr (no verify, no fsync)" bash -c "cd '$SRC' && zip -qr '$ZIP_I' ."
 echo "zip sizes: wakeway $(( $(stat -c %s "$ZIP_W") >> 20 )) MiB, zip -r $(( $(stat -c %s "$ZIP_I") >> 20 )) MiB"

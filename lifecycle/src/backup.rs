@@ -4,13 +4,13 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use sha2::{Digest, Sha256};
 use zip::extra_fields::ExtraField;
-use zip::write::FullFileOptions;
+use zip::write::{FullFileOptions, PreparedZipFile};
 use zip::{CompressionMethod, ZipArchive, ZipWriter};
 
 use crate::catalog::{self, BackupRecord, FileStamp, Origin};
@@ -108,7 +108,7 @@ fn write_and_verify(
     let mut zip = ZipWriter::new(io::BufWriter::with_capacity(256 * 1024, file));
     let mut entries = Vec::new();
     let mut skipped = Vec::new();
-    add_dir(&mut zip, src, src, &mut entries, &mut skipped, partial)?;
+    add_all(&mut zip, src, &mut entries, &mut skipped, partial)?;
     let file = zip.finish().map_err(|source| BackupError::Zip { path: partial.to_owned(), source })?;
     let file = file.into_inner().map_err(|e| dest_err(e.into_error()))?;
     file.sync_all().map_err(dest_err)?;
@@ -221,19 +221,28 @@ pub fn entry_mtime<R: Read>(entry: &zip::read::ZipFile<'_, R>) -> Option<Mtime> 
 
 type Zip = ZipWriter<io::BufWriter<File>>;
 
-fn add_dir(
-    zip: &mut Zip,
-    root: &Path,
-    dir: &Path,
-    entries: &mut Vec<Entry>,
-    skipped: &mut Vec<String>,
-    partial: &Path,
-) -> Result<(), BackupError> {
+/// One thing found in the workspace, in zip order.
+struct Found {
+    name: String,
+    path: PathBuf,
+    meta: fs::Metadata,
+    kind: FoundKind,
+}
+
+enum FoundKind {
+    Dir,
+    Symlink(String),
+    File,
+    /// A socket, FIFO or device: not backed up, reported.
+    Special,
+}
+
+/// Walk `dir` depth-first in name order (the order entries are written and verified in).
+fn walk(root: &Path, dir: &Path, out: &mut Vec<Found>) -> Result<(), BackupError> {
     let src_err = |path: &Path| {
         let path = path.to_owned();
         move |source| BackupError::Source { path, source }
     };
-    let zip_err = |source| BackupError::Zip { path: partial.to_owned(), source };
     let mut children: Vec<_> = fs::read_dir(dir)
         .map_err(src_err(dir))?
         .map(|e| e.map(|e| e.path()))
@@ -243,39 +252,206 @@ fn add_dir(
     for path in children {
         let meta = fs::symlink_metadata(&path).map_err(src_err(&path))?;
         let name = zip_name(root, &path)?;
-        let kind = meta.file_type();
-        let mode = meta.permissions().mode() & 0o7777;
-        let mtime = mtime_of(&meta);
-        if kind.is_symlink() {
+        let file_type = meta.file_type();
+        let kind = if file_type.is_symlink() {
             let target = fs::read_link(&path).map_err(src_err(&path))?;
             let target = target.to_str().ok_or_else(|| BackupError::Unsupported {
                 path: path.clone(),
                 why: "the symlink target is not valid UTF-8".into(),
             })?;
-            zip.add_symlink(name.as_str(), target, options_for(&meta, partial)?).map_err(zip_err)?;
-            entries.push(Entry { name, kind: Kind::Symlink { target: target.to_string() }, mode, mtime });
-        } else if kind.is_dir() {
-            zip.add_directory(name.as_str(), options_for(&meta, partial)?).map_err(zip_err)?;
-            entries.push(Entry { name: format!("{name}/"), kind: Kind::Dir, mode, mtime });
-            add_dir(zip, root, &path, entries, skipped, partial)?;
-        } else if kind.is_file() {
-            zip.start_file(name.as_str(), options_for(&meta, partial)?).map_err(zip_err)?;
-            let mut file = File::open(&path).map_err(src_err(&path))?;
-            let (size, crc) = copy_with_crc(&mut file, zip)
-                .map_err(|source| BackupError::Dest { path: partial.to_owned(), source })?;
-            entries.push(Entry { name, kind: Kind::File { size, crc }, mode, mtime });
-            if entries.iter().filter(|e| matches!(e.kind, Kind::File { .. })).count() == 2 {
-                failpoint::hit("backup.mid_zip");
-            }
+            FoundKind::Symlink(target.to_string())
+        } else if file_type.is_dir() {
+            FoundKind::Dir
+        } else if file_type.is_file() {
+            FoundKind::File
         } else {
-            skipped.push(name);
+            FoundKind::Special
+        };
+        let is_dir = matches!(kind, FoundKind::Dir);
+        out.push(Found { name, path: path.clone(), meta, kind });
+        if is_dir {
+            walk(root, &path, out)?;
         }
     }
     Ok(())
 }
 
+/// Files up to this size are read whole and compressed on worker threads; larger ones are
+/// streamed by the writing thread.
+const SMALL_FILE: u64 = 4 << 20;
+/// Raw bytes of small files read ahead at most (bounds memory).
+const READ_AHEAD: u64 = 64 << 20;
+
+/// Whether deflate gained too little to be worth inflating on every verify and restore.
+fn not_worth_deflating(raw: u64, deflated: u64) -> bool {
+    deflated.saturating_mul(100) >= raw.saturating_mul(97)
+}
+
+/// Compress one small file off the writing thread: deflated, or stored when deflate does not
+/// pay (already compressed data). Returns the prepared entry, its size and CRC-32 as read.
+fn prepare(
+    found: &Found,
+    options: FullFileOptions<'static, 'static>,
+) -> Result<(PreparedZipFile, u64, u32), BackupError> {
+    let data = fs::read(&found.path).map_err(|source| BackupError::Source { path: found.path.clone(), source })?;
+    let zip_err = |source| BackupError::Zip { path: found.path.clone(), source };
+    let crc = crc32fast::hash(&data);
+    let stored = options.clone().compression_method(CompressionMethod::Stored);
+    let prepared = if data.is_empty() {
+        PreparedZipFile::from_data(&found.name, stored, &data).map_err(zip_err)?
+    } else {
+        let deflated = PreparedZipFile::from_data(&found.name, options, &data).map_err(zip_err)?;
+        if not_worth_deflating(data.len() as u64, deflated.compressed_size()) {
+            PreparedZipFile::from_data(&found.name, stored, &data).map_err(zip_err)?
+        } else {
+            deflated
+        }
+    };
+    Ok((prepared, data.len() as u64, crc))
+}
+
+/// Stream one large file into the zip: deflated unless its first MiB does not compress.
+fn add_large(
+    zip: &mut Zip,
+    found: &Found,
+    options: FullFileOptions<'static, 'static>,
+    partial: &Path,
+) -> Result<(u64, u32), BackupError> {
+    let src_err = |source| BackupError::Source { path: found.path.clone(), source };
+    let zip_err = |source| BackupError::Zip { path: partial.to_owned(), source };
+    let mut file = File::open(&found.path).map_err(src_err)?;
+    let mut head = Vec::with_capacity(1 << 20);
+    (&mut file).take(1 << 20).read_to_end(&mut head).map_err(src_err)?;
+    let probe = PreparedZipFile::from_data("probe", options.clone(), &head).map_err(zip_err)?;
+    let options = if not_worth_deflating(head.len() as u64, probe.compressed_size()) {
+        options.compression_method(CompressionMethod::Stored)
+    } else {
+        options
+    };
+    zip.start_file(found.name.as_str(), options).map_err(zip_err)?;
+    let dest_err = |source| BackupError::Dest { path: partial.to_owned(), source };
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&head);
+    zip.write_all(&head).map_err(dest_err)?;
+    let rest = copy_hashing(&mut file, zip, &mut hasher).map_err(dest_err)?;
+    Ok((head.len() as u64 + rest, hasher.finalize()))
+}
+
+type Prepared = Result<(PreparedZipFile, u64, u32), BackupError>;
+
+/// Write every entry found under `root` into `zip`, compressing small files on worker threads
+/// and appending them in order.
+fn add_all(
+    zip: &mut Zip,
+    root: &Path,
+    entries: &mut Vec<Entry>,
+    skipped: &mut Vec<String>,
+    partial: &Path,
+) -> Result<(), BackupError> {
+    let mut found = Vec::new();
+    walk(root, root, &mut found)?;
+    let options: Vec<Option<FullFileOptions<'static, 'static>>> = found
+        .iter()
+        .map(|f| (!matches!(f.kind, FoundKind::Special)).then(|| options_for(&f.meta, partial)).transpose())
+        .collect::<Result<_, _>>()?;
+    let is_small = |f: &Found| matches!(f.kind, FoundKind::File) && f.meta.len() <= SMALL_FILE;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    let zip_err = |source| BackupError::Zip { path: partial.to_owned(), source };
+    let found = &found;
+    let options = &options;
+    std::thread::scope(|scope| -> Result<(), BackupError> {
+        let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<usize>();
+        let jobs_rx = std::sync::Arc::new(std::sync::Mutex::new(jobs_rx));
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, Prepared)>();
+        for _ in 0..workers {
+            let (jobs_rx, done_tx) = (jobs_rx.clone(), done_tx.clone());
+            scope.spawn(move || {
+                loop {
+                    let job = jobs_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok(i) = job else { return };
+                    let prepared = prepare(&found[i], options[i].clone().expect("files have options"));
+                    if done_tx.send((i, prepared)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let mut next_job = 0;
+        let mut in_flight = 0u64;
+        let mut ready = std::collections::BTreeMap::new();
+        let mut files = 0;
+        let result = (|| -> Result<(), BackupError> {
+            for (i, f) in found.iter().enumerate() {
+                // Keep the workers fed, ahead of the writer, within the read-ahead bound.
+                next_job = next_job.max(i);
+                while next_job < found.len() && (in_flight < READ_AHEAD || next_job == i) {
+                    if is_small(&found[next_job]) {
+                        in_flight += found[next_job].meta.len();
+                        let _ = jobs_tx.send(next_job);
+                    }
+                    next_job += 1;
+                }
+                let mode = f.meta.mode() & 0o7777;
+                let mtime = mtime_of(&f.meta);
+                match &f.kind {
+                    FoundKind::Special => skipped.push(f.name.clone()),
+                    FoundKind::Dir => {
+                        zip.add_directory(f.name.as_str(), options[i].clone().expect("dirs have options"))
+                            .map_err(zip_err)?;
+                        entries.push(Entry { name: format!("{}/", f.name), kind: Kind::Dir, mode, mtime });
+                    }
+                    FoundKind::Symlink(target) => {
+                        zip.add_symlink(f.name.as_str(), target, options[i].clone().expect("links have options"))
+                            .map_err(zip_err)?;
+                        entries.push(Entry {
+                            name: f.name.clone(),
+                            kind: Kind::Symlink { target: target.clone() },
+                            mode,
+                            mtime,
+                        });
+                    }
+                    FoundKind::File => {
+                        let (size, crc) = if is_small(f) {
+                            let prepared = loop {
+                                if let Some(p) = ready.remove(&i) {
+                                    break p;
+                                }
+                                let (j, p) = done_rx.recv().map_err(|_| BackupError::Verify {
+                                    path: partial.to_owned(),
+                                    why: "a compression worker stopped".into(),
+                                })?;
+                                ready.insert(j, p);
+                            };
+                            in_flight = in_flight.saturating_sub(f.meta.len());
+                            let (prepared, size, crc) = prepared?;
+                            zip.add_prepared_file(prepared).map_err(zip_err)?;
+                            (size, crc)
+                        } else {
+                            add_large(zip, f, options[i].clone().expect("files have options"), partial)?
+                        };
+                        entries.push(Entry { name: f.name.clone(), kind: Kind::File { size, crc }, mode, mtime });
+                        files += 1;
+                        if files == 2 {
+                            failpoint::hit("backup.mid_zip");
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })();
+        drop(jobs_tx);
+        result
+    })
+}
+
 fn copy_with_crc(from: &mut impl Read, to: &mut impl Write) -> io::Result<(u64, u32)> {
     let mut hasher = crc32fast::Hasher::new();
+    let total = copy_hashing(from, to, &mut hasher)?;
+    Ok((total, hasher.finalize()))
+}
+
+fn copy_hashing(from: &mut impl Read, to: &mut impl Write, hasher: &mut crc32fast::Hasher) -> io::Result<u64> {
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
     loop {
@@ -289,7 +465,7 @@ fn copy_with_crc(from: &mut impl Read, to: &mut impl Write) -> io::Result<(u64, 
         to.write_all(&buf[..n])?;
         total += n as u64;
     }
-    Ok((total, hasher.finalize()))
+    Ok(total)
 }
 
 /// SHA-256 (hex) and length of a file.
@@ -313,6 +489,16 @@ pub fn sha256_file(path: &Path) -> io::Result<(String, u64)> {
 
 /// Reopen the zip and check every entry against what was written. Returns (sha256, size).
 fn verify(path: &Path, expected: &[Entry]) -> Result<(String, u64), BackupError> {
+    // The SHA-256 of the whole file is computed on another core while the entries are checked.
+    std::thread::scope(|scope| {
+        let sha = scope.spawn(|| sha256_file(path));
+        check_entries(path, expected)?;
+        let fail = |why: String| BackupError::Verify { path: path.to_owned(), why };
+        sha.join().map_err(|_| fail("the hashing thread failed".into()))?.map_err(|e| fail(e.to_string()))
+    })
+}
+
+fn check_entries(path: &Path, expected: &[Entry]) -> Result<(), BackupError> {
     let fail = |why: String| BackupError::Verify { path: path.to_owned(), why };
     let file = File::open(path).map_err(|e| fail(e.to_string()))?;
     let mut archive =
@@ -366,8 +552,7 @@ fn verify(path: &Path, expected: &[Entry]) -> Result<(String, u64), BackupError>
             }
         }
     }
-    drop(archive);
-    sha256_file(path).map_err(|e| fail(e.to_string()))
+    Ok(())
 }
 
 /// What [`reverify`] found.
@@ -415,7 +600,7 @@ pub fn reverify(path: &Path, max_bytes: u64) -> Result<Reverified, BackupError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{PermissionsExt, symlink};
 
     fn tree(root: &Path) {
         fs::create_dir_all(root.join("project/src")).unwrap();

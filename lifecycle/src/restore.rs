@@ -200,12 +200,7 @@ fn resolve_inside(links: &HashMap<&str, &str>, link: &str, target: &str) -> Resu
 pub fn inspect(zip: &Path, limits: &Limits, options: &Options) -> Result<Plan, RestoreError> {
     let zip_len = fs::metadata(zip).map_err(io_err(zip))?.len();
     if let Some(expected) = &options.expected_sha256 {
-        let (found, _) = sha256_file(zip).map_err(io_err(zip))?;
-        if &found != expected {
-            return Err(RestoreError::Corrupt(format!(
-                "its SHA-256 is {found}, {expected} was recorded when it was verified"
-            )));
-        }
+        check_sha256(zip, expected)?;
     }
     let file = File::open(zip).map_err(io_err(zip))?;
     let mut archive = ZipArchive::new(io::BufReader::new(file))
@@ -329,6 +324,17 @@ pub fn inspect(zip: &Path, limits: &Limits, options: &Options) -> Result<Plan, R
     Ok(Plan { entries, implied_dirs, bytes, skipped })
 }
 
+/// The whole zip must have the SHA-256 it was recorded with.
+fn check_sha256(zip: &Path, expected: &str) -> Result<(), RestoreError> {
+    let (found, _) = sha256_file(zip).map_err(io_err(zip))?;
+    if found != expected {
+        return Err(RestoreError::Corrupt(format!(
+            "its SHA-256 is {found}, {expected} was recorded when it was verified"
+        )));
+    }
+    Ok(())
+}
+
 fn set_mtime(path: &Path, mtime: Option<Mtime>) -> io::Result<()> {
     let Some((secs, nanos)) = mtime else { return Ok(()) };
     let when = TimeSpec::new(secs, i64::from(nanos));
@@ -336,9 +342,9 @@ fn set_mtime(path: &Path, mtime: Option<Mtime>) -> io::Result<()> {
         .map_err(io::Error::from)
 }
 
-/// Extract a checked zip into `into`, which must not exist (it is created). Files first, then
-/// symlinks (so nothing is ever written through one), then folder modes and times (deepest first),
-/// then one `syncfs`. On error `into` is removed.
+/// Extract a checked zip into `into`, which must not exist (it is created). Folders, then files
+/// (on several threads), then symlinks (so nothing is ever written through one), then folder modes
+/// and times (deepest first), then one `syncfs`. On error `into` is removed.
 pub fn extract(zip: &Path, plan: &Plan, into: &Path) -> Result<Report, RestoreError> {
     let result = extract_inner(zip, plan, into);
     if result.is_err() {
@@ -347,65 +353,99 @@ pub fn extract(zip: &Path, plan: &Plan, into: &Path) -> Result<Report, RestoreEr
     result
 }
 
+fn open_archive(zip: &Path) -> Result<ZipArchive<io::BufReader<File>>, RestoreError> {
+    let file = File::open(zip).map_err(io_err(zip))?;
+    ZipArchive::new(io::BufReader::with_capacity(256 * 1024, file))
+        .map_err(|e| RestoreError::Corrupt(format!("not a readable zip: {e}")))
+}
+
+/// Write one file entry, never more bytes than it declares, then its mode and time.
+fn write_file(
+    archive: &mut ZipArchive<io::BufReader<File>>,
+    e: &Planned,
+    size: u64,
+    into: &Path,
+    buf: &mut [u8],
+) -> Result<(), RestoreError> {
+    let path = into.join(&e.path);
+    let mut entry = archive.by_index(e.index).map_err(|err| RestoreError::Corrupt(format!("{}: {err}", e.path)))?;
+    let mut out = File::create_new(&path).map_err(io_err(&path))?;
+    // Never trust the declared size: stop one byte past it.
+    let mut limited = (&mut entry).take(size.saturating_add(1));
+    let mut written = 0u64;
+    loop {
+        let n = match limited.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(RestoreError::Corrupt(format!("{}: {err}", e.path))),
+        };
+        written += n as u64;
+        if written > size {
+            return Err(RestoreError::Corrupt(format!("{}: expands beyond its declared {size} bytes", e.path)));
+        }
+        out.write_all(&buf[..n]).map_err(io_err(&path))?;
+    }
+    if written != size {
+        return Err(RestoreError::Corrupt(format!("{}: {written} bytes, {size} declared", e.path)));
+    }
+    drop(out);
+    fs::set_permissions(&path, fs::Permissions::from_mode(if e.mode == 0 { 0o644 } else { e.mode }))
+        .map_err(io_err(&path))?;
+    set_mtime(&path, e.mtime).map_err(io_err(&path))
+}
+
 fn extract_inner(zip: &Path, plan: &Plan, into: &Path) -> Result<Report, RestoreError> {
     fs::create_dir(into).map_err(io_err(into))?;
     fs::set_permissions(into, fs::Permissions::from_mode(0o700)).map_err(io_err(into))?;
-    let file = File::open(zip).map_err(io_err(zip))?;
-    let mut archive = ZipArchive::new(io::BufReader::with_capacity(256 * 1024, file))
-        .map_err(|e| RestoreError::Corrupt(format!("not a readable zip: {e}")))?;
+    // Folders first (parents come before children in zip order), so files can go in parallel.
     for dir in &plan.implied_dirs {
         let path = into.join(dir);
         fs::create_dir_all(&path).map_err(io_err(&path))?;
     }
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut files = 0;
-    for e in &plan.entries {
+    for e in plan.entries.iter().filter(|e| e.kind == Kind::Dir) {
         let path = into.join(&e.path);
-        match &e.kind {
-            Kind::Dir => match fs::create_dir(&path) {
-                Ok(()) => {}
-                // An implied parent created earlier.
-                Err(err) if err.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
-                Err(err) => return Err(RestoreError::Io { path, source: err }),
-            },
-            Kind::File { size } => {
-                let mut entry =
-                    archive.by_index(e.index).map_err(|err| RestoreError::Corrupt(format!("{}: {err}", e.path)))?;
-                let mut out = File::create_new(&path).map_err(io_err(&path))?;
-                // Never trust the declared size: stop one byte past it.
-                let mut limited = (&mut entry).take(size.saturating_add(1));
-                let mut written = 0u64;
-                loop {
-                    let n = match limited.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => n,
-                        Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(err) => return Err(RestoreError::Corrupt(format!("{}: {err}", e.path))),
-                    };
-                    written += n as u64;
-                    if written > *size {
-                        return Err(RestoreError::Corrupt(format!(
-                            "{}: expands beyond its declared {size} bytes",
-                            e.path
-                        )));
-                    }
-                    out.write_all(&buf[..n]).map_err(io_err(&path))?;
-                }
-                if written != *size {
-                    return Err(RestoreError::Corrupt(format!("{}: {written} bytes, {size} declared", e.path)));
-                }
-                drop(out);
-                fs::set_permissions(&path, fs::Permissions::from_mode(if e.mode == 0 { 0o644 } else { e.mode }))
-                    .map_err(io_err(&path))?;
-                set_mtime(&path, e.mtime).map_err(io_err(&path))?;
-                files += 1;
-                if files == 2 {
-                    failpoint::hit("restore.mid_extract");
-                }
-            }
-            Kind::Symlink { .. } => {}
+        match fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
+            Err(err) => return Err(RestoreError::Io { path, source: err }),
         }
     }
+    // Files: contiguous runs of entries per worker, each with its own reader of the zip.
+    let files: Vec<(&Planned, u64)> = plan
+        .entries
+        .iter()
+        .filter_map(|e| match e.kind {
+            Kind::File { size } => Some((e, size)),
+            _ => None,
+        })
+        .collect();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4).min(files.len() / 64 + 1);
+    let per_worker = files.len().div_ceil(workers).max(1);
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(per_worker)
+            .map(|part| {
+                let done = &done;
+                scope.spawn(move || -> Result<(), RestoreError> {
+                    let mut archive = open_archive(zip)?;
+                    let mut buf = vec![0u8; 256 * 1024];
+                    for (e, size) in part {
+                        write_file(&mut archive, e, *size, into, &mut buf)?;
+                        if done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == 2 {
+                            failpoint::hit("restore.mid_extract");
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(RestoreError::Corrupt("an extraction thread failed".into()))))
+            .collect::<Result<Vec<()>, _>>()
+    })?;
     for e in &plan.entries {
         if let Kind::Symlink { target } = &e.kind {
             let path = into.join(&e.path);
@@ -514,13 +554,35 @@ fn sync_parent(path: &Path) -> Result<(), RestoreError> {
 pub fn restore_into(zip: &Path, target: &Path, limits: &Limits, options: &Options) -> Result<Report, RestoreError> {
     let swap = Swap::for_target(target);
     swap.recover()?;
-    let plan = inspect(zip, limits, options)?;
+    let checks = Options { expected_sha256: None, ..options.clone() };
+    let plan = inspect(zip, limits, &checks)?;
     let parent = target.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(io_err(parent))?;
     check_space(parent, plan.bytes)?;
-    let report = extract(zip, &plan, &swap.staged)?;
-    swap.swap()?;
-    Ok(report)
+    // The SHA-256 of the whole zip is checked on another core while it is extracted into the
+    // staged folder; nothing is swapped in unless both succeed.
+    std::thread::scope(|scope| {
+        let sha = options.expected_sha256.as_deref().map(|expected| scope.spawn(move || check_sha256(zip, expected)));
+        let extracted = extract(zip, &plan, &swap.staged);
+        let hashed = match sha {
+            Some(handle) => {
+                handle.join().unwrap_or_else(|_| Err(RestoreError::Corrupt("the hashing thread failed".into())))
+            }
+            None => Ok(()),
+        };
+        match (extracted, hashed) {
+            (Ok(report), Ok(())) => Ok(report),
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(e)) => {
+                let _ = fs::remove_dir_all(&swap.staged);
+                Err(e)
+            }
+        }
+    })
+    .and_then(|report| {
+        swap.swap()?;
+        Ok(report)
+    })
 }
 
 #[cfg(test)]

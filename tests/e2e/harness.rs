@@ -70,6 +70,9 @@ impl Wakeway {
             vars.retain(|(name, _)| name != k);
             vars.push((k.to_string(), v.to_string()));
         }
+        // Everything that can fail comes before the spawn: a started child is always owned by a
+        // `Wakeway`, whose drop stops it.
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("wakeway.log")).unwrap();
         let mut command = match failpoint {
             None => {
@@ -92,7 +95,6 @@ impl Wakeway {
             .stderr(log)
             .spawn()
             .expect("start wakeway");
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
         let w = Wakeway { child: Some(child), port, dir: dir.to_owned(), _tmp: None, client };
         w.wait_healthy().await;
         w

@@ -272,4 +272,6 @@ fn arbitrary_bodies_never_cause_a_server_error() {
             prop_assert!(json["error"]["code"].is_string(), "{}", json);
         }
     });
+    // Bodies that were valid created sessions: stop their workspace processes.
+    rt.block_on(h.manager.stop_all());
 }
