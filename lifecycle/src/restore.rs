@@ -480,6 +480,22 @@ pub fn check_space(dir: &Path, bytes: u64) -> Result<(), RestoreError> {
     Ok(())
 }
 
+/// The swap renames `target`: it cannot be a mount point (say so before extracting anything).
+fn same_filesystem(parent: &Path, target: &Path) -> Result<(), RestoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(p), Ok(t)) = (fs::metadata(parent), fs::symlink_metadata(target)) else { return Ok(()) };
+    if p.dev() != t.dev() {
+        return Err(RestoreError::Io {
+            path: target.to_owned(),
+            source: io::Error::other(
+                "it is a mount point, and a restore swaps folders with renames on one filesystem: mount the \
+                 volume one level up and restore into a folder inside it",
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The folders a restore into `target` uses, all siblings of it (same filesystem, so the swap is
 /// two renames).
 #[derive(Debug, Clone)]
@@ -558,6 +574,7 @@ pub fn restore_into(zip: &Path, target: &Path, limits: &Limits, options: &Option
     let plan = inspect(zip, limits, &checks)?;
     let parent = target.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(io_err(parent))?;
+    same_filesystem(parent, target)?;
     check_space(parent, plan.bytes)?;
     // The SHA-256 of the whole zip is checked on another core while it is extracted into the
     // staged folder; nothing is swapped in unless both succeed.

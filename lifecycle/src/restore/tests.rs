@@ -270,3 +270,13 @@ fn an_interrupted_swap_is_finished_or_undone() {
     assert!(swap.recover().unwrap());
     assert!(!swap.replaced.exists() && target.join("new.txt").exists());
 }
+
+#[test]
+fn a_mount_point_is_refused_before_anything_is_written() {
+    // /proc is always its own filesystem: the swap's renames could never move it.
+    let dir = tempfile::tempdir().unwrap();
+    let zip = crafted(dir.path(), "small.zip", &[("a.txt", "file", b"a")]);
+    let err = restore_into(&zip, Path::new("/proc"), &LIMITS, &Options::default()).unwrap_err();
+    assert!(err.to_string().contains("mount point"), "{err}");
+    assert!(!Path::new("/.restore-proc").exists());
+}
