@@ -389,10 +389,17 @@ fn write_file(
     if written != size {
         return Err(RestoreError::Corrupt(format!("{}: {written} bytes, {size} declared", e.path)));
     }
-    drop(out);
-    fs::set_permissions(&path, fs::Permissions::from_mode(if e.mode == 0 { 0o644 } else { e.mode }))
-        .map_err(io_err(&path))?;
-    set_mtime(&path, e.mtime).map_err(io_err(&path))
+    // On the open file (fchmod, futimens): no second path lookup.
+    out.set_permissions(fs::Permissions::from_mode(if e.mode == 0 { 0o644 } else { e.mode })).map_err(io_err(&path))?;
+    if let Some((secs, nanos)) = e.mtime {
+        let whole = std::time::Duration::from_secs(secs.unsigned_abs());
+        let base =
+            if secs >= 0 { std::time::UNIX_EPOCH.checked_add(whole) } else { std::time::UNIX_EPOCH.checked_sub(whole) };
+        if let Some(when) = base.and_then(|t| t.checked_add(std::time::Duration::from_nanos(nanos.into()))) {
+            out.set_modified(when).map_err(io_err(&path))?;
+        }
+    }
+    Ok(())
 }
 
 fn extract_inner(zip: &Path, plan: &Plan, into: &Path) -> Result<Report, RestoreError> {
