@@ -53,7 +53,8 @@ const EXAMPLES: &str = "Examples:
   WAKEWAY_IDLE_TIMEOUT=5m wakeway serve     sleep workspaces after 5 idle minutes
   wakeway check-config -c /etc/wakeway.toml validate a config file and print the result
   wakeway backup --src /workspace --dest /backups/workspace-abc12345-20250101-120000.zip
-  wakeway render --session abc12345 | kubectl apply --dry-run=server -f -";
+  wakeway render --session abc12345 | kubectl apply --dry-run=server -f -
+  wakeway restore --src /backups/workspace-abc12345-20250101-120000.zip --dest /workspace";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormatArg {
@@ -73,9 +74,32 @@ enum Command {
         /// Folder to back up.
         #[arg(long)]
         src: PathBuf,
-        /// Zip file to create (must not exist).
+        /// Zip file to create (must not exist). Its catalog record is written next to it
+        /// (`<name>.json`).
         #[arg(long)]
         dest: PathBuf,
+        /// The user the backup belongs to, for the catalog.
+        #[arg(long)]
+        user_id: Option<String>,
+    },
+    /// Restore a backup zip into a folder: every entry is checked first (no absolute paths, no
+    /// `..`, no symlink escapes, size and zip-bomb limits), the zip is extracted next to DEST,
+    /// flushed to disk, then swapped in. Prints the result as JSON. Used by the Kubernetes
+    /// restore Job; handy by hand too.
+    Restore {
+        /// The backup zip. When its catalog record (`<name>.json`) is next to it, the zip must
+        /// still have the SHA-256 it was verified with.
+        #[arg(long)]
+        src: PathBuf,
+        /// Folder to restore into (created if missing; its parent must be on the same filesystem).
+        #[arg(long)]
+        dest: PathBuf,
+        /// Replace DEST even when it holds files (they are discarded: back them up first).
+        #[arg(long)]
+        replace: bool,
+        /// Skip symlinks pointing outside DEST (reported) instead of refusing the zip.
+        #[arg(long)]
+        skip_escaping_symlinks: bool,
     },
     /// Print the Kubernetes objects of a session (PVC, Deployment, Service; with --jobs also a
     /// backup and a restore Job) as the kubernetes backend would apply them, for review or
@@ -122,11 +146,15 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Backup { src, dest } => backup(&src, &dest),
         Command::Render { session, user, tier, jobs, output } => {
             let config = Config::load(cli.config.as_deref(), &ProcessEnv)?;
             print!("{}", render(&config, &session, &user, tier, jobs, output)?);
             Ok(())
+        }
+        Command::Backup { src, dest, user_id } => backup(&src, &dest, user_id),
+        Command::Restore { src, dest, replace, skip_escaping_symlinks } => {
+            let config = Config::load(cli.config.as_deref(), &ProcessEnv)?;
+            restore(&config, &src, &dest, replace, skip_escaping_symlinks)
         }
         Command::CheckConfig => {
             let config = Config::load(cli.config.as_deref(), &ProcessEnv)?;
@@ -164,9 +192,15 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn backup(src: &std::path::Path, dest: &std::path::Path) -> anyhow::Result<()> {
+fn backup(src: &std::path::Path, dest: &std::path::Path, user_id: Option<String>) -> anyhow::Result<()> {
     let now = chrono_now();
-    match wakeway_lifecycle::backup::write_verified_zip(src, dest, now) {
+    let name = dest.file_name().unwrap_or_default().to_string_lossy();
+    let origin = wakeway_lifecycle::catalog::Origin {
+        session: wakeway_lifecycle::catalog::session_of(name.trim_end_matches(".zip")).map(String::from),
+        user_id,
+        reason: "command".into(),
+    };
+    match wakeway_lifecycle::backup::write_verified_zip(src, dest, now, &origin) {
         Ok(info) => {
             println!("{}", serde_json::json!({ "ok": true, "path": dest, "backup": info }));
             Ok(())
@@ -206,6 +240,49 @@ fn render(
         RenderFormat::Yaml => objects::to_yaml(&values),
         RenderFormat::Json => objects::to_json_list(&values) + "\n",
     })
+}
+
+fn restore(
+    config: &Config,
+    src: &std::path::Path,
+    dest: &std::path::Path,
+    replace: bool,
+    skip_escaping_symlinks: bool,
+) -> anyhow::Result<()> {
+    use wakeway_lifecycle::restore::{self, Limits, Options, RestoreError};
+    let fail = |kind: &str, error: String| {
+        println!("{}", serde_json::json!({ "ok": false, "kind": kind, "error": error }));
+        anyhow::anyhow!("restore failed: {error}")
+    };
+    let record = wakeway_lifecycle::catalog::read_sidecar(&wakeway_lifecycle::catalog::sidecar_path(src)).ok();
+    if let Some(r) = record.as_ref().filter(|r| !r.verified) {
+        return Err(fail("corrupt", format!("the backup failed verification: {}", r.error.as_deref().unwrap_or("?"))));
+    }
+    let has_content = std::fs::read_dir(dest).map(|mut d| d.next().is_some()).unwrap_or(false);
+    if has_content && !replace {
+        return Err(fail("refused", format!("{} is not empty; pass --replace to replace its content", dest.display())));
+    }
+    let limits = Limits {
+        max_bytes: config.restore_max_bytes,
+        max_entries: config.restore_max_entries,
+        max_ratio: config.restore_max_ratio,
+    };
+    let options = Options { skip_escaping_symlinks, expected_sha256: record.map(|r| r.sha256) };
+    match restore::restore_into(src, dest, &limits, &options) {
+        Ok(report) => {
+            println!("{}", serde_json::json!({ "ok": true, "src": src, "dest": dest, "restore": report }));
+            Ok(())
+        }
+        Err(e) => {
+            let kind = match e {
+                RestoreError::Rejected(_) => "rejected",
+                RestoreError::Corrupt(_) => "corrupt",
+                RestoreError::NoSpace { .. } => "no_space",
+                RestoreError::Io { .. } => "io",
+            };
+            Err(fail(kind, e.to_string()))
+        }
+    }
 }
 
 fn chrono_now() -> chrono::DateTime<chrono::Utc> {

@@ -39,7 +39,7 @@ impl Env for MapEnv {
 const PREFIX: &str = "WAKEWAY_";
 
 /// Variables that are not config keys but are still ours (read elsewhere).
-const OTHER_VARS: &[&str] = &["WAKEWAY_CONFIG", "WAKEWAY_LOG", "WAKEWAY_TOOLS"];
+const OTHER_VARS: &[&str] = &["WAKEWAY_CONFIG", "WAKEWAY_LOG", "WAKEWAY_TOOLS", "WAKEWAY_FAILPOINT"];
 
 /// Apply every `WAKEWAY_<KEY>` to `config`. `WAKEWAY_API_KEY` sets a single key;
 /// `WAKEWAY_API_KEYS` takes a comma-separated list. Unknown `WAKEWAY_*` names are an error, so a

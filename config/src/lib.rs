@@ -188,9 +188,39 @@ pub struct Config {
     /// Back up and delete a session after it has been asleep this long.
     #[serde(with = "duration::serde_fmt")]
     pub sleep_to_delete: Duration,
-    /// Delete backups older than this.
+    /// Delete backups older than this (unless a backup is marked `keep`).
     #[serde(with = "duration::serde_fmt")]
     pub backup_retention: Duration,
+    /// The longest `idle_timeout` a session may be given through `PATCH /session/{uuid}/policy`.
+    #[serde(with = "duration::serde_fmt")]
+    pub max_idle_timeout: Duration,
+    /// The longest `sleep_to_delete` a session may be given through `PATCH /session/{uuid}/policy`.
+    #[serde(with = "duration::serde_fmt")]
+    pub max_sleep_to_delete: Duration,
+    /// URL that receives lifecycle events and warnings as signed JSON (`POST`). Empty: none sent.
+    pub webhook_url: String,
+    /// Secret that signs webhook bodies (HMAC-SHA256 in `X-Wakeway-Signature`); required with a URL.
+    pub webhook_secret: String,
+    /// First retry delay of a failed webhook delivery (doubles each time, up to 5 min).
+    #[serde(with = "duration::serde_fmt")]
+    pub webhook_retry: Duration,
+    /// Delivery attempts per webhook event before it is given up (and counted as failed).
+    pub webhook_max_attempts: u32,
+    /// Send a `sleep_warning` event this long before an idle session is put to sleep (at most half
+    /// its idle timeout; 0s: never).
+    #[serde(with = "duration::serde_fmt")]
+    pub warn_before_sleep: Duration,
+    /// Send a `delete_warning` event this long before a sleeping session is backed up and deleted
+    /// (0s: never).
+    #[serde(with = "duration::serde_fmt")]
+    pub warn_before_delete: Duration,
+    /// A restore refuses a zip that would expand to more than this many bytes.
+    pub restore_max_bytes: u64,
+    /// A restore refuses a zip with more entries than this.
+    pub restore_max_entries: u64,
+    /// A restore refuses a zip that would expand to more than this many times its own size (checked
+    /// once it expands past 64 MiB): the zip-bomb guard.
+    pub restore_max_ratio: u64,
     /// How often the lifecycle sweep looks at every session.
     #[serde(with = "duration::serde_fmt")]
     pub sweep_interval: Duration,
@@ -282,6 +312,17 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(15 * minute),
             sleep_to_delete: Duration::from_secs(24 * hour),
             backup_retention: Duration::from_secs(30 * 24 * hour),
+            max_idle_timeout: Duration::from_secs(8 * hour),
+            max_sleep_to_delete: Duration::from_secs(30 * 24 * hour),
+            webhook_url: String::new(),
+            webhook_secret: String::new(),
+            webhook_retry: Duration::from_secs(1),
+            webhook_max_attempts: 8,
+            warn_before_sleep: Duration::from_secs(2 * minute),
+            warn_before_delete: Duration::from_secs(hour),
+            restore_max_bytes: 64 << 30,
+            restore_max_entries: 2_000_000,
+            restore_max_ratio: 200,
             sweep_interval: Duration::from_secs(30),
             checkpoint_interval: Duration::from_secs(30),
             max_awake_with_open_tab: Duration::from_secs(8 * hour),
@@ -449,6 +490,39 @@ impl Config {
         if self.backend == BackendKind::Kubernetes {
             self.kubernetes.validate().map_err(ConfigError::Invalid)?;
         }
+        if self.max_idle_timeout < self.idle_timeout {
+            return bad(format!(
+                "max_idle_timeout ({}) must be at least idle_timeout ({})",
+                format_duration(self.max_idle_timeout),
+                format_duration(self.idle_timeout)
+            ));
+        }
+        if self.max_sleep_to_delete < self.sleep_to_delete {
+            return bad(format!(
+                "max_sleep_to_delete ({}) must be at least sleep_to_delete ({})",
+                format_duration(self.max_sleep_to_delete),
+                format_duration(self.sleep_to_delete)
+            ));
+        }
+        if !self.webhook_url.is_empty() {
+            if parse_webhook_url(&self.webhook_url).is_none() {
+                return bad(format!(
+                    "webhook_url {:?} must look like http://host[:port]/path or https://host[:port]/path",
+                    self.webhook_url
+                ));
+            }
+            if self.webhook_secret.len() < 16 {
+                return bad("webhook_secret must be at least 16 characters when webhook_url is set".into());
+            }
+        }
+        if self.webhook_max_attempts == 0 || self.webhook_retry < Duration::from_millis(10) {
+            return bad("webhook_max_attempts must be at least 1 and webhook_retry at least 10ms".into());
+        }
+        if self.restore_max_bytes == 0 || self.restore_max_entries == 0 || self.restore_max_ratio < 2 {
+            return bad(
+                "restore_max_bytes and restore_max_entries must be at least 1, restore_max_ratio at least 2".into()
+            );
+        }
         Ok(())
     }
 
@@ -504,6 +578,9 @@ impl Config {
         if !shown.cookie_secret.is_empty() {
             shown.cookie_secret = mask(&shown.cookie_secret);
         }
+        if !shown.webhook_secret.is_empty() {
+            shown.webhook_secret = mask(&shown.webhook_secret);
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 }
@@ -527,6 +604,20 @@ fn valid_domain(domain: &str) -> bool {
                 && !label.ends_with('-')
                 && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         })
+}
+
+/// `(scheme, authority)` of a webhook URL, when it is an absolute http(s) URL with a host.
+fn parse_webhook_url(url: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let ok = !authority.is_empty()
+        && !authority.contains('@')
+        && authority.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
+        && url.bytes().all(|b| b.is_ascii_graphic());
+    ok.then_some((scheme, authority))
 }
 
 fn parse_public_url(url: &str) -> Option<(String, String, Option<u16>)> {

@@ -156,3 +156,30 @@ fn table_keys_are_overridable_one_by_one() {
     .unwrap_err();
     assert!(err.to_string().contains("kubernetes.namespace"), "{err}");
 }
+
+#[test]
+fn policy_bounds_and_webhooks_are_checked() {
+    let err = Config::load(None, &MapEnv::new([("WAKEWAY_MAX_IDLE_TIMEOUT", "5m")])).unwrap_err();
+    assert!(err.to_string().contains("max_idle_timeout"), "{err}");
+    let err = Config::load(None, &MapEnv::new([("WAKEWAY_MAX_SLEEP_TO_DELETE", "1h")])).unwrap_err();
+    assert!(err.to_string().contains("max_sleep_to_delete"), "{err}");
+    let err = Config::load(None, &MapEnv::new([("WAKEWAY_WEBHOOK_URL", "https://hooks.example.com/w")])).unwrap_err();
+    assert!(err.to_string().contains("webhook_secret"), "{err}");
+    let err = Config::load(
+        None,
+        &MapEnv::new([("WAKEWAY_WEBHOOK_URL", "ftp://x"), ("WAKEWAY_WEBHOOK_SECRET", "0123456789abcdef")]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("webhook_url"), "{err}");
+    let c = Config::load(
+        None,
+        &MapEnv::new([
+            ("WAKEWAY_WEBHOOK_URL", "http://127.0.0.1:9/hook?x=1"),
+            ("WAKEWAY_WEBHOOK_SECRET", "0123456789abcdef-secret"),
+            ("WAKEWAY_WARN_BEFORE_SLEEP", "0s"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.warn_before_sleep, Duration::ZERO);
+    assert!(!c.to_masked_toml().contains("0123456789abcdef-secret"), "the webhook secret is masked");
+}

@@ -6,24 +6,30 @@ pub mod acme;
 pub mod api;
 pub mod backend;
 pub mod backup;
+pub mod catalog;
+pub mod failpoint;
 pub mod manager;
 pub mod metrics;
 pub mod policy;
 pub mod probe;
+pub mod restore;
 pub mod session;
 pub mod store;
+pub mod webhook;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::HttpBody as _;
 use bytes::Bytes;
+use futures::StreamExt;
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
 use wakeway_config::{BackendKind, Config};
-use wakeway_proxy::{ActivitySource, Clock, ProxyStats, SessionHandle, SessionId};
+use wakeway_proxy::{ActivitySource, ApiBody, Clock, ProxyStats, SessionHandle, SessionId};
 
 pub use manager::{LifecycleError, Manager};
 
@@ -54,13 +60,19 @@ impl wakeway_proxy::Lifecycle for Wakeway {
         self.manager.redeem_token(id, token)
     }
 
-    async fn api(&self, request: http::Request<Bytes>, _client: Option<IpAddr>) -> http::Response<Bytes> {
+    async fn api(&self, request: http::Request<Bytes>, _client: Option<IpAddr>) -> http::Response<ApiBody> {
         let request = request.map(axum::body::Body::from);
         let response = match self.router.clone().oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
         };
         let (parts, body) = response.into_parts();
+        // A body of known size (every JSON answer) is collected; anything else (a backup
+        // download) is handed over as a stream and written chunk by chunk.
+        if body.size_hint().exact().is_none() {
+            let chunks = body.into_data_stream().map(|chunk| chunk.map_err(std::io::Error::other));
+            return http::Response::from_parts(parts, ApiBody::Stream(chunks.boxed()));
+        }
         let bytes = match body.collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) => {
@@ -68,7 +80,7 @@ impl wakeway_proxy::Lifecycle for Wakeway {
                 Bytes::new()
             }
         };
-        http::Response::from_parts(parts, bytes)
+        http::Response::from_parts(parts, ApiBody::Full(bytes))
     }
 }
 

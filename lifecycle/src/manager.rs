@@ -4,24 +4,34 @@
 //!
 //! Operations on one session are serialized by that session's `op` lock and each persisted step is
 //! a compare-and-set, so a crash between steps leaves a state the next start (or sweep) resumes.
+//! Restores, the backup catalog and per-session policy live in `manager/backups.rs`.
+
+mod backups;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use dashmap::DashMap;
 use rand::Rng;
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use wakeway_config::{Config, Tier};
 use wakeway_proxy::{ActivitySource, Clock, Phase, ProxyStats, SessionHandle, SessionId};
 
 use crate::backend::{Backend, BackendError, BackendEvent};
+use crate::catalog::Catalog;
+use crate::failpoint;
 use crate::metrics::Metrics;
-use crate::policy::{Action, Policy, Seen};
+use crate::policy::{Action, Policy, Seen, Warning};
+use crate::restore::Limits;
 use crate::session::{InvalidTransition, Placement, Session, State};
 use crate::store::{ActivityCheckpoint, Store, StoreError};
+use crate::webhook::Notifier;
+
+pub use backups::{BackupFilter, PolicyPatch, RestoreRequest};
 
 /// Lifecycle failures, mapped to HTTP statuses in one place (`api::error`).
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +48,12 @@ pub enum LifecycleError {
     Store(#[from] StoreError),
     #[error("backup failed, nothing was deleted: {0}")]
     BackupFailed(String),
+    #[error("no backup {0}")]
+    BackupNotFound(String),
+    #[error("backup {id} failed verification ({why}): it cannot be used")]
+    BackupUnverified { id: String, why: String },
+    #[error("could not back up the current content of {id} before restoring, so nothing was changed: {why}")]
+    SafetyBackupFailed { id: String, why: String },
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
@@ -150,6 +166,9 @@ struct Inner {
     placements: DashMap<SocketAddr, Placement>,
     /// The runtime every lifecycle task runs on (the proxy calls in from its own runtimes).
     rt: tokio::runtime::Handle,
+    catalog: Arc<Catalog>,
+    notifier: Notifier,
+    limits: Limits,
 }
 
 /// The manager. Cheap to clone.
@@ -172,6 +191,17 @@ impl Manager {
         let policy = Policy::from(config.as_ref());
         let store_shared = store.shared();
         let config_replica = config.replica_id.clone();
+        let metrics = Metrics::new();
+        let notifier = Notifier::new(&config, &metrics, &rt).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "webhooks are off");
+            Notifier::disabled()
+        });
+        let limits = Limits {
+            max_bytes: config.restore_max_bytes,
+            max_entries: config.restore_max_entries,
+            max_ratio: config.restore_max_ratio,
+        };
+        let catalog = Arc::new(Catalog::new(config.backup_dir(), config.restore_max_bytes));
         Manager {
             inner: Arc::new(Inner {
                 config,
@@ -180,7 +210,7 @@ impl Manager {
                 backend,
                 clock,
                 runtimes: DashMap::new(),
-                metrics: Metrics::new(),
+                metrics,
                 stats,
                 store_up: AtomicBool::new(true),
                 tokens: DashMap::new(),
@@ -190,6 +220,9 @@ impl Manager {
                 replica: replica_name(&config_replica),
                 placements: DashMap::new(),
                 rt,
+                catalog,
+                notifier,
+                limits,
             }),
         }
     }
@@ -200,6 +233,16 @@ impl Manager {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// The idle policy (configured durations; per-session overrides apply through it).
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    /// Send a lifecycle event to the webhook (if any). Never waits.
+    fn event(&self, kind: &'static str, s: &Session, fields: Value) {
+        self.inner.notifier.send(kind, &s.uuid, &s.user_id, self.now(), fields);
     }
 
     pub fn backend_kind(&self) -> &'static str {
@@ -267,7 +310,7 @@ impl Manager {
                 None => Phase::Asleep,
             },
             State::Creating | State::Starting | State::Waking | State::Resizing => Phase::Starting,
-            State::Stopping | State::BackingUp => Phase::Busy,
+            State::Stopping | State::BackingUp | State::Restoring => Phase::Busy,
             State::Deleting | State::Deleted => Phase::Gone,
             State::Sleeping | State::BackupFailed | State::Failed => Phase::Asleep,
         };
@@ -328,6 +371,14 @@ impl Manager {
     /// Create a session and start its workspace in the background (the seed starts the pod on
     /// creation). Returns the stored record.
     pub async fn create(&self, user_id: &str) -> Result<Session> {
+        let (rt, s) = self.create_record(user_id).await?;
+        self.event("created", &s, json!({ "tier": s.tier }));
+        self.request_wake(&rt.handle, ActivitySource::Created);
+        Ok(s)
+    }
+
+    /// Store a new session record and prepare its storage (state `creating`).
+    async fn create_record(&self, user_id: &str) -> Result<(Arc<Runtime>, Session)> {
         let tier = self.inner.config.default_tier.clone();
         let now = self.now();
         let mut s = loop {
@@ -362,8 +413,7 @@ impl Manager {
         }
         tracing::info!(session = %s.uuid, user = %s.user_id, "session created");
         self.inner.changed.notify_one();
-        self.request_wake(&rt.handle, ActivitySource::Created);
-        Ok(s)
+        Ok((rt, s))
     }
 
     /// Ask for a wake without waiting (single-flight; see [`wakeway_proxy::Lifecycle`]).
@@ -374,6 +424,11 @@ impl Manager {
         let Some(rt) = self.runtime(&handle.id) else { return };
         if rt.wake_queued.swap(true, Ordering::AcqRel) {
             return;
+        }
+        // A new attempt after a failed start: requests held from now on wait for this attempt,
+        // not for the failure before it.
+        if matches!(handle.phase(), Phase::Failed(_)) {
+            handle.set_phase(Phase::Starting);
         }
         let this = self.clone();
         self.inner.rt.spawn(async move {
@@ -395,6 +450,12 @@ impl Manager {
     async fn wake_locked(&self, rt: &Arc<Runtime>, source: ActivitySource) -> Result<Session> {
         let _op = rt.op.lock().await;
         let result = self.wake_inner(rt, source).await;
+        if let Err(e) = &result
+            && rt.handle.phase() == Phase::Starting
+        {
+            // Nothing else settles the phase of a wake refused before it started.
+            rt.handle.set_phase(Phase::Failed(Arc::from(e.to_string())));
+        }
         rt.wake_queued.store(false, Ordering::Release);
         result
     }
@@ -427,6 +488,18 @@ impl Manager {
                 // A backup was interrupted (crash): the data is intact, the zip is not trusted.
                 self.transition(rt, &mut s, State::Sleeping).await?;
             }
+            State::Restoring => {
+                // A restore was interrupted (crash): finish it first, then wake.
+                let _ = self.run_restore(rt, &mut s).await;
+                s = self.load(&id).await?;
+                if s.state != State::Sleeping {
+                    return Err(LifecycleError::Conflict {
+                        id: s.uuid.clone(),
+                        state: s.state.as_str(),
+                        what: "an interrupted restore could not be finished".into(),
+                    });
+                }
+            }
             _ if s.delete_requested => {
                 return Err(LifecycleError::Conflict {
                     id: s.uuid.clone(),
@@ -453,6 +526,7 @@ impl Manager {
                 }
                 other => other?,
             }
+            failpoint::hit("wake.after_waking_saved");
         } else {
             self.publish(rt, &s);
         }
@@ -462,6 +536,7 @@ impl Manager {
         let elapsed = started_at.elapsed().as_secs_f64();
         match result {
             Ok(started) => {
+                failpoint::hit("wake.after_start");
                 s.placement = Some(started.placement);
                 if started.objects.is_some() {
                     s.objects = started.objects;
@@ -470,6 +545,7 @@ impl Manager {
                 self.inner.metrics.wakes.with_label_values(&["ok"]).inc();
                 self.inner.metrics.wake_seconds.with_label_values(&["ok"]).observe(elapsed);
                 tracing::info!(session = %s.uuid, addr = %started.addr, seconds = elapsed, source = source.as_str(), "workspace awake");
+                self.event("woke", &s, json!({ "source": source.as_str(), "seconds": elapsed }));
                 Ok(s)
             }
             Err(e) => {
@@ -538,6 +614,7 @@ impl Manager {
                 if s.state != State::Stopping {
                     if s.state == State::Running {
                         self.transition(rt, s, State::Stopping).await?;
+                        failpoint::hit("sleep.after_stopping_saved");
                     } else {
                         self.publish(rt, s);
                     }
@@ -556,10 +633,12 @@ impl Manager {
     async fn finish_sleep(&self, rt: &Runtime, s: &mut Session, reason: SleepReason) -> Result<()> {
         rt.handle.set_phase(Phase::Busy);
         self.inner.backend.stop(s).await?;
+        failpoint::hit("sleep.after_stop");
         s.placement = None;
         self.transition(rt, s, State::Sleeping).await?;
         self.inner.metrics.sleeps.with_label_values(&[reason.as_str()]).inc();
         tracing::info!(session = %s.uuid, reason = reason.as_str(), "workspace asleep");
+        self.event("slept", s, json!({ "reason": reason.as_str() }));
         Ok(())
     }
 
@@ -589,11 +668,13 @@ impl Manager {
                 }
                 self.transition(rt, &mut s, State::Resizing).await?;
                 self.inner.backend.stop(&s).await?;
+                failpoint::hit("scale.after_stop");
                 s.placement = None;
                 s.tier = tier;
                 let deadline = tokio::time::Instant::now() + config.start_timeout;
                 match self.inner.backend.start(&s, &self.tier(&s.tier), deadline).await {
                     Ok(started) => {
+                        failpoint::hit("scale.after_start");
                         s.placement = Some(started.placement);
                         if started.objects.is_some() {
                             s.objects = started.objects;
@@ -654,12 +735,14 @@ impl Manager {
             }
             self.transition(rt, &mut s, State::BackingUp).await?;
             let started = Instant::now();
-            match self.inner.backend.backup(&s, self.now()).await {
+            match self.inner.backend.backup(&s, self.now(), "delete").await {
                 Ok(info) => {
+                    failpoint::hit("backup.after_rename");
                     let secs = started.elapsed().as_secs_f64();
                     self.inner.metrics.backups.with_label_values(&["ok"]).inc();
                     self.inner.metrics.backup_seconds.with_label_values(&["ok"]).observe(secs);
                     tracing::info!(session = %s.uuid, file = %info.file, bytes = info.size, entries = info.entries, sha256 = %info.sha256, "backup written and verified");
+                    self.event("backup_verified", &s, backup_fields(&info, "delete"));
                     s.backup = Some(info);
                     s.last_error = None;
                     self.transition(rt, &mut s, State::Deleting).await?;
@@ -678,22 +761,35 @@ impl Manager {
                     s.next_backup_attempt = Some(self.now() + chrono::Duration::from_std(backoff).unwrap_or_default());
                     s.last_error = Some(format!("backup failed (attempt {}): {e}", s.backup_failures));
                     tracing::error!(session = %s.uuid, attempt = s.backup_failures, retry_in = ?backoff, error = %e, "backup failed; the workspace is kept");
+                    self.event(
+                        "backup_failed",
+                        &s,
+                        json!({
+                            "error": e.to_string(),
+                            "attempt": s.backup_failures,
+                            "next_attempt": s.next_backup_attempt.map(rfc3339),
+                        }),
+                    );
                     self.transition(rt, &mut s, State::BackupFailed).await?;
                     return Err(LifecycleError::BackupFailed(e.to_string()));
                 }
             }
         }
+        failpoint::hit("delete.before_destroy");
         if let Err(e) = self.inner.backend.destroy(&s).await {
             s.last_error = Some(format!("delete failed after a verified backup: {e}"));
             self.save(rt, &mut s).await?;
             return Err(e.into());
         }
+        failpoint::hit("delete.after_destroy");
         s.placement = None;
         self.transition(rt, &mut s, State::Deleted).await?;
         let trigger = if s.delete_requested { "api" } else { "policy" };
         self.inner.metrics.deletes.with_label_values(&[trigger]).inc();
         self.inner.changed.notify_one();
         tracing::info!(session = %s.uuid, trigger, backup = ?s.backup.as_ref().map(|b| &b.file), "workspace deleted");
+        let backup = s.backup.as_ref().map(|b| b.file.trim_end_matches(".zip").to_string());
+        self.event("deleted", &s, json!({ "trigger": trigger, "backup": backup }));
         Ok(s)
     }
 
@@ -825,6 +921,12 @@ impl Manager {
     /// running workspaces that still answer are adopted, others are marked asleep; interrupted
     /// stops are finished; interrupted backups and deletions are left for the sweep to resume.
     pub async fn recover(&self) -> Result<()> {
+        let catalog = self.inner.catalog.clone();
+        if let Ok(removed) = tokio::task::spawn_blocking(move || catalog.clean_leftovers()).await {
+            for name in removed {
+                tracing::warn!(file = %name, "removed what an interrupted backup left (never trusted)");
+            }
+        }
         if self.inner.shared {
             // Other replicas may be acting on these sessions right now: only learn the routes.
             // Leftovers of a dead replica are the sweep leader's to finish.
@@ -921,13 +1023,18 @@ impl Manager {
             }
         };
         let now = self.now();
-        for s in all {
+        self.prune_backups(now, &all).await;
+        for mut s in all {
             let rt = self.runtime_for(&s);
             self.publish_if_idle(&rt, &s);
             // An operation in flight owns this session right now; look again next sweep.
             let Ok(guard) = rt.op.try_lock() else { continue };
             let crashed = s.state == State::Running && !self.inner.backend.is_alive(&s);
             let action = if crashed { Action::FinishSleep } else { self.decide(&rt, &s) };
+            if action == Action::Nothing {
+                let seen = self.seen(&rt, &s);
+                self.warn_if_due(&rt, &mut s, seen, now).await;
+            }
             drop(guard);
             let id = rt.handle.id.clone();
             let result = match action {
@@ -939,12 +1046,12 @@ impl Manager {
                 }
                 Action::BackUpAndDelete => self.delete(&id, false).await.map(drop),
                 Action::Forget => self.forget(&rt).await,
+                Action::FinishRestore => self.finish_restore(&id).await.map(drop),
             };
             if let Err(e) = result {
                 tracing::warn!(session = %id, ?action, error = %e, "sweep action failed");
             }
         }
-        self.prune_backups(now).await;
         Ok(())
     }
 
@@ -1031,6 +1138,40 @@ impl Manager {
         self.inner.placements.get(&addr).map(|p| p.clone())
     }
 
+    /// Send the warning due for `s` now, once per deadline (the caller holds its op lock).
+    async fn warn_if_due(&self, rt: &Runtime, s: &mut Session, seen: Seen, now: DateTime<Utc>) {
+        if !self.inner.notifier.enabled() {
+            return;
+        }
+        let config = &self.inner.config;
+        let Some(warning) =
+            self.inner.policy.warning(s, seen, now, config.warn_before_sleep, config.warn_before_delete)
+        else {
+            return;
+        };
+        let (kind, at) = match warning {
+            Warning::Sleep(at) => {
+                s.warned_sleep_for = Some(at);
+                ("sleep_warning", at)
+            }
+            Warning::Delete(at) => {
+                s.warned_delete_for = Some(at);
+                ("delete_warning", at)
+            }
+        };
+        // Recorded first: a warning is sent once per deadline, even across restarts.
+        if let Err(e) = self.save(rt, s).await {
+            tracing::debug!(session = %s.uuid, error = %e, "warning not recorded; retried next sweep");
+            return;
+        }
+        let field = if kind == "sleep_warning" { "sleeps_at" } else { "deletes_at" };
+        let mut fields = serde_json::Map::new();
+        fields.insert(field.into(), json!(rfc3339(at)));
+        fields.insert("in_seconds".into(), json!((at - now).num_milliseconds().max(0) as f64 / 1000.0));
+        tracing::info!(session = %s.uuid, warning = kind, at = %rfc3339(at), "warning sent");
+        self.event(kind, s, Value::Object(fields));
+    }
+
     async fn forget(&self, rt: &Arc<Runtime>) -> Result<()> {
         let _op = rt.op.lock().await;
         let s = self.load(&rt.handle.id).await?;
@@ -1043,26 +1184,34 @@ impl Manager {
         Ok(())
     }
 
-    /// Delete backup zips older than `backup_retention` (by the time in their name).
-    async fn prune_backups(&self, now: DateTime<Utc>) {
-        let dir = self.inner.config.backup_dir();
-        let Ok(mut entries) = tokio::fs::read_dir(&dir).await else { return };
+    /// Delete backups older than `backup_retention` (by the time in their name), except those
+    /// marked `keep` and those a session still needs (a restore or a deletion in flight).
+    async fn prune_backups(&self, now: DateTime<Utc>, sessions: &[Session]) {
         let cutoff =
             now - chrono::Duration::from_std(self.inner.config.backup_retention).unwrap_or(chrono::Duration::MAX);
-        while let Ok(Some(entry)) = entries.next_entry().await {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(taken) = backup_time(&name) else { continue };
-            if taken >= cutoff {
-                continue;
+        let mut protected = std::collections::HashSet::new();
+        for s in sessions {
+            if let Some(op) = &s.restore {
+                protected.insert(op.backup.clone());
+                protected.extend(op.safety_backup.clone());
             }
-            match tokio::fs::remove_file(entry.path()).await {
+            if matches!(s.state, State::BackingUp | State::Deleting)
+                && let Some(b) = &s.backup
+            {
+                protected.insert(b.file.trim_end_matches(".zip").to_string());
+            }
+        }
+        let catalog = self.inner.catalog.clone();
+        let Ok(pruned) = tokio::task::spawn_blocking(move || catalog.prune(cutoff, &protected)).await else { return };
+        for (id, result) in pruned {
+            match result {
                 Ok(()) => {
                     self.inner.metrics.backups_pruned.with_label_values(&["ok"]).inc();
-                    tracing::info!(file = %name, "backup pruned after backup_retention");
+                    tracing::info!(backup = %id, "backup pruned after backup_retention");
                 }
                 Err(e) => {
                     self.inner.metrics.backups_pruned.with_label_values(&["failed"]).inc();
-                    tracing::warn!(file = %name, error = %e, "could not prune backup");
+                    tracing::warn!(backup = %id, error = %e, "could not prune backup");
                 }
             }
         }
@@ -1208,9 +1357,17 @@ fn token_digest(token: &str) -> [u8; 32] {
     sha2::Sha256::digest(token.as_bytes()).into()
 }
 
-/// The time in a backup's name `workspace-<id>-YYYYMMDD-HHMMSS.zip`.
-pub fn backup_time(name: &str) -> Option<DateTime<Utc>> {
-    let stem = name.strip_prefix("workspace-")?.strip_suffix(".zip")?;
-    let stamp = stem.get(stem.len().checked_sub(15)?..)?;
-    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%d-%H%M%S").ok().map(|t| t.and_utc())
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn backup_fields(info: &crate::session::BackupInfo, reason: &str) -> Value {
+    json!({
+        "backup": info.file.trim_end_matches(".zip"),
+        "reason": reason,
+        "size": info.size,
+        "sha256": info.sha256,
+        "entries": info.entries,
+        "skipped": info.skipped,
+    })
 }

@@ -19,6 +19,10 @@ pub struct Metrics {
     pub backup_seconds: HistogramVec,
     pub deletes: IntCounterVec,
     pub backups_pruned: IntCounterVec,
+    pub restores: IntCounterVec,
+    pub restore_seconds: HistogramVec,
+    pub webhooks: IntCounterVec,
+    pub webhook_attempts: IntCounterVec,
     pub api_requests: IntCounterVec,
     pub acme_orders: IntCounterVec,
 }
@@ -61,7 +65,7 @@ impl Metrics {
                 "wakeway_backup_duration_seconds",
                 "Time to write and verify a backup.",
                 &["result"],
-                secs,
+                secs.clone(),
             ),
             deletes: counter(
                 "wakeway_deletes_total",
@@ -76,6 +80,27 @@ impl Metrics {
             acme_orders: counter(
                 "wakeway_acme_orders_total",
                 "ACME certificate orders by result (ok, failed).",
+                &["result"],
+            ),
+            restores: counter(
+                "wakeway_restores_total",
+                "Restores of a backup into a workspace, by result (ok, rejected, failed).",
+                &["result"],
+            ),
+            restore_seconds: histogram(
+                "wakeway_restore_duration_seconds",
+                "Time to check, extract and swap in a backup (with the safety backup before it).",
+                &["result"],
+                secs,
+            ),
+            webhooks: counter(
+                "wakeway_webhooks_total",
+                "Webhook events by event and result (delivered, failed, dropped).",
+                &["event", "result"],
+            ),
+            webhook_attempts: counter(
+                "wakeway_webhook_attempts_total",
+                "Webhook delivery attempts by result (ok, failed).",
                 &["result"],
             ),
             api_requests: counter(

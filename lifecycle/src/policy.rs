@@ -52,6 +52,17 @@ pub enum Action {
     BackUpAndDelete,
     /// Deleted longer ago than `backup_retention`: forget the record.
     Forget,
+    /// A restore was interrupted (crash): finish it.
+    FinishRestore,
+}
+
+/// A warning due now: what it is about and the deadline it announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Warning {
+    /// The session will be put to sleep at this time unless someone uses it.
+    Sleep(DateTime<Utc>),
+    /// The session will be backed up and deleted at this time unless someone uses it.
+    Delete(DateTime<Utc>),
 }
 
 fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
@@ -59,33 +70,81 @@ fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 }
 
 impl Policy {
+    /// The session's idle timeout: its override, or the configured one.
+    pub fn idle_timeout(&self, s: &Session) -> Duration {
+        s.policy.idle_timeout_ms.map_or(self.idle_timeout, Duration::from_millis)
+    }
+
+    /// The session's time asleep before deletion: its override, or the configured one.
+    pub fn sleep_to_delete(&self, s: &Session) -> Duration {
+        s.policy.sleep_to_delete_ms.map_or(self.sleep_to_delete, Duration::from_millis)
+    }
+
     /// When a running session will be put to sleep if nothing happens.
     pub fn sleeps_at(&self, s: &Session, seen: Seen) -> Option<DateTime<Utc>> {
-        let idle = after(seen.last_activity, self.idle_timeout);
+        let idle = after(seen.last_activity, self.idle_timeout(s));
         let cap = after(seen.last_interaction, self.max_awake_with_open_tab);
         (s.state == State::Running).then(|| idle.min(cap))
     }
 
-    /// When a sleeping session will be backed up and deleted.
+    /// When a sleeping session will be backed up and deleted. A kept (pinned) session never is,
+    /// unless its deletion was asked for explicitly.
     pub fn deletes_at(&self, s: &Session) -> Option<DateTime<Utc>> {
+        if s.policy.keep && !s.delete_requested {
+            return None;
+        }
         match s.state {
             State::Sleeping if s.delete_requested => Some(s.updated_at),
-            State::Sleeping => s.slept_at.map(|t| after(t, self.sleep_to_delete)),
+            State::Sleeping => s.slept_at.map(|t| after(t, self.sleep_to_delete(s))),
             State::BackupFailed => s.next_backup_attempt,
             _ => None,
         }
     }
 
+    /// The warning due for `s` at `now`, if any and not sent yet for this deadline.
+    /// `before_sleep` is capped at half the session's idle timeout, so a short timeout does not
+    /// warn after every request.
+    pub fn warning(
+        &self,
+        s: &Session,
+        seen: Seen,
+        now: DateTime<Utc>,
+        before_sleep: Duration,
+        before_delete: Duration,
+    ) -> Option<Warning> {
+        let lead = before_sleep.min(self.idle_timeout(s) / 2);
+        if !lead.is_zero()
+            && let Some(at) = self.sleeps_at(s, seen)
+            && now < at
+            && now >= at - chrono::Duration::from_std(lead).unwrap_or_default()
+            && s.warned_sleep_for != Some(at)
+        {
+            return Some(Warning::Sleep(at));
+        }
+        if !before_delete.is_zero()
+            && !s.delete_requested
+            && s.state == State::Sleeping
+            && let Some(at) = self.deletes_at(s)
+            && now < at
+            && now >= at - chrono::Duration::from_std(before_delete).unwrap_or(chrono::Duration::MAX)
+            && s.warned_delete_for != Some(at)
+        {
+            return Some(Warning::Delete(at));
+        }
+        None
+    }
+
     /// The next action for `s`, given its latest activity (store and in-memory, merged).
     pub fn decide(&self, s: &Session, seen: Seen, now: DateTime<Utc>) -> Action {
         match s.state {
-            State::Running if now >= after(seen.last_activity, self.idle_timeout) => Action::Sleep,
+            State::Running if now >= after(seen.last_activity, self.idle_timeout(s)) => Action::Sleep,
             State::Running if now >= after(seen.last_interaction, self.max_awake_with_open_tab) => Action::SleepOpenTab,
             State::Stopping => Action::FinishSleep,
             State::Sleeping | State::BackupFailed if self.deletes_at(s).is_some_and(|t| now >= t) => {
                 Action::BackUpAndDelete
             }
             State::BackingUp | State::Deleting => Action::BackUpAndDelete,
+            State::Restoring => Action::FinishRestore,
             State::Deleted if s.deleted_at.is_some_and(|t| now >= after(t, self.backup_retention)) => Action::Forget,
             _ => Action::Nothing,
         }
@@ -162,6 +221,7 @@ mod tests {
         for state in [State::BackingUp, State::Deleting] {
             assert_eq!(p.decide(&session(state, t0), seen(t0), t0), Action::BackUpAndDelete);
         }
+        assert_eq!(p.decide(&session(State::Restoring, t0), seen(t0), t0), Action::FinishRestore);
         assert_eq!(p.decide(&session(State::Stopping, t0), seen(t0), t0), Action::FinishSleep);
     }
 
@@ -173,6 +233,64 @@ mod tests {
         let p = policy();
         assert_eq!(p.decide(&s, seen(t0), after(t0, 29 * 24 * 60 * MIN)), Action::Nothing);
         assert_eq!(p.decide(&s, seen(t0), after(t0, 30 * 24 * 60 * MIN)), Action::Forget);
+    }
+
+    #[test]
+    fn overrides_replace_the_configured_durations_and_keep_pins() {
+        let t0 = Utc::now();
+        let p = policy();
+        let mut s = session(State::Running, t0);
+        s.policy.idle_timeout_ms = Some(30 * 60 * 1000);
+        assert_eq!(p.decide(&s, seen(t0), after(t0, 20 * MIN)), Action::Nothing, "30 min, not 15");
+        assert_eq!(p.decide(&s, seen(t0), after(t0, 30 * MIN)), Action::Sleep);
+        assert_eq!(p.sleeps_at(&s, seen(t0)), Some(after(t0, 30 * MIN)));
+
+        let mut s = session(State::Sleeping, t0);
+        s.slept_at = Some(t0);
+        s.policy.sleep_to_delete_ms = Some(3 * 24 * 3600 * 1000);
+        assert_eq!(p.decide(&s, seen(t0), after(t0, 48 * 60 * MIN)), Action::Nothing, "3 days, not 1");
+        assert_eq!(p.decide(&s, seen(t0), after(t0, 72 * 60 * MIN)), Action::BackUpAndDelete);
+        s.policy.keep = true;
+        assert_eq!(p.deletes_at(&s), None);
+        assert_eq!(p.decide(&s, seen(t0), after(t0, 1000 * 24 * 60 * MIN)), Action::Nothing, "kept");
+        s.delete_requested = true;
+        assert_eq!(p.decide(&s, seen(t0), after(t0, MIN)), Action::BackUpAndDelete, "an explicit DELETE still deletes");
+    }
+
+    #[test]
+    fn warnings_come_once_per_deadline_before_it() {
+        let t0 = Utc::now();
+        let p = policy();
+        let two = 2 * MIN;
+        let hour = 60 * MIN;
+        let mut s = session(State::Running, t0);
+        assert_eq!(p.warning(&s, seen(t0), after(t0, 12 * MIN), two, hour), None, "3 min before: too early");
+        let at = after(t0, 15 * MIN);
+        assert_eq!(p.warning(&s, seen(t0), after(t0, 13 * MIN), two, hour), Some(Warning::Sleep(at)));
+        s.warned_sleep_for = Some(at);
+        assert_eq!(p.warning(&s, seen(t0), after(t0, 14 * MIN), two, hour), None, "sent once");
+        // Activity moves the deadline: a new warning when the new one nears.
+        let later = after(t0, 10 * MIN);
+        assert_eq!(
+            p.warning(&s, seen(later), after(t0, 23 * MIN), two, hour),
+            Some(Warning::Sleep(after(t0, 25 * MIN)))
+        );
+        // A 1 s idle timeout warns at most 0.5 s before.
+        s.policy.idle_timeout_ms = Some(1000);
+        let now = t0 + chrono::Duration::milliseconds(400);
+        assert_eq!(p.warning(&s, seen(t0), now, two, hour), None);
+
+        let mut s = session(State::Sleeping, t0);
+        s.slept_at = Some(t0);
+        let deletes = after(t0, 24 * 60 * MIN);
+        assert_eq!(p.warning(&s, seen(t0), after(t0, 22 * 60 * MIN), two, hour), None);
+        assert_eq!(p.warning(&s, seen(t0), after(t0, 23 * 60 * MIN), two, hour), Some(Warning::Delete(deletes)));
+        s.warned_delete_for = Some(deletes);
+        assert_eq!(p.warning(&s, seen(t0), after(t0, 23 * 60 * MIN + MIN), two, hour), None);
+        s.warned_delete_for = None;
+        s.policy.keep = true;
+        assert_eq!(p.warning(&s, seen(t0), after(t0, 23 * 60 * MIN), two, hour), None, "a kept session is not deleted");
+        assert_eq!(p.warning(&s, seen(t0), after(t0, 23 * 60 * MIN), two, Duration::ZERO), None);
     }
 
     #[test]

@@ -21,10 +21,12 @@ pub enum State {
     Deleting,
     Deleted,
     Failed,
+    /// A backup is being brought back into the (stopped) workspace folder.
+    Restoring,
 }
 
 impl State {
-    pub const ALL: [State; 12] = [
+    pub const ALL: [State; 13] = [
         State::Creating,
         State::Starting,
         State::Running,
@@ -37,6 +39,7 @@ impl State {
         State::Deleting,
         State::Deleted,
         State::Failed,
+        State::Restoring,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +56,7 @@ impl State {
             State::Deleting => "deleting",
             State::Deleted => "deleted",
             State::Failed => "failed",
+            State::Restoring => "restoring",
         }
     }
 
@@ -94,6 +98,9 @@ impl State {
                 | (Failed, Waking)
                 | (Failed, Sleeping)
                 | (Failed, BackingUp)
+                | (Creating, Restoring)
+                | (Sleeping, Restoring)
+                | (Restoring, Sleeping)
         )
     }
 }
@@ -150,6 +157,37 @@ pub struct BackupInfo {
     pub skipped: Vec<String>,
 }
 
+/// Per-session policy overrides (`PATCH /session/{uuid}/policy`), within the admin's bounds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyOverrides {
+    /// Replaces the configured `idle_timeout` for this session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Replaces the configured `sleep_to_delete` for this session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep_to_delete_ms: Option<u64>,
+    /// Pinned: the policy never deletes this session (an explicit `DELETE` still does).
+    #[serde(default)]
+    pub keep: bool,
+}
+
+/// A restore in flight, persisted before the workspace folder is touched so a crash resumes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreOp {
+    /// The backup being restored (catalog id).
+    pub backup: String,
+    /// The verified backup of what the folder held before (None: not taken yet, or a new session).
+    #[serde(default)]
+    pub safety_backup: Option<String>,
+    /// A new session: its folder held nothing, so no safety backup is needed.
+    #[serde(default)]
+    pub fresh: bool,
+    /// Skip symlinks pointing outside the workspace (reported) instead of refusing the zip.
+    #[serde(default)]
+    pub skip_escaping_symlinks: bool,
+    pub started_at: DateTime<Utc>,
+}
+
 /// The persisted session record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Session {
@@ -190,6 +228,25 @@ pub struct Session {
     /// The cluster objects created for this session (kubernetes backend; kept while asleep).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub objects: Option<ObjectUids>,
+    #[serde(default)]
+    pub policy: PolicyOverrides,
+    /// The restore in flight (state `restoring`).
+    #[serde(default)]
+    pub restore: Option<RestoreOp>,
+    /// The backup last restored into this workspace, and when.
+    #[serde(default)]
+    pub restored_from: Option<String>,
+    #[serde(default)]
+    pub restored_at: Option<DateTime<Utc>>,
+    /// The verified backup of what the last restore replaced (restore it to undo).
+    #[serde(default)]
+    pub pre_restore_backup: Option<String>,
+    /// The sleep deadline a `sleep_warning` was sent for (once per deadline).
+    #[serde(default)]
+    pub warned_sleep_for: Option<DateTime<Utc>>,
+    /// The deletion deadline a `delete_warning` was sent for (once per deadline).
+    #[serde(default)]
+    pub warned_delete_for: Option<DateTime<Utc>>,
     /// Compare-and-set version, bumped by the store on every write.
     #[serde(default)]
     pub version: u64,
@@ -220,6 +277,13 @@ impl Session {
             last_error: None,
             placement: None,
             objects: None,
+            policy: PolicyOverrides::default(),
+            restore: None,
+            restored_from: None,
+            restored_at: None,
+            pre_restore_backup: None,
+            warned_sleep_for: None,
+            warned_delete_for: None,
             version: 0,
         }
     }
@@ -283,6 +347,8 @@ mod tests {
             &[Sleeping, BackingUp, Deleting, Deleted],
             &[Sleeping, BackingUp, BackupFailed, BackingUp, Deleting, Deleted],
             &[BackingUp, BackupFailed, Waking, Running],
+            &[Sleeping, Restoring, Sleeping, Waking, Running],
+            &[Creating, Restoring, Sleeping],
         ];
         for path in paths {
             for pair in path.windows(2) {
@@ -302,6 +368,18 @@ mod tests {
             }
         }
         assert!(!State::Deleted.can_become(State::Waking));
+        // A restore only ever runs on a stopped workspace, and only ends asleep (or failed).
+        for from in State::ALL {
+            if from.can_become(State::Restoring) {
+                assert!(matches!(from, State::Creating | State::Sleeping), "{from:?} -> Restoring must not exist");
+                assert!(!from.is_awake());
+            }
+        }
+        for to in State::ALL {
+            if State::Restoring.can_become(to) {
+                assert!(matches!(to, State::Sleeping | State::Failed), "Restoring -> {to:?} must not exist");
+            }
+        }
         assert!(!State::Deleted.can_become(State::Failed));
     }
 

@@ -46,5 +46,18 @@ pub trait Lifecycle: Send + Sync + 'static {
     async fn redeem_token(&self, id: &SessionId, token: &str) -> bool;
 
     /// Serve one management API request (body already read and size-checked).
-    async fn api(&self, request: http::Request<Bytes>, client: Option<IpAddr>) -> http::Response<Bytes>;
+    async fn api(&self, request: http::Request<Bytes>, client: Option<IpAddr>) -> http::Response<ApiBody>;
+}
+
+/// A management API response body: whole, or a stream of chunks written as they come (a backup
+/// download is never held in memory). A stream's response carries its own `Content-Length`.
+pub enum ApiBody {
+    Full(Bytes),
+    Stream(futures::stream::BoxStream<'static, std::io::Result<Bytes>>),
+}
+
+impl From<Bytes> for ApiBody {
+    fn from(bytes: Bytes) -> Self {
+        ApiBody::Full(bytes)
+    }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use http::{Method, StatusCode, header};
 use pingora::http::ResponseHeader;
 use pingora::prelude::{HttpPeer, ProxyHttp, Result, Session};
@@ -24,7 +25,7 @@ use crate::host::{HostRoute, SessionId};
 use crate::ratelimit::RateLimiter;
 use crate::stats::ProxyStats;
 use crate::tls::{ACME_CHALLENGE_PREFIX, CertStore};
-use crate::{Lifecycle, pages};
+use crate::{ApiBody, Lifecycle, pages};
 
 /// The proxy's settings, taken from [`Config`] once at start.
 #[derive(Debug, Clone)]
@@ -264,8 +265,37 @@ impl WakewayProxy {
         let response = self.lifecycle.api(request, client).await;
         let (parts, body) = response.into_parts();
         let mut header = ResponseHeader::from(parts);
-        header.insert_header(header::CONTENT_LENGTH, body.len())?;
-        write_full(session, header, body).await
+        match body {
+            ApiBody::Full(body) => {
+                header.insert_header(header::CONTENT_LENGTH, body.len())?;
+                write_full(session, header, body).await
+            }
+            ApiBody::Stream(mut chunks) => {
+                if session.req_header().method == Method::HEAD {
+                    session.write_response_header(Box::new(header), true).await?;
+                    return Ok(true);
+                }
+                session.write_response_header(Box::new(header), false).await?;
+                while let Some(chunk) = chunks.next().await {
+                    match chunk {
+                        Ok(chunk) => session.write_response_body(Some(chunk), false).await?,
+                        Err(e) => {
+                            // The status is sent: all that is left is to cut the connection short of
+                            // its Content-Length, so the client sees the failure.
+                            tracing::warn!(error = %e, "API response stream failed");
+                            session.set_keepalive(None);
+                            return Err(pingora::Error::because(
+                                pingora::ErrorType::WriteError,
+                                "API response stream failed",
+                                e,
+                            ));
+                        }
+                    }
+                }
+                session.write_response_body(None, true).await?;
+                Ok(true)
+            }
+        }
     }
 
     /// 410: the workspace was deleted (after a verified backup).

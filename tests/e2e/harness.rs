@@ -50,12 +50,21 @@ impl Wakeway {
     /// Start wakeway on an existing data folder (restart tests). If the port picked for it was
     /// taken in the meantime by another test's process, it retries on another port.
     pub async fn start_in(dir: &Path, env: &[(&str, &str)]) -> Wakeway {
+        Wakeway::start_with(dir, env, None).await
+    }
+
+    /// Start wakeway armed to abort at failpoint `name` (no core file).
+    pub async fn start_armed(dir: &Path, env: &[(&str, &str)], name: &str) -> Wakeway {
+        Wakeway::start_with(dir, env, Some(name)).await
+    }
+
+    async fn start_with(dir: &Path, env: &[(&str, &str)], failpoint: Option<&str>) -> Wakeway {
         install_crypto_provider();
         let fixed: Option<u16> =
             env.iter().find(|(k, _)| *k == "WAKEWAY_LISTEN").and_then(|(_, v)| v.rsplit(':').next()?.parse().ok());
         for attempt in 0.. {
             let port = fixed.unwrap_or_else(free_port);
-            let mut w = Wakeway::spawn(dir, port, env);
+            let mut w = Wakeway::spawn(dir, port, env, failpoint);
             match w.wait_healthy().await {
                 Ok(()) => return w,
                 Err(e) if fixed.is_none() && attempt < 4 && e.contains("cannot listen") => w.child = None,
@@ -65,7 +74,7 @@ impl Wakeway {
         unreachable!()
     }
 
-    fn spawn(dir: &Path, port: u16, env: &[(&str, &str)]) -> Wakeway {
+    fn spawn(dir: &Path, port: u16, env: &[(&str, &str)], failpoint: Option<&str>) -> Wakeway {
         let mut vars: Vec<(String, String)> = vec![
             ("WAKEWAY_LISTEN".into(), format!("127.0.0.1:{port}")),
             ("WAKEWAY_DATA_DIR".into(), dir.join("data").display().to_string()),
@@ -79,9 +88,24 @@ impl Wakeway {
             vars.retain(|(name, _)| name != k);
             vars.push((k.to_string(), v.to_string()));
         }
+        // Everything that can fail comes before the spawn: a started child is always owned by a
+        // `Wakeway`, whose drop stops it.
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("wakeway.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_wakeway"))
-            .arg("serve")
+        let mut command = match failpoint {
+            None => {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_wakeway"));
+                c.arg("serve");
+                c
+            }
+            Some(name) => {
+                vars.push(("WAKEWAY_FAILPOINT".into(), name.into()));
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(format!("ulimit -c 0; exec '{}' serve", env!("CARGO_BIN_EXE_wakeway")));
+                c
+            }
+        };
+        let child = command
             .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env_remove("WAKEWAY_CONFIG")
             .stdin(Stdio::null())
@@ -89,7 +113,6 @@ impl Wakeway {
             .stderr(log)
             .spawn()
             .expect("start wakeway");
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
         Wakeway { child: Some(child), port, dir: dir.to_owned(), _tmp: None, client }
     }
 
@@ -175,6 +198,46 @@ impl Wakeway {
         self.dir.join("data/workspaces").join(id)
     }
 
+    /// The wakeway process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn backup_dir(&self) -> PathBuf {
+        self.dir.join("data/backups")
+    }
+
+    /// `GET /backups<query>`: the list.
+    pub async fn backups(&self, query: &str) -> Vec<Value> {
+        let r = self.api(Method::GET, &format!("/backups{query}")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        v["backups"].as_array().unwrap().clone()
+    }
+
+    /// Wait for a crash at a failpoint: the process must die of SIGABRT.
+    pub fn wait_abort(&mut self, limit: Duration) {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = self.child.take().expect("running");
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert_eq!(
+                    status.signal(),
+                    Some(6),
+                    "wakeway should abort at the failpoint: {status}; log:\n{}",
+                    self.log()
+                );
+                return;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("wakeway did not reach its failpoint within {limit:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub async fn metrics(&self) -> String {
         self.client.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap()
     }
@@ -212,6 +275,16 @@ impl Drop for Wakeway {
     fn drop(&mut self) {
         self.terminate();
     }
+}
+
+/// Processes whose working folder is `dir` (a workspace process left running).
+pub fn processes_in(dir: &Path) -> Vec<u32> {
+    let Ok(dir) = dir.canonicalize() else { return Vec::new() };
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir))
+        .collect()
 }
 
 pub fn assert_status(got: StatusCode, want: u16, context: &str) {

@@ -1,11 +1,15 @@
 //! Black-box tests: the real `wakeway` binary, real sockets, real workspace processes.
 
 mod access;
+mod backups;
 mod browser;
+mod failpoints;
 mod harness;
 mod redis;
 mod render;
 mod tls;
+mod tree;
+mod webhooks;
 
 use std::io::Read;
 use std::sync::Arc;

@@ -5,6 +5,7 @@ use http::{HeaderValue, StatusCode, header};
 
 use crate::backend::BackendError;
 use crate::manager::LifecycleError;
+use crate::restore::RestoreError;
 use crate::store::StoreError;
 
 /// An API error: status, stable `code`, human `message` (what happened and what to do).
@@ -74,6 +75,41 @@ impl From<LifecycleError> for ApiError {
                     "{message}. The workspace is kept (state backup_failed) and the deletion is retried automatically."
                 ),
             ),
+            LifecycleError::BackupNotFound(id) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "backup_not_found",
+                format!("No backup {id:?}. List backups with GET /backups."),
+            ),
+            LifecycleError::BackupUnverified { .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "backup_unverified",
+                format!("{message}. A backup that fails verification never counts as one; choose another."),
+            ),
+            LifecycleError::SafetyBackupFailed { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "backup_failed", message)
+            }
+            LifecycleError::Backend(BackendError::Restore(e)) => match e {
+                RestoreError::Rejected(_) => ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "restore_rejected",
+                    format!("{message}. Nothing was written; the workspace is unchanged."),
+                ),
+                RestoreError::Corrupt(_) => ApiError::new(
+                    StatusCode::CONFLICT,
+                    "backup_unverified",
+                    format!("{message}. The backup is now marked as failed; the workspace is unchanged."),
+                ),
+                RestoreError::NoSpace { .. } => ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "insufficient_storage",
+                    format!("{message}. The workspace is unchanged."),
+                ),
+                RestoreError::Io { .. } => ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "restore_failed",
+                    format!("{message}. The workspace is unchanged."),
+                ),
+            },
             LifecycleError::Backend(BackendError::Start(_)) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "workspace_start_failed", message)
             }

@@ -3,6 +3,7 @@
 //! `oneshot`, the proxy hands it requests for non-workspace hosts.
 
 pub mod auth;
+mod backups;
 pub mod error;
 #[cfg(test)]
 mod tests;
@@ -13,7 +14,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -38,7 +39,9 @@ pub struct ApiState {
 }
 
 const ENDPOINTS: &str = "POST /session/create, GET /session/{uuid}/status, POST /session/{uuid}/sleep, \
-POST /session/{uuid}/wake, POST /session/{uuid}/scale, POST /session/{uuid}/token, DELETE /session/{uuid}, GET /sessions, GET /health, GET /metrics";
+POST /session/{uuid}/wake, POST /session/{uuid}/scale, POST /session/{uuid}/token, POST /session/{uuid}/restore, \
+PATCH /session/{uuid}/policy, DELETE /session/{uuid}, GET /sessions, GET /backups, GET /backups/{id}, \
+PATCH /backups/{id}, GET /backups/{id}/download, GET /health, GET /metrics";
 
 /// The API router.
 pub fn router(state: ApiState) -> Router {
@@ -49,8 +52,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/session/{uuid}/wake", post(wake))
         .route("/session/{uuid}/scale", post(scale))
         .route("/session/{uuid}/token", post(token))
+        .route("/session/{uuid}/restore", post(backups::restore))
+        .route("/session/{uuid}/policy", patch(backups::set_policy))
         .route("/session/{uuid}", delete(remove))
         .route("/sessions", get(list))
+        .route("/backups", get(backups::list))
+        .route("/backups/{id}", get(backups::detail).patch(backups::patch))
+        .route("/backups/{id}/download", get(backups::download))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/health", get(health))
@@ -233,6 +241,11 @@ fn session_json(manager: &Manager, v: &SessionView) -> Value {
         "backup_failures": s.backup_failures,
         "next_backup_attempt": s.next_backup_attempt.map(rfc3339),
         "last_error": s.last_error,
+        "policy": backups::policy_json(manager, s),
+        "restored_from": s.restored_from,
+        "restored_at": s.restored_at.map(rfc3339),
+        "pre_restore_backup": s.pre_restore_backup,
+        "restoring": s.restore.as_ref().map(|op| op.backup.clone()),
     })
 }
 
@@ -242,10 +255,27 @@ async fn create(State(state): State<ApiState>, body: Bytes) -> Result<Json<Value
     let map = json_object(&body)?;
     let user_id = string_field(&map, "user_id", "user@example.com")?;
     valid_user_id(user_id)?;
-    let s = state.manager.create(user_id).await?;
+    let (s, restored) = match backups::restore_request(&map, "restore_from")? {
+        None => (state.manager.create(user_id).await?, None),
+        Some(request) => {
+            let (s, result) = state.manager.create_restored(user_id, request).await?;
+            match result {
+                Ok(report) => (s, Some(report)),
+                Err(e) => {
+                    let mut error = ApiError::from(e);
+                    error.message = format!(
+                        "Session {} was created, asleep with an empty workspace, but the restore failed: {} \
+                         Retry with POST /session/{}/restore.",
+                        s.uuid, error.message, s.uuid
+                    );
+                    return Err(error);
+                }
+            }
+        }
+    };
     let (access_url, expires) = state.manager.mint_token(&s.id()).await?;
     let config = state.manager.config();
-    Ok(Json(json!({
+    let mut body = json!({
         "uuid": s.uuid,
         "user_id": s.user_id,
         "status": "created",
@@ -255,7 +285,12 @@ async fn create(State(state): State<ApiState>, body: Bytes) -> Result<Json<Value
         "tier": s.tier,
         "access_url": access_url,
         "access_url_expires_at": rfc3339(expires),
-    })))
+    });
+    if let Some(report) = restored {
+        body["restored_from"] = json!(s.restored_from);
+        body["restore"] = backups::report_json(&report);
+    }
+    Ok(Json(body))
 }
 
 /// A new one-time sign-in link for the session (for the client's backend to hand to its user).

@@ -94,6 +94,42 @@ async fn bad_input_gets_a_precise_error() {
         ("DELETE", "/session/abc12345", Some(KEY), "", 404, "session_not_found"),
         ("POST", "/session/abc12345/scale", Some(KEY), r#"{"scale":"sideways"}"#, 422, "invalid_scale"),
         ("POST", "/session/abc12345/scale", Some(KEY), r#"{}"#, 422, "missing_field"),
+        ("GET", "/backups/nope", Some(KEY), "", 400, "invalid_backup_id"),
+        ("GET", "/backups/workspace-abc12345-20250101-120000", Some(KEY), "", 404, "backup_not_found"),
+        ("GET", "/backups/workspace-abc12345-20250101-120000/download", Some(KEY), "", 404, "backup_not_found"),
+        ("PATCH", "/backups/workspace-abc12345-20250101-120000", Some(KEY), "{}", 422, "missing_field"),
+        ("PATCH", "/backups/workspace-abc12345-20250101-120000", Some(KEY), r#"{"keep":1}"#, 422, "invalid_field"),
+        (
+            "PATCH",
+            "/backups/workspace-abc12345-20250101-120000",
+            Some(KEY),
+            r#"{"keep":true}"#,
+            404,
+            "backup_not_found",
+        ),
+        ("GET", "/backups?uuid=zz", Some(KEY), "", 400, "invalid_uuid"),
+        ("GET", "/backups", None, "", 401, "missing_api_key"),
+        ("POST", "/session/create", Some(KEY), r#"{"user_id":"a","restore_from":"../x"}"#, 400, "invalid_backup_id"),
+        ("POST", "/session/create", Some(KEY), r#"{"user_id":"a","restore_from":7}"#, 422, "invalid_field"),
+        (
+            "POST",
+            "/session/create",
+            Some(KEY),
+            r#"{"user_id":"a","restore_from":"workspace-abc12345-20250101-120000"}"#,
+            404,
+            "backup_not_found",
+        ),
+        ("POST", "/session/abc12345/restore", Some(KEY), "{}", 422, "missing_field"),
+        (
+            "POST",
+            "/session/abc12345/restore",
+            Some(KEY),
+            r#"{"backup":"workspace-abc12345-20250101-120000"}"#,
+            404,
+            "session_not_found",
+        ),
+        ("PATCH", "/session/abc12345/policy", Some(KEY), r#"{"idle_timeout":"1m"}"#, 404, "session_not_found"),
+        ("PATCH", "/session/abc12345/policy", Some(KEY), r#"{"idle_timeout":"99d"}"#, 422, "policy_out_of_bounds"),
         ("GET", "/nope", Some(KEY), "", 404, "not_found"),
         ("GET", "/session/create", Some(KEY), "", 405, "method_not_allowed"),
     ];
@@ -182,6 +218,42 @@ async fn create_status_sleep_scale_delete_round_trip() {
     assert_eq!(listed["count"], 1);
 }
 
+/// A session's folder is backed up on delete, listed in the catalog, kept, and restored into a
+/// new session: in-process, over the real store and the python workspace.
+#[tokio::test]
+async fn backups_are_listed_kept_and_restored() {
+    let h = harness(100).await;
+    let (_, created, _) = call(&h.router, "POST", "/session/create", Some(KEY), r#"{"user_id":"u@example.com"}"#).await;
+    let id = created["uuid"].as_str().unwrap().to_string();
+    let folder = h._dir.path().join("workspaces").join(&id);
+    std::fs::write(folder.join("kept.txt"), "kept across delete and restore").unwrap();
+    std::fs::write(folder.join("second.txt"), "two").unwrap();
+    let (status, deleted, _) = call(&h.router, "DELETE", &format!("/session/{id}"), Some(KEY), "").await;
+    assert_eq!(status, 200, "{deleted}");
+    let backup = deleted["backup"]["file"].as_str().unwrap().trim_end_matches(".zip").to_string();
+
+    let (_, listed, _) = call(&h.router, "GET", &format!("/backups?uuid={id}"), Some(KEY), "").await;
+    assert_eq!(listed["count"], 1, "{listed}");
+    assert_eq!(listed["backups"][0]["user_id"], "u@example.com");
+    assert!(listed["backups"][0]["expires_at"].is_string());
+    let (status, kept, _) =
+        call(&h.router, "PATCH", &format!("/backups/{backup}"), Some(KEY), r#"{"keep":true}"#).await;
+    assert_eq!(status, 200, "{kept}");
+    assert_eq!((kept["keep"].as_bool(), kept["expires_at"].is_null()), (Some(true), true));
+
+    let body = format!(r#"{{"user_id":"u@example.com","restore_from":"{backup}"}}"#);
+    let (status, restored, _) = call(&h.router, "POST", "/session/create", Some(KEY), &body).await;
+    assert_eq!(status, 200, "{restored}");
+    assert_eq!(restored["restore"]["files"], 2);
+    let new_id = restored["uuid"].as_str().unwrap();
+    let text = std::fs::read_to_string(h._dir.path().join("workspaces").join(new_id).join("kept.txt")).unwrap();
+    assert_eq!(text, "kept across delete and restore");
+    let (_, st, _) = call(&h.router, "GET", &format!("/session/{new_id}/status"), Some(KEY), "").await;
+    assert_eq!(st["session"]["restored_from"], backup.as_str());
+    assert_eq!(st["session"]["policy"]["idle_timeout"], "15m");
+    h.manager.sleep(&SessionId::parse(new_id).unwrap(), SleepReason::Api).await.unwrap();
+}
+
 /// Any body sent to the endpoints that parse JSON gets a 2xx or a precise 4xx, never a 5xx.
 #[test]
 fn arbitrary_bodies_never_cause_a_server_error() {
@@ -191,14 +263,16 @@ fn arbitrary_bodies_never_cause_a_server_error() {
     let config = ProptestConfig { cases: 1024, failure_persistence: None, ..ProptestConfig::default() };
     let bodies = prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..256).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
-        "\\{\"(user_id|scale)\": ?(\"[^\"]{0,20}\"|[0-9]{1,3}|null|true|\\[\\]|\\{\\})\\}",
+        "\\{\"(user_id|scale|backup|restore_from|skip_escaping_symlinks)\": ?(\"[^\"]{0,20}\"|[0-9]{1,3}|null|true|\\[\\]|\\{\\})\\}",
         ".{0,64}",
     ];
-    proptest!(config, |(body in bodies, path in prop_oneof![Just("/session/create"), Just("/session/abc12345/scale")])| {
+    proptest!(config, |(body in bodies, path in prop_oneof![Just("/session/create"), Just("/session/abc12345/scale"), Just("/session/abc12345/restore")])| {
         let (status, json, _) = rt.block_on(call(&h.router, "POST", path, Some(KEY), &body));
         prop_assert!(status.is_success() || status.is_client_error(), "{} {} -> {} {}", path, body, status, json);
         if status.is_client_error() {
             prop_assert!(json["error"]["code"].is_string(), "{}", json);
         }
     });
+    // Bodies that were valid created sessions: stop their workspace processes.
+    rt.block_on(h.manager.stop_all());
 }

@@ -1,6 +1,10 @@
 //! The local backend: each workspace is a process (by default code-server) in its own process
 //! group, with `<data_dir>/workspaces/<id>/` as its workspace folder and `<data_dir>/state/<id>/`
 //! as its HOME. Sleep = SIGTERM the group, SIGKILL after `stop_grace`; wake = start again.
+//!
+//! Each started process is also recorded in `<data_dir>/run/<id>.json` (pid, start time, port)
+//! before wakeway waits for it to answer, so a process started just before a crash is still found
+//! and stopped by the next wakeway, even though its placement never reached the store.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -19,7 +23,9 @@ use wakeway_config::Tier;
 
 use super::{Backend, BackendError, BackendEvent, Discovered, Started};
 use crate::backup::{backup_file_name, write_verified_zip};
+use crate::catalog::Origin;
 use crate::probe;
+use crate::restore::{self, Limits, Options, Report, Swap};
 use crate::session::{BackupInfo, Placement, Session};
 
 /// Folders the local backend uses, all under `data_dir` except backups.
@@ -29,6 +35,8 @@ pub struct LocalPaths {
     pub state: PathBuf,
     pub logs: PathBuf,
     pub backups: PathBuf,
+    /// `<id>.json`: the process last started for a session.
+    pub run: PathBuf,
 }
 
 impl LocalPaths {
@@ -38,6 +46,7 @@ impl LocalPaths {
             state: data_dir.join("state"),
             logs: data_dir.join("logs"),
             backups,
+            run: data_dir.join("run"),
         }
     }
 
@@ -102,6 +111,24 @@ impl LocalBackend {
             .replace("{cpu}", &tier.cpu.to_string())
             .replace("{memory_mib}", &tier.memory_mib.to_string())
             .replace("{id}", id)
+    }
+
+    fn run_path(&self, id: &str) -> PathBuf {
+        self.paths.run.join(format!("{id}.json"))
+    }
+
+    /// Record the process just started for `id`. It must outlive a crash of wakeway, not of the
+    /// machine (which takes the process with it): no fsync, the page cache keeps it.
+    fn write_run_record(&self, id: &str, placement: &Placement) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.paths.run)?;
+        let path = self.run_path(id);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(placement).map_err(std::io::Error::other)?)?;
+        std::fs::rename(&tmp, &path)
+    }
+
+    fn read_run_record(&self, id: &str) -> Option<Placement> {
+        serde_json::from_slice(&std::fs::read(self.run_path(id)).ok()?).ok()
     }
 
     fn log_path(&self, id: &str) -> PathBuf {
@@ -234,6 +261,9 @@ impl LocalBackend {
         let placement = Placement::Local { pid, start_ticks: ticks, port };
         self.ports.insert(port, id.clone());
         tracing::info!(session = %id, pid, port, "workspace process started");
+        if let Err(e) = self.write_run_record(&id, &placement) {
+            tracing::warn!(session = %id, error = %e, "cannot record the workspace process; a crash now could leave it running");
+        }
 
         let (tx, exited) = watch::channel(None);
         self.running.insert(id.clone(), Running { pid, port, exited: exited.clone() });
@@ -365,12 +395,21 @@ impl Backend for LocalBackend {
     }
 
     async fn stop(&self, session: &Session) -> Result<(), BackendError> {
-        let pid = match (self.running.get(&session.uuid), &session.placement) {
-            (Some(r), _) if r.exited.borrow().is_none() || group_exists(r.pid) => Some(r.pid),
-            (_, Some(placement @ Placement::Local { pid, .. })) if self.placement_alive(placement) => Some(*pid),
-            _ => None,
-        };
-        if let Some(pid) = pid {
+        let mut pids = Vec::new();
+        if let Some(r) = self.running.get(&session.uuid)
+            && (r.exited.borrow().is_none() || group_exists(r.pid))
+        {
+            pids.push(r.pid);
+        }
+        // The recorded placement, and the process last started (which a crash may have kept
+        // from reaching the store).
+        for placement in session.placement.iter().cloned().chain(self.read_run_record(&session.uuid)) {
+            let Placement::Local { pid, .. } = placement else { continue };
+            if !pids.contains(&pid) && self.placement_alive(&placement) {
+                pids.push(pid);
+            }
+        }
+        for pid in pids {
             self.stop_group(pid).await?;
             tracing::info!(session = %session.uuid, pid, "workspace process stopped");
         }
@@ -380,6 +419,7 @@ impl Backend for LocalBackend {
         if let Some(Placement::Local { port, .. }) = &session.placement {
             self.ports.remove_if(port, |_, owner| owner == &session.uuid);
         }
+        let _ = std::fs::remove_file(self.run_path(&session.uuid));
         Ok(())
     }
 
@@ -401,12 +441,47 @@ impl Backend for LocalBackend {
         session.placement.as_ref().is_some_and(|p| self.placement_alive(p))
     }
 
-    async fn backup(&self, session: &Session, now: DateTime<Utc>) -> Result<BackupInfo, BackendError> {
+    async fn backup(&self, session: &Session, now: DateTime<Utc>, reason: &str) -> Result<BackupInfo, BackendError> {
         let src = self.paths.workspace(&session.uuid);
-        let dest = self.paths.backups.join(backup_file_name(&session.uuid, now));
-        tokio::task::spawn_blocking(move || write_verified_zip(&src, &dest, now))
+        // Names have one-second resolution: a backup redone right after a crash may find its
+        // name taken (by a verified zip, kept). Take the next free second.
+        let mut dest = self.paths.backups.join(backup_file_name(&session.uuid, now));
+        for later in 1..=60 {
+            if !dest.exists() && !crate::catalog::sidecar_path(&dest).exists() {
+                break;
+            }
+            dest = self.paths.backups.join(backup_file_name(&session.uuid, now + chrono::Duration::seconds(later)));
+        }
+        let origin = Origin::new(&session.uuid, &session.user_id, reason);
+        tokio::task::spawn_blocking(move || write_verified_zip(&src, &dest, now, &origin))
             .await
             .map_err(|e| BackendError::Io(format!("backup task failed: {e}")))?
+            .map_err(BackendError::from)
+    }
+
+    async fn restore(
+        &self,
+        session: &Session,
+        zip: &Path,
+        limits: Limits,
+        options: Options,
+    ) -> Result<Report, BackendError> {
+        if self.is_alive(session) || self.read_run_record(&session.uuid).is_some_and(|p| self.placement_alive(&p)) {
+            return Err(BackendError::Refused(format!("session {} is running; restore needs it asleep", session.uuid)));
+        }
+        let target = self.paths.workspace(&session.uuid);
+        let zip = zip.to_owned();
+        tokio::task::spawn_blocking(move || restore::restore_into(&zip, &target, &limits, &options))
+            .await
+            .map_err(|e| BackendError::Io(format!("restore task failed: {e}")))?
+            .map_err(BackendError::from)
+    }
+
+    async fn clean_interrupted_restore(&self, session: &Session) -> Result<(), BackendError> {
+        let swap = Swap::for_target(&self.paths.workspace(&session.uuid));
+        tokio::task::spawn_blocking(move || swap.recover().map(drop))
+            .await
+            .map_err(|e| BackendError::Io(format!("restore task failed: {e}")))?
             .map_err(BackendError::from)
     }
 
@@ -438,6 +513,7 @@ impl Backend for LocalBackend {
             }
         }
         let _ = tokio::fs::remove_file(self.log_path(&session.uuid)).await;
+        let _ = tokio::fs::remove_file(self.run_path(&session.uuid)).await;
         Ok(())
     }
 }

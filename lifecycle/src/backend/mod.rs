@@ -5,12 +5,14 @@ pub mod kubernetes;
 pub mod local;
 
 use std::net::SocketAddr;
+use std::path::Path;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use wakeway_config::Tier;
 
 use crate::backup::BackupError;
+use crate::restore::{Limits, Options, Report, RestoreError};
 use crate::session::{BackupInfo, ObjectUids, Placement, Session};
 
 pub use kubernetes::KubernetesBackend;
@@ -50,6 +52,8 @@ pub enum BackendError {
     Stop(String),
     #[error(transparent)]
     Backup(#[from] BackupError),
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
     #[error("refusing to delete workspace data: {0}")]
     Refused(String),
     #[error("the backup Job {job} failed: {why}")]
@@ -140,8 +144,22 @@ pub trait Backend: Send + Sync + 'static {
     /// Cheap liveness check of the recorded placement.
     fn is_alive(&self, session: &Session) -> bool;
 
-    /// Zip the (stopped) workspace into a verified backup named for `now`.
-    async fn backup(&self, session: &Session, now: DateTime<Utc>) -> Result<BackupInfo, BackendError>;
+    /// Zip the (stopped) workspace into a verified backup named for `now`, recorded in the catalog
+    /// with `reason` (`delete`, `pre_restore`).
+    async fn backup(&self, session: &Session, now: DateTime<Utc>, reason: &str) -> Result<BackupInfo, BackendError>;
+
+    /// Replace the (stopped) workspace's content with the backup `zip`: every entry checked first,
+    /// extracted next to the folder, flushed, swapped in. The caller has backed up the old content.
+    async fn restore(
+        &self,
+        session: &Session,
+        zip: &Path,
+        limits: Limits,
+        options: Options,
+    ) -> Result<Report, BackendError>;
+
+    /// Finish or undo the folder swap of a restore a crash interrupted (before it is redone).
+    async fn clean_interrupted_restore(&self, session: &Session) -> Result<(), BackendError>;
 
     /// Every workspace this backend holds, with what it knows of its session (labels and
     /// annotations, a sidecar file…). Used when the store lost records: nothing is deleted because

@@ -455,7 +455,7 @@ impl Backend for KubernetesBackend {
             .is_some_and(|p| p.metadata.uid.as_deref() == Some(pod_uid.as_str()) && !pods::is_terminating(&p))
     }
 
-    async fn backup(&self, session: &Session, now: DateTime<Utc>) -> Result<BackupInfo, BackendError> {
+    async fn backup(&self, session: &Session, now: DateTime<Utc>, _reason: &str) -> Result<BackupInfo, BackendError> {
         // The Deployment stays at 0 while the Job runs: the volume is ReadWriteOnce, and a zip of
         // a folder being written to is not a backup. (A wake waits: the manager holds the
         // session's lock for the whole backup.)
@@ -493,6 +493,27 @@ impl Backend for KubernetesBackend {
         let info = log.and_then(|l| parse_backup_result(&l, &file)).map_err(failed)?;
         tracing::info!(session = %session.uuid, job = %name, file = %info.file, bytes = info.size, "backup Job succeeded");
         Ok(info)
+    }
+
+    /// Restoring into a session's PVC runs as a Job (`restore_job`, `wakeway restore`); driving
+    /// that Job from the API is not wired yet, so this says so instead of touching the volume.
+    async fn restore(
+        &self,
+        session: &Session,
+        _zip: &std::path::Path,
+        _limits: crate::restore::Limits,
+        _options: crate::restore::Options,
+    ) -> Result<crate::restore::Report, BackendError> {
+        Err(BackendError::Refused(format!(
+            "restoring session {} on the kubernetes backend needs the restore Job, which the API does not run yet; \
+             run `wakeway render --session {} --jobs` and apply its restore Job by hand",
+            session.uuid, session.uuid
+        )))
+    }
+
+    async fn clean_interrupted_restore(&self, _session: &Session) -> Result<(), BackendError> {
+        // No restore is ever started on this backend (see `restore`): nothing to clean.
+        Ok(())
     }
 
     async fn destroy(&self, session: &Session) -> Result<(), BackendError> {

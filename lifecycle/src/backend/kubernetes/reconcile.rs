@@ -26,7 +26,12 @@ fn found<K: Resource>(kind: &'static str, object: &K) -> FoundObject {
 fn expected_replicas(state: State) -> Option<i32> {
     match state {
         State::Running => Some(1),
-        State::Sleeping | State::BackingUp | State::BackupFailed | State::Failed | State::Deleting => Some(0),
+        State::Sleeping
+        | State::BackingUp
+        | State::BackupFailed
+        | State::Failed
+        | State::Deleting
+        | State::Restoring => Some(0),
         State::Creating | State::Starting | State::Waking | State::Resizing | State::Stopping | State::Deleted => None,
     }
 }

@@ -780,7 +780,7 @@ async fn run_job(shared: Shared, name: String) {
             let file = dest.strip_prefix("/backups/").expect("dest under /backups").to_string();
             let target = backup_dir.join(&file);
             let written = tokio::task::spawn_blocking(move || {
-                crate::backup::write_verified_zip(&src, &target, chrono::Utc::now())
+                crate::backup::write_verified_zip(&src, &target, chrono::Utc::now(), &crate::catalog::Origin::test())
             })
             .await
             .unwrap();

@@ -174,7 +174,7 @@ async fn a_session_lives_and_dies_through_the_api() {
 
     // ---- backup: a Job runs `wakeway backup` (for real, in the fake) while the Deployment is at 0.
     let now: DateTime<Utc> = "2026-03-04T05:06:07Z".parse().unwrap();
-    let info = rig.backend.backup(&s, now).await.unwrap();
+    let info = rig.backend.backup(&s, now, "delete").await.unwrap();
     assert_eq!(info.file, "workspace-abc12345-20260304-050607.zip");
     let zip = rig.backups.path().join(&info.file);
     let bytes = std::fs::read(&zip).unwrap();
@@ -320,18 +320,18 @@ async fn failed_and_timed_out_backup_jobs_keep_everything() {
     rig.fake.with(|st| {
         st.job_mode = JobMode::Fail("cannot write the backup /backups/x.zip.partial: No space left on device".into())
     });
-    let err = rig.backend.backup(&s, t0).await.unwrap_err();
+    let err = rig.backend.backup(&s, t0, "delete").await.unwrap_err();
     assert!(
         matches!(&err, BackendError::BackupJob { job, why } if job == "backup-abc12345-20260304-050607" && why.contains("No space left")),
         "{err}"
     );
 
     rig.fake.with(|st| st.job_mode = JobMode::Hang);
-    let err = rig.backend.backup(&s, t0 + chrono::Duration::seconds(1)).await.unwrap_err();
+    let err = rig.backend.backup(&s, t0 + chrono::Duration::seconds(1), "delete").await.unwrap_err();
     assert!(matches!(&err, BackendError::BackupJob { why, .. } if why.contains("DeadlineExceeded")), "{err}");
 
     rig.fake.with(|st| st.job_mode = JobMode::Stuck);
-    let err = rig.backend.backup(&s, t0 + chrono::Duration::seconds(2)).await.unwrap_err();
+    let err = rig.backend.backup(&s, t0 + chrono::Duration::seconds(2), "delete").await.unwrap_err();
     assert!(matches!(&err, BackendError::BackupJob { why, .. } if why.contains("did not finish within 1s")), "{err}");
 
     assert!(std::fs::read_dir(rig.backups.path()).unwrap().next().is_none(), "no zip was claimed");

@@ -1,0 +1,539 @@
+//! The backup catalog: every `workspace-<id>-YYYYMMDD-HHMMSS.zip` in the backup folder, each with
+//! a JSON record next to it (`workspace-<id>-YYYYMMDD-HHMMSS.json`: size, sha256, entries, session,
+//! user, verification, `keep`).
+//!
+//! The record is a sidecar file rather than a table in the session store because it must travel
+//! with the zip: the zip may be written by `wakeway backup` in a Kubernetes Job that has no access
+//! to the store, the backup folder may be copied elsewhere, and a store reset must not make
+//! backups unknown. A sidecar is written atomically (temporary file, fsync, rename, fsync of the
+//! folder) after the zip was verified and *before* the zip is renamed into place, so a zip never
+//! appears without its record. A zip found without one (copied in, or written by an older
+//! wakeway) is re-verified once end to end, then recorded. A record is trusted only while the
+//! zip's size, modification time and inode are what they were when it was verified; otherwise the
+//! zip is verified again, and if its SHA-256 is not the recorded one it is marked failed.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::backup;
+use crate::session::{BackupInfo, SessionId};
+
+/// Where a backup came from (recorded with it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub session: Option<String>,
+    pub user_id: Option<String>,
+    /// `delete` (before a deletion), `pre_restore` (the folder's content before a restore),
+    /// `command` (`wakeway backup`), `found` (a zip found without a record).
+    pub reason: String,
+}
+
+impl Origin {
+    pub fn new(session: &str, user_id: &str, reason: &str) -> Self {
+        Origin { session: Some(session.into()), user_id: Some(user_id.into()), reason: reason.into() }
+    }
+
+    #[cfg(test)]
+    pub fn test() -> Self {
+        Origin::new("abc12345", "u@example.com", "delete")
+    }
+}
+
+/// What identifies the exact file a record was verified against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStamp {
+    pub len: u64,
+    pub mtime_ns: i64,
+    pub ino: u64,
+}
+
+impl FileStamp {
+    pub fn of(meta: &fs::Metadata) -> Self {
+        FileStamp {
+            len: meta.len(),
+            mtime_ns: meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec()),
+            ino: meta.ino(),
+        }
+    }
+}
+
+/// One backup as the catalog knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRecord {
+    /// The file name without `.zip`: `workspace-<session>-YYYYMMDD-HHMMSS`.
+    pub id: String,
+    pub file: String,
+    #[serde(default)]
+    pub session: Option<String>,
+    #[serde(default)]
+    pub user_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub size: u64,
+    pub sha256: String,
+    pub entries: u64,
+    #[serde(default)]
+    pub content_bytes: u64,
+    /// Special files (sockets, FIFOs, devices) that were not backed up.
+    #[serde(default)]
+    pub skipped: Vec<String>,
+    /// Whether the zip passed verification (every entry read back, CRC-32 checked).
+    pub verified: bool,
+    pub verified_at: DateTime<Utc>,
+    /// Why verification failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Exempt from `backup_retention`.
+    #[serde(default)]
+    pub keep: bool,
+    pub reason: String,
+    pub stamp: FileStamp,
+}
+
+impl BackupRecord {
+    /// The record of a zip that was just written and verified.
+    pub fn verified(info: &BackupInfo, origin: &Origin, stamp: FileStamp) -> Self {
+        let id = info.file.strip_suffix(".zip").unwrap_or(&info.file).to_string();
+        BackupRecord {
+            created_at: backup_time(&id).unwrap_or(info.verified_at),
+            session: origin.session.clone().or_else(|| session_of(&id).map(String::from)),
+            id,
+            file: info.file.clone(),
+            user_id: origin.user_id.clone(),
+            size: info.size,
+            sha256: info.sha256.clone(),
+            entries: info.entries,
+            content_bytes: info.content_bytes,
+            skipped: info.skipped.clone(),
+            verified: true,
+            verified_at: info.verified_at,
+            error: None,
+            keep: false,
+            reason: origin.reason.clone(),
+            stamp,
+        }
+    }
+}
+
+/// Catalog failures.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("no backup {0}")]
+    NotFound(String),
+    #[error("backup catalog: {0}")]
+    Io(String),
+}
+
+/// `x.zip` → `x.json` (any other name gets `.json` appended).
+pub fn sidecar_path(zip: &Path) -> PathBuf {
+    let name = zip.file_name().unwrap_or_default().to_string_lossy();
+    match name.strip_suffix(".zip") {
+        Some(stem) => zip.with_file_name(format!("{stem}.json")),
+        None => zip.with_file_name(format!("{name}.json")),
+    }
+}
+
+/// Write `record` to `path` atomically: a temporary file, fsynced, renamed over, folder fsynced.
+pub fn write_sidecar(path: &Path, record: &BackupRecord) -> io::Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(&serde_json::to_vec_pretty(record).map_err(io::Error::other)?)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+pub fn read_sidecar(path: &Path) -> io::Result<BackupRecord> {
+    serde_json::from_slice(&fs::read(path)?).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// The time in a backup id or file name (`workspace-<id>-YYYYMMDD-HHMMSS[.zip]`).
+pub fn backup_time(name: &str) -> Option<DateTime<Utc>> {
+    let stem = name.strip_suffix(".zip").unwrap_or(name);
+    let stamp = stem.strip_prefix("workspace-")?.get(9..)?;
+    if stamp.len() != 15 {
+        return None;
+    }
+    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%d-%H%M%S").ok().map(|t| t.and_utc())
+}
+
+/// The session id in a backup id.
+pub fn session_of(id: &str) -> Option<&str> {
+    let session = id.strip_prefix("workspace-")?.get(..8)?;
+    SessionId::parse(session).map(|_| session)
+}
+
+/// Whether `id` is a backup id: `workspace-<8 hex>-YYYYMMDD-HHMMSS`, nothing else (it becomes a
+/// file name, so this is also the path check).
+pub fn valid_id(id: &str) -> bool {
+    id.len() == "workspace-abc12345-20250101-120000".len()
+        && id.as_bytes()[18] == b'-'
+        && session_of(id).is_some()
+        && backup_time(id).is_some()
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// The catalog over one backup folder. Methods block (file I/O, re-verification): call them from
+/// `spawn_blocking`.
+pub struct Catalog {
+    dir: PathBuf,
+    /// Re-verification refuses zips that expand beyond this (`restore_max_bytes`).
+    max_bytes: u64,
+    /// Serializes record writes and re-verification.
+    lock: Mutex<()>,
+}
+
+impl Catalog {
+    pub fn new(dir: PathBuf, max_bytes: u64) -> Self {
+        Catalog { dir, max_bytes, lock: Mutex::new(()) }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The zip of backup `id` (which must be valid).
+    pub fn zip_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.zip"))
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every backup in the folder, oldest first. `user_of` names the user of a session, for zips
+    /// found without a record.
+    pub fn list(&self, now: DateTime<Utc>, user_of: &dyn Fn(&str) -> Option<String>) -> Vec<BackupRecord> {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut ids: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|name| name.strip_suffix(".zip").map(String::from))
+            .filter(|id| valid_id(id))
+            .collect();
+        ids.sort_by(|a, b| backup_time(a).cmp(&backup_time(b)).then_with(|| a.cmp(b)));
+        ids.iter().filter_map(|id| self.load(id, now, user_of, false).ok()).collect()
+    }
+
+    /// One backup. Re-verified first if its file changed since it was verified, if it has no
+    /// record, or if `force`.
+    pub fn get(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+        user_of: &dyn Fn(&str) -> Option<String>,
+        force: bool,
+    ) -> Result<BackupRecord, CatalogError> {
+        if !valid_id(id) {
+            return Err(CatalogError::NotFound(id.into()));
+        }
+        self.load(id, now, user_of, force)
+    }
+
+    fn load(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+        user_of: &dyn Fn(&str) -> Option<String>,
+        force: bool,
+    ) -> Result<BackupRecord, CatalogError> {
+        let zip = self.zip_path(id);
+        let meta = match fs::metadata(&zip) {
+            Ok(meta) if meta.is_file() => meta,
+            Ok(_) => return Err(CatalogError::NotFound(id.into())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(CatalogError::NotFound(id.into())),
+            Err(e) => return Err(CatalogError::Io(format!("{}: {e}", zip.display()))),
+        };
+        let sidecar = sidecar_path(&zip);
+        let known = read_sidecar(&sidecar).ok().filter(|r| r.id == id);
+        if let Some(record) = &known
+            && !force
+            && record.stamp == FileStamp::of(&meta)
+        {
+            return Ok(record.clone());
+        }
+        let _guard = self.guard();
+        // Someone may have re-verified it while this thread waited for the lock.
+        let meta = fs::metadata(&zip).map_err(|e| CatalogError::Io(format!("{}: {e}", zip.display())))?;
+        let known = read_sidecar(&sidecar).ok().filter(|r| r.id == id).or(known);
+        if let Some(record) = &known
+            && !force
+            && record.stamp == FileStamp::of(&meta)
+        {
+            return Ok(record.clone());
+        }
+        let mut record = known.clone().unwrap_or_else(|| BackupRecord {
+            id: id.to_string(),
+            file: format!("{id}.zip"),
+            session: session_of(id).map(String::from),
+            user_id: session_of(id).and_then(user_of),
+            created_at: backup_time(id).unwrap_or(now),
+            size: meta.len(),
+            sha256: String::new(),
+            entries: 0,
+            content_bytes: 0,
+            skipped: Vec::new(),
+            verified: false,
+            verified_at: now,
+            error: None,
+            keep: false,
+            reason: "found".into(),
+            stamp: FileStamp::of(&meta),
+        });
+        record.verified_at = now;
+        record.stamp = FileStamp::of(&meta);
+        match backup::reverify(&zip, self.max_bytes) {
+            Ok(found) => {
+                let changed = known.as_ref().is_some_and(|k| !k.sha256.is_empty() && k.sha256 != found.sha256);
+                if changed {
+                    record.verified = false;
+                    record.error = Some(format!(
+                        "the zip changed since it was verified: its SHA-256 is {}, {} was recorded",
+                        found.sha256, record.sha256
+                    ));
+                } else {
+                    record.verified = true;
+                    record.error = None;
+                    record.sha256 = found.sha256;
+                    record.size = found.size;
+                    record.entries = found.entries;
+                    record.content_bytes = found.content_bytes;
+                }
+            }
+            Err(e) => {
+                record.verified = false;
+                record.error = Some(e.to_string());
+                if record.sha256.is_empty() {
+                    record.size = meta.len();
+                }
+            }
+        }
+        if record.verified {
+            tracing::info!(backup = %id, sha256 = %record.sha256, "backup re-verified");
+        } else {
+            tracing::error!(backup = %id, error = ?record.error, "backup failed verification: it does not count as a backup");
+        }
+        if let Err(e) = write_sidecar(&sidecar, &record) {
+            tracing::warn!(backup = %id, error = %e, "cannot write the backup record; it is re-verified next time");
+        }
+        Ok(record)
+    }
+
+    /// Mark backup `id` as failed (e.g. its SHA-256 did not match at restore time).
+    pub fn mark_failed(&self, id: &str, why: &str) -> Result<BackupRecord, CatalogError> {
+        let _guard = self.guard();
+        let sidecar = sidecar_path(&self.zip_path(id));
+        let mut record = read_sidecar(&sidecar).map_err(|_| CatalogError::NotFound(id.into()))?;
+        record.verified = false;
+        record.error = Some(why.to_string());
+        write_sidecar(&sidecar, &record).map_err(|e| CatalogError::Io(e.to_string()))?;
+        tracing::error!(backup = %id, error = why, "backup failed verification: it does not count as a backup");
+        Ok(record)
+    }
+
+    /// Set or clear `keep` (exempt from retention).
+    pub fn set_keep(
+        &self,
+        id: &str,
+        keep: bool,
+        now: DateTime<Utc>,
+        user_of: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<BackupRecord, CatalogError> {
+        let record = self.get(id, now, user_of, false)?;
+        let _guard = self.guard();
+        let sidecar = sidecar_path(&self.zip_path(id));
+        let mut record = read_sidecar(&sidecar).unwrap_or(record);
+        record.keep = keep;
+        write_sidecar(&sidecar, &record).map_err(|e| CatalogError::Io(e.to_string()))?;
+        Ok(record)
+    }
+
+    /// Delete backups taken before `cutoff`, except kept ones and those in `protected`. Returns
+    /// each pruned id with the result.
+    pub fn prune(&self, cutoff: DateTime<Utc>, protected: &HashSet<String>) -> Vec<(String, io::Result<()>)> {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut out = Vec::new();
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_suffix(".zip") else { continue };
+            if !valid_id(id) || protected.contains(id) || backup_time(id).is_none_or(|t| t >= cutoff) {
+                continue;
+            }
+            let _guard = self.guard();
+            let sidecar = sidecar_path(&entry.path());
+            if read_sidecar(&sidecar).is_ok_and(|r| r.keep) {
+                continue;
+            }
+            let result = fs::remove_file(entry.path()).and_then(|()| match fs::remove_file(&sidecar) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            });
+            out.push((id.to_string(), result));
+        }
+        out
+    }
+
+    /// Remove what interrupted backups leave (`*.zip.partial`, temporary records, records whose
+    /// zip never got its final name). Only safe when no backup is being written into this folder.
+    pub fn clean_leftovers(&self) -> Vec<String> {
+        let names = |dir: &Path| -> Vec<String> {
+            fs::read_dir(dir)
+                .map(|entries| entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+                .unwrap_or_default()
+        };
+        let mut removed = Vec::new();
+        // Partial zips and temporary records first: then a record whose zip never got its name
+        // is recognisable by the missing zip alone.
+        for name in names(&self.dir) {
+            if (name.ends_with(".zip.partial") || name.ends_with(".json.tmp"))
+                && fs::remove_file(self.dir.join(&name)).is_ok()
+            {
+                removed.push(name);
+            }
+        }
+        for name in names(&self.dir) {
+            if let Some(id) = name.strip_suffix(".json")
+                && valid_id(id)
+                && !self.zip_path(id).exists()
+                && fs::remove_file(self.dir.join(&name)).is_ok()
+            {
+                removed.push(name);
+            }
+        }
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::write_verified_zip;
+
+    fn nobody(_: &str) -> Option<String> {
+        None
+    }
+
+    fn backup(dir: &Path, id: &str) -> PathBuf {
+        let src = dir.join("src");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("a.txt"), "a".repeat(5000)).unwrap();
+        let zip = dir.join("backups").join(format!("{id}.zip"));
+        fs::create_dir_all(zip.parent().unwrap()).unwrap();
+        write_verified_zip(&src, &zip, Utc::now(), &Origin::new(&id[10..18], "u@example.com", "delete")).unwrap();
+        zip
+    }
+
+    #[test]
+    fn ids_are_strict() {
+        assert!(valid_id("workspace-abc12345-20250101-120000"));
+        for bad in [
+            "workspace-abc12345-20250101-120000.zip",
+            "workspace-ABC12345-20250101-120000",
+            "workspace-abc12345-20251301-120000",
+            "workspace-abc1234x-20250101-120000",
+            "../workspace-abc12345-20250101-12000",
+            "workspace-abc12345/20250101-120000",
+            "",
+        ] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+        assert_eq!(session_of("workspace-abc12345-20250101-120000"), Some("abc12345"));
+    }
+
+    #[test]
+    fn records_are_trusted_until_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = "workspace-abc12345-20250101-120000";
+        let zip = backup(dir.path(), id);
+        let catalog = Catalog::new(dir.path().join("backups"), u64::MAX);
+        let listed = catalog.list(Utc::now(), &nobody);
+        assert_eq!(listed.len(), 1);
+        let record = &listed[0];
+        assert!(record.verified && record.reason == "delete" && record.user_id.as_deref() == Some("u@example.com"));
+        assert_eq!(record.session.as_deref(), Some("abc12345"));
+
+        let keep = catalog.set_keep(id, true, Utc::now(), &nobody).unwrap();
+        assert!(keep.keep);
+        assert!(catalog.get(id, Utc::now(), &nobody, false).unwrap().keep, "keep is persisted");
+
+        // Flip one byte of the compressed data: the next look re-verifies and fails it.
+        let mut bytes = fs::read(&zip).unwrap();
+        bytes[60] ^= 0xff;
+        fs::write(&zip, bytes).unwrap();
+        let record = catalog.get(id, Utc::now(), &nobody, false).unwrap();
+        assert!(!record.verified, "{record:?}");
+        assert!(record.error.is_some());
+        assert!(record.keep, "a failed backup keeps its keep flag");
+    }
+
+    #[test]
+    fn zips_without_a_record_are_verified_once_and_leftovers_cleaned() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = "workspace-abc12345-20250101-120000";
+        let zip = backup(dir.path(), id);
+        fs::remove_file(sidecar_path(&zip)).unwrap();
+        let backups = dir.path().join("backups");
+        fs::write(backups.join("workspace-abc12345-20250102-120000.zip.partial"), "half").unwrap();
+        fs::write(backups.join("workspace-abc12345-20250103-120000.json"), "{}").unwrap();
+        fs::write(backups.join("workspace-abc12345-20250104-120000.zip"), "not a zip").unwrap();
+        let catalog = Catalog::new(backups.clone(), u64::MAX);
+        let user = |s: &str| (s == "abc12345").then(|| "owner@example.com".to_string());
+        let listed = catalog.list(Utc::now(), &user);
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        assert!(listed[0].verified && listed[0].reason == "found");
+        assert_eq!(listed[0].user_id.as_deref(), Some("owner@example.com"));
+        assert!(!listed[1].verified, "a broken zip is listed as failed, never as a backup");
+        assert!(sidecar_path(&zip).exists(), "recorded after one verification");
+
+        fs::write(backups.join("workspace-abc12345-20250105-120000.zip.partial"), "half").unwrap();
+        fs::write(backups.join("workspace-abc12345-20250105-120000.json"), "{}").unwrap();
+        let mut removed = catalog.clean_leftovers();
+        removed.sort();
+        assert_eq!(
+            removed,
+            [
+                "workspace-abc12345-20250102-120000.zip.partial",
+                "workspace-abc12345-20250103-120000.json",
+                "workspace-abc12345-20250105-120000.json",
+                "workspace-abc12345-20250105-120000.zip.partial",
+            ]
+        );
+    }
+
+    #[test]
+    fn pruning_spares_kept_and_protected_backups() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = ["workspace-abc12345-20200101-000000", "workspace-abc12345-20200102-000000"];
+        let kept = "workspace-abc12345-20200103-000000";
+        let fresh = "workspace-abc12345-20991231-000000";
+        for id in ids.iter().chain([&kept, &fresh]) {
+            backup(dir.path(), id);
+        }
+        let catalog = Catalog::new(dir.path().join("backups"), u64::MAX);
+        catalog.set_keep(kept, true, Utc::now(), &nobody).unwrap();
+        let protected = HashSet::from([ids[1].to_string()]);
+        let pruned = catalog.prune(Utc::now(), &protected);
+        assert_eq!(pruned.len(), 1);
+        assert_eq!(pruned[0].0, ids[0]);
+        assert!(!catalog.zip_path(ids[0]).exists() && !sidecar_path(&catalog.zip_path(ids[0])).exists());
+        let left: Vec<String> = catalog.list(Utc::now(), &nobody).into_iter().map(|r| r.id).collect();
+        assert_eq!(left, [ids[1], kept, fresh]);
+    }
+}

@@ -1,0 +1,282 @@
+//! Restores against real folders and zips: the round trip, and zips built to attack it.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+
+use chrono::Utc;
+use zip::ZipWriter;
+use zip::write::SimpleFileOptions;
+
+use super::*;
+use crate::backup::write_verified_zip;
+use crate::catalog::Origin;
+
+const LIMITS: Limits = Limits { max_bytes: 1 << 30, max_entries: 10_000, max_ratio: 200 };
+
+/// What a tree holds, path by path: kind, mode, mtime (ns), content hash or link target.
+fn snapshot(root: &Path) -> BTreeMap<String, (String, u32, i64, i64, String)> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (String, u32, i64, i64, String)>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let (kind, what) = if meta.file_type().is_symlink() {
+                ("symlink", fs::read_link(&path).unwrap().to_string_lossy().into_owned())
+            } else if meta.is_dir() {
+                ("dir", String::new())
+            } else if meta.is_file() {
+                ("file", sha256_file(&path).unwrap().0)
+            } else {
+                ("special", String::new())
+            };
+            let mode = if kind == "symlink" { 0 } else { meta.mode() & 0o7777 };
+            out.insert(rel, (kind.into(), mode, meta.mtime(), meta.mtime_nsec(), what));
+            if kind == "dir" {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn touch(path: &Path, secs: i64, nanos: i64) {
+    let t = TimeSpec::new(secs, nanos);
+    utimensat(nix::fcntl::AT_FDCWD, path, &t, &t, UtimensatFlags::NoFollowSymlink).unwrap();
+}
+
+/// Nested folders, binary, empty and executable files, an empty folder, a setgid folder, a
+/// symlink to a file and one to a folder, names with spaces and unicode, a FIFO, exact times.
+fn tree(root: &Path) {
+    fs::create_dir_all(root.join("project/src/deep/er")).unwrap();
+    fs::create_dir_all(root.join("empty folder")).unwrap();
+    fs::create_dir_all(root.join("shared")).unwrap();
+    fs::set_permissions(root.join("shared"), fs::Permissions::from_mode(0o2775)).unwrap();
+    fs::write(root.join("project/src/deep/er/bin.dat"), (0..=255u8).cycle().take(300_000).collect::<Vec<_>>()).unwrap();
+    fs::write(root.join("project/README.md"), "# hello\n".repeat(500)).unwrap();
+    fs::write(root.join("empty.txt"), "").unwrap();
+    fs::write(root.join("naïve café — ☕ file.txt"), "unicode name").unwrap();
+    fs::write(root.join("name with spaces.txt"), "spaces").unwrap();
+    let script = root.join("project/run.sh");
+    fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let private = root.join("project/secret.key");
+    fs::write(&private, "k").unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o600)).unwrap();
+    symlink("project/README.md", root.join("readme-link")).unwrap();
+    symlink("src/deep", root.join("project/deep-link")).unwrap();
+    nix::unistd::mkfifo(&root.join("a fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let mut n = 0;
+    for (path, _) in snapshot(root) {
+        n += 1;
+        touch(&root.join(&path), 1_600_000_000 + n * 1000, 123_456_789 - n);
+    }
+    touch(root, 1_650_000_000, 5);
+}
+
+fn round_trip_zip(dir: &Path) -> (PathBuf, PathBuf) {
+    let src = dir.join("ws");
+    tree(&src);
+    let zip = dir.join("workspace-abc12345-20250101-120000.zip");
+    let info = write_verified_zip(&src, &zip, Utc::now(), &Origin::test()).unwrap();
+    assert_eq!(info.skipped, ["a fifo"], "the FIFO is skipped and reported");
+    (src, zip)
+}
+
+#[test]
+fn a_round_trip_restores_an_identical_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, zip) = round_trip_zip(dir.path());
+    let target = dir.path().join("restored");
+    let options = Options { expected_sha256: Some(sha256_file(&zip).unwrap().0), ..Options::default() };
+    let report = restore_into(&zip, &target, &LIMITS, &options).unwrap();
+    assert_eq!((report.files, report.symlinks), (7, 2), "{report:?}");
+    let mut want = snapshot(&src);
+    want.remove("a fifo");
+    assert_eq!(snapshot(&target), want);
+    assert!(!Swap::for_target(&target).staged.exists());
+
+    // Into a folder that has content: replaced as a whole.
+    fs::write(target.join("stray.txt"), "gone after the restore").unwrap();
+    restore_into(&zip, &target, &LIMITS, &options).unwrap();
+    assert_eq!(snapshot(&target), want);
+    assert!(!Swap::for_target(&target).replaced.exists());
+}
+
+#[test]
+fn a_damaged_zip_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, zip) = round_trip_zip(dir.path());
+    let target = dir.path().join("restored");
+    fs::create_dir_all(&target).unwrap();
+    fs::write(target.join("mine.txt"), "mine").unwrap();
+    let before = snapshot(&target);
+
+    let wrong_sha = Options { expected_sha256: Some("0".repeat(64)), ..Options::default() };
+    assert!(matches!(restore_into(&zip, &target, &LIMITS, &wrong_sha), Err(RestoreError::Corrupt(_))));
+
+    // Flip a byte inside the compressed content of the big binary file: its CRC fails mid-way.
+    let mut bytes = fs::read(&zip).unwrap();
+    let at = bytes.windows(7).position(|w| w == b"bin.dat").unwrap() + 200;
+    bytes[at] ^= 0x55;
+    let broken = dir.path().join("broken.zip");
+    fs::write(&broken, bytes).unwrap();
+    let err = restore_into(&broken, &target, &LIMITS, &Options::default()).unwrap_err();
+    assert!(matches!(err, RestoreError::Corrupt(_)), "{err}");
+    assert_eq!(snapshot(&target), before, "nothing half-written");
+    assert!(!Swap::for_target(&target).staged.exists());
+}
+
+/// Build a zip by hand: (name, kind, content) with kind "file", "dir", "symlink" or "fifo".
+fn crafted(dir: &Path, name: &str, entries: &[(&str, &str, &[u8])]) -> PathBuf {
+    let path = dir.join(name);
+    let mut zip = ZipWriter::new(File::create(&path).unwrap());
+    for (entry, kind, content) in entries {
+        let options = SimpleFileOptions::default();
+        match *kind {
+            "dir" => zip.add_directory(*entry, options).unwrap(),
+            "symlink" => zip.add_symlink(*entry, std::str::from_utf8(content).unwrap(), options).unwrap(),
+            "fifo" => {
+                zip.start_file(*entry, options.system(zip::System::Unix).external_attributes(0o010644 << 16)).unwrap();
+            }
+            _ => {
+                zip.start_file(*entry, options).unwrap();
+                zip.write_all(content).unwrap();
+            }
+        }
+    }
+    zip.finish().unwrap();
+    path
+}
+
+#[test]
+fn malicious_zips_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cases: Vec<(&str, PathBuf, &str)> = vec![
+        ("traversal", crafted(d, "t1.zip", &[("ok.txt", "file", b"1"), ("../evil.txt", "file", b"x")]), "traversal"),
+        ("nested traversal", crafted(d, "t2.zip", &[("a/../../evil.txt", "file", b"x")]), "traversal"),
+        ("absolute path", crafted(d, "t3.zip", &[("/tmp/evil.txt", "file", b"x")]), "absolute"),
+        ("symlink out", crafted(d, "t4.zip", &[("a/link", "symlink", b"../../etc")]), "outside"),
+        ("absolute symlink", crafted(d, "t5.zip", &[("passwd", "symlink", b"/etc/passwd")]), "absolute"),
+        (
+            "symlink chain out",
+            // sub/up -> .. is the root; sub/t -> up/.. then leaves it (physically, not lexically).
+            crafted(d, "t6.zip", &[("sub/", "dir", b""), ("sub/up", "symlink", b".."), ("sub/t", "symlink", b"up/..")]),
+            "outside",
+        ),
+        (
+            "write through a symlink",
+            crafted(d, "t7.zip", &[("sub/", "dir", b""), ("l", "symlink", b"sub"), ("l/f.txt", "file", b"x")]),
+            "goes through the symlink",
+        ),
+        ("inside a file", crafted(d, "t8.zip", &[("f", "file", b"x"), ("f/g", "file", b"y")]), "inside the file"),
+        ("symlink loop", crafted(d, "t10.zip", &[("a", "symlink", b"b/x"), ("b", "symlink", b"a/y")]), "levels"),
+    ];
+    for (what, zip, why) in cases {
+        let target = d.join(format!("target-{what}"));
+        let err = restore_into(&zip, &target, &LIMITS, &Options::default()).unwrap_err();
+        assert!(matches!(err, RestoreError::Rejected(_)), "{what}: {err}");
+        assert!(err.to_string().contains(why), "{what}: {err}");
+        assert!(!target.exists() && !Swap::for_target(&target).staged.exists(), "{what}: nothing written");
+    }
+    assert!(!d.join("evil.txt").exists() && !Path::new("/tmp/evil.txt").exists());
+
+    // The same name twice (the zip writer refuses it, so patch the second name in): the zip
+    // reader keeps one entry per name, so at most one file is ever written for it.
+    let zip = crafted(d, "dup.zip", &[("dupA", "file", b"first"), ("dupB", "file", b"second")]);
+    let mut bytes = fs::read(&zip).unwrap();
+    while let Some(at) = bytes.windows(4).position(|w| w == b"dupB") {
+        bytes[at + 3] = b'A';
+    }
+    fs::write(&zip, bytes).unwrap();
+    match restore_into(&zip, &d.join("dup"), &LIMITS, &Options::default()) {
+        Ok(report) => assert_eq!(report.files, 1),
+        Err(err) => assert!(matches!(err, RestoreError::Rejected(_) | RestoreError::Corrupt(_)), "{err}"),
+    }
+
+    // A setuid file comes back without setuid.
+    let src = d.join("suid-src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("tool"), "#!/bin/sh\n").unwrap();
+    fs::write(src.join("other"), "x").unwrap();
+    fs::set_permissions(src.join("tool"), fs::Permissions::from_mode(0o4755)).unwrap();
+    let zip = d.join("suid.zip");
+    write_verified_zip(&src, &zip, Utc::now(), &Origin::test()).unwrap();
+    restore_into(&zip, &d.join("suid"), &LIMITS, &Options::default()).unwrap();
+    assert_eq!(fs::metadata(d.join("suid/tool")).unwrap().mode() & 0o7777, 0o755);
+
+    // Inside-pointing symlinks, including through other symlinks, are fine.
+    let fine = crafted(
+        d,
+        "fine.zip",
+        &[("sub/", "dir", b""), ("sub/f.txt", "file", b"x"), ("l", "symlink", b"sub"), ("m", "symlink", b"l/f.txt")],
+    );
+    restore_into(&fine, &d.join("fine"), &LIMITS, &Options::default()).unwrap();
+    assert_eq!(fs::read_to_string(d.join("fine/m")).unwrap(), "x");
+
+    // Asked for: escaping symlinks are skipped and reported instead.
+    let zip = crafted(d, "skip.zip", &[("ok.txt", "file", b"1"), ("passwd", "symlink", b"/etc/passwd")]);
+    let options = Options { skip_escaping_symlinks: true, ..Options::default() };
+    let report = restore_into(&zip, &d.join("skipped"), &LIMITS, &options).unwrap();
+    assert_eq!(report.skipped, ["passwd"]);
+    assert!(fs::symlink_metadata(d.join("skipped/passwd")).is_err());
+
+    // Special files in a zip are never created.
+    let zip = crafted(d, "fifo.zip", &[("ok.txt", "file", b"1"), ("pipe", "fifo", b"")]);
+    let report = restore_into(&zip, &d.join("fifo"), &LIMITS, &Options::default()).unwrap();
+    assert_eq!(report.skipped, ["pipe"]);
+    assert!(!d.join("fifo/pipe").exists());
+}
+
+#[test]
+fn zip_bombs_and_oversized_zips_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let zeros = vec![0u8; 100 << 20];
+    let bomb = crafted(d, "bomb.zip", &[("zeros.bin", "file", &zeros)]);
+    assert!(fs::metadata(&bomb).unwrap().len() < 1 << 20, "100 MiB of zeros deflate to a few hundred KiB");
+    let err = restore_into(&bomb, &d.join("t"), &LIMITS, &Options::default()).unwrap_err();
+    assert!(err.to_string().contains("zip bomb"), "{err}");
+    let small = Limits { max_bytes: 1 << 20, ..LIMITS };
+    let err = restore_into(&bomb, &d.join("t"), &small, &Options::default()).unwrap_err();
+    assert!(err.to_string().contains("restore_max_bytes"), "{err}");
+    let many = crafted(d, "many.zip", &[("a", "file", b"1"), ("b", "file", b"2"), ("c", "file", b"3")]);
+    let few = Limits { max_entries: 2, ..LIMITS };
+    let err = restore_into(&many, &d.join("t"), &few, &Options::default()).unwrap_err();
+    assert!(err.to_string().contains("restore_max_entries"), "{err}");
+    assert!(!d.join("t").exists());
+}
+
+#[test]
+fn an_interrupted_swap_is_finished_or_undone() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("ws");
+    let swap = Swap::for_target(&target);
+    // Between the two renames: the staged tree goes into place.
+    fs::create_dir_all(&swap.replaced).unwrap();
+    fs::create_dir_all(&swap.staged).unwrap();
+    fs::write(swap.staged.join("new.txt"), "new").unwrap();
+    assert!(swap.recover().unwrap());
+    assert_eq!(fs::read_to_string(target.join("new.txt")).unwrap(), "new");
+    assert!(!swap.replaced.exists() && !swap.staged.exists());
+    // A half-extracted staged tree is dropped; the target stays.
+    fs::create_dir_all(&swap.staged).unwrap();
+    assert!(!swap.recover().unwrap());
+    assert!(!swap.staged.exists() && target.join("new.txt").exists());
+    // After both renames: only the old tree is left to drop.
+    fs::create_dir_all(&swap.replaced).unwrap();
+    assert!(swap.recover().unwrap());
+    assert!(!swap.replaced.exists() && target.join("new.txt").exists());
+}
+
+#[test]
+fn a_mount_point_is_refused_before_anything_is_written() {
+    // /proc is always its own filesystem: the swap's renames could never move it.
+    let dir = tempfile::tempdir().unwrap();
+    let zip = crafted(dir.path(), "small.zip", &[("a.txt", "file", b"a")]);
+    let err = restore_into(&zip, Path::new("/proc"), &LIMITS, &Options::default()).unwrap_err();
+    assert!(err.to_string().contains("mount point"), "{err}");
+    assert!(!Path::new("/.restore-proc").exists());
+}
