@@ -56,6 +56,10 @@ impl wakeway_proxy::Lifecycle for Wakeway {
         self.manager.request_wake(handle, source)
     }
 
+    fn upstream_failed(&self, handle: &Arc<SessionHandle>, addr: std::net::SocketAddr) {
+        self.manager.upstream_failed(handle, addr)
+    }
+
     async fn redeem_token(&self, id: &SessionId, token: &str) -> bool {
         self.manager.redeem_token(id, token)
     }

@@ -425,9 +425,9 @@ impl Manager {
         if rt.wake_queued.swap(true, Ordering::AcqRel) {
             return;
         }
-        // A new attempt after a failed start: requests held from now on wait for this attempt,
-        // not for the failure before it.
-        if matches!(handle.phase(), Phase::Failed(_)) {
+        // Starting from now on: requests held from now on wait for this attempt (not for a failure
+        // before it), and the waiting page says so at once. The attempt publishes where it ends.
+        if matches!(handle.phase(), Phase::Failed(_) | Phase::Asleep) {
             handle.set_phase(Phase::Starting);
         }
         let this = self.clone();
@@ -436,6 +436,17 @@ impl Manager {
                 tracing::debug!(session = %rt.handle.id, error = %e, "wake did not happen");
             }
         });
+    }
+
+    /// The proxy could not connect to `addr`: if that is still the published address, stop
+    /// routing there and let a wake find the truth (running elsewhere, being stopped by another
+    /// replica, crashed): it publishes where the workspace is, waking it if it sleeps.
+    pub fn upstream_failed(&self, handle: &Arc<SessionHandle>, addr: SocketAddr) {
+        if handle.phase() == Phase::Ready(addr) {
+            tracing::debug!(session = %handle.id, %addr, "workspace refused a connection; checking where it is");
+            handle.set_phase(Phase::Starting);
+        }
+        self.request_wake(handle, ActivitySource::Http);
     }
 
     /// Wake and wait until ready (or failed). Used by the API's `wake?wait=true` and tests.
@@ -501,6 +512,7 @@ impl Manager {
                 }
             }
             _ if s.delete_requested => {
+                self.publish(rt, &s);
                 return Err(LifecycleError::Conflict {
                     id: s.uuid.clone(),
                     state: s.state.as_str(),

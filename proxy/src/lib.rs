@@ -41,6 +41,11 @@ pub trait Lifecycle: Send + Sync + 'static {
     /// many requests call it, one start happens. Progress is published on the handle's phase.
     fn request_wake(&self, handle: &Arc<SessionHandle>, source: ActivitySource);
 
+    /// A connection to `addr`, the session's published address, was refused: the workspace went
+    /// away (stopped by another replica, crashed). Find out and publish where it is now (waking it
+    /// if it sleeps), so the request can be retried once the phase settles.
+    fn upstream_failed(&self, handle: &Arc<SessionHandle>, addr: std::net::SocketAddr);
+
     /// Exchange a one-time sign-in token for access to session `id` (consumes it). False for an
     /// unknown, expired, used, or other session's token.
     async fn redeem_token(&self, id: &SessionId, token: &str) -> bool;

@@ -98,6 +98,8 @@ pub struct RequestCtx {
     counts: bool,
     /// The client→server side of an upgraded WebSocket, classified message by message.
     ws: Option<Box<ClientStream>>,
+    /// Connection attempts to the workspace that failed (each retried once the phase settles).
+    connect_failures: u8,
     /// This WebSocket's place in the session's bound (released when the request ends).
     _ws_slot: Option<WebSocketSlot>,
 }
@@ -608,6 +610,22 @@ impl ProxyHttp for WakewayProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        if ctx.connect_failures > 0
+            && let Some(handle) = &ctx.session
+        {
+            // The last attempt was refused: wait (bounded) for the lifecycle to settle where the
+            // workspace is now — after a sleep elsewhere, that means after it woke again.
+            let deadline = tokio::time::Instant::now() + self.settings.hold_timeout;
+            match handle.wait_settled(deadline).await {
+                Some(Phase::Ready(addr)) => ctx.upstream = Some(addr),
+                _ => {
+                    return Err(pingora::Error::explain(
+                        pingora::ErrorType::HTTPStatus(503),
+                        "the workspace went away and did not come back in time",
+                    ));
+                }
+            }
+        }
         let addr = ctx
             .upstream
             .ok_or_else(|| pingora::Error::explain(pingora::ErrorType::InternalError, "no upstream chosen"))?;
@@ -615,6 +633,25 @@ impl ProxyHttp for WakewayProxy {
         peer.options.connection_timeout = Some(Duration::from_secs(5));
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<pingora::Error>,
+    ) -> Box<pingora::Error> {
+        // A refused connection means the workspace is not where we thought: never sleep here (this
+        // is sync); tell the lifecycle and let `upstream_peer` wait for the phase to settle.
+        if let (Some(handle), Some(addr)) = (&ctx.session, ctx.upstream)
+            && ctx.connect_failures < 3
+        {
+            ctx.connect_failures += 1;
+            self.lifecycle.upstream_failed(handle, addr);
+            e.set_retry(true);
+        }
+        e
     }
 
     async fn upstream_request_filter(

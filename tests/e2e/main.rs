@@ -476,3 +476,23 @@ async fn bad_input_at_the_front_door() {
     // Still healthy after all of that.
     assert_eq!(w.client.get(w.url("/health")).send().await.unwrap().status(), 200);
 }
+
+/// A workspace that died behind wakeway's back (killed, crashed) is started again by the next
+/// request, which is held and served instead of getting a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_a_workspace_that_died_is_served_after_a_restart() {
+    let w = Wakeway::start(&[("WAKEWAY_SWEEP_INTERVAL", "1h")]).await;
+    let id = w.create().await;
+    w.wait_state(&id, "running", LONG).await;
+    let starts = std::fs::read_to_string(w.dir.join("starts")).unwrap();
+    let pid: i32 = starts.lines().last().unwrap().split(' ').next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    // Wait until the port is really closed, so the proxy's next connection is refused.
+    let port: u16 = starts.lines().last().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = w.ws(Method::GET, &id, "/headers").send().await.unwrap();
+    assert_status(r.status(), 200, "served by the restarted workspace");
+    assert_eq!(w.starts(), 2);
+}
