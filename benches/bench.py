@@ -230,6 +230,7 @@ def first_byte_ms(port, host, path="/small"):
     s = socket.create_connection(("127.0.0.1", port), timeout=120)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     req = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: */*\r\nConnection: close\r\n\r\n".encode()
+    sent_epoch = time.time()
     t0 = time.perf_counter()
     s.sendall(req)
     first = s.recv(1)
@@ -242,7 +243,13 @@ def first_byte_ms(port, host, path="/small"):
         rest += chunk
     s.close()
     status = rest.split(b"\r\n", 1)[0].decode(errors="replace")
-    return (t1 - t0) * 1000, status
+    return (t1 - t0) * 1000, status, sent_epoch
+
+
+def start_times(path, skip):
+    """Epoch seconds of the workspace wrapper's starts (one line each), after the first `skip`."""
+    lines = open(path).read().splitlines() if os.path.exists(path) else []
+    return [float(line.split()[1]) for line in lines[skip:]]
 
 
 def start_to_listen_ms(command_for_port, n):
@@ -250,6 +257,7 @@ def start_to_listen_ms(command_for_port, n):
     out = []
     for _ in range(n):
         port = free_port()
+        popen_epoch = time.time()
         t0 = time.perf_counter()
         p = subprocess.Popen(command_for_port(port), shell=True, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -261,7 +269,7 @@ def start_to_listen_ms(command_for_port, n):
                 if time.perf_counter() - t0 > 30:
                     raise RuntimeError("workspace never listened")
                 time.sleep(0.0002)
-        out.append((time.perf_counter() - t0) * 1000)
+        out.append(((time.perf_counter() - t0) * 1000, popen_epoch))
         stop(p)
     return out
 
@@ -412,21 +420,34 @@ def main():
     # 3: wake overhead.
     cmd = lambda port: (f"exec {wrapper} {port} {tmp}/solo-{port} {docroot} "  # noqa: E731
                         f"{tmp}/solo-starts {ws_template_path}")
-    own = start_to_listen_ms(cmd, WAKES)
-    wakes = []
+    solo = start_to_listen_ms(cmd, WAKES)
+    own = [ms for ms, _ in solo]
+    solo_spawn = [(w - e) * 1000 for (_, e), w in zip(solo, start_times(f"{tmp}/solo-starts", 0))]
+    wakes, sent = [], []
+    starts_before = len(start_times(starts, 0))
     for _ in range(WAKES):
         api(ww_port, "POST", f"/session/{sid}/sleep")
         wait_state(ww_port, sid, "sleeping")
         time.sleep(0.2)
-        ms, status = first_byte_ms(ww_port, host)
+        ms, status, sent_epoch = first_byte_ms(ww_port, host)
         if not status.startswith("HTTP/1.1 200"):
             raise RuntimeError(f"wake answered {status}")
         wakes.append(ms)
+        sent.append(sent_epoch)
+    wake_starts = start_times(starts, starts_before)
+    wake_spawn = [(w - e) * 1000 for e, w in zip(sent, wake_starts)]
     own_med, wake_med = statistics.median(own), statistics.median(wakes)
     results["wake"] = {"n": WAKES, "first_byte_ms": [round(x, 2) for x in wakes],
                        "workspace_start_to_listen_ms": [round(x, 2) for x in own],
                        "median_first_byte_ms": round(wake_med, 2), "median_start_to_listen_ms": round(own_med, 2),
-                       "median_overhead_ms": round(wake_med - own_med, 2)}
+                       "median_overhead_ms": round(wake_med - own_med, 2),
+                       "workspace_starts_during_wakes": len(wake_starts),
+                       "wake_request_to_wrapper_start_ms": round(statistics.median(wake_spawn), 2) if wake_spawn else None,
+                       "solo_spawn_to_wrapper_start_ms": round(statistics.median(solo_spawn), 2) if solo_spawn else None,
+                       "wake_wrapper_start_to_first_byte_ms":
+                           round(statistics.median([w - s for w, s in zip(wakes, wake_spawn)]), 2) if wake_spawn else None,
+                       "solo_wrapper_start_to_listen_ms":
+                           round(statistics.median([o - s for o, s in zip(own, solo_spawn)]), 2) if solo_spawn else None}
     log(f"wake: first byte median {wake_med:.1f} ms, workspace alone {own_med:.1f} ms, "
         f"overhead {wake_med - own_med:.1f} ms")
 
@@ -503,6 +524,12 @@ def render_md(r):
               f"| workspace (nginx) alone: start → listening, median of {w['n']} | "
               f"{w['median_start_to_listen_ms']:.1f} ms |",
               f"| **wake overhead** (difference of medians) | **{w['median_overhead_ms']:.1f} ms** |",
+              f"| workspace starts during the {w['n']} wakes | {w['workspace_starts_during_wakes']} |",
+              f"| wake: request sent → wrapper script running (wakeway's part before the start) | "
+              f"{w['wake_request_to_wrapper_start_ms']} ms |",
+              f"| wake: wrapper running → first byte | {w['wake_wrapper_start_to_first_byte_ms']} ms |",
+              f"| alone: harness spawn → wrapper running | {w['solo_spawn_to_wrapper_start_ms']} ms |",
+              f"| alone: wrapper running → listening | {w['solo_wrapper_start_to_listen_ms']} ms |",
               f"| herd: {h['requests']} concurrent requests to a sleeping session: workspace starts | "
               f"{h['workspace_starts']} |",
               f"| herd: answered 200 | {h['served_200']} / {h['requests']} |",
