@@ -471,6 +471,17 @@ def main():
         results["activity"] = []
         log(f"activity bench failed: {e}")
 
+    # 5: idle proxied WebSockets (benches/websockets.py: its own processes, testspace as the upstream).
+    try:
+        ws_out = os.path.join(HERE, "results", "websockets-quick.json" if QUICK else "websockets.json")
+        subprocess.run([sys.executable, os.path.join(HERE, "websockets.py"), "1000" if QUICK else "5000", ws_out],
+                       capture_output=True, text=True, timeout=900, check=True)
+        results["websockets"] = json.load(open(ws_out))["runs"]
+        log(f"websockets: {results['websockets']}")
+    except Exception as e:  # noqa: BLE001
+        results["websockets"] = []
+        log(f"websockets bench failed: {e}")
+
     results["load_avg_end"] = load_avg()
     results["duration_s"] = round(time.monotonic() - run_t0, 1)
     for p in reversed(procs):
@@ -534,6 +545,14 @@ def render_md(r):
               f"{h['workspace_starts']} |",
               f"| herd: answered 200 | {h['served_200']} / {h['requests']} |",
               f"| herd: time to last response | {h['time_to_last_response_ms']:.0f} ms |"]
+    if r.get("websockets"):
+        lines += ["", "| idle WebSockets (testspace echo upstream) | open | KiB per connection (RSS) | "
+                  "echo p50 ms | echo p99 ms |", "|---|---:|---:|---:|---:|"]
+        for x in r["websockets"]:
+            who = {"direct": "upstream itself (direct)", "nginx": "nginx (master + worker)",
+                   "wakeway": "wakeway (its process only)"}[x["target"]]
+            lines.append(f"| {who} | {x['connections']} | {x['kib_per_connection']:.1f} | {x['echo_p50_ms']:.3f} | "
+                         f"{x['echo_p99_ms']:.3f} |")
     if r.get("activity"):
         lines += ["", "| activity classifier (one core) | message size | wire MB/s | payload MB/s |",
                   "|---|---:|---:|---:|"]
