@@ -2,7 +2,7 @@
 # One command: install the load tools and baselines, build wakeway in release, measure, write
 # benches/results/latest.{json,md} and docs/bench-latency.svg.
 #   benches/run.sh            full run (10 s per load point)
-#   benches/run.sh --quick    smoke mode (3 s per point, same steps; ~105 s after the build) so it does not rot
+#   benches/run.sh --quick    smoke mode (3 s per point, same steps; ~2 min after the build) so it does not rot
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
