@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One command: install the load tools and baselines, build wakeway in release, measure, write
+# benches/results/latest.{json,md} and docs/bench-latency.svg.
+#   benches/run.sh            full run (10 s per load point)
+#   benches/run.sh --quick    smoke mode (3 s per point, same steps; ~2 min after the build) so it does not rot
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(dirname "$here")"
+cd "$root"
+
+need_apt=()
+command -v wrk >/dev/null || need_apt+=(wrk)
+command -v h2load >/dev/null || need_apt+=(nghttp2-client)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+command -v cmake >/dev/null || need_apt+=(cmake)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== apt-get install ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq || true
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# The Debian package starts a system nginx on :80; the benches use their own instances only.
+if [ ! -x "$here/node_modules/.bin/configurable-http-proxy" ]; then
+  echo "== npm install configurable-http-proxy (into benches/node_modules)"
+  npm install --silent --no-save --no-package-lock --prefix "$here" configurable-http-proxy@4 >/dev/null
+fi
+
+echo "== cargo build --release (wakeway, wakeway-testspace, wakeway-bench-activity)"
+cargo build --release -p wakeway -p wakeway-benches --bin wakeway --bin wakeway-testspace --bin wakeway-bench-activity
+
+# 1,000 concurrent clients (thundering herd) and their proxied connections need descriptors.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+exec python3 "$here/bench.py" "$@"

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Idle proxied WebSockets: RSS per connection of wakeway vs nginx, and echo round-trip with them open.
+
+Run after benches/run.sh has built everything: `python3 benches/websockets.py [N [OUT.json]]` (default 2000,
+benches/results/websockets.json; ulimit -n must allow ~2N per process). Upstream for every path: wakeway-testspace's `/ws` echo server. Writes benches/results/websockets.json.
+"""
+
+import asyncio
+import base64
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import bench
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+OUT = sys.argv[2] if len(sys.argv) > 2 else os.path.join(bench.HERE, "results", "websockets.json")
+TESTSPACE = os.path.join(bench.RELEASE, "wakeway-testspace")
+
+
+def rss_tree_kib(pid):
+    """RSS of a process and its children (nginx master + workers)."""
+    total = bench.rss_kib(pid)
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            for child in open(f"/proc/{pid}/task/{task}/children").read().split():
+                total += rss_tree_kib(int(child))
+    except OSError:
+        pass
+    return total
+
+
+async def open_ws(port, host):
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    w.write(f"GET /ws HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    await w.drain()
+    head = await r.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise RuntimeError(head[:80])
+    return r, w
+
+
+async def echo_ms(r, w, n=200):
+    out = []
+    for _ in range(n):
+        payload = b"ping-0123456789"
+        mask = os.urandom(4)
+        t0 = time.perf_counter()
+        w.write(bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i & 3] for i, b in enumerate(payload)))
+        await w.drain()
+        hdr = await r.readexactly(2)
+        await r.readexactly(hdr[1] & 0x7F)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+async def measure(name, port, host, pid, tree):
+    rss = rss_tree_kib if tree else bench.rss_kib
+    before = rss(pid)
+    conns = []
+    for i in range(0, N, 200):
+        conns += await asyncio.gather(*(open_ws(port, host) for _ in range(min(200, N - i))))
+    await asyncio.sleep(2)
+    after = rss(pid)
+    r, w = await open_ws(port, host)
+    rtt = await echo_ms(r, w)
+    for _, cw in conns + [(r, w)]:
+        cw.close()
+    res = {"target": name, "connections": N, "rss_before_kib": before, "rss_after_kib": after,
+           "kib_per_connection": round((after - before) / N, 2), "echo_p50_ms": round(statistics.median(rtt), 3),
+           "echo_p99_ms": round(sorted(rtt)[int(len(rtt) * 0.99) - 1], 3)}
+    print(res, flush=True)
+    return res
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="wakeway-ws-")
+    os.chmod(tmp, 0o755)
+    ts_port = bench.free_port()
+    bench.spawn([TESTSPACE, "--port", str(ts_port), tmp], os.path.join(tmp, "testspace.log"))
+    bench.wait_port(ts_port)
+    px_port = bench.free_port()
+    conf = bench.proxy_conf(tmp, px_port, ts_port).replace(
+        'proxy_set_header Connection "";',
+        'proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "upgrade"; proxy_read_timeout 1h;')
+    open(os.path.join(tmp, "nginx.conf"), "w").write(conf)
+    ng = bench.spawn([bench.NGINX, "-c", os.path.join(tmp, "nginx.conf"), "-g", "daemon off;"],
+                     os.path.join(tmp, "nginx.log"))
+    bench.wait_port(px_port)
+    ww_port = bench.free_port()
+    env = dict(os.environ, WAKEWAY_LISTEN=f"127.0.0.1:{ww_port}", WAKEWAY_DATA_DIR=os.path.join(tmp, "data"),
+               WAKEWAY_API_KEY=bench.API_KEY, WAKEWAY_THREADS="1", WAKEWAY_LOG="warn", WAKEWAY_SHUTDOWN_GRACE="0s",
+               WAKEWAY_WORKSPACE_COMMAND=f"exec {TESTSPACE} --port {{port}} {{workspace}}",
+               WAKEWAY_MAX_WEBSOCKETS_PER_SESSION=str(N + 10), WAKEWAY_RATE_LIMIT_PER_MINUTE="100000")
+    env.pop("WAKEWAY_CONFIG", None)
+    ww = bench.spawn([os.path.join(bench.RELEASE, "wakeway"), "serve"], os.path.join(tmp, "wakeway.log"), env=env)
+    bench.wait_port(ww_port)
+    sid = bench.api(ww_port, "POST", "/session/create", {"user_id": "ws@example.com"})["uuid"]
+    bench.wait_state(ww_port, sid, "running")
+    host = f"vs-code-{sid}.localhost:{ww_port}"
+    try:
+        results = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_avg": bench.load_avg(),
+                   "machine": bench.machine(), "runs": []}
+        # RSS: the testspace process (direct: the upstream's own cost), nginx master + workers, the wakeway
+        # process alone (not its child workspace).
+        for name, port, h, pid, tree in [("direct", ts_port, "127.0.0.1", bench.procs[0].pid, False),
+                                         ("nginx", px_port, "x", ng.pid, True), ("wakeway", ww_port, host, ww.pid, False)]:
+            results["runs"].append(asyncio.run(measure(name, port, h, pid, tree)))
+        results["load_avg_end"] = bench.load_avg()
+        json.dump(results, open(OUT, "w"), indent=2)
+        print(f"wrote {OUT}")
+    finally:
+        for p in reversed(bench.procs):
+            bench.stop(p)
+
+
+if __name__ == "__main__":
+    main()
