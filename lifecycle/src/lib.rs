@@ -61,7 +61,7 @@ impl wakeway_proxy::Lifecycle for Wakeway {
     }
 
     async fn redeem_token(&self, id: &SessionId, token: &str) -> bool {
-        self.manager.redeem_token(id, token)
+        self.manager.redeem_token(id, token).await
     }
 
     async fn api(&self, request: http::Request<Bytes>, _client: Option<IpAddr>) -> http::Response<ApiBody> {

@@ -151,9 +151,6 @@ struct Inner {
     metrics: Metrics,
     stats: Arc<ProxyStats>,
     store_up: AtomicBool,
-    /// One-time sign-in tokens: SHA-256 of the token → (session, expiry ms). In memory: they
-    /// live minutes, and a restart only means asking for a new link.
-    tokens: DashMap<[u8; 32], (SessionId, i64)>,
     /// Problems worth showing in `/health` (component → message), e.g. ACME failures.
     problems: DashMap<&'static str, String>,
     /// Notified when a session is created or deleted (certificates follow sessions).
@@ -213,7 +210,6 @@ impl Manager {
                 metrics,
                 stats,
                 store_up: AtomicBool::new(true),
-                tokens: DashMap::new(),
                 problems: DashMap::new(),
                 changed: Arc::new(tokio::sync::Notify::new()),
                 shared: store_shared,
@@ -843,20 +839,38 @@ impl Manager {
         let bytes: [u8; 24] = rand::rng().random();
         let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let now = self.now();
-        let expires = now + chrono::Duration::from_std(self.inner.config.access_token_ttl).unwrap_or_default();
-        self.inner.tokens.retain(|_, (_, exp)| *exp > now.timestamp_millis());
-        self.inner.tokens.insert(token_digest(&token), (id.clone(), expires.timestamp_millis()));
+        let ttl = self.inner.config.access_token_ttl;
+        let expires = now + chrono::Duration::from_std(ttl).unwrap_or_default();
+        // In the store (only a digest): whichever replica the browser reaches redeems it, once.
+        let record = json!({ "session": id.as_str(), "expires_ms": expires.timestamp_millis() });
+        self.inner.store.put_expiring(&token_key(&token), record.to_string().as_bytes(), ttl).await?;
         let url =
             format!("{}/?{}={token}", self.inner.config.workspace_url(id.as_str()), wakeway_proxy::auth::TOKEN_PARAM);
         Ok((url, expires))
     }
 
     /// Consume a sign-in token; true if it was minted for `id` and has not expired.
-    pub fn redeem_token(&self, id: &SessionId, token: &str) -> bool {
+    pub async fn redeem_token(&self, id: &SessionId, token: &str) -> bool {
+        if token.len() != 48 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return false;
+        }
+        let Ok(Some(bytes)) = self.inner.store.take_blob(&token_key(token)).await else { return false };
+        let record: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        record["session"] == id.as_str()
+            && record["expires_ms"].as_i64().is_some_and(|t| t > self.now().timestamp_millis())
+    }
+
+    /// Remove sign-in tokens that expired unused (stores without expiry keep them until here).
+    async fn prune_tokens(&self) {
+        let Ok(keys) = self.inner.store.list_blobs(TOKEN_PREFIX).await else { return };
         let now = self.now().timestamp_millis();
-        match self.inner.tokens.remove(&token_digest(token)) {
-            Some((_, (owner, expires))) => owner == *id && expires > now,
-            None => false,
+        for key in keys {
+            if let Ok(Some(bytes)) = self.inner.store.get_blob(&key).await {
+                let record: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                if record["expires_ms"].as_i64().is_none_or(|t| t <= now) {
+                    let _ = self.inner.store.take_blob(&key).await;
+                }
+            }
         }
     }
 
@@ -1036,6 +1050,7 @@ impl Manager {
         };
         let now = self.now();
         self.prune_backups(now, &all).await;
+        self.prune_tokens().await;
         for mut s in all {
             let rt = self.runtime_for(&s);
             self.publish_if_idle(&rt, &s);
@@ -1364,9 +1379,12 @@ fn log_reconcile(report: &crate::backend::ReconcileReport) {
     }
 }
 
-fn token_digest(token: &str) -> [u8; 32] {
+const TOKEN_PREFIX: &str = "signin/";
+
+/// Where a sign-in token is kept: its SHA-256, never the token itself.
+fn token_key(token: &str) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(token.as_bytes()).into()
+    format!("{TOKEN_PREFIX}{:x}", sha2::Sha256::digest(token.as_bytes()))
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {

@@ -199,3 +199,30 @@ async fn a_redis_restart_loses_nothing() {
     assert!(a.workspace_dir(&id).join("keep.txt").exists(), "no workspace is deleted because its record vanished");
     assert_eq!(a.ws(Method::GET, &id, "/files/keep.txt").send().await.unwrap().text().await.unwrap(), "still here");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_link_minted_on_one_replica_works_on_another_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = Redis::start(tmp.path()).await;
+    let url = redis.url();
+    let token = [("WAKEWAY_WORKSPACE_AUTH", "token")];
+    let a = Wakeway::start_in(tmp.path(), &replica("a", &url, &token)).await;
+    let b = Wakeway::start_in(tmp.path(), &replica("b", &url, &token)).await;
+    let r = a.api(Method::POST, "/session/create").body(r#"{"user_id":"owner@example.com"}"#).send().await.unwrap();
+    let created: Value = r.json().await.unwrap();
+    let id = created["uuid"].as_str().unwrap().to_string();
+    let access = created["access_url"].as_str().unwrap();
+    let path = access.split_once(&a.host(&id)).unwrap().1.to_string();
+    b.wait_state(&id, "running", LONG).await;
+    let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let first = no_redirect.get(b.url(&path)).header("host", b.host(&id)).send().await.unwrap();
+    assert_eq!(first.status(), 302, "minted on A, redeemed on B");
+    let cookie = first.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let again = no_redirect.get(a.url(&path)).header("host", a.host(&id)).send().await.unwrap();
+    assert_eq!(again.status(), 401, "used once, on any replica");
+    // The cookie is signed with the shared secret: it opens the workspace on either replica.
+    for w in [&a, &b] {
+        let r = w.ws(Method::GET, &id, "/headers").header("cookie", &cookie).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}

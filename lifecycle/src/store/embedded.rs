@@ -148,6 +148,20 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn take_blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_string();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            let taken = {
+                let mut table = txn.open_table(BLOBS).map_err(unavailable)?;
+                table.remove(key.as_str()).map_err(unavailable)?.map(|v| v.value().to_vec())
+            };
+            txn.commit().map_err(unavailable)?;
+            Ok(taken)
+        })
+        .await
+    }
+
     async fn list_blobs(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let prefix = prefix.to_string();
         self.blocking(move |db| {
@@ -213,6 +227,8 @@ mod tests {
         assert_eq!(store.list_blobs("certs/").await.unwrap(), ["certs/a", "certs/b"]);
         assert_eq!(store.get_blob("certs/a").await.unwrap().as_deref(), Some(&b"one"[..]));
         assert_eq!(store.get_blob("missing").await.unwrap(), None);
+        assert_eq!(store.take_blob("certs/a").await.unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(store.take_blob("certs/a").await.unwrap(), None, "taken once");
         store.remove("abc12345", 2).await.unwrap();
         assert!(store.get("abc12345").await.unwrap().is_none());
         store.health().await.unwrap();

@@ -71,6 +71,16 @@ pub trait Store: Send + Sync + 'static {
     /// Write a small shared value (last write wins).
     async fn put_blob(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
 
+    /// Write a small shared value that disappears after `ttl` (stores without expiry keep it; the
+    /// sweep removes expired ones).
+    async fn put_expiring(&self, key: &str, value: &[u8], _ttl: Duration) -> Result<(), StoreError> {
+        self.put_blob(key, value).await
+    }
+
+    /// Read and delete a shared value in one atomic step (a one-time token is used once, even
+    /// with several replicas).
+    async fn take_blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
     /// Keys of the shared values starting with `prefix`.
     async fn list_blobs(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
 

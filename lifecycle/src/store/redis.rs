@@ -213,6 +213,22 @@ impl Store for RedisStore {
         self.conn.clone().set(key("blob", name), value).await.map_err(unavailable)
     }
 
+    async fn put_expiring(&self, name: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        let ms = ttl.as_millis().max(1) as u64;
+        redis::cmd("SET")
+            .arg(key("blob", name))
+            .arg(value)
+            .arg("PX")
+            .arg(ms)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn take_blob(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        redis::cmd("GETDEL").arg(key("blob", name)).query_async(&mut self.conn.clone()).await.map_err(unavailable)
+    }
+
     async fn list_blobs(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn.clone();
         let pattern = format!("{}*", key("blob", prefix));
