@@ -681,5 +681,6 @@ impl<'a> Reader<'a> {
     }
 }
 
+pub mod encode;
 #[cfg(test)]
 mod tests;

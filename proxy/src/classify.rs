@@ -51,7 +51,7 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>, headers: &Head
         return RequestKind::Passive(PassiveReason::Options);
     }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let purpose = |name: &str| header(name).to_ascii_lowercase().contains("prefetch");
+    let purpose = |name: &str| contains_ignore_case(header(name), "prefetch");
     if purpose("sec-purpose")
         || purpose("purpose")
         || purpose("x-moz")
@@ -63,11 +63,8 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>, headers: &Head
         return RequestKind::Passive(PassiveReason::HealthCheck);
     }
     let agent = header("user-agent");
-    if !agent.is_empty() && !bots.is_empty() {
-        let agent = agent.to_ascii_lowercase();
-        if bots.iter().any(|b| agent.contains(b.as_str())) {
-            return RequestKind::Passive(PassiveReason::Bot);
-        }
+    if !agent.is_empty() && bots.iter().any(|b| contains_ignore_case(agent, b)) {
+        return RequestKind::Passive(PassiveReason::Bot);
     }
     let upgrade = header("upgrade").eq_ignore_ascii_case("websocket");
     if upgrade && query.is_some_and(|q| q.split('&').any(|kv| kv == "reconnection=true")) {
@@ -80,6 +77,13 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>, headers: &Head
         mode.eq_ignore_ascii_case("navigate")
     };
     if navigate { RequestKind::Navigate } else { RequestKind::Hold }
+}
+
+/// Whether `haystack` contains `needle` (lowercase), ignoring ASCII case, without allocating: this
+/// runs on every request.
+fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
+    n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
 }
 
 #[cfg(test)]
@@ -129,6 +133,7 @@ mod tests {
         assert_eq!(kind(Method::GET, "/", None, &[("purpose", "prefetch")]), RequestKind::Passive(Prefetch));
         assert_eq!(kind(Method::GET, "/healthz", None, &[]), RequestKind::Passive(HealthCheck));
         assert_eq!(kind(Method::GET, "/", None, &[("user-agent", "Googlebot/2.1")]), RequestKind::Passive(Bot));
+        assert_eq!(kind(Method::GET, "/", None, &[("user-agent", "Mozilla/5.0 Chrome/156")]), RequestKind::Hold);
         assert_eq!(kind(Method::GET, "/", None, &[("user-agent", "kube-probe/1.30")]), RequestKind::Passive(Bot));
         assert_eq!(
             kind(Method::GET, "/stable-x", Some("reconnectionToken=a&reconnection=true"), &[("upgrade", "websocket")]),

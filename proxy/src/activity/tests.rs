@@ -1,5 +1,6 @@
+use super::encode::{deflate_message, frame, rpc, vsc};
 use super::*;
-use flate2::{Compress, Compression, FlushCompress};
+use flate2::{Compress, Compression};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers: WebSocket frames, permessage-deflate, VS Code protocol messages.
@@ -29,53 +30,8 @@ const CLOSE: u8 = 0x8;
 const PING: u8 = 0x9;
 const PONG: u8 = 0xa;
 
-/// One masked client frame.
-fn frame(opcode: u8, fin: bool, rsv1: bool, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut f = vec![u8::from(fin) << 7 | u8::from(rsv1) << 6 | opcode];
-    let len = payload.len();
-    if len < 126 {
-        f.push(0x80 | len as u8);
-    } else if len <= 0xffff {
-        f.push(0x80 | 126);
-        f.extend((len as u16).to_be_bytes());
-    } else {
-        f.push(0x80 | 127);
-        f.extend((len as u64).to_be_bytes());
-    }
-    f.extend(mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-    f
-}
-
-/// RFC 7692 §7.2.1: compress with a sync flush and strip the trailing `00 00 ff ff`.
-fn deflate_message(c: &mut Compress, bytes: &[u8]) -> Vec<u8> {
-    let start = c.total_in();
-    let mut out = Vec::with_capacity(bytes.len() / 2 + 64);
-    loop {
-        out.reserve(4096);
-        let done = (c.total_in() - start) as usize;
-        c.compress_vec(&bytes[done..], &mut out, FlushCompress::Sync).unwrap();
-        if (c.total_in() - start) as usize == bytes.len() && out.len() < out.capacity() {
-            break;
-        }
-    }
-    assert!(out.ends_with(&DEFLATE_TAIL), "sync flush ends with 00 00 ff ff");
-    out.truncate(out.len() - 4);
-    out
-}
-
 fn raw_compressor() -> Compress {
     Compress::new(Compression::default(), false)
-}
-
-/// A VS Code protocol message (ipc.net.ts `ProtocolWriter.write`).
-fn vsc(ty: u8, id: u32, ack: u32, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![ty];
-    m.extend(id.to_be_bytes());
-    m.extend(ack.to_be_bytes());
-    m.extend((body.len() as u32).to_be_bytes());
-    m.extend(body);
-    m
 }
 
 fn handshake() -> Vec<u8> {
@@ -86,25 +42,6 @@ fn connection_type(kind: u8) -> Vec<u8> {
     let json =
         format!(r#"{{"type":"connectionType","commit":"abc","signedData":"xyz","desiredConnectionType":{kind}}}"#);
     vsc(2, 0, 0, json.as_bytes())
-}
-
-/// rpcProtocol.ts `_requestJSONArgs` (types 1/2) or `_requestMixedArgs` (types 3/4) body.
-fn rpc(ty: u8, req: u32, method: &str, args: &[u8]) -> Vec<u8> {
-    let mut b = vec![ty];
-    b.extend(req.to_be_bytes());
-    b.push(17); // rpc id
-    b.push(method.len() as u8);
-    b.extend(method.as_bytes());
-    if ty <= 2 {
-        b.extend((args.len() as u32).to_be_bytes());
-        b.extend(args);
-    } else {
-        b.push(1); // one mixed arg
-        b.push(2); // ArgType.VSBuffer
-        b.extend((args.len() as u32).to_be_bytes());
-        b.extend(args);
-    }
-    b
 }
 
 fn vql(mut v: u32, out: &mut Vec<u8>) {
