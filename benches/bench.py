@@ -22,15 +22,21 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-RELEASE = os.path.join(ROOT, "target", "release")
+MODE = "smoke" if "--smoke" in sys.argv else "quick" if "--quick" in sys.argv else "full"
+QUICK = MODE != "full"
+if MODE == "smoke":
+    os.environ["BENCH_PROFILE"] = "debug"  # seen by websockets.py too
+# --smoke runs the debug binaries `cargo test` built: it checks that every step still works, not speed.
+BIN = os.path.join(ROOT, "target", os.environ.get("BENCH_PROFILE", "release"))
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 CHP = os.path.join(HERE, "node_modules", ".bin", "configurable-http-proxy")
 API_KEY = "bench-api-key-0123456789abcdef"
-QUICK = "--quick" in sys.argv
-DURATION = 3 if QUICK else 10
+DURATION = {"full": 10, "quick": 3, "smoke": 1}[MODE]
 CONCURRENCY = [1, 32, 128]
-WAKES = 10  # the issue asks for a median of N >= 10 wakes, in both modes
-HERD = 1000
+WAKES = 3 if MODE == "smoke" else 10  # a median of 10 wakes (full and quick)
+HERD = 200 if MODE == "smoke" else 1000
+# Registered (sleeping) sessions in the scale step.
+SESSIONS = {"full": 100_000, "quick": 10_000, "smoke": 1_000}[MODE]
 PROXY_WORKERS = 1  # nginx worker_processes == WAKEWAY_THREADS (2 cores: one for wrk, one for the proxy)
 SMALL = b"x" * 99 + b"\n"  # 100 B
 LARGE = bytes((i * 7 + 13) % 256 for i in range(100 * 1024))  # 100 KiB
@@ -105,7 +111,7 @@ def tool_versions():
             return f"? ({e})"
     return {"wrk": out(["wrk", "--version"]), "nginx": out([NGINX, "-v"]),
             "configurable-http-proxy": out([CHP, "--version"]),
-            "wakeway": out([os.path.join(RELEASE, "wakeway"), "--version"])}
+            "wakeway": out([os.path.join(BIN, "wakeway"), "--version"])}
 
 
 # ---------------------------------------------------------------- nginx configurations
@@ -114,7 +120,7 @@ def nginx_common(dirpath):
     return f"""worker_rlimit_nofile 65536;
 pid {dirpath}/nginx.pid;
 error_log {dirpath}/error.log warn;
-events {{ worker_connections 16384; }}
+events {{ worker_connections 32768; }}
 """
 
 
@@ -309,6 +315,82 @@ def rss_kib(pid):
     return 0
 
 
+def metric_sum_count(port, name, labels=""):
+    """(sum, count) of a Prometheus histogram from wakeway's /metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    vals = {}
+    for line in text.splitlines():
+        for part in ("sum", "count"):
+            if line.startswith(f"{name}_{part}{labels} ") or line.startswith(f"{name}_{part}{{{labels}}} "):
+                vals[part] = float(line.split()[-1])
+    return vals.get("sum", 0.0), vals.get("count", 0.0)
+
+
+def start_wakeway(tmp, name, env_base, seed=0):
+    """A wakeway with its own data folder (optionally seeded with `seed` sleeping sessions) and one
+    session created through the API and running. Returns (process, port, host, start-up seconds, seed report)."""
+    data = os.path.join(tmp, f"{name}-data")
+    report = None
+    if seed:
+        r = subprocess.run([os.path.join(BIN, "wakeway-bench-seed"), data, str(seed)], capture_output=True,
+                           text=True, timeout=900, check=True)
+        report = json.loads(r.stdout.strip().splitlines()[-1])
+    port = free_port()
+    env = dict(env_base, WAKEWAY_LISTEN=f"127.0.0.1:{port}", WAKEWAY_DATA_DIR=data)
+    t0 = time.monotonic()
+    p = spawn([os.path.join(BIN, "wakeway"), "serve"], os.path.join(tmp, f"{name}.log"), env=env)
+    wait_port(port, timeout=600)
+    startup = time.monotonic() - t0
+    sid = api(port, "POST", "/session/create", {"user_id": f"{name}@example.com"})["uuid"]
+    wait_state(port, sid, "running")
+    return p, port, f"vs-code-{sid}.localhost:{port}", startup, report
+
+
+def sessions_at_scale(tmp, env_base):
+    """One wakeway holding a single session vs one holding SESSIONS more (sleeping): start-up, memory per
+    session, proxying latency on an awake session (runs alternate between the two), sweep time."""
+    one, one_port, one_host, one_start, _ = start_wakeway(tmp, "one", env_base)
+    many, many_port, many_host, many_start, seeded = start_wakeway(tmp, "many", env_base, seed=SESSIONS)
+    time.sleep(2)
+    rss_one, rss_many = rss_kib(one.pid), rss_kib(many.pid)
+    runs = {"one": [], "many": []}
+    for _ in range(2):
+        for name, port, host in (("one", one_port, one_host), ("many", many_port, many_host)):
+            for conc in (1, 32):
+                wrk(f"http://127.0.0.1:{port}/small", conc, host, seconds=1)
+                d = wrk(f"http://127.0.0.1:{port}/small", conc, host)
+                d["concurrency"] = conc
+                runs[name].append(d)
+                log(f"scale {name:4} c={conc:<3} {d['rps']:>9.0f} req/s  p50 {d['p50_us']/1000:6.3f} ms  "
+                    f"p99 {d['p99_us']/1000:6.3f} ms")
+
+    def med(name, conc, key):
+        return statistics.median(d[key] for d in runs[name] if d["concurrency"] == conc)
+
+    sweep = {}
+    for name, port in (("one", one_port), ("many", many_port)):
+        total, count = metric_sum_count(port, "wakeway_sweep_duration_seconds", 'result="ok"')
+        sweep[name] = {"sweeps": int(count), "mean_ms": round(total / count * 1000, 2) if count else None}
+    out = {"sessions": SESSIONS, "seed": seeded,
+           "startup_s": {"one": round(one_start, 2), "many": round(many_start, 2)},
+           "rss_kib": {"one": rss_one, "many": rss_many},
+           "bytes_per_session": round((rss_many - rss_one) * 1024 / SESSIONS),
+           "sweep": sweep, "runs": runs}
+    for conc in (1, 32):
+        out[f"c{conc}"] = {
+            "rps_one": med("one", conc, "rps"), "rps_many": med("many", conc, "rps"),
+            "p50_us_one": med("one", conc, "p50_us"), "p50_us_many": med("many", conc, "p50_us"),
+            "p99_us_one": med("one", conc, "p99_us"), "p99_us_many": med("many", conc, "p99_us")}
+        c = out[f"c{conc}"]
+        c["p50_ratio"] = round(c["p50_us_many"] / max(c["p50_us_one"], 1), 3)
+        c["p99_ratio"] = round(c["p99_us_many"] / max(c["p99_us_one"], 1), 3)
+        c["rps_ratio"] = round(c["rps_many"] / c["rps_one"], 3)
+    stop(many)
+    stop(one)
+    log(f"scale: {json.dumps({k: v for k, v in out.items() if k != 'runs'})}")
+    return out
+
+
 # ---------------------------------------------------------------- run
 
 def main():
@@ -327,8 +409,8 @@ def main():
     for name in ("small", "large"):
         os.chmod(os.path.join(docroot, name), 0o644)
 
-    results = {"started_at": started.isoformat(timespec="seconds"), "mode": "quick" if QUICK else "full",
-               "command": "benches/run.sh" + (" --quick" if QUICK else ""), "machine": machine(),
+    results = {"started_at": started.isoformat(timespec="seconds"), "mode": MODE,
+               "command": "benches/run.sh" + ("" if MODE == "full" else f" --{MODE}"), "machine": machine(),
                "load_avg_start": load_avg(), "tools": tool_versions(),
                "settings": {"duration_s": DURATION, "concurrency": CONCURRENCY, "proxy_workers": PROXY_WORKERS,
                             "wrk_threads": "1 for c<32, else 2", "upstream": "nginx, 1 worker, static files",
@@ -373,7 +455,7 @@ def main():
                   WAKEWAY_RATE_LIMIT_PER_MINUTE="100000", WAKEWAY_WAKE_ATTEMPTS_PER_MINUTE="100000",
                   WAKEWAY_STOP_GRACE="5s", WAKEWAY_SHUTDOWN_GRACE="0s", WAKEWAY_LOG="warn")
     ww_env.pop("WAKEWAY_CONFIG", None)
-    ww = spawn([os.path.join(RELEASE, "wakeway"), "serve"], os.path.join(tmp, "wakeway.log"), env=ww_env)
+    ww = spawn([os.path.join(BIN, "wakeway"), "serve"], os.path.join(tmp, "wakeway.log"), env=ww_env)
     wait_port(ww_port)
     sid = api(ww_port, "POST", "/session/create", {"user_id": "bench@example.com"})["uuid"]
     wait_state(ww_port, sid, "running")
@@ -461,24 +543,35 @@ def main():
     results["herd"] = h
     log(f"herd: {h}")
 
+    # 6: sessions at scale (two more wakeways, their own data folders; the same workspace command).
+    scale_env = {k: v for k, v in ww_env.items() if k not in ("WAKEWAY_LISTEN", "WAKEWAY_DATA_DIR")}
+    scale_env["WAKEWAY_WORKSPACE_COMMAND"] = (f"exec {wrapper} {{port}} {{state}} {docroot} {tmp}/scale-starts "
+                                             f"{ws_template_path}")
+    results["scale"] = sessions_at_scale(tmp, scale_env)
+
     # 7: activity classifier throughput (a separate Rust program, no network).
     try:
-        r = subprocess.run([os.path.join(RELEASE, "wakeway-bench-activity"), "5000" if QUICK else "20000"],
+        r = subprocess.run([os.path.join(BIN, "wakeway-bench-activity"), {"full": "20000", "quick": "5000", "smoke": "500"}[MODE]],
                            capture_output=True, text=True, timeout=600, check=True)
         results["activity"] = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
         log(f"activity: {results['activity']}")
     except Exception as e:  # noqa: BLE001
+        if MODE == "smoke":
+            raise
         results["activity"] = []
         log(f"activity bench failed: {e}")
 
     # 5: idle proxied WebSockets (benches/websockets.py: its own processes, testspace as the upstream).
     try:
-        ws_out = os.path.join(HERE, "results", "websockets-quick.json" if QUICK else "websockets.json")
-        subprocess.run([sys.executable, os.path.join(HERE, "websockets.py"), "1000" if QUICK else "5000", ws_out],
-                       capture_output=True, text=True, timeout=900, check=True)
-        results["websockets"] = json.load(open(ws_out))["runs"]
-        log(f"websockets: {results['websockets']}")
+        ws_out = os.path.join(HERE, "results", "websockets.json" if MODE == "full" else f"websockets-{MODE}.json")
+        n_ws = {"full": "10000", "quick": "1000", "smoke": "200"}[MODE]
+        subprocess.run([sys.executable, os.path.join(HERE, "websockets.py"), n_ws, ws_out, str(HERD)], capture_output=True, text=True, timeout=900, check=True)
+        ws = json.load(open(ws_out))
+        results["websockets"], results["ws_herd"] = ws["runs"], ws.get("herd")
+        log(f"websockets: {results['websockets']} herd: {results['ws_herd']}")
     except Exception as e:  # noqa: BLE001
+        if MODE == "smoke":
+            raise
         results["websockets"] = []
         log(f"websockets bench failed: {e}")
 
@@ -487,7 +580,7 @@ def main():
     for p in reversed(procs):
         stop(p)
     # wakeway stops its workspaces on exit; stop any workspace nginx still left, by its own pid.
-    for f in (starts, os.path.join(tmp, "solo-starts")):
+    for f in (starts, os.path.join(tmp, "solo-starts"), os.path.join(tmp, "scale-starts")):
         for line in open(f).read().splitlines() if os.path.exists(f) else []:
             try:
                 os.killpg(int(line.split()[2]), signal.SIGTERM)
@@ -497,17 +590,100 @@ def main():
 
     out_dir = os.path.join(HERE, "results")
     os.makedirs(out_dir, exist_ok=True)
-    stem = "latest" if not QUICK else "quick"
+    stem = "latest" if MODE == "full" else MODE
     with open(os.path.join(out_dir, f"{stem}.json"), "w") as f:
         json.dump(results, f, indent=2)
     md = render_md(results)
     open(os.path.join(out_dir, f"{stem}.md"), "w").write(md)
-    svg_name = "bench-latency.svg" if not QUICK else "bench-latency-quick.svg"
+    svg_name = "bench-latency.svg" if MODE == "full" else f"bench-latency-{MODE}.svg"
     svg_dir = os.path.join(ROOT, "docs") if not QUICK else out_dir
     open(os.path.join(svg_dir, svg_name), "w").write(render_svg(results))
     log(md)
     log(f"wrote benches/results/{stem}.json, {stem}.md and {os.path.relpath(svg_dir, ROOT)}/{svg_name} "
         f"in {results['duration_s']} s")
+    if MODE == "full":
+        update_readme(md)
+    if MODE == "smoke":
+        smoke_check(results)
+
+
+def update_readme(md):
+    """Put the tables and the summary of a full run into the README, between its bench markers."""
+    path = os.path.join(ROOT, "README.md")
+    text = open(path).read()
+    begin, end = "<!-- bench:begin (written by benches/run.sh) -->", "<!-- bench:end -->"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        open(path, "w").write(head + begin + "\n" + md + end + rest.split(end, 1)[1])
+        log("updated the Performance section of README.md")
+
+
+def smoke_check(r):
+    """The smoke run (CI) checks that every step still works and counts right; never a speed."""
+    problems = []
+    for x in r["proxying"]:
+        if x["errors"] or x["requests"] == 0:
+            problems.append(f"proxying {x['target']} {x['size']} c={x['concurrency']}: {x['errors']} errors, "
+                            f"{x['requests']} requests")
+    h, wh, sc = r["herd"], r.get("ws_herd") or {}, r.get("scale") or {}
+    if h["workspace_starts"] != 1 or h["served_200"] != h["requests"]:
+        problems.append(f"herd: {h}")
+    if wh.get("workspace_starts") != 1 or wh.get("switched_101") != wh.get("upgrades"):
+        problems.append(f"WebSocket herd: {wh}")
+    if r["wake"]["workspace_starts_during_wakes"] != r["wake"]["n"]:
+        problems.append(f"wakes: {r['wake']}")
+    if not sc or sc["sweep"]["many"]["sweeps"] < 1 or sc["seed"]["sessions"] != SESSIONS:
+        problems.append(f"sessions at scale: {({k: v for k, v in sc.items() if k != 'runs'})}")
+    if len(r.get("websockets") or []) != 3 or not r.get("activity"):
+        problems.append("the WebSocket or classifier step produced nothing")
+    if problems:
+        log("SMOKE FAILED:\n  " + "\n  ".join(problems))
+        sys.exit(1)
+    log("smoke: every bench step ran and counted right")
+
+
+def render_summary(r):
+    """What the run says against the goals of the benches issue, in words (written from the figures)."""
+    rows = [x for x in r["proxying"] if x["target"] == "wakeway"]
+    vs_nginx = [x["rps_vs_nginx"] for x in rows]
+    vs_chp = [x["rps_vs_chp"] for x in rows]
+    ok = [x for x in rows if x["rps_vs_nginx"] >= 0.6 and x["p99_vs_nginx"] <= 2.0]
+    missed = [f"{x['size']} c={x['concurrency']}: {x['rps_vs_nginx']:.2f}×, p99 {x['p99_vs_nginx']:.2f}×"
+              for x in rows if x not in ok]
+    a, w, h = r["added_latency_c1"], r["wake"], r["herd"]
+    out = [f"What this run says: wakeway proxies at {min(vs_nginx):.2f}–{max(vs_nginx):.2f}× nginx's requests/s on "
+           f"the same single core and {min(vs_chp):.1f}–{max(vs_chp):.1f}× configurable-http-proxy, adding "
+           f"{a['small']['p50_ms']:.3f} ms (100 B) / {a['large']['p50_ms']:.3f} ms (100 KiB) to the p50 of a direct "
+           f"connection at c=1 (nginx adds {a['small']['nginx_p50_ms']:.3f} / {a['large']['nginx_p50_ms']:.3f} ms). "
+           f"Goal ≥ 0.6× nginx with p99 ≤ 2× nginx's: met at {len(ok)} of {len(rows)} points"
+           + (f" (not {'; '.join(missed)})" if missed else "") + ". "
+           f"Goal ≥ 6× configurable-http-proxy: met at {sum(v >= 6 for v in vs_chp)} of {len(vs_chp)} points.",
+           f"A wake costs {w['median_overhead_ms']:.1f} ms (median of {w['n']}) on top of the workspace's own "
+           f"start-to-listening time (goal ≤ 25 ms). {h['requests']:,} concurrent requests to a sleeping session started "
+           f"it {h['workspace_starts']} time(s); {h['served_200']:,} answered 200, the last after "
+           f"{h['time_to_last_response_ms'] / 1000:.2f} s."]
+    wh = r.get("ws_herd")
+    if wh:
+        out.append(f"{wh['upgrades']:,} concurrent WebSocket upgrades to a sleeping session started it "
+                   f"{wh['workspace_starts']} time(s); {wh['switched_101']:,} switched protocols, the last after "
+                   f"{wh['time_to_last_101_ms'] / 1000:.2f} s.")
+    ws = {x["target"]: x for x in r.get("websockets") or []}
+    if {"nginx", "wakeway", "direct"} <= ws.keys():
+        n, wk, d = ws["nginx"], ws["wakeway"], ws["direct"]
+        out.append(f"With {wk['connections']:,} idle WebSockets open, wakeway holds {wk['kib_per_connection']:.0f} KiB "
+                   f"per connection vs nginx's {n['kib_per_connection']:.0f} KiB; a message's round trip through "
+                   f"wakeway is {wk['echo_p50_ms']:.3f} ms p50 / {wk['echo_p99_ms']:.3f} ms p99 vs "
+                   f"{d['echo_p50_ms']:.3f} / {d['echo_p99_ms']:.3f} ms direct and {n['echo_p50_ms']:.3f} / "
+                   f"{n['echo_p99_ms']:.3f} ms through nginx.")
+    sc = r.get("scale")
+    if sc:
+        c1, c32 = sc["c1"], sc["c32"]
+        out.append(f"With {sc['sessions']:,} sessions registered, requests to an awake one take {c1['p50_ratio']:.2f}× "
+                   f"(p50, c=1) and {c32['p99_ratio']:.2f}× (p99, c=32) the time they take with 1 session (goal "
+                   f"≤ 1.05×), at {c32['rps_ratio']:.2f}× the requests/s; a sweep over all of them takes "
+                   f"{sc['sweep']['many']['mean_ms']} ms; each registered session costs {sc['bytes_per_session']:,} B "
+                   f"of memory; start-up {sc['startup_s']['many']} s.")
+    return "\n\n".join(out) + "\n"
 
 
 def render_md(r):
@@ -545,6 +721,29 @@ def render_md(r):
               f"{h['workspace_starts']} |",
               f"| herd: answered 200 | {h['served_200']} / {h['requests']} |",
               f"| herd: time to last response | {h['time_to_last_response_ms']:.0f} ms |"]
+    wh = r.get("ws_herd")
+    if wh:
+        lines += [f"| WebSocket herd: {wh['upgrades']} concurrent upgrades to a sleeping session: workspace starts | "
+                  f"{wh['workspace_starts']} |",
+                  f"| WebSocket herd: switched (101) | {wh['switched_101']} / {wh['upgrades']} |",
+                  f"| WebSocket herd: time to last 101 | {wh['time_to_last_101_ms']:.0f} ms |"]
+    sc = r.get("scale")
+    if sc:
+        lines += ["", f"| sessions at scale: {sc['sessions']:,} registered (sleeping) vs 1 | 1 session | "
+                  f"{sc['sessions']:,} + 1 | ratio |", "|---|---:|---:|---:|"]
+        for conc in (1, 32):
+            c = sc[f"c{conc}"]
+            lines.append(f"| c={conc}: p50 latency ms | {c['p50_us_one']/1000:.3f} | {c['p50_us_many']/1000:.3f} | "
+                         f"{c['p50_ratio']:.3f} |")
+            lines.append(f"| c={conc}: p99 latency ms | {c['p99_us_one']/1000:.3f} | {c['p99_us_many']/1000:.3f} | "
+                         f"{c['p99_ratio']:.3f} |")
+            lines.append(f"| c={conc}: req/s | {c['rps_one']:.0f} | {c['rps_many']:.0f} | {c['rps_ratio']:.3f} |")
+        sw = sc["sweep"]
+        lines += [f"| sweep over every session, mean ms (sweeps seen) | {sw['one']['mean_ms']} ({sw['one']['sweeps']}) | "
+                  f"{sw['many']['mean_ms']} ({sw['many']['sweeps']}) | |",
+                  f"| start-up (process → listening) s | {sc['startup_s']['one']} | {sc['startup_s']['many']} | |",
+                  f"| RSS MiB | {sc['rss_kib']['one'] / 1024:.1f} | {sc['rss_kib']['many'] / 1024:.1f} | |",
+                  f"| **memory per registered session** | | **{sc['bytes_per_session']} B** | |"]
     if r.get("websockets"):
         lines += ["", "| idle WebSockets (testspace echo upstream) | open | KiB per connection (RSS) | "
                   "echo p50 ms | echo p99 ms |", "|---|---:|---:|---:|---:|"]
@@ -560,7 +759,7 @@ def render_md(r):
             kind = "permessage-deflate" if a["deflate"] else "uncompressed"
             lines.append(f"| {kind} | {a['message_bytes']} B | {a['wire_mb_per_s']:.0f} | "
                          f"{a['payload_mb_per_s']:.0f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + render_summary(r)
 
 
 def render_svg(r):

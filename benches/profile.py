@@ -13,7 +13,7 @@ wr=os.path.join(tmp,"ws.sh"); open(wr,"w").write(bench.WORKSPACE_WRAPPER.replace
 port=bench.free_port()
 env=dict(os.environ,WAKEWAY_LISTEN=f"127.0.0.1:{port}",WAKEWAY_DATA_DIR=tmp+"/d",WAKEWAY_API_KEY=bench.API_KEY,WAKEWAY_THREADS="1",
  WAKEWAY_WORKSPACE_COMMAND=f"exec {wr} {{port}} {{state}} {doc} {tmp}/starts {tpl}",WAKEWAY_LOG="warn",WAKEWAY_SHUTDOWN_GRACE="0s")
-ww=bench.spawn([bench.RELEASE+"/wakeway","serve"],tmp+"/ww.log",env=env); bench.wait_port(port)
+ww=bench.spawn([bench.BIN+"/wakeway","serve"],tmp+"/ww.log",env=env); bench.wait_port(port)
 sid=bench.api(port,"POST","/session/create",{"user_id":"p@example.com"})["uuid"]; bench.wait_state(port,sid,"running")
 host=f"vs-code-{sid}.localhost:{port}"
 w=subprocess.Popen(["wrk","-t2","-c32","-d14s","-H",f"Host: {host}",f"http://127.0.0.1:{port}/small"],stdout=subprocess.PIPE,text=True)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One command: install the load tools and baselines, build wakeway in release, measure, write
 # benches/results/latest.{json,md} and docs/bench-latency.svg.
-#   benches/run.sh            full run (10 s per load point)
-#   benches/run.sh --quick    smoke mode (3 s per point, same steps; ~2 min after the build) so it does not rot
+#   benches/run.sh            full run (10 s per load point, 100,000 sessions, 10,000 WebSockets)
+#   benches/run.sh --quick    3 s per point, smaller counts, release build (~3 min after the build)
+#   benches/run.sh --smoke    CI: the debug build `cargo test` made, 1 s per point, small counts; fails only if a
+#                             step breaks or miscounts (starts per herd, errors), never on a speed
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
@@ -25,8 +27,12 @@ if [ ! -x "$here/node_modules/.bin/configurable-http-proxy" ]; then
   npm install --silent --no-save --no-package-lock --prefix "$here" configurable-http-proxy@4 >/dev/null
 fi
 
-echo "== cargo build --release (wakeway, wakeway-testspace, wakeway-bench-activity)"
-cargo build --release -p wakeway -p wakeway-benches --bin wakeway --bin wakeway-testspace --bin wakeway-bench-activity
+bins=(-p wakeway -p wakeway-benches --bin wakeway --bin wakeway-testspace --bin wakeway-bench-activity
+      --bin wakeway-bench-seed)
+case " $* " in
+  *" --smoke "*) echo "== cargo build (debug: smoke mode)"; cargo build --locked "${bins[@]}" ;;
+  *) echo "== cargo build --release"; cargo build --release --locked "${bins[@]}" ;;
+esac
 
 # 1,000 concurrent clients (thundering herd) and their proxied connections need descriptors.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""Idle proxied WebSockets: RSS per connection of wakeway vs nginx, and echo round-trip with them open.
+"""Proxied WebSockets: RSS per idle connection of wakeway vs nginx, echo round-trip with them all open, and a
+herd of WebSocket upgrades to a sleeping session.
 
-Run after benches/run.sh has built everything: `python3 benches/websockets.py [N [OUT.json]]` (default 2000,
-benches/results/websockets.json; ulimit -n must allow ~2N per process). Upstream for every path: wakeway-testspace's `/ws` echo server. Writes benches/results/websockets.json.
+Run after benches/run.sh has built everything: `python3 benches/websockets.py [N [OUT.json [HERD]]]` (default
+N = as many as the fd limit allows, up to 10,000; HERD = 1000; output benches/results/websockets.json). A proxy
+holds two descriptors per proxied socket, so N is capped at (hard fd limit - 500) / 2: 9,750 under the 20,000
+limit of these machines. Upstream for every path: wakeway-testspace's `/ws` echo server.
 """
 
 import asyncio
@@ -16,9 +19,14 @@ import time
 
 import bench
 
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+import resource
+
+FD_HARD = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+FD_CAP = 10_000 if FD_HARD == resource.RLIM_INFINITY else min(10_000, (FD_HARD - 500) // 2)
+N = min(int(sys.argv[1]), FD_CAP) if len(sys.argv) > 1 else FD_CAP
 OUT = sys.argv[2] if len(sys.argv) > 2 else os.path.join(bench.HERE, "results", "websockets.json")
-TESTSPACE = os.path.join(bench.RELEASE, "wakeway-testspace")
+HERD = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
+TESTSPACE = os.path.join(bench.BIN, "wakeway-testspace")
 
 
 def rss_tree_kib(pid):
@@ -78,6 +86,26 @@ async def measure(name, port, host, pid, tree):
     return res
 
 
+async def ws_herd(port, host, n):
+    """n concurrent WebSocket upgrades (one connection each) to one sleeping session."""
+    async def timed():
+        try:
+            r, w = await open_ws(port, host)
+            w.close()
+            status = "101"
+        except Exception as e:  # noqa: BLE001
+            status = str(e)[:40]
+        return status, time.perf_counter()
+
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(timed() for _ in range(n)))
+    statuses = {}
+    for s, _ in results:
+        statuses[s] = statuses.get(s, 0) + 1
+    return {"upgrades": n, "statuses": statuses, "switched_101": statuses.get("101", 0),
+            "time_to_last_101_ms": round((max(t for _, t in results) - t0) * 1000, 1)}
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="wakeway-ws-")
     os.chmod(tmp, 0o755)
@@ -93,12 +121,14 @@ def main():
                      os.path.join(tmp, "nginx.log"))
     bench.wait_port(px_port)
     ww_port = bench.free_port()
+    starts = os.path.join(tmp, "starts")
     env = dict(os.environ, WAKEWAY_LISTEN=f"127.0.0.1:{ww_port}", WAKEWAY_DATA_DIR=os.path.join(tmp, "data"),
                WAKEWAY_API_KEY=bench.API_KEY, WAKEWAY_THREADS="1", WAKEWAY_LOG="warn", WAKEWAY_SHUTDOWN_GRACE="0s",
-               WAKEWAY_WORKSPACE_COMMAND=f"exec {TESTSPACE} --port {{port}} {{workspace}}",
-               WAKEWAY_MAX_WEBSOCKETS_PER_SESSION=str(N + 10), WAKEWAY_RATE_LIMIT_PER_MINUTE="100000")
+               WAKEWAY_WORKSPACE_COMMAND=f"exec {TESTSPACE} --port {{port}} --starts {starts} {{workspace}}",
+               WAKEWAY_MAX_WEBSOCKETS_PER_SESSION=str(max(N, HERD) + 10), WAKEWAY_RATE_LIMIT_PER_MINUTE="100000",
+               WAKEWAY_WAKE_ATTEMPTS_PER_MINUTE="100000")
     env.pop("WAKEWAY_CONFIG", None)
-    ww = bench.spawn([os.path.join(bench.RELEASE, "wakeway"), "serve"], os.path.join(tmp, "wakeway.log"), env=env)
+    ww = bench.spawn([os.path.join(bench.BIN, "wakeway"), "serve"], os.path.join(tmp, "wakeway.log"), env=env)
     bench.wait_port(ww_port)
     sid = bench.api(ww_port, "POST", "/session/create", {"user_id": "ws@example.com"})["uuid"]
     bench.wait_state(ww_port, sid, "running")
@@ -111,6 +141,15 @@ def main():
         for name, port, h, pid, tree in [("direct", ts_port, "127.0.0.1", bench.procs[0].pid, False),
                                          ("nginx", px_port, "x", ng.pid, True), ("wakeway", ww_port, host, ww.pid, False)]:
             results["runs"].append(asyncio.run(measure(name, port, h, pid, tree)))
+        # The herd: every upgrade is held until the one start answers, then proxied.
+        bench.api(ww_port, "POST", f"/session/{sid}/sleep")
+        bench.wait_state(ww_port, sid, "sleeping")
+        before = len(open(starts).read().splitlines())
+        herd = asyncio.run(ws_herd(ww_port, host, HERD))
+        time.sleep(0.5)
+        herd["workspace_starts"] = len(open(starts).read().splitlines()) - before
+        print(herd, flush=True)
+        results["herd"] = herd
         results["load_avg_end"] = bench.load_avg()
         json.dump(results, open(OUT, "w"), indent=2)
         print(f"wrote {OUT}")

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use pingora::listeners::TlsAccept;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, TlsAccept};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use wakeway_config::{Config, LogFormat, ProcessEnv};
@@ -285,6 +285,14 @@ fn restore(
     }
 }
 
+/// Client connections read straight into pingora's own header and body buffers, without the 64 KiB
+/// read-ahead buffer pingora puts in front of every socket by default: that buffer is allocated
+/// zeroed and held for the connection's whole life, which for an idle WebSocket (a tab left open)
+/// is most of what the connection costs. Writes keep pingora's small coalescing buffer.
+fn client_buffers() -> L4BufferSettings {
+    L4BufferSettings::default().read(0)
+}
+
 fn chrono_now() -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_millis(SystemClock.now_ms()).unwrap_or_default()
 }
@@ -324,6 +332,10 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
     let mut conf = ServerConf::default();
     conf.threads =
         if config.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { config.threads };
+    // One single-threaded runtime per proxy thread (a connection stays on the thread that accepted
+    // it) instead of one work-stealing pool: +10% requests/s through one thread in benches/ab.py,
+    // lower p99. Nothing on the proxy path blocks; lifecycle work runs on its own runtime.
+    conf.work_stealing = false;
     conf.grace_period_seconds = Some(config.shutdown_grace.as_secs());
     conf.graceful_shutdown_timeout_seconds = Some(5);
     conf.pid_file = config.data_dir.join("wakeway.pid").to_string_lossy().into_owned();
@@ -346,12 +358,12 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
         options.h2c = true;
         app.server_options = Some(options);
     }
-    service.add_tcp(&config.listen.to_string());
+    service.add_listener(ListenerConfig::tcp(config.listen.to_string()).l4_buffer(client_buffers()));
     if let Some(addr) = config.tls_addr() {
         let mut tls = TlsSettings::with_callbacks(Box::new(NoHandshakeCallbacks)).context("TLS settings")?;
         tls.set_cert_resolver(Arc::new(Resolver(certs)));
         tls.enable_h2();
-        service.add_tls_with_settings(&addr.to_string(), None, tls);
+        service.add_listener(ListenerConfig::tcp(addr.to_string()).tls(tls).l4_buffer(client_buffers()));
         tracing::info!(%addr, acme = ?config.acme, "TLS listener");
     }
     server.add_service(service);

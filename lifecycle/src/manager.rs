@@ -1036,6 +1036,14 @@ impl Manager {
     }
 
     async fn sweep_as_leader(&self) -> Result<()> {
+        let started = std::time::Instant::now();
+        let result = self.sweep_every_session().await;
+        let label = if result.is_ok() { "ok" } else { "failed" };
+        self.inner.metrics.sweep_seconds.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn sweep_every_session(&self) -> Result<()> {
         if self.inner.shared {
             self.merge_activity().await;
             self.rebuild_missing().await;

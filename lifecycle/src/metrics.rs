@@ -25,6 +25,7 @@ pub struct Metrics {
     pub webhook_attempts: IntCounterVec,
     pub api_requests: IntCounterVec,
     pub acme_orders: IntCounterVec,
+    pub sweep_seconds: HistogramVec,
 }
 
 impl Default for Metrics {
@@ -48,6 +49,12 @@ impl Metrics {
         };
         let secs = vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
         Metrics {
+            sweep_seconds: histogram(
+                "wakeway_sweep_duration_seconds",
+                "Time of one lifecycle sweep over every session, with the sleeps, backups and deletions it carries out (the sweep leader's), by result (ok, failed).",
+                &["result"],
+                vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+            ),
             wakes: counter("wakeway_wakes_total", "Workspace starts by result (ok, failed).", &["result"]),
             wake_seconds: histogram(
                 "wakeway_wake_duration_seconds",

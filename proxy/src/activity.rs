@@ -2,9 +2,9 @@
 //!
 //! [`ClientStream`] is fed the raw bytes a browser sends on an upgraded connection, in whatever chunks
 //! they arrive, and answers how many of the messages in each chunk a person caused. It is pure (no
-//! I/O, no clock, no async), never panics, keeps bounded state (a few hundred bytes, ~10 KiB of
-//! scratch and, with permessage-deflate, one raw inflater with its 32 KiB window) and never buffers
-//! the stream: every layer is a resumable state machine.
+//! I/O, no clock, no async), never panics, keeps bounded state (a few hundred bytes and, once a
+//! compressed message arrives, one raw inflater with its 32 KiB window; the ~10 KiB of scratch is
+//! per thread) and never buffers the stream: every layer is a resumable state machine.
 //!
 //! # Layers
 //! 1. **WebSocket framing** (RFC 6455): masked client frames, 7/16/64-bit lengths, FIN/continuation,
@@ -172,9 +172,9 @@ pub struct ClientStream {
     // permessage-deflate.
     deflate: bool,
     no_context_takeover: bool,
+    /// Created at the first compressed message: an idle socket never pays for the window.
     inflater: Option<Decompress>,
     inflate_allowance: u64,
-    scratch: Box<Scratch>,
     // VS Code protocol and counting.
     cls: Classifier,
 }
@@ -182,6 +182,13 @@ pub struct ClientStream {
 struct Scratch {
     unmasked: [u8; UNMASK_SCRATCH],
     inflated: [u8; INFLATE_SCRATCH],
+}
+
+thread_local! {
+    /// One scratch per proxy thread, not per connection: `feed` is synchronous and never
+    /// re-entered, so 10,000 idle WebSockets cost no scratch memory at all.
+    static SCRATCH: std::cell::RefCell<Box<Scratch>> =
+        std::cell::RefCell::new(Box::new(Scratch { unmasked: [0; UNMASK_SCRATCH], inflated: [0; INFLATE_SCRATCH] }));
 }
 
 impl std::fmt::Debug for ClientStream {
@@ -214,9 +221,8 @@ impl ClientStream {
             dead: false,
             deflate,
             no_context_takeover: client_no_context_takeover,
-            inflater: deflate.then(|| Decompress::new(false)),
+            inflater: None,
             inflate_allowance: INFLATE_GRACE,
-            scratch: Box::new(Scratch { unmasked: [0; UNMASK_SCRATCH], inflated: [0; INFLATE_SCRATCH] }),
             cls: Classifier::new(),
         }
     }
@@ -362,8 +368,12 @@ impl ClientStream {
         if self.opcode >= 0x8 || self.cls.kind == SocketKind::Other {
             return;
         }
+        SCRATCH.with_borrow_mut(|scratch| self.payload_through(data, scratch));
+    }
+
+    fn payload_through(&mut self, data: &[u8], scratch: &mut Scratch) {
         for piece in data.chunks(UNMASK_SCRATCH) {
-            let Scratch { unmasked, inflated } = &mut *self.scratch;
+            let Scratch { unmasked, inflated } = scratch;
             let m = self.mask;
             let p = self.mask_pos;
             let rotated = [m[p & 3], m[(p + 1) & 3], m[(p + 2) & 3], m[(p + 3) & 3]];
@@ -373,10 +383,13 @@ impl ClientStream {
             }
             self.mask_pos = (p + piece.len()) & 3;
             if self.compressed {
+                if self.deflate && self.inflater.is_none() {
+                    self.inflater = Some(Decompress::new(false));
+                }
                 let Some(d) = self.inflater.as_mut() else {
                     return self.cls.fall_back(Some("compressed frame without an inflater".into()));
                 };
-                inflate(d, out, FlushDecompress::None, inflated, &mut self.inflate_allowance, &mut self.cls);
+                inflate(d, out, FlushDecompress::None, &mut inflated[..], &mut self.inflate_allowance, &mut self.cls);
             } else {
                 self.cls.feed(out);
             }
@@ -388,8 +401,9 @@ impl ClientStream {
 
     fn inflate_tail(&mut self) {
         if let Some(d) = self.inflater.as_mut() {
-            let out = &mut self.scratch.inflated;
-            inflate(d, &DEFLATE_TAIL, FlushDecompress::Sync, out, &mut self.inflate_allowance, &mut self.cls);
+            let (allowance, cls) = (&mut self.inflate_allowance, &mut self.cls);
+            SCRATCH
+                .with_borrow_mut(|s| inflate(d, &DEFLATE_TAIL, FlushDecompress::Sync, &mut s.inflated, allowance, cls));
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Per-request decisions: does this request count as user activity, and if the workspace is
 //! asleep, do we answer with a waiting page, hold it, or answer without waking?
 
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderName, Method, header};
 
 /// How a request is treated when its workspace is not ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +42,13 @@ impl PassiveReason {
 /// Paths that health checkers poll; they never wake a workspace or count as activity.
 const HEALTH_PATHS: &[&str] = &["/healthz", "/health", "/readyz", "/livez", "/ping"];
 
+// Header names parsed once, not per request (this runs on every request).
+const SEC_PURPOSE: HeaderName = HeaderName::from_static("sec-purpose");
+const PURPOSE: HeaderName = HeaderName::from_static("purpose");
+const X_MOZ: HeaderName = HeaderName::from_static("x-moz");
+const X_PURPOSE: HeaderName = HeaderName::from_static("x-purpose");
+pub(crate) const SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
+
 /// Classify one request. `bots` are lowercase User-Agent substrings.
 pub fn classify(method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap, bots: &[String]) -> RequestKind {
     if method == Method::HEAD {
@@ -50,29 +57,29 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>, headers: &Head
     if method == Method::OPTIONS {
         return RequestKind::Passive(PassiveReason::Options);
     }
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let purpose = |name: &str| contains_ignore_case(header(name), "prefetch");
-    if purpose("sec-purpose")
-        || purpose("purpose")
-        || purpose("x-moz")
-        || header("x-purpose").eq_ignore_ascii_case("preview")
+    let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let purpose = |name: &HeaderName| contains_ignore_case(header(name), "prefetch");
+    if purpose(&SEC_PURPOSE)
+        || purpose(&PURPOSE)
+        || purpose(&X_MOZ)
+        || header(&X_PURPOSE).eq_ignore_ascii_case("preview")
     {
         return RequestKind::Passive(PassiveReason::Prefetch);
     }
     if HEALTH_PATHS.contains(&path) {
         return RequestKind::Passive(PassiveReason::HealthCheck);
     }
-    let agent = header("user-agent");
+    let agent = header(&header::USER_AGENT);
     if !agent.is_empty() && bots.iter().any(|b| contains_ignore_case(agent, b)) {
         return RequestKind::Passive(PassiveReason::Bot);
     }
-    let upgrade = header("upgrade").eq_ignore_ascii_case("websocket");
+    let upgrade = header(&header::UPGRADE).eq_ignore_ascii_case("websocket");
     if upgrade && query.is_some_and(|q| q.split('&').any(|kv| kv == "reconnection=true")) {
         return RequestKind::Passive(PassiveReason::Reconnect);
     }
-    let mode = header("sec-fetch-mode");
+    let mode = header(&SEC_FETCH_MODE);
     let navigate = if mode.is_empty() {
-        method == Method::GET && !upgrade && header("accept").contains("text/html")
+        method == Method::GET && !upgrade && header(&header::ACCEPT).contains("text/html")
     } else {
         mode.eq_ignore_ascii_case("navigate")
     };

@@ -370,6 +370,22 @@ impl Drop for GlobalHeld<'_> {
     }
 }
 
+// Header names parsed once, not per request.
+const X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: header::HeaderName = header::HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: header::HeaderName = header::HeaderName::from_static("x-forwarded-proto");
+/// Removed from every proxied request: only wakeway sets forwarding headers, and the API key
+/// never reaches a workspace.
+const NOT_FORWARDED: [header::HeaderName; 7] = [
+    header::FORWARDED,
+    X_FORWARDED_FOR,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+    header::HeaderName::from_static("x-forwarded-port"),
+    header::HeaderName::from_static("x-real-ip"),
+    header::HeaderName::from_static("x-api-key"),
+];
+
 const JSON: &str = "application/json";
 const HTML: &str = "text/html; charset=utf-8";
 
@@ -386,7 +402,7 @@ fn request_host(session: &Session) -> &str {
 fn wants_html(session: &Session) -> bool {
     let headers = &session.req_header().headers;
     let get = |n: header::HeaderName| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
-    get(header::HeaderName::from_static("sec-fetch-mode")) == "navigate" || get(header::ACCEPT).contains("text/html")
+    get(crate::classify::SEC_FETCH_MODE) == "navigate" || get(header::ACCEPT).contains("text/html")
 }
 
 async fn respond(
@@ -661,15 +677,7 @@ impl ProxyHttp for WakewayProxy {
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
         // Forwarding headers are ours alone: a client-set one is never passed on or trusted.
-        for name in [
-            "forwarded",
-            "x-forwarded-for",
-            "x-forwarded-host",
-            "x-forwarded-proto",
-            "x-forwarded-port",
-            "x-real-ip",
-            "x-api-key",
-        ] {
+        for name in &NOT_FORWARDED {
             upstream.remove_header(name);
         }
         // The workspace never sees wakeway's own cookie (its other cookies pass untouched).
@@ -685,11 +693,11 @@ impl ProxyHttp for WakewayProxy {
             upstream.insert_header(header::HOST, &host)?;
         }
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()) {
-            upstream.insert_header("x-forwarded-for", ip)?;
+            upstream.insert_header(X_FORWARDED_FOR, ip)?;
         }
         let proto = if session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some() { "https" } else { "http" };
-        upstream.insert_header("x-forwarded-proto", proto)?;
-        upstream.insert_header("x-forwarded-host", host)?;
+        upstream.insert_header(X_FORWARDED_PROTO, proto)?;
+        upstream.insert_header(X_FORWARDED_HOST, host)?;
         Ok(())
     }
 

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""A/B: wakeway builds or settings side by side with nginx, in alternating rounds (for tuning; the
+before/after figures in the closing notes come from here).
+
+    python3 benches/ab.py [--rounds 3] [--seconds 10] NAME=BINARY[,ENV=VALUE...] ...
+
+e.g. `python3 benches/ab.py before=/tmp/wakeway-old now=target/release/wakeway
+nosteal=target/release/wakeway,WAKEWAY_X=1`. Every variant proxies to the same nginx upstream (its own
+workspace is that upstream's config, as in bench.py). Prints the median of the rounds per point.
+"""
+
+import argparse
+import os
+import random
+import statistics
+import tempfile
+import time
+
+import bench
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--points", default="small:1,small:32,small:128,large:32")
+    ap.add_argument("variants", nargs="+")
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="wakeway-ab-")
+    os.chmod(tmp, 0o755)
+    bench.WRK_SCRIPT = os.path.join(tmp, "report.lua")
+    open(bench.WRK_SCRIPT, "w").write(bench.WRK_LUA)
+    docroot = os.path.join(tmp, "www")
+    os.makedirs(docroot)
+    open(os.path.join(docroot, "small"), "wb").write(bench.SMALL)
+    open(os.path.join(docroot, "large"), "wb").write(bench.LARGE)
+    for f in (docroot, *(os.path.join(docroot, n) for n in ("small", "large"))):
+        os.chmod(f, 0o755)
+    up_port, px_port = bench.free_port(), bench.free_port()
+    for name, port, conf in (("upstream", up_port, bench.upstream_conf), ("nginx", px_port, None)):
+        d = os.path.join(tmp, name)
+        os.makedirs(d)
+        text = conf(d, port, docroot) if conf else bench.proxy_conf(d, port, up_port)
+        open(os.path.join(d, "nginx.conf"), "w").write(text)
+        bench.spawn([bench.NGINX, "-c", os.path.join(d, "nginx.conf"), "-g", "daemon off;"], os.path.join(d, "log"))
+        bench.wait_port(port)
+    template = os.path.join(tmp, "ws.conf.in")
+    open(template, "w").write(bench.upstream_conf("@DIR@", "@PORT@", "@ROOT@"))
+    wrapper = os.path.join(tmp, "workspace.sh")
+    open(wrapper, "w").write(bench.WORKSPACE_WRAPPER.replace("@NGINX@", bench.NGINX))
+    os.chmod(wrapper, 0o755)
+    targets = [("nginx", px_port, None)]
+    try:
+        run(args, tmp, docroot, wrapper, template, targets)
+    finally:
+        for p in reversed(bench.procs):
+            bench.stop(p)
+        time.sleep(0.2)
+
+
+def run(args, tmp, docroot, wrapper, template, targets):
+    for v in args.variants:
+        name, spec = v.split("=", 1)
+        binary, *envs = spec.split(",")
+        port = bench.free_port()
+        env = dict(os.environ, WAKEWAY_LISTEN=f"127.0.0.1:{port}", WAKEWAY_DATA_DIR=os.path.join(tmp, name),
+                   WAKEWAY_API_KEY=bench.API_KEY, WAKEWAY_THREADS="1", WAKEWAY_LOG="warn",
+                   WAKEWAY_SHUTDOWN_GRACE="0s",
+                   WAKEWAY_WORKSPACE_COMMAND=f"exec {wrapper} {{port}} {{state}} {docroot} {tmp}/starts {template}")
+        env.pop("WAKEWAY_CONFIG", None)
+        env.update(e.split("=", 1) for e in envs)
+        bench.spawn([os.path.abspath(binary), "serve"], os.path.join(tmp, f"{name}.log"), env=env)
+        bench.wait_port(port)
+        sid = bench.api(port, "POST", "/session/create", {"user_id": "ab@example.com"})["uuid"]
+        bench.wait_state(port, sid, "running")
+        targets.append((name, port, f"vs-code-{sid}.localhost:{port}"))
+    points = [(p.split(":")[0], int(p.split(":")[1])) for p in args.points.split(",")]
+    got = {}
+    for r in range(args.rounds):
+        for size, conc in points:
+            # nginx first, then the variants in a new random order each time: no variant always
+            # runs last (after the machine has been loaded longest).
+            order = targets[:1] + random.sample(targets[1:], len(targets) - 1)
+            for name, port, host in order:
+                bench.wrk(f"http://127.0.0.1:{port}/{size}", conc, host, seconds=1)
+                d = bench.wrk(f"http://127.0.0.1:{port}/{size}", conc, host, seconds=args.seconds)
+                got.setdefault((size, conc, name), []).append(d)
+                print(f"round {r} {size:5} c={conc:<3} {name:10} {d['rps']:>8.0f} req/s "
+                      f"p50 {d['p50_us'] / 1000:6.2f} p99 {d['p99_us'] / 1000:6.2f} ms", flush=True)
+    print(f"\nload average {bench.load_avg()}; medians of {args.rounds} rounds of {args.seconds} s")
+    print(f"| point | target | req/s | ×nginx | p50 ms | p99 ms | p99 ×nginx |\n|---|---|---:|---:|---:|---:|---:|")
+    for size, conc in points:
+        med = {n: (statistics.median(d["rps"] for d in got[(size, conc, n)]),
+                   statistics.median(d["p50_us"] for d in got[(size, conc, n)]),
+                   statistics.median(d["p99_us"] for d in got[(size, conc, n)])) for n, _, _ in targets}
+        for n, _, _ in targets:
+            rps, p50, p99 = med[n]
+            print(f"| {size} c={conc} | {n} | {rps:.0f} | {rps / med['nginx'][0]:.2f} | {p50 / 1000:.2f} | "
+                  f"{p99 / 1000:.2f} | {p99 / max(med['nginx'][2], 1):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
