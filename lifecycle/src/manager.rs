@@ -78,6 +78,10 @@ struct Runtime {
     persisted_activity_ms: AtomicI64,
     /// Open connections over every replica (shared store), as of the last checkpoint.
     open_everywhere: std::sync::atomic::AtomicUsize,
+    /// The placement last published while running (None once it stops: sleep, deletion, crash).
+    /// Kept to rebuild a lost record of a running workspace (the local backend's identity check
+    /// needs pid and start time, which the proxy's address alone does not give).
+    placement: std::sync::Mutex<Option<Placement>>,
 }
 
 impl Runtime {
@@ -96,6 +100,13 @@ fn placement_addr(p: &Placement) -> SocketAddr {
         Placement::Local { port, .. } => SocketAddr::from(([127, 0, 0, 1], *port)),
         Placement::Kubernetes { pod_ip, port, .. } => SocketAddr::new(*pod_ip, *port),
     }
+}
+
+/// The placement of a running workspace this replica still routes to (its published phase is
+/// `Ready` at that placement's address).
+fn routed_placement(rt: &Runtime) -> Option<Placement> {
+    let placement = rt.placement.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+    (rt.handle.phase() == Phase::Ready(placement_addr(&placement))).then_some(placement)
 }
 
 /// Which way to scale.
@@ -159,8 +170,6 @@ struct Inner {
     shared: bool,
     /// This replica's name (leases, activity checkpoints).
     replica: String,
-    /// Placements this replica routed to (to rebuild a lost record of a running workspace).
-    placements: DashMap<SocketAddr, Placement>,
     /// The runtime every lifecycle task runs on (the proxy calls in from its own runtimes).
     rt: tokio::runtime::Handle,
     catalog: Arc<Catalog>,
@@ -214,7 +223,6 @@ impl Manager {
                 changed: Arc::new(tokio::sync::Notify::new()),
                 shared: store_shared,
                 replica: replica_name(&config_replica),
-                placements: DashMap::new(),
                 rt,
                 catalog,
                 notifier,
@@ -289,6 +297,7 @@ impl Manager {
                     state: AtomicU8::new(state_index(s.state)),
                     persisted_activity_ms: AtomicI64::new(ms),
                     open_everywhere: std::sync::atomic::AtomicUsize::new(0),
+                    placement: std::sync::Mutex::new(None),
                 })
             })
             .clone()
@@ -297,12 +306,11 @@ impl Manager {
     /// Publish the phase that follows from a persisted state.
     fn publish(&self, rt: &Runtime, s: &Session) {
         rt.state.store(state_index(s.state), Ordering::Relaxed);
+        let running = if s.state == State::Running { s.placement.clone() } else { None };
+        *rt.placement.lock().unwrap_or_else(|e| e.into_inner()) = running;
         let phase = match s.state {
             State::Running => match &s.placement {
-                Some(p) => {
-                    self.inner.placements.insert(placement_addr(p), p.clone());
-                    Phase::Ready(placement_addr(p))
-                }
+                Some(p) => Phase::Ready(placement_addr(p)),
                 None => Phase::Asleep,
             },
             State::Creating | State::Starting | State::Waking | State::Resizing => Phase::Starting,
@@ -1130,23 +1138,17 @@ impl Manager {
             let Some(id) = SessionId::parse(&d.id) else { continue };
             let now = self.now();
             let mut s = Session::new(&id, &d.user_id, &d.tier, d.created_at.unwrap_or(now));
-            // Placement comes from our runtime's last phase, if this replica routed to it.
-            let addr = self.runtime(&id).and_then(|rt| match rt.handle.phase() {
-                Phase::Ready(addr) => Some(addr),
-                _ => None,
-            });
             s.state = State::Sleeping;
             s.slept_at = Some(now);
             s.last_error = Some("rebuilt from the workspace after the store lost its record".into());
-            if let Some(addr) = addr {
-                s.placement = self.placement_at(addr);
-                if s.placement.as_ref().is_some_and(|_| self.inner.backend.is_alive(&s)) {
-                    s.state = State::Running;
-                    s.slept_at = None;
-                    s.awake_since = Some(now);
-                } else {
-                    s.placement = None;
-                }
+            // Adopted if this replica still routes to it and it is still that workspace.
+            s.placement = self.runtime(&id).and_then(|rt| routed_placement(&rt));
+            if s.placement.is_some() && self.inner.backend.is_alive(&s) {
+                s.state = State::Running;
+                s.slept_at = None;
+                s.awake_since = Some(now);
+            } else {
+                s.placement = None;
             }
             match self.inner.store.put(&s).await {
                 Ok(stored) => {
@@ -1159,10 +1161,11 @@ impl Manager {
         }
     }
 
-    /// The placement of a workspace this replica routes to at `addr`, from the runtime map of
-    /// local placements (the local backend's identity check needs pid and start time).
-    fn placement_at(&self, addr: SocketAddr) -> Option<Placement> {
-        self.inner.placements.get(&addr).map(|p| p.clone())
+    /// How many sessions this replica knows a running placement of (tests: stopped ones are
+    /// forgotten).
+    #[cfg(test)]
+    pub(crate) fn placements_known(&self) -> usize {
+        self.inner.runtimes.iter().filter(|rt| rt.placement.lock().unwrap_or_else(|e| e.into_inner()).is_some()).count()
     }
 
     /// Send the warning due for `s` now, once per deadline (the caller holds its op lock).

@@ -495,14 +495,19 @@ async fn the_manager_drives_the_kubernetes_backend() {
         manager.handle(&id).unwrap().phase(),
         Phase::Ready(SocketAddr::from(([127, 0, 0, 1], rig.workspace.port)))
     );
+    assert_eq!(manager.placements_known(), 1, "kept to adopt the pod if the store loses its record");
 
     let s = manager.sleep(&id, SleepReason::Api).await.unwrap();
     assert_eq!(s.state, State::Sleeping);
+    assert_eq!(manager.placements_known(), 0, "forgotten once it stops running");
     assert_eq!(s.objects.as_ref(), Some(&recorded), "kept while asleep");
     assert!(rig.fake.workspace_pods_of(id.as_str()).is_empty());
 
+    manager.wake(&id, ActivitySource::Http).await.unwrap();
+    assert_eq!(manager.placements_known(), 1);
     let s = manager.delete(&id, true).await.unwrap();
     assert_eq!(s.state, State::Deleted);
+    assert_eq!(manager.placements_known(), 0, "forgotten at deletion");
     let backup = s.backup.expect("deleted after a verified backup");
     assert!(rig.backups.path().join(&backup.file).exists());
     assert!(rig.fake.object("persistentvolumeclaims", &format!("pvc-{id}")).is_none());
