@@ -170,6 +170,11 @@ struct Inner {
     shared: bool,
     /// This replica's name (leases, activity checkpoints).
     replica: String,
+    /// This replica held the sweep lease at its last sweep (shared store).
+    leading: AtomicBool,
+    /// The next sweep as leader asks the backend for its workspaces even if every session this
+    /// replica knows has a record: set on becoming leader and when the store resyncs.
+    discover_due: AtomicBool,
     /// The runtime every lifecycle task runs on (the proxy calls in from its own runtimes).
     rt: tokio::runtime::Handle,
     catalog: Arc<Catalog>,
@@ -223,6 +228,8 @@ impl Manager {
                 changed: Arc::new(tokio::sync::Notify::new()),
                 shared: store_shared,
                 replica: replica_name(&config_replica),
+                leading: AtomicBool::new(false),
+                discover_due: AtomicBool::new(true),
                 rt,
                 catalog,
                 notifier,
@@ -1017,9 +1024,18 @@ impl Manager {
         if self.inner.shared {
             let ttl = self.inner.config.lease_ttl;
             match self.inner.store.lease("sweep", &self.inner.replica, ttl).await {
-                Ok(true) => {}
-                Ok(false) => return self.resync().await,
+                Ok(true) => {
+                    if !self.inner.leading.swap(true, Ordering::AcqRel) {
+                        // Records may have been lost while another replica led (or none did).
+                        self.inner.discover_due.store(true, Ordering::Release);
+                    }
+                }
+                Ok(false) => {
+                    self.inner.leading.store(false, Ordering::Release);
+                    return self.resync().await;
+                }
                 Err(e) => {
+                    self.inner.leading.store(false, Ordering::Release);
                     self.note_store_error(&e);
                     tracing::warn!(error = %e, "sweep skipped: the store is unavailable");
                     return Err(e.into());
@@ -1031,6 +1047,7 @@ impl Manager {
                     tokio::time::sleep(ttl / 3).await;
                     if !matches!(self.inner.store.lease("sweep", &self.inner.replica, ttl).await, Ok(true)) {
                         tracing::warn!("the sweep lease was lost; stopping this sweep");
+                        self.inner.leading.store(false, Ordering::Release);
                         return;
                     }
                 }
@@ -1110,6 +1127,8 @@ impl Manager {
     /// A session another replica changed.
     async fn on_store_event(&self, id: &str) {
         if id.is_empty() {
+            // (Re)connected: the store may have lost records meanwhile (Redis restarted empty).
+            self.inner.discover_due.store(true, Ordering::Release);
             let _ = self.resync().await;
             return;
         }
@@ -1129,11 +1148,27 @@ impl Manager {
 
     /// Records the store lost (Redis emptied): rebuilt from what the backend holds. A running
     /// workspace is adopted, the others come back asleep. Nothing is deleted for lack of a record.
+    ///
+    /// Asking the backend (a directory listing; two list calls on Kubernetes) happens only when
+    /// it can find something: a session this replica knows has no record, this replica has just
+    /// become the leader, or the store has just (re)connected.
     async fn rebuild_missing(&self) {
-        let (Ok(records), Ok(found)) = (self.inner.store.list().await, self.inner.backend.discover().await) else {
-            return;
-        };
+        let Ok(records) = self.inner.store.list().await else { return };
         let known: std::collections::HashSet<&str> = records.iter().map(|s| s.uuid.as_str()).collect();
+        // A deleted session may have been forgotten by the leader (its record removed): no loss.
+        let lost =
+            self.inner.runtimes.iter().any(|rt| rt.state() != State::Deleted && !known.contains(rt.key().as_str()));
+        if !self.inner.discover_due.swap(false, Ordering::AcqRel) && !lost {
+            return;
+        }
+        let found = match self.inner.backend.discover().await {
+            Ok(found) => found,
+            Err(e) => {
+                self.inner.discover_due.store(true, Ordering::Release);
+                tracing::debug!(error = %e, "could not list the backend's workspaces; retried next sweep");
+                return;
+            }
+        };
         for d in found.into_iter().filter(|d| !known.contains(d.id.as_str())) {
             let Some(id) = SessionId::parse(&d.id) else { continue };
             let now = self.now();
