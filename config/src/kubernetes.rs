@@ -12,7 +12,7 @@ use crate::duration;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KubernetesConfig {
-    /// Namespace of every workspace object, backup Job and the leader Lease.
+    /// Namespace of every workspace object and backup Job.
     pub namespace: String,
     /// The workspace image (code-server).
     pub image: String,
@@ -45,9 +45,10 @@ pub struct KubernetesConfig {
     /// After scaling to 0, how long the session's pods may take to be gone.
     #[serde(with = "duration::serde_fmt")]
     pub stop_timeout: Duration,
-    /// Name of the `coordination.k8s.io/v1` Lease that elects the replica running the sweep.
+    /// Unused: the sweep's leader holds the store's lease (`lease_ttl`), not a Kubernetes Lease.
+    /// Still accepted (and validated) so that existing config files keep parsing.
     pub lease_name: String,
-    /// How long a Lease holder stays leader without renewing.
+    /// Unused, like `lease_name`.
     #[serde(with = "duration::serde_fmt")]
     pub lease_duration: Duration,
 }

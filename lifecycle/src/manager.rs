@@ -78,6 +78,10 @@ struct Runtime {
     persisted_activity_ms: AtomicI64,
     /// Open connections over every replica (shared store), as of the last checkpoint.
     open_everywhere: std::sync::atomic::AtomicUsize,
+    /// The placement last published while running (None once it stops: sleep, deletion, crash).
+    /// Kept to rebuild a lost record of a running workspace (the local backend's identity check
+    /// needs pid and start time, which the proxy's address alone does not give).
+    placement: std::sync::Mutex<Option<Placement>>,
 }
 
 impl Runtime {
@@ -96,6 +100,13 @@ fn placement_addr(p: &Placement) -> SocketAddr {
         Placement::Local { port, .. } => SocketAddr::from(([127, 0, 0, 1], *port)),
         Placement::Kubernetes { pod_ip, port, .. } => SocketAddr::new(*pod_ip, *port),
     }
+}
+
+/// The placement of a running workspace this replica still routes to (its published phase is
+/// `Ready` at that placement's address).
+fn routed_placement(rt: &Runtime) -> Option<Placement> {
+    let placement = rt.placement.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+    (rt.handle.phase() == Phase::Ready(placement_addr(&placement))).then_some(placement)
 }
 
 /// Which way to scale.
@@ -159,8 +170,11 @@ struct Inner {
     shared: bool,
     /// This replica's name (leases, activity checkpoints).
     replica: String,
-    /// Placements this replica routed to (to rebuild a lost record of a running workspace).
-    placements: DashMap<SocketAddr, Placement>,
+    /// This replica held the sweep lease at its last sweep (shared store).
+    leading: AtomicBool,
+    /// The next sweep as leader asks the backend for its workspaces even if every session this
+    /// replica knows has a record: set on becoming leader and when the store resyncs.
+    discover_due: AtomicBool,
     /// The runtime every lifecycle task runs on (the proxy calls in from its own runtimes).
     rt: tokio::runtime::Handle,
     catalog: Arc<Catalog>,
@@ -214,7 +228,8 @@ impl Manager {
                 changed: Arc::new(tokio::sync::Notify::new()),
                 shared: store_shared,
                 replica: replica_name(&config_replica),
-                placements: DashMap::new(),
+                leading: AtomicBool::new(false),
+                discover_due: AtomicBool::new(true),
                 rt,
                 catalog,
                 notifier,
@@ -289,6 +304,7 @@ impl Manager {
                     state: AtomicU8::new(state_index(s.state)),
                     persisted_activity_ms: AtomicI64::new(ms),
                     open_everywhere: std::sync::atomic::AtomicUsize::new(0),
+                    placement: std::sync::Mutex::new(None),
                 })
             })
             .clone()
@@ -297,12 +313,11 @@ impl Manager {
     /// Publish the phase that follows from a persisted state.
     fn publish(&self, rt: &Runtime, s: &Session) {
         rt.state.store(state_index(s.state), Ordering::Relaxed);
+        let running = if s.state == State::Running { s.placement.clone() } else { None };
+        *rt.placement.lock().unwrap_or_else(|e| e.into_inner()) = running;
         let phase = match s.state {
             State::Running => match &s.placement {
-                Some(p) => {
-                    self.inner.placements.insert(placement_addr(p), p.clone());
-                    Phase::Ready(placement_addr(p))
-                }
+                Some(p) => Phase::Ready(placement_addr(p)),
                 None => Phase::Asleep,
             },
             State::Creating | State::Starting | State::Waking | State::Resizing => Phase::Starting,
@@ -1009,9 +1024,18 @@ impl Manager {
         if self.inner.shared {
             let ttl = self.inner.config.lease_ttl;
             match self.inner.store.lease("sweep", &self.inner.replica, ttl).await {
-                Ok(true) => {}
-                Ok(false) => return self.resync().await,
+                Ok(true) => {
+                    if !self.inner.leading.swap(true, Ordering::AcqRel) {
+                        // Records may have been lost while another replica led (or none did).
+                        self.inner.discover_due.store(true, Ordering::Release);
+                    }
+                }
+                Ok(false) => {
+                    self.inner.leading.store(false, Ordering::Release);
+                    return self.resync().await;
+                }
                 Err(e) => {
+                    self.inner.leading.store(false, Ordering::Release);
                     self.note_store_error(&e);
                     tracing::warn!(error = %e, "sweep skipped: the store is unavailable");
                     return Err(e.into());
@@ -1023,6 +1047,7 @@ impl Manager {
                     tokio::time::sleep(ttl / 3).await;
                     if !matches!(self.inner.store.lease("sweep", &self.inner.replica, ttl).await, Ok(true)) {
                         tracing::warn!("the sweep lease was lost; stopping this sweep");
+                        self.inner.leading.store(false, Ordering::Release);
                         return;
                     }
                 }
@@ -1110,6 +1135,8 @@ impl Manager {
     /// A session another replica changed.
     async fn on_store_event(&self, id: &str) {
         if id.is_empty() {
+            // (Re)connected: the store may have lost records meanwhile (Redis restarted empty).
+            self.inner.discover_due.store(true, Ordering::Release);
             let _ = self.resync().await;
             return;
         }
@@ -1129,32 +1156,42 @@ impl Manager {
 
     /// Records the store lost (Redis emptied): rebuilt from what the backend holds. A running
     /// workspace is adopted, the others come back asleep. Nothing is deleted for lack of a record.
+    ///
+    /// Asking the backend (a directory listing; two list calls on Kubernetes) happens only when
+    /// it can find something: a session this replica knows has no record, this replica has just
+    /// become the leader, or the store has just (re)connected.
     async fn rebuild_missing(&self) {
-        let (Ok(records), Ok(found)) = (self.inner.store.list().await, self.inner.backend.discover().await) else {
-            return;
-        };
+        let Ok(records) = self.inner.store.list().await else { return };
         let known: std::collections::HashSet<&str> = records.iter().map(|s| s.uuid.as_str()).collect();
+        // A deleted session may have been forgotten by the leader (its record removed): no loss.
+        let lost =
+            self.inner.runtimes.iter().any(|rt| rt.state() != State::Deleted && !known.contains(rt.key().as_str()));
+        if !self.inner.discover_due.swap(false, Ordering::AcqRel) && !lost {
+            return;
+        }
+        let found = match self.inner.backend.discover().await {
+            Ok(found) => found,
+            Err(e) => {
+                self.inner.discover_due.store(true, Ordering::Release);
+                tracing::debug!(error = %e, "could not list the backend's workspaces; retried next sweep");
+                return;
+            }
+        };
         for d in found.into_iter().filter(|d| !known.contains(d.id.as_str())) {
             let Some(id) = SessionId::parse(&d.id) else { continue };
             let now = self.now();
             let mut s = Session::new(&id, &d.user_id, &d.tier, d.created_at.unwrap_or(now));
-            // Placement comes from our runtime's last phase, if this replica routed to it.
-            let addr = self.runtime(&id).and_then(|rt| match rt.handle.phase() {
-                Phase::Ready(addr) => Some(addr),
-                _ => None,
-            });
             s.state = State::Sleeping;
             s.slept_at = Some(now);
             s.last_error = Some("rebuilt from the workspace after the store lost its record".into());
-            if let Some(addr) = addr {
-                s.placement = self.placement_at(addr);
-                if s.placement.as_ref().is_some_and(|_| self.inner.backend.is_alive(&s)) {
-                    s.state = State::Running;
-                    s.slept_at = None;
-                    s.awake_since = Some(now);
-                } else {
-                    s.placement = None;
-                }
+            // Adopted if this replica still routes to it and it is still that workspace.
+            s.placement = self.runtime(&id).and_then(|rt| routed_placement(&rt));
+            if s.placement.is_some() && self.inner.backend.is_alive(&s) {
+                s.state = State::Running;
+                s.slept_at = None;
+                s.awake_since = Some(now);
+            } else {
+                s.placement = None;
             }
             match self.inner.store.put(&s).await {
                 Ok(stored) => {
@@ -1167,10 +1204,11 @@ impl Manager {
         }
     }
 
-    /// The placement of a workspace this replica routes to at `addr`, from the runtime map of
-    /// local placements (the local backend's identity check needs pid and start time).
-    fn placement_at(&self, addr: SocketAddr) -> Option<Placement> {
-        self.inner.placements.get(&addr).map(|p| p.clone())
+    /// How many sessions this replica knows a running placement of (tests: stopped ones are
+    /// forgotten).
+    #[cfg(test)]
+    pub(crate) fn placements_known(&self) -> usize {
+        self.inner.runtimes.iter().filter(|rt| rt.placement.lock().unwrap_or_else(|e| e.into_inner()).is_some()).count()
     }
 
     /// Send the warning due for `s` now, once per deadline (the caller holds its op lock).

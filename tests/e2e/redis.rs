@@ -196,6 +196,9 @@ async fn a_redis_restart_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(status["session"]["user_id"], "user@example.com", "rebuilt from the workspace's sidecar");
+    let log = a.log();
+    let rebuilt = log.lines().find(|l| l.contains("session record rebuilt from its workspace"));
+    assert!(rebuilt.is_some_and(|l| l.contains("running")), "the running workspace is adopted, not restarted:\n{log}");
     assert!(a.workspace_dir(&id).join("keep.txt").exists(), "no workspace is deleted because its record vanished");
     assert_eq!(a.ws(Method::GET, &id, "/files/keep.txt").send().await.unwrap().text().await.unwrap(), "still here");
 }

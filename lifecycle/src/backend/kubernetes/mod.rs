@@ -8,7 +8,6 @@
 //! `kubectl scale` owning it would wake or sleep sessions behind wakeway's back (reconciliation
 //! reports such Deployments).
 
-pub mod lease;
 pub mod objects;
 mod pods;
 pub mod reconcile;
@@ -41,7 +40,6 @@ use crate::session::{BackupInfo, ObjectUids, Placement, Session};
 use objects::{FIELD_MANAGER, JOB, WORKSPACE_SELECTOR, deployment_name, pvc_name, service_name};
 use pods::PodWatch;
 
-pub use lease::{LeaseError, LeaseLock};
 pub use objects::{backup_job, restore_job};
 
 /// Runs each workspace as a Deployment in one namespace.

@@ -197,9 +197,6 @@ fn the_deployment_and_its_config_agree() {
     assert_eq!(binding["subjects"][0]["namespace"], "wakeway");
     let workspace_sa = find(&all, "ServiceAccount", &config.kubernetes.service_account);
     assert_eq!(workspace_sa["automountServiceAccountToken"], false);
-    let role = find(&all, "Role", "wakeway");
-    let named = role["rules"].as_array().unwrap().iter().find(|r| !r["resourceNames"].is_null()).unwrap();
-    assert_eq!(named["resourceNames"][0], config.kubernetes.lease_name.as_str());
 }
 
 #[test]

@@ -2,9 +2,9 @@
 //! backend uses, with the API server's semantics that matter to it: server-side apply (field
 //! manager and force required), resourceVersions and watch streams that resume from one, label
 //! and field selectors, the `scale` subresource, delete preconditions (409 on a UID mismatch,
-//! dry runs), optimistic concurrency on Leases, and small stand-ins for the controllers: a
-//! Deployment controller (Recreate: pods of an old template go first) and a Job controller that
-//! really runs `wakeway backup` (`write_verified_zip`) and serves its JSON line as the pod log.
+//! dry runs), and small stand-ins for the controllers: a Deployment controller (Recreate: pods of
+//! an old template go first) and a Job controller that really runs `wakeway backup`
+//! (`write_verified_zip`) and serves its JSON line as the pod log.
 //! Every request is recorded for assertions.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -111,7 +111,6 @@ fn kind_of(resource: &str) -> (&'static str, &'static str) {
         "persistentvolumeclaims" => ("v1", "PersistentVolumeClaim"),
         "deployments" => ("apps/v1", "Deployment"),
         "jobs" => ("batch/v1", "Job"),
-        "leases" => ("coordination.k8s.io/v1", "Lease"),
         _ => ("v1", "Unknown"),
     }
 }
@@ -406,8 +405,6 @@ async fn handle(
         (&Method::GET, Some(_), _) => "get",
         (&Method::PATCH, _, _) => "patch",
         (&Method::DELETE, _, _) => "delete",
-        (&Method::POST, _, _) => "create",
-        (&Method::PUT, _, _) => "update",
         _ => "unknown",
     };
     let resource_path = match &target.sub {
@@ -441,8 +438,6 @@ async fn handle(
             scale(&shared, name, &query, &content_type, body)
         }
         (Method::DELETE, Some(name), None) => delete(&shared, resource, name, &body),
-        (Method::POST, None, None) => create(&shared, resource, body),
-        (Method::PUT, Some(name), None) => update(&shared, resource, name, body),
         (method, _, _) => status(405, "MethodNotAllowed", format!("the fake does not serve {method} {path}")),
     }
 }
@@ -683,39 +678,6 @@ fn delete(shared: &Shared, resource: &str, name: &str, options: &Value) -> Respo
         state.reconcile_deployment(&events, name);
     }
     axum::Json(removed).into_response()
-}
-
-fn create(shared: &Shared, resource: &str, mut body: Value) -> Response {
-    let events = shared.events.clone();
-    let mut state = shared.state.lock().unwrap();
-    let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
-    if state.get(resource, &name).is_some() {
-        return status(409, "AlreadyExists", format!("{resource} \"{name}\" already exists"));
-    }
-    body["metadata"]["uid"] = Value::Null;
-    let stored = state.put(&events, resource, body);
-    (StatusCode::CREATED, axum::Json(stored)).into_response()
-}
-
-fn update(shared: &Shared, resource: &str, name: &str, body: Value) -> Response {
-    let events = shared.events.clone();
-    let mut state = shared.state.lock().unwrap();
-    let Some(existing) = state.get(resource, name) else {
-        return status(404, "NotFound", format!("{resource} \"{name}\" not found"));
-    };
-    if body["metadata"]["resourceVersion"] != existing["metadata"]["resourceVersion"] {
-        return status(
-            409,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
-            ),
-        );
-    }
-    let mut object = body;
-    object["metadata"]["uid"] = existing["metadata"]["uid"].clone();
-    object["metadata"]["creationTimestamp"] = existing["metadata"]["creationTimestamp"].clone();
-    axum::Json(state.put(&events, resource, object)).into_response()
 }
 
 /// The Job controller plus kubelet for one backup Job.

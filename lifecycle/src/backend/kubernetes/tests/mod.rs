@@ -4,7 +4,6 @@
 
 mod deploy;
 mod fake;
-mod lease;
 mod snapshots;
 
 use std::net::SocketAddr;
@@ -238,14 +237,9 @@ async fn a_session_lives_and_dies_through_the_api() {
     rig.backend.destroy(&s).await.unwrap();
     assert!(zip.exists(), "the backup outlives the session");
 
-    // ---- reconcile and leader election use the same client; then RBAC must match the calls.
+    // ---- reconcile uses the same client; then RBAC must match the calls.
     let report = rig.backend.reconcile(std::slice::from_ref(&s)).await.unwrap();
     assert_eq!(report.vanished.len(), 3, "{report:?}");
-    let clock = Arc::new(wakeway_proxy::ManualClock::new(1_000_000));
-    let lock = LeaseLock::new(fake.client(), "wakeway", "wakeway-leader", "pod-a", Duration::from_secs(15), clock);
-    assert!(lock.try_acquire_or_renew().await.unwrap());
-    assert!(lock.try_acquire_or_renew().await.unwrap());
-    lock.release().await.unwrap();
     deploy::role_allows_exactly(&fake.rbac_used());
 }
 
@@ -501,14 +495,19 @@ async fn the_manager_drives_the_kubernetes_backend() {
         manager.handle(&id).unwrap().phase(),
         Phase::Ready(SocketAddr::from(([127, 0, 0, 1], rig.workspace.port)))
     );
+    assert_eq!(manager.placements_known(), 1, "kept to adopt the pod if the store loses its record");
 
     let s = manager.sleep(&id, SleepReason::Api).await.unwrap();
     assert_eq!(s.state, State::Sleeping);
+    assert_eq!(manager.placements_known(), 0, "forgotten once it stops running");
     assert_eq!(s.objects.as_ref(), Some(&recorded), "kept while asleep");
     assert!(rig.fake.workspace_pods_of(id.as_str()).is_empty());
 
+    manager.wake(&id, ActivitySource::Http).await.unwrap();
+    assert_eq!(manager.placements_known(), 1);
     let s = manager.delete(&id, true).await.unwrap();
     assert_eq!(s.state, State::Deleted);
+    assert_eq!(manager.placements_known(), 0, "forgotten at deletion");
     let backup = s.backup.expect("deleted after a verified backup");
     assert!(rig.backups.path().join(&backup.file).exists());
     assert!(rig.fake.object("persistentvolumeclaims", &format!("pvc-{id}")).is_none());
@@ -520,4 +519,114 @@ async fn the_manager_drives_the_kubernetes_backend() {
         .map(|r| r.body["preconditions"]["uid"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(preconditions, [recorded.deployment, recorded.service, recorded.pvc]);
+}
+
+/// The embedded store standing in for one shared by several replicas; the test hands out the
+/// sweep lease.
+struct SharedStore {
+    inner: crate::store::EmbeddedStore,
+    leader: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl crate::store::Store for SharedStore {
+    fn kind(&self) -> &'static str {
+        "shared-test"
+    }
+    async fn get(&self, id: &str) -> Result<Option<Session>, crate::store::StoreError> {
+        self.inner.get(id).await
+    }
+    async fn list(&self) -> Result<Vec<Session>, crate::store::StoreError> {
+        self.inner.list().await
+    }
+    async fn put(&self, session: &Session) -> Result<Session, crate::store::StoreError> {
+        self.inner.put(session).await
+    }
+    async fn remove(&self, id: &str, version: u64) -> Result<(), crate::store::StoreError> {
+        self.inner.remove(id, version).await
+    }
+    async fn get_blob(&self, key: &str) -> Result<Option<Vec<u8>>, crate::store::StoreError> {
+        self.inner.get_blob(key).await
+    }
+    async fn put_blob(&self, key: &str, value: &[u8]) -> Result<(), crate::store::StoreError> {
+        self.inner.put_blob(key, value).await
+    }
+    async fn take_blob(&self, key: &str) -> Result<Option<Vec<u8>>, crate::store::StoreError> {
+        self.inner.take_blob(key).await
+    }
+    async fn list_blobs(&self, prefix: &str) -> Result<Vec<String>, crate::store::StoreError> {
+        self.inner.list_blobs(prefix).await
+    }
+    fn shared(&self) -> bool {
+        true
+    }
+    async fn lease(&self, _name: &str, _holder: &str, _ttl: Duration) -> Result<bool, crate::store::StoreError> {
+        Ok(self.leader.load(std::sync::atomic::Ordering::SeqCst))
+    }
+    async fn health(&self) -> Result<(), crate::store::StoreError> {
+        self.inner.health().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_leader_lists_the_cluster_only_when_a_record_may_be_missing() {
+    use crate::manager::Manager;
+    use crate::session::State;
+    use crate::store::Store;
+    use std::sync::atomic::Ordering;
+    use wakeway_proxy::{ActivitySource, ProxyStats, SystemClock};
+
+    let rig = rig(true).await;
+    let data = tempfile::tempdir().unwrap();
+    let store = Arc::new(SharedStore {
+        inner: crate::store::EmbeddedStore::open(&data.path().join("wakeway.redb")).unwrap(),
+        leader: std::sync::atomic::AtomicBool::new(true),
+    });
+    let (tx, _events) = mpsc::unbounded_channel();
+    let backend = KubernetesBackend::new(rig.fake.client(), rig.config.clone(), tx);
+    let manager = Manager::new(
+        rig.config.clone(),
+        store.clone(),
+        backend,
+        Arc::new(SystemClock),
+        Arc::new(ProxyStats::default()),
+        tokio::runtime::Handle::current(),
+    );
+    // Discovery lists PVCs (then Deployments); nothing else lists PVCs here.
+    let discoveries = || {
+        rig.fake
+            .calls("GET", "/persistentvolumeclaims")
+            .iter()
+            .filter(|r| r.path.ends_with("/persistentvolumeclaims"))
+            .count()
+    };
+    let id = manager.create("grace@example.com").await.unwrap().id();
+    let running = manager.wake(&id, ActivitySource::Http).await.unwrap();
+    assert_eq!(running.state, State::Running);
+    assert_eq!(discoveries(), 0);
+
+    manager.sweep().await.unwrap();
+    assert_eq!(discoveries(), 1, "the first sweep as leader looks");
+    manager.sweep().await.unwrap();
+    manager.sweep().await.unwrap();
+    assert_eq!(discoveries(), 1, "nothing can be missing: no listing");
+
+    // The store loses the record of a session this replica knows: found and adopted.
+    let stored = store.get(id.as_str()).await.unwrap().unwrap();
+    store.remove(id.as_str(), stored.version).await.unwrap();
+    manager.sweep().await.unwrap();
+    assert_eq!(discoveries(), 2);
+    let rebuilt = store.get(id.as_str()).await.unwrap().expect("the record is rebuilt");
+    assert_eq!((rebuilt.state, &rebuilt.placement), (State::Running, &running.placement), "adopted, not restarted");
+    manager.sweep().await.unwrap();
+    assert_eq!(discoveries(), 2);
+
+    // Another replica leads for a while; becoming leader again looks once.
+    store.leader.store(false, Ordering::SeqCst);
+    manager.sweep().await.unwrap();
+    assert_eq!(discoveries(), 2, "only the leader looks");
+    store.leader.store(true, Ordering::SeqCst);
+    manager.sweep().await.unwrap();
+    manager.sweep().await.unwrap();
+    assert_eq!(discoveries(), 3);
 }
