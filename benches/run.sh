@@ -12,7 +12,6 @@ cd "$root"
 
 need_apt=()
 command -v wrk >/dev/null || need_apt+=(wrk)
-command -v h2load >/dev/null || need_apt+=(nghttp2-client)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v cmake >/dev/null || need_apt+=(cmake)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -12,6 +12,8 @@ import asyncio
 import base64
 import json
 import os
+import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -19,7 +21,6 @@ import time
 
 import bench
 
-import resource
 
 FD_HARD = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 FD_CAP = 10_000 if FD_HARD == resource.RLIM_INFINITY else min(10_000, (FD_HARD - 500) // 2)
@@ -156,7 +157,13 @@ def main():
     finally:
         for p in reversed(bench.procs):
             bench.stop(p)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:  # also when a start fails before main's own cleanup
+        for p in reversed(bench.procs):
+            if p.poll() is None:
+                bench.stop(p)

@@ -45,12 +45,6 @@ pub struct KubernetesConfig {
     /// After scaling to 0, how long the session's pods may take to be gone.
     #[serde(with = "duration::serde_fmt")]
     pub stop_timeout: Duration,
-    /// Unused: the sweep's leader holds the store's lease (`lease_ttl`), not a Kubernetes Lease.
-    /// Still accepted (and validated) so that existing config files keep parsing.
-    pub lease_name: String,
-    /// Unused, like `lease_name`.
-    #[serde(with = "duration::serde_fmt")]
-    pub lease_duration: Duration,
 }
 
 impl Default for KubernetesConfig {
@@ -83,8 +77,6 @@ impl Default for KubernetesConfig {
             job_timeout: Duration::from_secs(30 * 60),
             job_ttl: Duration::from_secs(24 * 3600),
             stop_timeout: Duration::from_secs(120),
-            lease_name: "wakeway-leader".into(),
-            lease_duration: Duration::from_secs(15),
         }
     }
 }
@@ -95,10 +87,8 @@ impl KubernetesConfig {
         if !is_dns_label(&self.namespace) {
             return Err(format!("kubernetes.namespace {:?} is not a DNS label", self.namespace));
         }
-        for (key, value) in [("kubernetes.backup_pvc", &self.backup_pvc), ("kubernetes.lease_name", &self.lease_name)] {
-            if !is_dns_subdomain(value) {
-                return Err(format!("{key} {value:?} is not a valid object name"));
-            }
+        if !is_dns_subdomain(&self.backup_pvc) {
+            return Err(format!("kubernetes.backup_pvc {:?} is not a valid object name", self.backup_pvc));
         }
         if !self.service_account.is_empty() && !is_dns_subdomain(&self.service_account) {
             return Err(format!("kubernetes.service_account {:?} is not a valid name", self.service_account));
@@ -132,9 +122,6 @@ impl KubernetesConfig {
             if value < Duration::from_secs(1) {
                 return Err(format!("{key} must be at least 1s"));
             }
-        }
-        if self.lease_duration < Duration::from_secs(2) {
-            return Err("kubernetes.lease_duration must be at least 2s".into());
         }
         Ok(())
     }

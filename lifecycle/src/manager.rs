@@ -1125,10 +1125,13 @@ impl Manager {
     /// Bring the in-memory map in line with the store (other replicas' changes).
     async fn resync(&self) -> Result<()> {
         let all = self.inner.store.list().await.inspect_err(|e| self.note_store_error(e))?;
+        let listed: std::collections::HashSet<String> = all.iter().map(|s| s.uuid.clone()).collect();
         for s in all {
             let rt = self.runtime_for(&s);
             self.publish_if_idle(&rt, &s);
         }
+        // Deleted sessions the leader forgot (after backup_retention) are forgotten here too.
+        self.inner.runtimes.retain(|id, rt| rt.state() != State::Deleted || listed.contains(id.as_str()));
         Ok(())
     }
 
@@ -1149,7 +1152,11 @@ impl Manager {
                     self.inner.changed.notify_one();
                 }
             }
-            Ok(None) => {} // forgotten, or the store lost it (then the leader rebuilds it)
+            // Forgotten by the leader after backup_retention: forget it here too. In any other
+            // state the store lost it, and the leader rebuilds it from the backend.
+            Ok(None) => {
+                self.inner.runtimes.remove_if(&id, |_, rt| rt.state() == State::Deleted);
+            }
             Err(e) => self.note_store_error(&e),
         }
     }

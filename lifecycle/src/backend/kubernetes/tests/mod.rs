@@ -629,4 +629,18 @@ async fn the_sweep_leader_lists_the_cluster_only_when_a_record_may_be_missing() 
     manager.sweep().await.unwrap();
     manager.sweep().await.unwrap();
     assert_eq!(discoveries(), 3);
+
+    // A deleted session the leader forgot (after backup_retention) is forgotten by the other
+    // replicas at their next resync, instead of staying in their maps forever.
+    let gone = crate::session::SessionId::parse("dead1234").unwrap();
+    let mut record = crate::session::Session::new(&gone, "old@example.com", "small", chrono::Utc::now());
+    record.state = State::Deleted;
+    let record = store.put(&record).await.unwrap();
+    store.leader.store(false, Ordering::SeqCst);
+    manager.sweep().await.unwrap();
+    assert!(manager.handle(&gone).is_some(), "learned from the store");
+    store.remove(gone.as_str(), record.version).await.unwrap();
+    manager.sweep().await.unwrap();
+    assert!(manager.handle(&gone).is_none(), "forgotten as the leader forgot it");
+    assert!(manager.handle(&id).is_some(), "the others stay");
 }
