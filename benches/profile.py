@@ -1,31 +1,113 @@
 #!/usr/bin/env python3
-"""Where wakeway's per-request time goes: wakeway (1 thread) in front of the bench's nginx workspace, wrk -t2 -c32
-on /small, `perf record -e cpu-clock -g` on wakeway for 10 s, then perf's split by DSO and the top symbols.
-Run after benches/run.sh has built everything: `python3 benches/profile.py` (needs `perf`: apt-get install linux-perf).
+"""Where wakeway's per-request time goes.
+
+wakeway (1 thread) in front of the benches' nginx workspace under `wrk -t2 -c32` on /small:
+1. `perf record -e cpu-clock -g` on wakeway for 10 s, then perf's split by DSO and the top symbols;
+2. `strace -c -f` on wakeway, then on an nginx reverse proxy, for 3 s each under `wrk -c1`: system calls per request.
+
+Run after benches/run.sh has built everything: `python3 benches/profile.py` (needs `perf` and `strace`:
+apt-get install linux-perf strace). The perf data file is kept and its path printed.
 """
-import bench, os, tempfile, subprocess, time, sys
-tmp=tempfile.mkdtemp(); os.chmod(tmp,0o755)
-bench.WRK_SCRIPT=os.path.join(tmp,"r.lua"); open(bench.WRK_SCRIPT,"w").write(bench.WRK_LUA)
-doc=os.path.join(tmp,"www"); os.makedirs(doc); open(doc+"/small","wb").write(bench.SMALL)
-os.chmod(doc+"/small",0o644); os.chmod(doc,0o755)
-tpl=os.path.join(tmp,"t.in"); open(tpl,"w").write(bench.upstream_conf("@DIR@","@PORT@","@ROOT@"))
-wr=os.path.join(tmp,"ws.sh"); open(wr,"w").write(bench.WORKSPACE_WRAPPER.replace("@NGINX@",bench.NGINX)); os.chmod(wr,0o755)
-port=bench.free_port()
-env=dict(os.environ,WAKEWAY_LISTEN=f"127.0.0.1:{port}",WAKEWAY_DATA_DIR=tmp+"/d",WAKEWAY_API_KEY=bench.API_KEY,WAKEWAY_THREADS="1",
- WAKEWAY_WORKSPACE_COMMAND=f"exec {wr} {{port}} {{state}} {doc} {tmp}/starts {tpl}",WAKEWAY_LOG="warn",WAKEWAY_SHUTDOWN_GRACE="0s")
-ww=bench.spawn([bench.BIN+"/wakeway","serve"],tmp+"/ww.log",env=env); bench.wait_port(port)
-sid=bench.api(port,"POST","/session/create",{"user_id":"p@example.com"})["uuid"]; bench.wait_state(port,sid,"running")
-host=f"vs-code-{sid}.localhost:{port}"
-w=subprocess.Popen(["wrk","-t2","-c32","-d14s","-H",f"Host: {host}",f"http://127.0.0.1:{port}/small"],stdout=subprocess.PIPE,text=True)
-time.sleep(2)
-subprocess.run(["perf","record","-e","cpu-clock","-F","999","-g","-p",str(ww.pid),"-o",tmp+"/perf.data","--","sleep","10"],capture_output=True)
-print(w.communicate()[0])
-bench.stop(ww)
-for l in open(tmp+"/starts"):
-    try: os.killpg(int(l.split()[2]),15)
-    except Exception: pass
-for sort in ("dso", "symbol"):
-    r = subprocess.run(["perf", "report", "-i", tmp + "/perf.data", "--no-children", "--sort", sort, "--stdio", "-g", "none"],
-                       capture_output=True, text=True)
-    print("\n".join([line[:160] for line in r.stdout.splitlines() if "%" in line and not line.startswith("#")][:30]))
-print(f"perf data: {tmp}/perf.data")
+
+import os
+import re
+import subprocess
+import tempfile
+import time
+
+import bench
+
+
+def start(tmp):
+    """The upstream nginx, an nginx reverse proxy and wakeway (with a running session) on free ports."""
+    docroot = os.path.join(tmp, "www")
+    os.makedirs(docroot)
+    open(os.path.join(docroot, "small"), "wb").write(bench.SMALL)
+    for path in (docroot, os.path.join(docroot, "small")):
+        os.chmod(path, 0o755)
+    up_port, px_port = bench.free_port(), bench.free_port()
+    nginx_pids = {}
+    for name, port, conf in (("upstream", up_port, bench.upstream_conf(os.path.join(tmp, "upstream"), up_port, docroot)),
+                             ("proxy", px_port, bench.proxy_conf(os.path.join(tmp, "proxy"), px_port, up_port))):
+        os.makedirs(os.path.join(tmp, name))
+        open(os.path.join(tmp, name, "nginx.conf"), "w").write(conf)
+        p = bench.spawn([bench.NGINX, "-c", os.path.join(tmp, name, "nginx.conf"), "-g", "daemon off;"],
+                        os.path.join(tmp, name, "log"))
+        bench.wait_port(port)
+        nginx_pids[name] = p.pid
+    template = os.path.join(tmp, "workspace.conf.in")
+    open(template, "w").write(bench.upstream_conf("@DIR@", "@PORT@", "@ROOT@"))
+    wrapper = os.path.join(tmp, "workspace.sh")
+    open(wrapper, "w").write(bench.WORKSPACE_WRAPPER.replace("@NGINX@", bench.NGINX))
+    os.chmod(wrapper, 0o755)
+    port = bench.free_port()
+    env = dict(os.environ, WAKEWAY_LISTEN=f"127.0.0.1:{port}", WAKEWAY_DATA_DIR=os.path.join(tmp, "data"),
+               WAKEWAY_API_KEY=bench.API_KEY, WAKEWAY_THREADS="1", WAKEWAY_LOG="warn", WAKEWAY_SHUTDOWN_GRACE="0s",
+               WAKEWAY_WORKSPACE_COMMAND=f"exec {wrapper} {{port}} {{state}} {docroot} {tmp}/starts {template}")
+    env.pop("WAKEWAY_CONFIG", None)
+    ww = bench.spawn([os.path.join(bench.BIN, "wakeway"), "serve"], os.path.join(tmp, "wakeway.log"), env=env)
+    bench.wait_port(port)
+    sid = bench.api(port, "POST", "/session/create", {"user_id": "profile@example.com"})["uuid"]
+    bench.wait_state(port, sid, "running")
+    worker = int(subprocess.check_output(["pgrep", "-P", str(nginx_pids["proxy"])]).split()[0])
+    return ww.pid, port, f"vs-code-{sid}.localhost:{port}", worker, px_port
+
+
+def wrk(port, host, conc, seconds):
+    cmd = ["wrk", f"-t{1 if conc == 1 else 2}", f"-c{conc}", f"-d{seconds}s"]
+    cmd += ["-H", f"Host: {host}"] if host else []
+    return subprocess.Popen(cmd + [f"http://127.0.0.1:{port}/small"], stdout=subprocess.PIPE, text=True)
+
+
+def requests_per_s(out):
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    return float(m.group(1)) if m else 0.0
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="wakeway-profile-")
+    os.chmod(tmp, 0o755)
+    try:
+        ww_pid, port, host, nginx_worker, px_port = start(tmp)
+        load = wrk(port, host, 32, 14)
+        time.sleep(2)
+        data = os.path.join(tmp, "perf.data")
+        subprocess.run(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-p", str(ww_pid), "-o", data,
+                        "--", "sleep", "10"], capture_output=True, check=True)
+        print(f"under perf: {requests_per_s(load.communicate()[0]):.0f} req/s (wrk -t2 -c32)")
+        for sort in ("dso", "symbol"):
+            r = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", sort, "--stdio", "-g", "none"],
+                               capture_output=True, text=True)
+            rows = [line[:150] for line in r.stdout.splitlines() if "%" in line and not line.startswith("#")]
+            print(f"\n-- by {sort}\n" + "\n".join(rows[:30]))
+        print("\n-- system calls per request (strace -c, wrk -c1)")
+        for name, pid, p, h in (("wakeway", ww_pid, port, host), ("nginx", nginx_worker, px_port, None)):
+            load = wrk(p, h, 1, 6)
+            time.sleep(1)
+            trace = subprocess.run(["timeout", "-s", "INT", "3", "strace", "-c", "-f", "-p", str(pid)],
+                                   capture_output=True, text=True).stderr
+            load.communicate()
+            calls = {}
+            for line in trace.splitlines():
+                cols = line.split()
+                if len(cols) >= 5 and cols[0][0].isdigit() and cols[-1] not in ("total", "syscall"):
+                    calls[cols[-1]] = int(cols[3])
+            # Two recvfrom per proxied request (the client's request, the upstream's response): the unit.
+            per = max(calls.get("recvfrom", 0) / 2, 1)
+            busy = {k: v for k, v in calls.items() if k not in ("clock_nanosleep", "futex", "restart_syscall")}
+            print(f"{name}: " + ", ".join(f"{k} {v / per:.2f}" for k, v in sorted(busy.items(), key=lambda kv: -kv[1]))
+                  + f"  (total {sum(busy.values()) / per:.2f} per request)")
+        print(f"\nperf data: {data}")
+    finally:
+        for p in reversed(bench.procs):
+            bench.stop(p)
+        starts = os.path.join(tmp, "starts")
+        for line in open(starts).read().splitlines() if os.path.exists(starts) else []:
+            try:
+                os.killpg(int(line.split()[2]), 15)
+            except (ProcessLookupError, PermissionError, ValueError, IndexError):
+                pass
+
+
+if __name__ == "__main__":
+    main()

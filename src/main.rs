@@ -81,6 +81,9 @@ enum Command {
         /// The user the backup belongs to, for the catalog.
         #[arg(long)]
         user_id: Option<String>,
+        /// Why it was taken, for the catalog (the lifecycle passes policy, api, pre_restore, …).
+        #[arg(long, default_value = "command")]
+        reason: String,
     },
     /// Restore a backup zip into a folder: every entry is checked first (no absolute paths, no
     /// `..`, no symlink escapes, size and zip-bomb limits), the zip is extracted next to DEST,
@@ -100,6 +103,11 @@ enum Command {
         /// Skip symlinks pointing outside DEST (reported) instead of refusing the zip.
         #[arg(long)]
         skip_escaping_symlinks: bool,
+        /// Restore inside DEST instead of swapping DEST itself: the new tree is extracted into a hidden
+        /// folder in DEST, then the entries are moved with renames (resumable). Chosen automatically
+        /// when DEST is a mount point (a volume mounted at /workspace).
+        #[arg(long)]
+        in_place: bool,
     },
     /// Print the Kubernetes objects of a session (PVC, Deployment, Service; with --jobs also a
     /// backup and a restore Job) as the kubernetes backend would apply them, for review or
@@ -151,10 +159,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", render(&config, &session, &user, tier, jobs, output)?);
             Ok(())
         }
-        Command::Backup { src, dest, user_id } => backup(&src, &dest, user_id),
-        Command::Restore { src, dest, replace, skip_escaping_symlinks } => {
+        Command::Backup { src, dest, user_id, reason } => backup(&src, &dest, user_id, reason),
+        Command::Restore { src, dest, replace, skip_escaping_symlinks, in_place } => {
             let config = Config::load(cli.config.as_deref(), &ProcessEnv)?;
-            restore(&config, &src, &dest, replace, skip_escaping_symlinks)
+            restore(&config, &src, &dest, replace, skip_escaping_symlinks, in_place)
         }
         Command::CheckConfig => {
             let config = Config::load(cli.config.as_deref(), &ProcessEnv)?;
@@ -192,13 +200,18 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn backup(src: &std::path::Path, dest: &std::path::Path, user_id: Option<String>) -> anyhow::Result<()> {
+fn backup(
+    src: &std::path::Path,
+    dest: &std::path::Path,
+    user_id: Option<String>,
+    reason: String,
+) -> anyhow::Result<()> {
     let now = chrono_now();
     let name = dest.file_name().unwrap_or_default().to_string_lossy();
     let origin = wakeway_lifecycle::catalog::Origin {
         session: wakeway_lifecycle::catalog::session_of(name.trim_end_matches(".zip")).map(String::from),
         user_id,
-        reason: "command".into(),
+        reason,
     };
     match wakeway_lifecycle::backup::write_verified_zip(src, dest, now, &origin) {
         Ok(info) => {
@@ -233,8 +246,8 @@ fn render(
     let mut values = objects::workspace_objects(config, &session);
     if jobs {
         let file = wakeway_lifecycle::backup::backup_file_name(id.as_str(), now);
-        values.push(serde_json::to_value(objects::backup_job(config, &session, &file, now))?);
-        values.push(serde_json::to_value(objects::restore_job(config, &session, &file, now))?);
+        values.push(serde_json::to_value(objects::backup_job(config, &session, &file, now, "command"))?);
+        values.push(serde_json::to_value(objects::restore_job(config, &session, &file, now, false))?);
     }
     Ok(match output {
         RenderFormat::Yaml => objects::to_yaml(&values),
@@ -248,40 +261,15 @@ fn restore(
     dest: &std::path::Path,
     replace: bool,
     skip_escaping_symlinks: bool,
+    in_place: bool,
 ) -> anyhow::Result<()> {
-    use wakeway_lifecycle::restore::{self, Limits, Options, RestoreError};
-    let fail = |kind: &str, error: String| {
-        println!("{}", serde_json::json!({ "ok": false, "kind": kind, "error": error }));
-        anyhow::anyhow!("restore failed: {error}")
-    };
-    let record = wakeway_lifecycle::catalog::read_sidecar(&wakeway_lifecycle::catalog::sidecar_path(src)).ok();
-    if let Some(r) = record.as_ref().filter(|r| !r.verified) {
-        return Err(fail("corrupt", format!("the backup failed verification: {}", r.error.as_deref().unwrap_or("?"))));
-    }
-    let has_content = std::fs::read_dir(dest).map(|mut d| d.next().is_some()).unwrap_or(false);
-    if has_content && !replace {
-        return Err(fail("refused", format!("{} is not empty; pass --replace to replace its content", dest.display())));
-    }
-    let limits = Limits {
-        max_bytes: config.restore_max_bytes,
-        max_entries: config.restore_max_entries,
-        max_ratio: config.restore_max_ratio,
-    };
-    let options = Options { skip_escaping_symlinks, expected_sha256: record.map(|r| r.sha256) };
-    match restore::restore_into(src, dest, &limits, &options) {
-        Ok(report) => {
-            println!("{}", serde_json::json!({ "ok": true, "src": src, "dest": dest, "restore": report }));
-            Ok(())
-        }
-        Err(e) => {
-            let kind = match e {
-                RestoreError::Rejected(_) => "rejected",
-                RestoreError::Corrupt(_) => "corrupt",
-                RestoreError::NoSpace { .. } => "no_space",
-                RestoreError::Io { .. } => "io",
-            };
-            Err(fail(kind, e.to_string()))
-        }
+    use wakeway_lifecycle::restore::{Command, Limits};
+    let command = Command { replace, skip_escaping_symlinks, in_place };
+    let line = command.run(src, dest, &Limits::from_config(config));
+    println!("{line}");
+    match line["error"].as_str() {
+        Some(error) => bail!("restore failed: {error}"),
+        None => Ok(()),
     }
 }
 

@@ -207,11 +207,7 @@ impl Manager {
             tracing::error!(error = %e, "webhooks are off");
             Notifier::disabled()
         });
-        let limits = Limits {
-            max_bytes: config.restore_max_bytes,
-            max_entries: config.restore_max_entries,
-            max_ratio: config.restore_max_ratio,
-        };
+        let limits = Limits::from_config(&config);
         let catalog = Arc::new(Catalog::new(config.backup_dir(), config.restore_max_bytes));
         Manager {
             inner: Arc::new(Inner {

@@ -31,6 +31,17 @@ pub struct Limits {
     pub max_ratio: u64,
 }
 
+impl Limits {
+    /// The configured limits (`restore_max_bytes`, `restore_max_entries`, `restore_max_ratio`).
+    pub fn from_config(config: &wakeway_config::Config) -> Limits {
+        Limits {
+            max_bytes: config.restore_max_bytes,
+            max_entries: config.restore_max_entries,
+            max_ratio: config.restore_max_ratio,
+        }
+    }
+}
+
 /// The ratio limit applies once a zip expands past this: small zips cannot hurt.
 const RATIO_FLOOR: u64 = 64 << 20;
 
@@ -95,7 +106,7 @@ pub struct Plan {
 }
 
 /// What a restore did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Report {
     pub files: u64,
     pub dirs: u64,
@@ -568,13 +579,124 @@ impl Swap {
 }
 
 fn sync_parent(path: &Path) -> Result<(), RestoreError> {
-    let parent = path.parent().unwrap_or(Path::new("."));
-    File::open(parent).and_then(|d| d.sync_all()).map_err(io_err(parent))
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// A restore *inside* a folder that cannot be renamed: a volume's mount point (a Kubernetes
+/// workspace's PVC is mounted at `/workspace` itself). The new tree is extracted into a hidden
+/// folder inside it, then the old top-level entries are moved into another hidden folder, the new
+/// ones moved up, and the old tree dropped — renames on the volume's own filesystem. Every step
+/// is resumable: [`InPlace::recover`] finishes an interrupted swap (the new tree was complete
+/// before the first entry moved) or drops an interrupted extraction.
+#[derive(Debug, Clone)]
+pub struct InPlace {
+    pub target: PathBuf,
+    /// The new tree, extracted here first.
+    pub staged: PathBuf,
+    /// The old top-level entries, moved here in the first half of the swap.
+    pub replaced: PathBuf,
+    /// Present from the end of the first half (every old entry moved out) to the very end.
+    pub moved_out: PathBuf,
+}
+
+impl InPlace {
+    pub fn for_target(target: &Path) -> InPlace {
+        InPlace {
+            target: target.to_owned(),
+            staged: target.join(".wakeway-restore-new"),
+            replaced: target.join(".wakeway-restore-old"),
+            moved_out: target.join(".wakeway-restore-moved-out"),
+        }
+    }
+
+    fn ours(&self, name: &std::ffi::OsStr) -> bool {
+        [&self.staged, &self.replaced, &self.moved_out].iter().any(|p| p.file_name() == Some(name))
+    }
+
+    fn entries(dir: &Path) -> Result<Vec<std::ffi::OsString>, RestoreError> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+            names.push(entry.map_err(io_err(dir))?.file_name());
+        }
+        Ok(names)
+    }
+
+    /// Finish or undo what an interrupted restore left. Returns true when the restored tree is in
+    /// place, false when the restore must be redone (the old tree is in place).
+    pub fn recover(&self) -> Result<bool, RestoreError> {
+        let exists = |p: &Path| fs::symlink_metadata(p).is_ok();
+        if exists(&self.moved_out) || exists(&self.replaced) {
+            // The swap had started, so the staged tree was complete: finish it.
+            self.finish_swap()?;
+            return Ok(true);
+        }
+        if exists(&self.staged) {
+            fs::remove_dir_all(&self.staged).map_err(io_err(&self.staged))?;
+        }
+        Ok(false)
+    }
+
+    /// Swap the staged tree in (the caller has made sure the old tree is backed up, or empty).
+    pub fn swap(&self) -> Result<(), RestoreError> {
+        failpoint::hit("restore.before_swap");
+        fs::create_dir_all(&self.replaced).map_err(io_err(&self.replaced))?;
+        sync_dir(&self.target)?;
+        self.finish_swap()
+    }
+
+    fn finish_swap(&self) -> Result<(), RestoreError> {
+        if fs::symlink_metadata(&self.moved_out).is_err() {
+            // First half: every old top-level entry into `replaced`.
+            fs::create_dir_all(&self.replaced).map_err(io_err(&self.replaced))?;
+            for name in Self::entries(&self.target)?.into_iter().filter(|n| !self.ours(n)) {
+                let from = self.target.join(&name);
+                fs::rename(&from, self.replaced.join(&name)).map_err(io_err(&from))?;
+            }
+            sync_dir(&self.replaced)?;
+            sync_dir(&self.target)?;
+            File::create(&self.moved_out).map_err(io_err(&self.moved_out))?;
+            sync_dir(&self.target)?;
+            failpoint::hit("restore.mid_swap");
+        }
+        // Second half: every new top-level entry up into the target.
+        if fs::symlink_metadata(&self.staged).is_ok() {
+            for name in Self::entries(&self.staged)? {
+                let from = self.staged.join(&name);
+                fs::rename(&from, self.target.join(&name)).map_err(io_err(&from))?;
+            }
+            sync_dir(&self.target)?;
+            fs::remove_dir(&self.staged).map_err(io_err(&self.staged))?;
+        }
+        if fs::symlink_metadata(&self.replaced).is_ok() {
+            fs::remove_dir_all(&self.replaced).map_err(io_err(&self.replaced))?;
+        }
+        fs::remove_file(&self.moved_out).map_err(io_err(&self.moved_out))?;
+        sync_dir(&self.target)
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), RestoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
+
+/// Whether `target` is the root of a mounted filesystem (it cannot be renamed, so a restore into it
+/// works inside it: [`InPlace`]).
+pub fn is_mount_point(target: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let parent = target.parent().unwrap_or(Path::new("/"));
+    match (fs::symlink_metadata(target), fs::metadata(parent)) {
+        (Ok(t), Ok(p)) => t.is_dir() && (t.dev() != p.dev() || t.ino() == p.ino()),
+        _ => false,
+    }
 }
 
 /// The whole restore of `zip` into `target` (created if missing): check, extract next to it, swap
-/// in. Used by `wakeway restore` and the local backend.
+/// in; inside it instead when `target` is a mount point ([`restore_in_place`]). Used by
+/// `wakeway restore` and the local backend.
 pub fn restore_into(zip: &Path, target: &Path, limits: &Limits, options: &Options) -> Result<Report, RestoreError> {
+    if is_mount_point(target) {
+        return restore_in_place(zip, target, limits, options);
+    }
     let swap = Swap::for_target(target);
     swap.recover()?;
     let checks = Options { expected_sha256: None, ..options.clone() };
@@ -583,11 +705,80 @@ pub fn restore_into(zip: &Path, target: &Path, limits: &Limits, options: &Option
     fs::create_dir_all(parent).map_err(io_err(parent))?;
     same_filesystem(parent, target)?;
     check_space(parent, plan.bytes)?;
-    // The SHA-256 of the whole zip is checked on another core while it is extracted into the
-    // staged folder; nothing is swapped in unless both succeed.
+    let report = extract_checked(zip, &plan, &swap.staged, options)?;
+    swap.swap()?;
+    Ok(report)
+}
+
+/// A restore inside `target`, an existing folder (a volume's mount point): see [`InPlace`].
+pub fn restore_in_place(zip: &Path, target: &Path, limits: &Limits, options: &Options) -> Result<Report, RestoreError> {
+    let swap = InPlace::for_target(target);
+    swap.recover()?;
+    let checks = Options { expected_sha256: None, ..options.clone() };
+    let plan = inspect(zip, limits, &checks)?;
+    if let Some(clash) =
+        plan.entries.iter().find(|e| swap.ours(std::ffi::OsStr::new(e.path.split('/').next().unwrap_or(""))))
+    {
+        return Err(rejected(format!("{:?} is a name wakeway uses while restoring in place", clash.path)));
+    }
+    check_space(target, plan.bytes)?;
+    let report = extract_checked(zip, &plan, &swap.staged, options)?;
+    swap.swap()?;
+    Ok(report)
+}
+
+/// `wakeway restore`: what the command (by hand, or in the Kubernetes restore Job) does and the one
+/// JSON line it prints — `{"ok": true, "src", "dest", "restore": report}` or `{"ok": false, "kind":
+/// "corrupt"|"refused"|"rejected"|"no_space"|"io", "error"}`. The backup's catalog record next to
+/// the zip, when there, must say it was verified, and the zip must still have its SHA-256.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Command {
+    /// Replace DEST's content when it has some (it is discarded: back it up first).
+    pub replace: bool,
+    pub skip_escaping_symlinks: bool,
+    /// Restore inside DEST ([`restore_in_place`]); automatic when DEST is a mount point.
+    pub in_place: bool,
+}
+
+impl Command {
+    pub fn run(&self, src: &Path, dest: &Path, limits: &Limits) -> serde_json::Value {
+        let fail = |kind: &str, error: String| serde_json::json!({ "ok": false, "kind": kind, "error": error });
+        let record = crate::catalog::read_sidecar(&crate::catalog::sidecar_path(src)).ok();
+        if let Some(r) = record.as_ref().filter(|r| !r.verified) {
+            return fail("corrupt", format!("the backup failed verification: {}", r.error.as_deref().unwrap_or("?")));
+        }
+        let has_content = fs::read_dir(dest).map(|mut d| d.next().is_some()).unwrap_or(false);
+        if has_content && !self.replace {
+            return fail("refused", format!("{} is not empty; pass --replace to replace its content", dest.display()));
+        }
+        let options =
+            Options { skip_escaping_symlinks: self.skip_escaping_symlinks, expected_sha256: record.map(|r| r.sha256) };
+        let result = if self.in_place {
+            restore_in_place(src, dest, limits, &options)
+        } else {
+            restore_into(src, dest, limits, &options)
+        };
+        match result {
+            Ok(report) => serde_json::json!({ "ok": true, "src": src, "dest": dest, "restore": report }),
+            Err(e) => {
+                let kind = match e {
+                    RestoreError::Rejected(_) => "rejected",
+                    RestoreError::Corrupt(_) => "corrupt",
+                    RestoreError::NoSpace { .. } => "no_space",
+                    RestoreError::Io { .. } => "io",
+                };
+                fail(kind, e.to_string())
+            }
+        }
+    }
+}
+
+/// Extract into `staged` while the SHA-256 of the whole zip is checked on another core; an error
+/// of either removes what was extracted.
+fn extract_checked(zip: &Path, plan: &Plan, staged: &Path, options: &Options) -> Result<Report, RestoreError> {
     std::thread::scope(|scope| {
         let sha = options.expected_sha256.as_deref().map(|expected| scope.spawn(move || check_sha256(zip, expected)));
-        let extracted = extract(zip, &plan, &swap.staged);
+        let extracted = extract(zip, plan, staged);
         let hashed = match sha {
             Some(handle) => {
                 handle.join().unwrap_or_else(|_| Err(RestoreError::Corrupt("the hashing thread failed".into())))
@@ -598,14 +789,10 @@ pub fn restore_into(zip: &Path, target: &Path, limits: &Limits, options: &Option
             (Ok(report), Ok(())) => Ok(report),
             (Err(e), _) => Err(e),
             (Ok(_), Err(e)) => {
-                let _ = fs::remove_dir_all(&swap.staged);
+                let _ = fs::remove_dir_all(staged);
                 Err(e)
             }
         }
-    })
-    .and_then(|report| {
-        swap.swap()?;
-        Ok(report)
     })
 }
 

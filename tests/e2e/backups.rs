@@ -108,6 +108,27 @@ async fn a_deleted_workspace_comes_back_identical() {
         .unwrap();
     assert!(!again.status.success(), "a folder with content is replaced only with --replace");
     assert!(String::from_utf8_lossy(&again.stdout).contains("--replace"));
+
+    // As the Kubernetes restore Job runs it: inside the folder (a volume's mount point cannot be
+    // renamed), replacing its content, the folder itself kept.
+    let volume = w.dir.join("volume");
+    fs::create_dir_all(volume.join("old/deep")).unwrap();
+    fs::write(volume.join("old/deep/file"), "replaced").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wakeway"))
+        .args([
+            "restore",
+            "--src",
+            zip.to_str().unwrap(),
+            "--dest",
+            volume.to_str().unwrap(),
+            "--replace",
+            "--in-place",
+        ])
+        .env_remove("WAKEWAY_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(tree::snapshot(&volume), want, "the restored tree, nothing of the old one, nothing of the swap");
 }
 
 /// A download is streamed: wakeway's memory does not grow by the size of the zip.

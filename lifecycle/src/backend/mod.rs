@@ -56,8 +56,9 @@ pub enum BackendError {
     Restore(#[from] RestoreError),
     #[error("refusing to delete workspace data: {0}")]
     Refused(String),
-    #[error("the backup Job {job} failed: {why}")]
-    BackupJob { job: String, why: String },
+    /// A backup or restore Job (Kubernetes) failed, timed out or vanished.
+    #[error("the Job {job} failed: {why}")]
+    Job { job: String, why: String },
     #[error("Kubernetes API: {0}")]
     Api(String),
     #[error("{0}")]

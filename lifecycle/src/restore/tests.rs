@@ -272,11 +272,89 @@ fn an_interrupted_swap_is_finished_or_undone() {
 }
 
 #[test]
-fn a_mount_point_is_refused_before_anything_is_written() {
-    // /proc is always its own filesystem: the swap's renames could never move it.
+fn a_mount_point_is_restored_inside_not_swapped() {
+    // /proc is always its own filesystem: renames could never move it, so a restore works inside
+    // it (and fails cleanly here: nothing can be written in /proc).
+    assert!(is_mount_point(Path::new("/proc")) && is_mount_point(Path::new("/")));
     let dir = tempfile::tempdir().unwrap();
+    assert!(!is_mount_point(dir.path()));
     let zip = crafted(dir.path(), "small.zip", &[("a.txt", "file", b"a")]);
     let err = restore_into(&zip, Path::new("/proc"), &LIMITS, &Options::default()).unwrap_err();
-    assert!(err.to_string().contains("mount point"), "{err}");
+    assert!(matches!(err, RestoreError::NoSpace { .. } | RestoreError::Io { .. }), "{err}");
     assert!(!Path::new("/.restore-proc").exists());
+}
+
+#[test]
+fn a_restore_in_place_replaces_the_content_of_the_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, zip) = round_trip_zip(dir.path());
+    let volume = dir.path().join("volume");
+    fs::create_dir_all(volume.join("old/deep")).unwrap();
+    fs::write(volume.join("stray.txt"), "gone after the restore").unwrap();
+    fs::write(volume.join("old/deep/x"), "gone too").unwrap();
+    let options = Options { expected_sha256: Some(sha256_file(&zip).unwrap().0), ..Options::default() };
+    let report = restore_in_place(&zip, &volume, &LIMITS, &options).unwrap();
+    assert_eq!((report.files, report.symlinks), (7, 2), "{report:?}");
+    let mut want = snapshot(&src);
+    want.remove("a fifo");
+    assert_eq!(snapshot(&volume), want, "entries, contents, modes and times; nothing of the old tree left");
+    // A wrong SHA-256 changes nothing and leaves nothing behind.
+    let wrong = Options { expected_sha256: Some("0".repeat(64)), ..Options::default() };
+    assert!(matches!(restore_in_place(&zip, &volume, &LIMITS, &wrong), Err(RestoreError::Corrupt(_))));
+    assert_eq!(snapshot(&volume), want);
+    // A zip using one of the names of the swap is refused.
+    let clash = crafted(dir.path(), "clash.zip", &[(".wakeway-restore-old/a", "file", b"a")]);
+    assert!(matches!(restore_in_place(&clash, &volume, &LIMITS, &Options::default()), Err(RestoreError::Rejected(_))));
+}
+
+#[test]
+fn an_interrupted_restore_in_place_is_finished_or_undone() {
+    let dir = tempfile::tempdir().unwrap();
+    let volume = dir.path().join("volume");
+    let swap = InPlace::for_target(&volume);
+    let names = |d: &Path| {
+        let mut v: Vec<String> =
+            fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    };
+    let old_tree = || {
+        fs::create_dir_all(volume.join("src")).unwrap();
+        fs::write(volume.join("src/old.rs"), "old").unwrap();
+        fs::write(volume.join("README"), "old").unwrap();
+    };
+    let staged_tree = || {
+        fs::create_dir_all(swap.staged.join("lib")).unwrap();
+        fs::write(swap.staged.join("lib/new.rs"), "new").unwrap();
+        fs::write(swap.staged.join("NEW"), "new").unwrap();
+    };
+    // Interrupted extraction: the staged tree is dropped, the old tree stays.
+    old_tree();
+    staged_tree();
+    assert!(!swap.recover().unwrap());
+    assert_eq!(names(&volume), ["README", "src"]);
+    // Interrupted first half (one old entry moved out, no marker): finished forward.
+    staged_tree();
+    fs::create_dir_all(&swap.replaced).unwrap();
+    fs::rename(volume.join("src"), swap.replaced.join("src")).unwrap();
+    assert!(swap.recover().unwrap());
+    assert_eq!(names(&volume), ["NEW", "lib"]);
+    assert_eq!(fs::read_to_string(volume.join("lib/new.rs")).unwrap(), "new");
+    // Interrupted second half (every old entry out, one new entry up): finished.
+    for n in ["NEW", "lib"] {
+        fs::remove_dir_all(volume.join(n)).or_else(|_| fs::remove_file(volume.join(n))).unwrap();
+    }
+    old_tree();
+    staged_tree();
+    fs::create_dir_all(&swap.replaced).unwrap();
+    for n in ["README", "src"] {
+        fs::rename(volume.join(n), swap.replaced.join(n)).unwrap();
+    }
+    fs::write(&swap.moved_out, "").unwrap();
+    fs::rename(swap.staged.join("NEW"), volume.join("NEW")).unwrap();
+    assert!(swap.recover().unwrap());
+    assert_eq!(names(&volume), ["NEW", "lib"]);
+    // Nothing to do: nothing changes.
+    assert!(!swap.recover().unwrap());
+    assert_eq!(names(&volume), ["NEW", "lib"]);
 }

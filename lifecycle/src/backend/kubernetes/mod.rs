@@ -37,7 +37,7 @@ use super::{Backend, BackendError, BackendEvent, ReconcileReport, Started};
 use crate::backup::backup_file_name;
 use crate::probe;
 use crate::session::{BackupInfo, ObjectUids, Placement, Session};
-use objects::{FIELD_MANAGER, JOB, WORKSPACE_SELECTOR, deployment_name, pvc_name, service_name};
+use objects::{FIELD_MANAGER, JOB, WORKSPACE_MOUNT, WORKSPACE_SELECTOR, deployment_name, pvc_name, service_name};
 use pods::PodWatch;
 
 pub use objects::{backup_job, restore_job};
@@ -266,6 +266,30 @@ impl KubernetesBackend {
         self.pod_api.logs(&pod.name_any(), &params).await.map_err(|e| format!("cannot read the log of its pod: {e}"))
     }
 
+    /// Start `job` and wait for the API server's verdict on it (its own `activeDeadlineSeconds` is
+    /// `job_timeout`; we wait a little longer to see that verdict, then give up on our own).
+    /// Returns whether it succeeded, the reason if not, and its pod's log (`container`).
+    async fn run_job(&self, job: Job, container: &str) -> Result<(bool, String, Result<String, String>), BackendError> {
+        let name = job.name_any();
+        let failed = |why: String| BackendError::Job { job: name.clone(), why };
+        self.apply(&self.jobs, job).await?;
+        let timeout = self.config.kubernetes.job_timeout;
+        let grace = timeout.min(Duration::from_secs(60));
+        let finished = kube::runtime::wait::await_condition(self.jobs.clone(), &name, |job: Option<&Job>| {
+            job.is_none_or(|j| job_outcome(j).is_some())
+        });
+        let job = match tokio::time::timeout(timeout + grace, finished).await {
+            Err(_) => {
+                return Err(failed(format!("it did not finish within {}", wakeway_config::format_duration(timeout))));
+            }
+            Ok(Err(e)) => return Err(BackendError::Api(format!("watch Job {name}: {e}"))),
+            Ok(Ok(None)) => return Err(failed("it was deleted before it finished".into())),
+            Ok(Ok(Some(job))) => job,
+        };
+        let (succeeded, reason) = job_outcome(&job).unwrap_or((false, "unknown".into()));
+        Ok((succeeded, reason, self.job_log(&name, container).await))
+    }
+
     /// The session's objects, found by their `uuid` label (for sessions with no recorded UIDs).
     async fn labelled_objects(&self, id: &str) -> Result<Vec<String>, BackendError> {
         let params = ListParams::default().labels(&format!("{WORKSPACE_SELECTOR},uuid={id}"));
@@ -327,6 +351,29 @@ pub fn parse_backup_result(log: &str, expected_file: &str) -> Result<BackupInfo,
         return Err(format!("it reported an implausible backup ({} bytes, sha256 {:?})", info.size, info.sha256));
     }
     Ok(info)
+}
+
+/// The result line `wakeway restore` prints (the last JSON line with `ok`): the report, or the
+/// command's own refusal as a [`RestoreError`]. `Err` when the log holds no such line.
+pub fn parse_restore_result(log: &str) -> Result<Result<crate::restore::Report, crate::restore::RestoreError>, String> {
+    use crate::restore::RestoreError;
+    let line = log
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
+        .find(|v| v.get("ok").is_some())
+        .ok_or_else(|| format!("no result line in its log (last lines: {})", tail(log)))?;
+    if line["ok"] == serde_json::Value::Bool(true) {
+        return serde_json::from_value(line["restore"].clone())
+            .map(Ok)
+            .map_err(|e| format!("its result line is not a restore report: {e}"));
+    }
+    let why = line["error"].as_str().unwrap_or("it reported a failure without a reason").to_string();
+    Ok(Err(match line["kind"].as_str() {
+        Some("rejected") => RestoreError::Rejected(why),
+        Some("corrupt") => RestoreError::Corrupt(why),
+        _ => RestoreError::Io { path: WORKSPACE_MOUNT.into(), source: std::io::Error::other(why) },
+    }))
 }
 
 fn tail(log: &str) -> String {
@@ -453,34 +500,17 @@ impl Backend for KubernetesBackend {
             .is_some_and(|p| p.metadata.uid.as_deref() == Some(pod_uid.as_str()) && !pods::is_terminating(&p))
     }
 
-    async fn backup(&self, session: &Session, now: DateTime<Utc>, _reason: &str) -> Result<BackupInfo, BackendError> {
+    async fn backup(&self, session: &Session, now: DateTime<Utc>, reason: &str) -> Result<BackupInfo, BackendError> {
         // The Deployment stays at 0 while the Job runs: the volume is ReadWriteOnce, and a zip of
         // a folder being written to is not a backup. (A wake waits: the manager holds the
         // session's lock for the whole backup.)
         self.stop(session).await?;
         let file = backup_file_name(&session.uuid, now);
-        let job = objects::backup_job(&self.config, session, &file, now);
+        let job = objects::backup_job(&self.config, session, &file, now, reason);
         let name = job.name_any();
-        let failed = |why: String| BackendError::BackupJob { job: name.clone(), why };
-        self.apply(&self.jobs, job).await?;
-        tracing::info!(session = %session.uuid, job = %name, %file, "backup Job started");
-        let timeout = self.config.kubernetes.job_timeout;
-        // The Job's own activeDeadlineSeconds fails it at `timeout`; wait a little longer to see
-        // that (the API server's verdict names the reason), then give up on our own.
-        let grace = timeout.min(Duration::from_secs(60));
-        let finished = kube::runtime::wait::await_condition(self.jobs.clone(), &name, |job: Option<&Job>| {
-            job.is_none_or(|j| job_outcome(j).is_some())
-        });
-        let job = match tokio::time::timeout(timeout + grace, finished).await {
-            Err(_) => {
-                return Err(failed(format!("it did not finish within {}", wakeway_config::format_duration(timeout))));
-            }
-            Ok(Err(e)) => return Err(BackendError::Api(format!("watch Job {name}: {e}"))),
-            Ok(Ok(None)) => return Err(failed("it was deleted before it finished".into())),
-            Ok(Ok(Some(job))) => job,
-        };
-        let (succeeded, reason) = job_outcome(&job).unwrap_or((false, "unknown".into()));
-        let log = self.job_log(&name, "backup").await;
+        let failed = |why: String| BackendError::Job { job: name.clone(), why };
+        tracing::info!(session = %session.uuid, job = %name, %file, "backup Job starting");
+        let (succeeded, reason, log) = self.run_job(job, "backup").await?;
         if !succeeded {
             let detail = match log.as_deref().map(|l| parse_backup_result(l, &file)) {
                 Ok(Err(why)) => format!("{reason}; {why}"),
@@ -493,24 +523,60 @@ impl Backend for KubernetesBackend {
         Ok(info)
     }
 
-    /// Restoring into a session's PVC runs as a Job (`restore_job`, `wakeway restore`); driving
-    /// that Job from the API is not wired yet, so this says so instead of touching the volume.
+    /// A Job runs `wakeway restore --in-place` on the session's PVC (the workspace scaled to 0
+    /// first: the volume is ReadWriteOnce) and reports on its log; the zip is read from the backup
+    /// volume, where the catalog found it, and checked against its record's SHA-256 there.
     async fn restore(
         &self,
         session: &Session,
-        _zip: &std::path::Path,
+        zip: &std::path::Path,
         _limits: crate::restore::Limits,
-        _options: crate::restore::Options,
+        options: crate::restore::Options,
     ) -> Result<crate::restore::Report, BackendError> {
-        Err(BackendError::Refused(format!(
-            "restoring session {} on the kubernetes backend needs the restore Job, which the API does not run yet; \
-             run `wakeway render --session {} --jobs` and apply its restore Job by hand",
-            session.uuid, session.uuid
-        )))
+        // The Job applies the configured limits (`restore_job` passes them); ours are the same.
+        let Some(file) = zip.file_name().and_then(|f| f.to_str()).filter(|f| f.ends_with(".zip")) else {
+            return Err(BackendError::Refused(format!("{} is not a backup file", zip.display())));
+        };
+        self.stop(session).await?;
+        let job = objects::restore_job(&self.config, session, file, Utc::now(), options.skip_escaping_symlinks);
+        let name = job.name_any();
+        tracing::info!(session = %session.uuid, job = %name, %file, "restore Job starting");
+        let (succeeded, reason, log) = self.run_job(job, "restore").await?;
+        match log.as_deref().map(parse_restore_result).map_err(String::clone) {
+            Ok(Ok(Ok(report))) if succeeded => {
+                tracing::info!(session = %session.uuid, job = %name, files = report.files, "restore Job succeeded");
+                Ok(report)
+            }
+            // The command's own verdict (refused zip, damaged zip, no space): nothing was swapped in.
+            Ok(Ok(Err(e))) => Err(BackendError::Restore(e)),
+            Ok(Ok(Ok(_))) => {
+                Err(BackendError::Job { job: name, why: format!("{reason}, yet its log reports success") })
+            }
+            Ok(Err(why)) | Err(why) => {
+                let why = if succeeded { why } else { format!("{reason}; {why}") };
+                Err(BackendError::Job { job: name, why })
+            }
+        }
     }
 
-    async fn clean_interrupted_restore(&self, _session: &Session) -> Result<(), BackendError> {
-        // No restore is ever started on this backend (see `restore`): nothing to clean.
+    /// A restore Job still running from before a crash finishes (or fails) on its own; wait for it
+    /// (bounded), so the volume holds one whole tree before anything reads it. What a killed Job
+    /// left half-swapped is finished by the next `wakeway restore` on the volume
+    /// (`InPlace::recover`) — after the manager's `pre_restore` backup, which keeps all of it.
+    async fn clean_interrupted_restore(&self, session: &Session) -> Result<(), BackendError> {
+        let params = ListParams::default().labels(&format!("uuid={}", session.uuid));
+        let jobs = self.jobs.list(&params).await.map_err(|e| BackendError::Api(format!("list Jobs: {e}")))?;
+        let timeout = self.config.kubernetes.job_timeout;
+        for job in jobs.items.iter().filter(|j| j.name_any().starts_with("restore-") && job_outcome(j).is_none()) {
+            let name = job.name_any();
+            tracing::warn!(session = %session.uuid, job = %name, "a restore Job from before a restart is still running; waiting for it");
+            let finished = kube::runtime::wait::await_condition(self.jobs.clone(), &name, |job: Option<&Job>| {
+                job.is_none_or(|j| job_outcome(j).is_some())
+            });
+            if tokio::time::timeout(timeout, finished).await.is_err() {
+                return Err(BackendError::Job { job: name, why: "it is still running; retry once it ends".into() });
+            }
+        }
         Ok(())
     }
 

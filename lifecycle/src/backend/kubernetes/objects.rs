@@ -346,20 +346,48 @@ fn wakeway_job(
 
 /// `backup-<id>-<stamp>`: `wakeway backup --src /workspace --dest /backups/<file>` with the
 /// session's PVC mounted read-only. It prints one JSON line, read back from the pod's log.
-pub fn backup_job(config: &Config, session: &Session, file: &str, at: DateTime<Utc>) -> Job {
-    let command = ["wakeway", "backup", "--src", WORKSPACE_MOUNT, "--dest", &format!("{BACKUP_MOUNT}/{file}")]
+pub fn backup_job(config: &Config, session: &Session, file: &str, at: DateTime<Utc>, reason: &str) -> Job {
+    let dest = format!("{BACKUP_MOUNT}/{file}");
+    // The user and the reason go into the backup's catalog record, as with the local backend.
+    let command = ["wakeway", "backup", "--src", WORKSPACE_MOUNT, "--dest", &dest]
+        .into_iter()
+        .chain(["--user-id", &session.user_id, "--reason", reason])
         .map(String::from)
-        .to_vec();
+        .collect();
     wakeway_job(config, session, "backup", backup_job_name(&session.uuid, at), file, command, true, false)
 }
 
-/// `restore-<id>-<stamp>`: `wakeway restore --src /backups/<file> --dest /workspace` into the
-/// session's (fresh) PVC, the backup PVC mounted read-only. Apply [`pvc`] first.
-pub fn restore_job(config: &Config, session: &Session, file: &str, at: DateTime<Utc>) -> Job {
-    let command = ["wakeway", "restore", "--src", &format!("{BACKUP_MOUNT}/{file}"), "--dest", WORKSPACE_MOUNT]
+/// `restore-<id>-<stamp>`: `wakeway restore` of `file` into the session's PVC: inside its mount point (`--in-place`: the
+/// volume's root cannot be renamed), replacing what it holds (the manager has taken a verified
+/// `pre_restore` backup of it first), within the configured restore limits. The zip's SHA-256 is
+/// checked against its catalog record next to it on the backup volume.
+pub fn restore_job(
+    config: &Config,
+    session: &Session,
+    file: &str,
+    at: DateTime<Utc>,
+    skip_escaping_symlinks: bool,
+) -> Job {
+    let mut command = ["wakeway", "restore", "--src", &format!("{BACKUP_MOUNT}/{file}"), "--dest", WORKSPACE_MOUNT]
         .map(String::from)
         .to_vec();
-    wakeway_job(config, session, "restore", restore_job_name(&session.uuid, at), file, command, false, true)
+    command.extend(["--replace", "--in-place"].map(String::from));
+    if skip_escaping_symlinks {
+        command.push("--skip-escaping-symlinks".into());
+    }
+    let mut job =
+        wakeway_job(config, session, "restore", restore_job_name(&session.uuid, at), file, command, false, true);
+    let limits = [
+        env("WAKEWAY_RESTORE_MAX_BYTES", config.restore_max_bytes),
+        env("WAKEWAY_RESTORE_MAX_ENTRIES", config.restore_max_entries),
+        env("WAKEWAY_RESTORE_MAX_RATIO", config.restore_max_ratio),
+    ];
+    if let Some(container) =
+        job.spec.as_mut().and_then(|s| s.template.spec.as_mut()).and_then(|p| p.containers.first_mut())
+    {
+        container.env = Some(limits.to_vec());
+    }
+    job
 }
 
 /// The PVC, Deployment and Service of `session` as JSON values (what `create` applies).

@@ -680,7 +680,8 @@ fn delete(shared: &Shared, resource: &str, name: &str, options: &Value) -> Respo
     axum::Json(removed).into_response()
 }
 
-/// The Job controller plus kubelet for one backup Job.
+/// The Job controller plus kubelet for one backup or restore Job: it runs what the pod's
+/// `wakeway backup` / `wakeway restore` would, on the folder standing for the PVC.
 async fn run_job(shared: Shared, name: String) {
     let (mode, job) = {
         let state = shared.state.lock().unwrap();
@@ -714,6 +715,8 @@ async fn run_job(shared: Shared, name: String) {
     let template = &job["spec"]["template"];
     let command: Vec<String> = serde_json::from_value(template["spec"]["containers"][0]["command"].clone()).unwrap();
     let arg = |flag: &str| command.iter().position(|c| c == flag).map(|i| command[i + 1].clone()).unwrap();
+    let flag = |flag: &str| command.iter().any(|c| c == flag);
+    let what = command[1].clone();
     let dest = arg("--dest");
     let claim = template["spec"]["volumes"]
         .as_array()
@@ -738,11 +741,37 @@ async fn run_job(shared: Shared, name: String) {
         (JobMode::Fail(message), _, _) => json!({"ok": false, "error": message}),
         (_, true, _) => json!({"ok": false, "error": format!("Multi-Attach error for volume of {claim}")}),
         (_, false, None) => json!({"ok": false, "error": format!("no volume for {claim}")}),
+        (_, false, Some(volume)) if what == "restore" => {
+            let zip = backup_dir.join(arg("--src").strip_prefix("/backups/").expect("src under /backups"));
+            let env: HashMap<String, u64> =
+                serde_json::from_value::<Vec<Value>>(template["spec"]["containers"][0]["env"].clone())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|e| Some((e["name"].as_str()?.to_string(), e["value"].as_str()?.parse().ok()?)))
+                    .collect();
+            let limits = crate::restore::Limits {
+                max_bytes: env["WAKEWAY_RESTORE_MAX_BYTES"],
+                max_entries: env["WAKEWAY_RESTORE_MAX_ENTRIES"],
+                max_ratio: env["WAKEWAY_RESTORE_MAX_RATIO"],
+            };
+            let command = crate::restore::Command {
+                replace: flag("--replace"),
+                skip_escaping_symlinks: flag("--skip-escaping-symlinks"),
+                in_place: flag("--in-place"),
+            };
+            tokio::task::spawn_blocking(move || command.run(&zip, &volume, &limits)).await.unwrap()
+        }
         (_, false, Some(src)) => {
             let file = dest.strip_prefix("/backups/").expect("dest under /backups").to_string();
             let target = backup_dir.join(&file);
+            // As `wakeway backup` records them in the catalog.
+            let origin = crate::catalog::Origin {
+                session: crate::catalog::session_of(file.trim_end_matches(".zip")).map(String::from),
+                user_id: Some(arg("--user-id")),
+                reason: arg("--reason"),
+            };
             let written = tokio::task::spawn_blocking(move || {
-                crate::backup::write_verified_zip(&src, &target, chrono::Utc::now(), &crate::catalog::Origin::test())
+                crate::backup::write_verified_zip(&src, &target, chrono::Utc::now(), &origin)
             })
             .await
             .unwrap();
@@ -765,7 +794,7 @@ async fn run_job(shared: Shared, name: String) {
             "status": {"phase": if ok { "Succeeded" } else { "Failed" }},
         });
         state.put(&events, "pods", pod);
-        state.logs.insert(pod_name, format!("starting backup\n{line}\n"));
+        state.logs.insert(pod_name, format!("starting {what}\n{line}\n"));
     }
     if ok {
         finish(true, "", "");

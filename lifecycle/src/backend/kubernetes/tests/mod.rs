@@ -192,7 +192,11 @@ async fn a_session_lives_and_dies_through_the_api() {
             "--src",
             "/workspace",
             "--dest",
-            "/backups/workspace-abc12345-20260304-050607.zip"
+            "/backups/workspace-abc12345-20260304-050607.zip",
+            "--user-id",
+            "Ada Lovelace <ada@example.com>",
+            "--reason",
+            "delete"
         ])
     );
     assert_eq!(pod_spec["volumes"][0]["persistentVolumeClaim"], json!({"claimName": "pvc-abc12345", "readOnly": true}));
@@ -316,17 +320,17 @@ async fn failed_and_timed_out_backup_jobs_keep_everything() {
     });
     let err = rig.backend.backup(&s, t0, "delete").await.unwrap_err();
     assert!(
-        matches!(&err, BackendError::BackupJob { job, why } if job == "backup-abc12345-20260304-050607" && why.contains("No space left")),
+        matches!(&err, BackendError::Job { job, why } if job == "backup-abc12345-20260304-050607" && why.contains("No space left")),
         "{err}"
     );
 
     rig.fake.with(|st| st.job_mode = JobMode::Hang);
     let err = rig.backend.backup(&s, t0 + chrono::Duration::seconds(1), "delete").await.unwrap_err();
-    assert!(matches!(&err, BackendError::BackupJob { why, .. } if why.contains("DeadlineExceeded")), "{err}");
+    assert!(matches!(&err, BackendError::Job { why, .. } if why.contains("DeadlineExceeded")), "{err}");
 
     rig.fake.with(|st| st.job_mode = JobMode::Stuck);
     let err = rig.backend.backup(&s, t0 + chrono::Duration::seconds(2), "delete").await.unwrap_err();
-    assert!(matches!(&err, BackendError::BackupJob { why, .. } if why.contains("did not finish within 1s")), "{err}");
+    assert!(matches!(&err, BackendError::Job { why, .. } if why.contains("did not finish within 1s")), "{err}");
 
     assert!(std::fs::read_dir(rig.backups.path()).unwrap().next().is_none(), "no zip was claimed");
     assert!(rig.fake.calls("DELETE", "").is_empty());
@@ -643,4 +647,86 @@ async fn the_sweep_leader_lists_the_cluster_only_when_a_record_may_be_missing() 
     manager.sweep().await.unwrap();
     assert!(manager.handle(&gone).is_none(), "forgotten as the leader forgot it");
     assert!(manager.handle(&id).is_some(), "the others stay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_runs_as_a_job_inside_the_volume_after_a_backup_of_it() {
+    use crate::manager::{LifecycleError, Manager, RestoreRequest, SleepReason};
+    use crate::restore::RestoreError;
+    use crate::session::State;
+    use wakeway_proxy::{ActivitySource, ProxyStats, SystemClock};
+
+    let rig = rig(true).await;
+    let data = tempfile::tempdir().unwrap();
+    let store = crate::store::EmbeddedStore::open(&data.path().join("wakeway.redb")).unwrap();
+    // The catalog reads the folder the Jobs write to (the backup volume, mounted in wakeway too).
+    let mut config = (*rig.config).clone();
+    config.backup_dir = rig.backups.path().to_path_buf();
+    let config = Arc::new(config);
+    let (tx, _events) = mpsc::unbounded_channel();
+    let backend = KubernetesBackend::new(rig.fake.client(), config.clone(), tx);
+    let manager = Manager::new(
+        config,
+        Arc::new(store),
+        backend,
+        Arc::new(SystemClock),
+        Arc::new(ProxyStats::default()),
+        tokio::runtime::Handle::current(),
+    );
+    let id = manager.create("grace@example.com").await.unwrap().id();
+    rig.fill_volume(id.as_str());
+    manager.wake(&id, ActivitySource::Http).await.unwrap();
+    manager.sleep(&id, SleepReason::Api).await.unwrap();
+    let volume = rig.volumes.path().join(id.as_str());
+
+    // A verified backup of another tree, in the catalog (as a Job of another session wrote it).
+    let source = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(source.path().join("docs/deep")).unwrap();
+    std::fs::write(source.path().join("docs/deep/notes.txt"), "restored\n").unwrap();
+    std::fs::write(source.path().join("Cargo.toml"), "[package]\n").unwrap();
+    let file = "workspace-0ddf1e1d-20260101-120000.zip";
+    let origin = crate::catalog::Origin::new("0ddf1e1d", "grace@example.com", "delete");
+    crate::backup::write_verified_zip(source.path(), &rig.backups.path().join(file), chrono::Utc::now(), &origin)
+        .unwrap();
+
+    let request = RestoreRequest { backup: file.trim_end_matches(".zip").into(), skip_escaping_symlinks: false };
+    let (s, report) = manager.restore(&id, request).await.unwrap();
+    assert_eq!(s.state, State::Sleeping);
+    assert_eq!((report.files, report.dirs), (2, 2), "{report:?}");
+    assert_eq!(std::fs::read_to_string(volume.join("docs/deep/notes.txt")).unwrap(), "restored\n");
+    assert!(!volume.join("README.md").exists() && !volume.join("src").exists(), "the old tree is replaced");
+    let mut left: Vec<_> = std::fs::read_dir(&volume).unwrap().map(|e| e.unwrap().file_name()).collect();
+    left.sort();
+    assert_eq!(left, ["Cargo.toml", "docs"], "nothing of the swap is left in the volume");
+    assert_eq!(rig.fake.with(|s| s.rwo_violations), 0, "no workspace pod held the volume during the Jobs");
+
+    // The content it replaced was backed up first, by a Job that recorded who and why.
+    let safety = manager
+        .backups(crate::manager::BackupFilter { session: Some(id.to_string()), ..Default::default() })
+        .await
+        .unwrap();
+    let safety = safety.iter().find(|b| b.reason == "pre_restore").expect("a pre_restore backup");
+    assert_eq!(safety.user_id.as_deref(), Some("grace@example.com"));
+    assert_eq!(s.pre_restore_backup.as_deref(), Some(safety.id.as_str()));
+
+    // The restore Job: in place, replacing, with the configured limits.
+    let jobs = rig.fake.calls("PATCH", "/jobs/restore-");
+    let command = jobs[0].body["spec"]["template"]["spec"]["containers"][0]["command"].clone();
+    let command: Vec<String> = serde_json::from_value(command).unwrap();
+    assert!(command.contains(&"--in-place".to_string()) && command.contains(&"--replace".to_string()), "{command:?}");
+    assert!(command.contains(&format!("/backups/{file}")));
+
+    // A zip the command refuses: the API's 422, the volume untouched.
+    let evil = "workspace-0ddf1e1d-20260102-120000.zip";
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(rig.backups.path().join(evil)).unwrap());
+    zip.start_file("../escape.txt", zip::write::SimpleFileOptions::default()).unwrap();
+    std::io::Write::write_all(&mut zip, b"x").unwrap();
+    zip.finish().unwrap();
+    let request = RestoreRequest { backup: evil.trim_end_matches(".zip").into(), skip_escaping_symlinks: false };
+    let err = manager.restore(&id, request).await.unwrap_err();
+    assert!(
+        matches!(err, LifecycleError::Backend(BackendError::Restore(RestoreError::Rejected(_)))),
+        "refused by the command in the Job: {err}"
+    );
+    assert_eq!(std::fs::read_to_string(volume.join("docs/deep/notes.txt")).unwrap(), "restored\n");
 }

@@ -52,8 +52,8 @@ fn workspace_objects_match_their_snapshots() {
 fn job_objects_match_their_snapshots() {
     let (config, session, at) = fixture();
     let file = crate::backup::backup_file_name(&session.uuid, at);
-    snapshot("backup-job.json", &pretty(objects::backup_job(&config, &session, &file, at)));
-    snapshot("restore-job.json", &pretty(objects::restore_job(&config, &session, &file, at)));
+    snapshot("backup-job.json", &pretty(objects::backup_job(&config, &session, &file, at, "policy")));
+    snapshot("restore-job.json", &pretty(objects::restore_job(&config, &session, &file, at, false)));
 }
 
 /// What the issue asks of each object, checked on the values (the snapshots show the rest).
@@ -92,7 +92,7 @@ fn the_objects_say_what_the_issue_asks() {
     assert!(p["spec"].get("storageClassName").is_none(), "empty: the cluster's default class");
 
     let file = crate::backup::backup_file_name(&session.uuid, at);
-    let job = serde_json::to_value(objects::restore_job(&config, &session, &file, at)).unwrap();
+    let job = serde_json::to_value(objects::restore_job(&config, &session, &file, at, false)).unwrap();
     let spec = &job["spec"]["template"]["spec"];
     assert_eq!(
         spec["containers"][0]["command"],
@@ -102,7 +102,9 @@ fn the_objects_say_what_the_issue_asks() {
             "--src",
             "/backups/workspace-abc12345-20260304-050607.zip",
             "--dest",
-            "/workspace"
+            "/workspace",
+            "--replace",
+            "--in-place"
         ])
     );
     assert_eq!(spec["volumes"][0]["persistentVolumeClaim"], json!({"claimName": "pvc-abc12345"}), "written to");
