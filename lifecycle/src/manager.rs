@@ -33,6 +33,9 @@ use crate::webhook::Notifier;
 
 pub use backups::{BackupFilter, PolicyPatch, RestoreRequest};
 
+/// The sweep leader asks the backend for its workspaces at least this often (shared store).
+pub const DISCOVERY_SAFETY_NET: Duration = Duration::from_secs(600);
+
 /// Lifecycle failures, mapped to HTTP statuses in one place (`api::error`).
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -175,6 +178,8 @@ struct Inner {
     /// The next sweep as leader asks the backend for its workspaces even if every session this
     /// replica knows has a record: set on becoming leader and when the store resyncs.
     discover_due: AtomicBool,
+    /// When the sweep leader last asked the backend for its workspaces (clock ms).
+    last_discovery_ms: AtomicI64,
     /// The runtime every lifecycle task runs on (the proxy calls in from its own runtimes).
     rt: tokio::runtime::Handle,
     catalog: Arc<Catalog>,
@@ -226,6 +231,7 @@ impl Manager {
                 replica: replica_name(&config_replica),
                 leading: AtomicBool::new(false),
                 discover_due: AtomicBool::new(true),
+                last_discovery_ms: AtomicI64::new(0),
                 rt,
                 catalog,
                 notifier,
@@ -1162,16 +1168,22 @@ impl Manager {
     ///
     /// Asking the backend (a directory listing; two list calls on Kubernetes) happens only when
     /// it can find something: a session this replica knows has no record, this replica has just
-    /// become the leader, or the store has just (re)connected.
+    /// become the leader, or the store has just (re)connected — and, as a safety net for what
+    /// none of these sees (the lease passing to another replica and back between two sweeps while
+    /// a record this replica never knew was lost), every [`DISCOVERY_SAFETY_NET`].
     async fn rebuild_missing(&self) {
         let Ok(records) = self.inner.store.list().await else { return };
         let known: std::collections::HashSet<&str> = records.iter().map(|s| s.uuid.as_str()).collect();
         // A deleted session may have been forgotten by the leader (its record removed): no loss.
         let lost =
             self.inner.runtimes.iter().any(|rt| rt.state() != State::Deleted && !known.contains(rt.key().as_str()));
-        if !self.inner.discover_due.swap(false, Ordering::AcqRel) && !lost {
+        let now_ms = self.inner.clock.now_ms();
+        let stale =
+            now_ms - self.inner.last_discovery_ms.load(Ordering::Acquire) >= DISCOVERY_SAFETY_NET.as_millis() as i64;
+        if !self.inner.discover_due.swap(false, Ordering::AcqRel) && !lost && !stale {
             return;
         }
+        self.inner.last_discovery_ms.store(now_ms, Ordering::Release);
         let found = match self.inner.backend.discover().await {
             Ok(found) => found,
             Err(e) => {

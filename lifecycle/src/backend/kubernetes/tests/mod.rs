@@ -578,7 +578,7 @@ async fn the_sweep_leader_lists_the_cluster_only_when_a_record_may_be_missing() 
     use crate::session::State;
     use crate::store::Store;
     use std::sync::atomic::Ordering;
-    use wakeway_proxy::{ActivitySource, ProxyStats, SystemClock};
+    use wakeway_proxy::{ActivitySource, Clock, ManualClock, ProxyStats, SystemClock};
 
     let rig = rig(true).await;
     let data = tempfile::tempdir().unwrap();
@@ -588,11 +588,12 @@ async fn the_sweep_leader_lists_the_cluster_only_when_a_record_may_be_missing() 
     });
     let (tx, _events) = mpsc::unbounded_channel();
     let backend = KubernetesBackend::new(rig.fake.client(), rig.config.clone(), tx);
+    let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
     let manager = Manager::new(
         rig.config.clone(),
         store.clone(),
         backend,
-        Arc::new(SystemClock),
+        clock.clone(),
         Arc::new(ProxyStats::default()),
         tokio::runtime::Handle::current(),
     );
@@ -633,6 +634,13 @@ async fn the_sweep_leader_lists_the_cluster_only_when_a_record_may_be_missing() 
     manager.sweep().await.unwrap();
     manager.sweep().await.unwrap();
     assert_eq!(discoveries(), 3);
+
+    // A quiet leader still looks every DISCOVERY_SAFETY_NET (a lease that went to another
+    // replica and came back between two sweeps goes unseen), then not again until the next.
+    clock.advance(crate::manager::DISCOVERY_SAFETY_NET);
+    manager.sweep().await.unwrap();
+    manager.sweep().await.unwrap();
+    assert_eq!(discoveries(), 4, "the safety net, once");
 
     // A deleted session the leader forgot (after backup_retention) is forgotten by the other
     // replicas at their next resync, instead of staying in their maps forever.
