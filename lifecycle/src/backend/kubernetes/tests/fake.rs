@@ -74,6 +74,8 @@ pub struct State {
     pub job_mode: JobMode,
     /// PVC name → the folder standing for its volume.
     pub volumes: HashMap<String, PathBuf>,
+    /// When set, a new PVC gets an empty folder here as its volume (dynamic provisioning).
+    pub provision_into: Option<PathBuf>,
     /// Where `/backups` of a Job is.
     pub backup_dir: PathBuf,
     /// Backup Jobs that started while a workspace pod of the same session existed.
@@ -282,6 +284,7 @@ impl Fake {
             pod_mode: PodMode::Ready,
             job_mode: JobMode::Run,
             volumes: HashMap::new(),
+            provision_into: None,
             backup_dir,
             rwo_violations: 0,
             extra_rbac: Vec::new(),
@@ -603,7 +606,16 @@ fn apply(
                 json!([{"manager": "wakeway", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {}}]);
             match resource {
                 "deployments" if object["spec"]["replicas"].is_null() => object["spec"]["replicas"] = json!(1),
-                "persistentvolumeclaims" => object["status"] = json!({"phase": "Bound"}),
+                "persistentvolumeclaims" => {
+                    object["status"] = json!({"phase": "Bound"});
+                    if let Some(root) = state.provision_into.clone()
+                        && !state.volumes.contains_key(name)
+                    {
+                        let dir = root.join(name);
+                        std::fs::create_dir_all(&dir).unwrap();
+                        state.volumes.insert(name.to_string(), dir);
+                    }
+                }
                 "services" => object["spec"]["clusterIP"] = json!("10.96.0.10"),
                 _ => {}
             }

@@ -737,4 +737,16 @@ async fn a_restore_runs_as_a_job_inside_the_volume_after_a_backup_of_it() {
         "refused by the command in the Job: {err}"
     );
     assert_eq!(std::fs::read_to_string(volume.join("docs/deep/notes.txt")).unwrap(), "restored\n");
+
+    // A new session restored from that backup (`restore_from`): its fresh PVC gets the tree
+    // before the workspace first starts; the Deployment created at 1 is scaled to 0 for the Job.
+    rig.fake.with(|st| st.provision_into = Some(rig.volumes.path().to_path_buf()));
+    let request = RestoreRequest { backup: file.trim_end_matches(".zip").into(), skip_escaping_symlinks: false };
+    let (fresh, result) = manager.create_restored("lin@example.com", request).await.unwrap();
+    let report = result.unwrap();
+    assert_eq!((report.files, report.dirs), (2, 2), "{report:?}");
+    let fresh_volume = rig.volumes.path().join(objects::pvc_name(fresh.uuid.as_str()));
+    assert_eq!(std::fs::read_to_string(fresh_volume.join("docs/deep/notes.txt")).unwrap(), "restored\n");
+    assert_eq!(rig.fake.with(|s| s.rwo_violations), 0, "the restore Job never shared the volume with a pod");
+    assert!(rig.fake.calls("PATCH", &format!("/jobs/backup-{}", fresh.uuid)).is_empty(), "nothing to back up first");
 }
