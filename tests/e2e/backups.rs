@@ -72,6 +72,30 @@ async fn a_deleted_workspace_comes_back_identical() {
     let r =
         w.api(Method::GET, &format!("/backups/{backup}/download")).header("if-none-match", &etag).send().await.unwrap();
     assert_status(r.status(), 304, "conditional download");
+    // A download that broke off resumes where it stopped (Range), for this very zip only (If-Range).
+    let download = format!("/backups/{backup}/download");
+    let size = bytes.len();
+    let r = w.api(Method::GET, &download).header("range", "bytes=100-").header("if-range", &etag).send().await.unwrap();
+    assert_status(r.status(), 206, "the rest of the zip");
+    assert_eq!(r.headers()["content-range"].to_str().unwrap(), format!("bytes 100-{}/{size}", size - 1));
+    assert_eq!(r.headers()["accept-ranges"], "bytes");
+    assert_eq!(r.bytes().await.unwrap(), bytes.slice(100..));
+    let r = w.api(Method::GET, &download).header("range", "bytes=0-9").send().await.unwrap();
+    assert_status(r.status(), 206, "the first ten bytes");
+    assert_eq!(r.bytes().await.unwrap(), bytes.slice(..10));
+    let r = w
+        .api(Method::GET, &download)
+        .header("range", "bytes=100-")
+        .header("if-range", "\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_status(r.status(), 200, "another zip's tag: the whole file");
+    assert_eq!(r.bytes().await.unwrap().len(), size);
+    let r = w.api(Method::GET, &download).header("range", format!("bytes={size}-")).send().await.unwrap();
+    assert_status(r.status(), 416, "past the end");
+    assert_eq!(r.headers()["content-range"].to_str().unwrap(), format!("bytes */{size}"));
+    assert_eq!(json_of(r).await["error"]["code"], "range_not_satisfiable");
 
     let body = json!({ "user_id": "user@example.com", "restore_from": backup }).to_string();
     let r = w.api(Method::POST, "/session/create").body(body).send().await.unwrap();

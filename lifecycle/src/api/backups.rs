@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use wakeway_config::{format_duration, parse_duration};
 
 use super::{ApiError, ApiState, bad_query, json_object, parse_id, rfc3339};
@@ -197,7 +197,7 @@ pub(super) async fn download(
     {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
     }
-    let file = tokio::fs::File::open(&path).await.map_err(|e| {
+    let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "backup_unreadable", format!("Cannot open backup {id}: {e}."))
     })?;
     let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
@@ -211,11 +211,42 @@ pub(super) async fn download(
             ),
         ));
     }
-    let chunks = futures::stream::unfold((file, len), |(mut file, left)| async move {
+    // A resumed download asks for the rest: one byte range, honoured only for this very zip.
+    let same_zip = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()).is_none_or(|tag| tag.trim() == etag);
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(spec) if same_zip => byte_range(spec, len),
+        _ => ByteRange::Whole,
+    };
+    let (status, start, end) = match range {
+        ByteRange::Whole => (StatusCode::OK, 0, len),
+        ByteRange::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
+        ByteRange::Unsatisfiable => {
+            let mut response = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                format!("Backup {id} is {len} bytes: ask for a range within it (bytes=0-{}).", len.saturating_sub(1)),
+            )
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(response);
+        }
+    };
+    if start > 0 {
+        file.seek(io::SeekFrom::Start(start)).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "backup_unreadable",
+                format!("Cannot read backup {id}: {e}."),
+            )
+        })?;
+    }
+    let chunks = futures::stream::unfold((file, end - start), |(mut file, left)| async move {
         if left == 0 {
             return None;
         }
-        let mut buf = BytesMut::zeroed(256 * 1024);
+        let mut buf = BytesMut::zeroed(left.min(256 * 1024) as usize);
         match file.read(&mut buf).await {
             Ok(0) => {
                 Some((Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the backup shrank while sent")), (file, 0)))
@@ -228,16 +259,60 @@ pub(super) async fn download(
         }
     });
     let disposition = format!("attachment; filename=\"{}\"", record.file);
-    let response = Response::builder()
-        .status(StatusCode::OK)
+    let mut response = Response::builder()
+        .status(status)
         .header(header::CONTENT_TYPE, "application/zip")
-        .header(header::CONTENT_LENGTH, len)
+        .header(header::CONTENT_LENGTH, end - start)
+        .header(header::ACCEPT_RANGES, "bytes")
         .header(header::ETAG, etag_value)
         .header(header::CONTENT_DISPOSITION, disposition)
-        .header(header::CACHE_CONTROL, "no-store")
+        .header(header::CACHE_CONTROL, "no-store");
+    if status == StatusCode::PARTIAL_CONTENT {
+        response = response.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", end - 1));
+    }
+    response
         .body(Body::from_stream(chunks))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    Ok(response)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+/// What a `Range` header asks of a file of `len` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ByteRange {
+    /// No usable range (absent, several ranges, another unit, malformed): the whole file, 200.
+    Whole,
+    /// Bytes `start..end` (end exclusive), 206.
+    Part { start: u64, end: u64 },
+    /// A well-formed range that starts past the end: 416.
+    Unsatisfiable,
+}
+
+/// RFC 9110 §14.1.2, one range: `bytes=a-b`, `bytes=a-`, `bytes=-n` (the last n bytes). Anything
+/// else is ignored (the whole file is sent), as the RFC allows.
+pub(super) fn byte_range(spec: &str, len: u64) -> ByteRange {
+    let Some(set) = spec.trim().strip_prefix("bytes=") else { return ByteRange::Whole };
+    if set.contains(',') {
+        return ByteRange::Whole;
+    }
+    let Some((first, last)) = set.trim().split_once('-') else { return ByteRange::Whole };
+    let number =
+        |s: &str| (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse::<u64>().ok()).flatten();
+    match (first.trim(), last.trim()) {
+        ("", suffix) => match number(suffix) {
+            Some(0) => ByteRange::Unsatisfiable,
+            Some(n) if len > 0 => ByteRange::Part { start: len.saturating_sub(n), end: len },
+            Some(_) => ByteRange::Unsatisfiable,
+            None => ByteRange::Whole,
+        },
+        (first, last) => match (number(first), last) {
+            (Some(start), _) if start >= len => ByteRange::Unsatisfiable,
+            (Some(start), "") => ByteRange::Part { start, end: len },
+            (Some(start), last) => match number(last) {
+                Some(last) if last >= start => ByteRange::Part { start, end: last.saturating_add(1).min(len) },
+                _ => ByteRange::Whole,
+            },
+            (None, _) => ByteRange::Whole,
+        },
+    }
 }
 
 pub(super) async fn restore(
@@ -321,4 +396,28 @@ pub(super) async fn set_policy(
         "sleeps_at": v.sleeps_at.map(rfc3339),
         "deletes_at": v.deletes_at.map(rfc3339),
     })))
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::{ByteRange, byte_range};
+
+    #[test]
+    fn one_byte_range_is_honoured_and_anything_else_sends_the_whole_file() {
+        let part = |start, end| ByteRange::Part { start, end };
+        assert_eq!(byte_range("bytes=0-99", 1000), part(0, 100));
+        assert_eq!(byte_range("bytes=500-", 1000), part(500, 1000), "the rest, to resume a download");
+        assert_eq!(byte_range("bytes=-100", 1000), part(900, 1000), "the last 100 bytes");
+        assert_eq!(byte_range("bytes=-5000", 1000), part(0, 1000));
+        assert_eq!(byte_range("bytes=900-5000", 1000), part(900, 1000), "clipped to the end");
+        assert_eq!(byte_range(" bytes=10-10", 1000), part(10, 11));
+        assert_eq!(byte_range("bytes=1000-", 1000), ByteRange::Unsatisfiable);
+        assert_eq!(byte_range("bytes=-0", 1000), ByteRange::Unsatisfiable);
+        assert_eq!(byte_range("bytes=0-", 0), ByteRange::Unsatisfiable, "nothing to send of an empty file");
+        for ignored in
+            ["bytes=5-1", "bytes=0-1,5-9", "items=0-1", "bytes=a-b", "bytes=", "bytes=-", "0-1", "bytes=+1-2"]
+        {
+            assert_eq!(byte_range(ignored, 1000), ByteRange::Whole, "{ignored}");
+        }
+    }
 }
