@@ -247,7 +247,14 @@ fn render(
     if jobs {
         let file = wakeway_lifecycle::backup::backup_file_name(id.as_str(), now);
         values.push(serde_json::to_value(objects::backup_job(config, &session, &file, now, "command"))?);
-        values.push(serde_json::to_value(objects::restore_job(config, &session, &file, now, false))?);
+        values.push(serde_json::to_value(objects::restore_job(
+            config,
+            &session,
+            &file,
+            now,
+            &wakeway_lifecycle::restore::Limits::from_config(config),
+            false,
+        ))?);
     }
     Ok(match output {
         RenderFormat::Yaml => objects::to_yaml(&values),

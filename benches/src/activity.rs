@@ -7,18 +7,7 @@ use std::time::Instant;
 
 use flate2::{Compress, Compression};
 use wakeway_proxy::activity::ClientStream;
-use wakeway_proxy::activity::encode::{deflate_message, frame, rpc, vsc};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
+use wakeway_proxy::activity::encode::{Rng, deflate_message, frame, rpc, vsc};
 
 /// `messages` client messages of about `body` bytes each (a mix of allow-listed and background
 /// calls, JSON-ish arguments), framed as Chromium sends them. Returns (wire bytes, payload bytes).
@@ -30,7 +19,7 @@ fn traffic(deflate: bool, messages: u32, body: usize) -> (Vec<u8>, u64) {
     let mut push = |msg: Vec<u8>, rng: &mut Rng, wire: &mut Vec<u8>| {
         plain += msg.len() as u64;
         let (p, rsv1) = if deflate { (deflate_message(&mut c, &msg), true) } else { (msg, false) };
-        wire.extend(frame(0x2, true, rsv1, &p, (rng.next() as u32).to_be_bytes()));
+        wire.extend(frame(0x2, true, rsv1, &p, rng.mask()));
     };
     let hello = br#"{"type":"auth","auth":"00000000000000000000","data":"6f1e9c"}"#;
     push(vsc(2, 0, 0, hello), &mut rng, &mut wire);
@@ -40,10 +29,10 @@ fn traffic(deflate: bool, messages: u32, body: usize) -> (Vec<u8>, u64) {
     for i in 0..messages {
         let mut args = format!(r#"[{{"versionId":{i},"changes":[{{"range":[1,{},1,{}],"text":""#, i % 80, i % 80 + 1);
         while args.len() < body {
-            args.push_str(["let ", "x", " = ", "vscode", ".", "window", ";\\n", "42"][(rng.next() % 8) as usize]);
+            args.push_str(["let ", "x", " = ", "vscode", ".", "window", ";\\n", "42"][(rng.next_u64() % 8) as usize]);
         }
         args.push_str(r#""}]}]"#);
-        let call = rpc(1, i, methods[(rng.next() % 4) as usize], args.as_bytes());
+        let call = rpc(1, i, methods[(rng.next_u64() % 4) as usize], args.as_bytes());
         push(vsc(1, i + 1, 0, &call), &mut rng, &mut wire);
     }
     (wire, plain)

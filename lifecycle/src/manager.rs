@@ -1127,11 +1127,11 @@ impl Manager {
     /// Bring the in-memory map in line with the store (other replicas' changes).
     async fn resync(&self) -> Result<()> {
         let all = self.inner.store.list().await.inspect_err(|e| self.note_store_error(e))?;
-        let listed: std::collections::HashSet<String> = all.iter().map(|s| s.uuid.clone()).collect();
-        for s in all {
-            let rt = self.runtime_for(&s);
-            self.publish_if_idle(&rt, &s);
+        for s in &all {
+            let rt = self.runtime_for(s);
+            self.publish_if_idle(&rt, s);
         }
+        let listed: std::collections::HashSet<&str> = all.iter().map(|s| s.uuid.as_str()).collect();
         // Deleted sessions the leader forgot (after backup_retention) are forgotten here too.
         self.inner.runtimes.retain(|id, rt| rt.state() != State::Deleted || listed.contains(id.as_str()));
         Ok(())

@@ -150,7 +150,8 @@ pub trait Backend: Send + Sync + 'static {
     async fn backup(&self, session: &Session, now: DateTime<Utc>, reason: &str) -> Result<BackupInfo, BackendError>;
 
     /// Replace the (stopped) workspace's content with the backup `zip`: every entry checked first,
-    /// extracted next to the folder, flushed, swapped in. The caller has backed up the old content.
+    /// extracted beside it (or inside it, for a volume's mount point), flushed, swapped in, within
+    /// `limits`. The caller has backed up the old content.
     async fn restore(
         &self,
         session: &Session,

@@ -4,6 +4,24 @@
 
 use flate2::{Compress, FlushCompress};
 
+/// Deterministic xorshift64* so every run sees the same "random" traffic.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    pub fn mask(&mut self) -> [u8; 4] {
+        (self.next_u64() as u32).to_be_bytes()
+    }
+}
+
 /// One masked client frame (RFC 6455 §5.2).
 pub fn frame(opcode: u8, fin: bool, rsv1: bool, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     let mut f = vec![u8::from(fin) << 7 | u8::from(rsv1) << 6 | opcode];

@@ -1,27 +1,9 @@
-use super::encode::{deflate_message, frame, rpc, vsc};
+use super::encode::{Rng, deflate_message, frame, rpc, vsc};
 use super::*;
 use flate2::{Compress, Compression};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers: WebSocket frames, permessage-deflate, VS Code protocol messages.
-
-/// Deterministic xorshift64* so every run sees the same "random" input.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn mask(&mut self) -> [u8; 4] {
-        (self.next() as u32).to_be_bytes()
-    }
-}
 
 const BINARY: u8 = 0x2;
 const TEXT: u8 = 0x1;
@@ -391,7 +373,7 @@ fn rich_session() -> (Vec<u8>, u32) {
         wire.extend(frame(CONT, true, false, &p[cut2..], rng.mask()));
         if n % 10 == 0 {
             // A big one (64-bit length) and a protocol message spanning two WebSocket messages.
-            let noise: Vec<u8> = (0..70_000).map(|_| rng.next() as u8).collect();
+            let noise: Vec<u8> = (0..70_000).map(|_| rng.next_u64() as u8).collect();
             let mut big = c.regular(&rpc(1, 1000 + n as u32, "$acceptDocumentsAndEditorsDelta", &noise));
             big.extend(c.regular(&rpc(1, 2000 + n as u32, "$onDidTunnelsChange", b"[]")));
             let split = 200 + n;
@@ -638,13 +620,13 @@ fn garbage_never_panics() {
         let mut s = ClientStream::new(deflate, rng.below(3) == 0);
         let input: Vec<u8> = match i % 3 {
             // Pure noise.
-            0 => (0..rng.below(600)).map(|_| rng.next() as u8).collect(),
+            0 => (0..rng.below(600)).map(|_| rng.next_u64() as u8).collect(),
             // Plausible frame headers (masked, small lengths) with noise inside.
             1 => {
                 let mut v = Vec::new();
                 for _ in 0..rng.below(12) {
                     let op = [0, 1, 2, 8, 9, 10][rng.below(6)];
-                    let payload: Vec<u8> = (0..rng.below(200)).map(|_| rng.next() as u8).collect();
+                    let payload: Vec<u8> = (0..rng.below(200)).map(|_| rng.next_u64() as u8).collect();
                     v.extend(frame(op, rng.below(3) != 0, rng.below(2) == 0, &payload, rng.mask()));
                 }
                 v

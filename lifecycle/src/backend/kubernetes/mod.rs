@@ -37,7 +37,9 @@ use super::{Backend, BackendError, BackendEvent, ReconcileReport, Started};
 use crate::backup::backup_file_name;
 use crate::probe;
 use crate::session::{BackupInfo, ObjectUids, Placement, Session};
-use objects::{FIELD_MANAGER, JOB, WORKSPACE_MOUNT, WORKSPACE_SELECTOR, deployment_name, pvc_name, service_name};
+use objects::{
+    FIELD_MANAGER, JOB, NAME, UUID, WORKSPACE_MOUNT, WORKSPACE_SELECTOR, deployment_name, pvc_name, service_name,
+};
 use pods::PodWatch;
 
 pub use objects::{backup_job, restore_job};
@@ -266,28 +268,29 @@ impl KubernetesBackend {
         self.pod_api.logs(&pod.name_any(), &params).await.map_err(|e| format!("cannot read the log of its pod: {e}"))
     }
 
-    /// Start `job` and wait for the API server's verdict on it (its own `activeDeadlineSeconds` is
-    /// `job_timeout`; we wait a little longer to see that verdict, then give up on our own).
-    /// Returns whether it succeeded, the reason if not, and its pod's log (`container`).
+    /// Start `job` and wait for the API server's verdict on it ([`Self::finished_job`]). Returns whether it succeeded, the reason if not, and its pod's log (`container`).
     async fn run_job(&self, job: Job, container: &str) -> Result<(bool, String, Result<String, String>), BackendError> {
         let name = job.name_any();
-        let failed = |why: String| BackendError::Job { job: name.clone(), why };
         self.apply(&self.jobs, job).await?;
-        let timeout = self.config.kubernetes.job_timeout;
-        let grace = timeout.min(Duration::from_secs(60));
-        let finished = kube::runtime::wait::await_condition(self.jobs.clone(), &name, |job: Option<&Job>| {
-            job.is_none_or(|j| job_outcome(j).is_some())
-        });
-        let job = match tokio::time::timeout(timeout + grace, finished).await {
-            Err(_) => {
-                return Err(failed(format!("it did not finish within {}", wakeway_config::format_duration(timeout))));
-            }
-            Ok(Err(e)) => return Err(BackendError::Api(format!("watch Job {name}: {e}"))),
-            Ok(Ok(None)) => return Err(failed("it was deleted before it finished".into())),
-            Ok(Ok(Some(job))) => job,
-        };
+        let job = self.finished_job(&name).await?;
         let (succeeded, reason) = job_outcome(&job).unwrap_or((false, "unknown".into()));
         Ok((succeeded, reason, self.job_log(&name, container).await))
+    }
+
+    /// Job `name` once the API server has given its verdict. Its own `activeDeadlineSeconds` is
+    /// `job_timeout`; we wait a little longer to see that verdict, then give up on our own.
+    async fn finished_job(&self, name: &str) -> Result<Job, BackendError> {
+        let failed = |why: String| BackendError::Job { job: name.to_string(), why };
+        let timeout = self.config.kubernetes.job_timeout;
+        let finished = kube::runtime::wait::await_condition(self.jobs.clone(), name, |job: Option<&Job>| {
+            job.is_none_or(|j| job_outcome(j).is_some())
+        });
+        match tokio::time::timeout(timeout + timeout.min(Duration::from_secs(60)), finished).await {
+            Err(_) => Err(failed(format!("it did not finish within {}", wakeway_config::format_duration(timeout)))),
+            Ok(Err(e)) => Err(BackendError::Api(format!("watch Job {name}: {e}"))),
+            Ok(Ok(None)) => Err(failed("it was deleted before it finished".into())),
+            Ok(Ok(Some(job))) => Ok(job),
+        }
     }
 
     /// The session's objects, found by their `uuid` label (for sessions with no recorded UIDs).
@@ -333,12 +336,7 @@ fn report_exits(
 /// The result a `wakeway backup` Job printed: the last JSON line of its log,
 /// `{"ok":true,"path":…,"backup":{file,size,sha256,entries,content_bytes,verified_at,skipped}}`.
 pub fn parse_backup_result(log: &str, expected_file: &str) -> Result<BackupInfo, String> {
-    let line = log
-        .lines()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
-        .find(|v| v.get("ok").is_some())
-        .ok_or_else(|| format!("no result line in its log (last lines: {})", tail(log)))?;
+    let line = result_line(log)?;
     if line["ok"] != serde_json::Value::Bool(true) {
         return Err(line["error"].as_str().unwrap_or("it reported a failure without a reason").to_string());
     }
@@ -357,12 +355,7 @@ pub fn parse_backup_result(log: &str, expected_file: &str) -> Result<BackupInfo,
 /// command's own refusal as a [`RestoreError`]. `Err` when the log holds no such line.
 pub fn parse_restore_result(log: &str) -> Result<Result<crate::restore::Report, crate::restore::RestoreError>, String> {
     use crate::restore::RestoreError;
-    let line = log
-        .lines()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
-        .find(|v| v.get("ok").is_some())
-        .ok_or_else(|| format!("no result line in its log (last lines: {})", tail(log)))?;
+    let line = result_line(log)?;
     if line["ok"] == serde_json::Value::Bool(true) {
         return serde_json::from_value(line["restore"].clone())
             .map(Ok)
@@ -374,6 +367,16 @@ pub fn parse_restore_result(log: &str) -> Result<Result<crate::restore::Report, 
         Some("corrupt") => RestoreError::Corrupt(why),
         _ => RestoreError::Io { path: WORKSPACE_MOUNT.into(), source: std::io::Error::other(why) },
     }))
+}
+
+/// The result a `wakeway backup`/`restore` Job printed: the last JSON line of its log with `ok`
+/// (whatever else the pod logged before it).
+fn result_line(log: &str) -> Result<serde_json::Value, String> {
+    log.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
+        .find(|v| v.get("ok").is_some())
+        .ok_or_else(|| format!("no result line in its log (last lines: {})", tail(log)))
 }
 
 fn tail(log: &str) -> String {
@@ -530,15 +533,15 @@ impl Backend for KubernetesBackend {
         &self,
         session: &Session,
         zip: &std::path::Path,
-        _limits: crate::restore::Limits,
+        limits: crate::restore::Limits,
         options: crate::restore::Options,
     ) -> Result<crate::restore::Report, BackendError> {
-        // The Job applies the configured limits (`restore_job` passes them); ours are the same.
         let Some(file) = zip.file_name().and_then(|f| f.to_str()).filter(|f| f.ends_with(".zip")) else {
             return Err(BackendError::Refused(format!("{} is not a backup file", zip.display())));
         };
         self.stop(session).await?;
-        let job = objects::restore_job(&self.config, session, file, Utc::now(), options.skip_escaping_symlinks);
+        let job =
+            objects::restore_job(&self.config, session, file, Utc::now(), &limits, options.skip_escaping_symlinks);
         let name = job.name_any();
         tracing::info!(session = %session.uuid, job = %name, %file, "restore Job starting");
         let (succeeded, reason, log) = self.run_job(job, "restore").await?;
@@ -564,18 +567,12 @@ impl Backend for KubernetesBackend {
     /// left half-swapped is finished by the next `wakeway restore` on the volume
     /// (`InPlace::recover`) — after the manager's `pre_restore` backup, which keeps all of it.
     async fn clean_interrupted_restore(&self, session: &Session) -> Result<(), BackendError> {
-        let params = ListParams::default().labels(&format!("uuid={}", session.uuid));
+        let params = ListParams::default().labels(&format!("{UUID}={},{NAME}=restore", session.uuid));
         let jobs = self.jobs.list(&params).await.map_err(|e| BackendError::Api(format!("list Jobs: {e}")))?;
-        let timeout = self.config.kubernetes.job_timeout;
-        for job in jobs.items.iter().filter(|j| j.name_any().starts_with("restore-") && job_outcome(j).is_none()) {
+        for job in jobs.items.iter().filter(|j| job_outcome(j).is_none()) {
             let name = job.name_any();
             tracing::warn!(session = %session.uuid, job = %name, "a restore Job from before a restart is still running; waiting for it");
-            let finished = kube::runtime::wait::await_condition(self.jobs.clone(), &name, |job: Option<&Job>| {
-                job.is_none_or(|j| job_outcome(j).is_some())
-            });
-            if tokio::time::timeout(timeout, finished).await.is_err() {
-                return Err(BackendError::Job { job: name, why: "it is still running; retry once it ends".into() });
-            }
+            self.finished_job(&name).await?;
         }
         Ok(())
     }

@@ -359,13 +359,14 @@ pub fn backup_job(config: &Config, session: &Session, file: &str, at: DateTime<U
 
 /// `restore-<id>-<stamp>`: `wakeway restore` of `file` into the session's PVC: inside its mount point (`--in-place`: the
 /// volume's root cannot be renamed), replacing what it holds (the manager has taken a verified
-/// `pre_restore` backup of it first), within the configured restore limits. The zip's SHA-256 is
+/// `pre_restore` backup of it first), within `limits` (its environment). The zip's SHA-256 is
 /// checked against its catalog record next to it on the backup volume.
 pub fn restore_job(
     config: &Config,
     session: &Session,
     file: &str,
     at: DateTime<Utc>,
+    limits: &crate::restore::Limits,
     skip_escaping_symlinks: bool,
 ) -> Job {
     let mut command = ["wakeway", "restore", "--src", &format!("{BACKUP_MOUNT}/{file}"), "--dest", WORKSPACE_MOUNT]
@@ -378,9 +379,9 @@ pub fn restore_job(
     let mut job =
         wakeway_job(config, session, "restore", restore_job_name(&session.uuid, at), file, command, false, true);
     let limits = [
-        env("WAKEWAY_RESTORE_MAX_BYTES", config.restore_max_bytes),
-        env("WAKEWAY_RESTORE_MAX_ENTRIES", config.restore_max_entries),
-        env("WAKEWAY_RESTORE_MAX_RATIO", config.restore_max_ratio),
+        env("WAKEWAY_RESTORE_MAX_BYTES", limits.max_bytes),
+        env("WAKEWAY_RESTORE_MAX_ENTRIES", limits.max_entries),
+        env("WAKEWAY_RESTORE_MAX_RATIO", limits.max_ratio),
     ];
     if let Some(container) =
         job.spec.as_mut().and_then(|s| s.template.spec.as_mut()).and_then(|p| p.containers.first_mut())

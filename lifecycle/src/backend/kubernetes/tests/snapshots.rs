@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use wakeway_config::{BackendKind, Config};
 
 use crate::backend::kubernetes::objects;
+use crate::restore::Limits;
 use crate::session::{Session, SessionId};
 
 fn snapshot(name: &str, actual: &str) {
@@ -53,7 +54,10 @@ fn job_objects_match_their_snapshots() {
     let (config, session, at) = fixture();
     let file = crate::backup::backup_file_name(&session.uuid, at);
     snapshot("backup-job.json", &pretty(objects::backup_job(&config, &session, &file, at, "policy")));
-    snapshot("restore-job.json", &pretty(objects::restore_job(&config, &session, &file, at, false)));
+    snapshot(
+        "restore-job.json",
+        &pretty(objects::restore_job(&config, &session, &file, at, &Limits::from_config(&config), false)),
+    );
 }
 
 /// What the issue asks of each object, checked on the values (the snapshots show the rest).
@@ -92,7 +96,9 @@ fn the_objects_say_what_the_issue_asks() {
     assert!(p["spec"].get("storageClassName").is_none(), "empty: the cluster's default class");
 
     let file = crate::backup::backup_file_name(&session.uuid, at);
-    let job = serde_json::to_value(objects::restore_job(&config, &session, &file, at, false)).unwrap();
+    let job =
+        serde_json::to_value(objects::restore_job(&config, &session, &file, at, &Limits::from_config(&config), false))
+            .unwrap();
     let spec = &job["spec"]["template"]["spec"];
     assert_eq!(
         spec["containers"][0]["command"],
