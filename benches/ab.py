@@ -30,50 +30,28 @@ def main():
     os.chmod(tmp, 0o755)
     bench.WRK_SCRIPT = os.path.join(tmp, "report.lua")
     open(bench.WRK_SCRIPT, "w").write(bench.WRK_LUA)
-    docroot = os.path.join(tmp, "www")
-    os.makedirs(docroot)
-    open(os.path.join(docroot, "small"), "wb").write(bench.SMALL)
-    open(os.path.join(docroot, "large"), "wb").write(bench.LARGE)
-    for f in (docroot, *(os.path.join(docroot, n) for n in ("small", "large"))):
-        os.chmod(f, 0o755)
+    docroot = bench.write_docroot(tmp)
     up_port, px_port = bench.free_port(), bench.free_port()
-    for name, port, conf in (("upstream", up_port, bench.upstream_conf), ("nginx", px_port, None)):
-        d = os.path.join(tmp, name)
-        os.makedirs(d)
-        text = conf(d, port, docroot) if conf else bench.proxy_conf(d, port, up_port)
-        open(os.path.join(d, "nginx.conf"), "w").write(text)
-        bench.spawn([bench.NGINX, "-c", os.path.join(d, "nginx.conf"), "-g", "daemon off;"], os.path.join(d, "log"))
-        bench.wait_port(port)
-    template = os.path.join(tmp, "ws.conf.in")
-    open(template, "w").write(bench.upstream_conf("@DIR@", "@PORT@", "@ROOT@"))
-    wrapper = os.path.join(tmp, "workspace.sh")
-    open(wrapper, "w").write(bench.WORKSPACE_WRAPPER.replace("@NGINX@", bench.NGINX))
-    os.chmod(wrapper, 0o755)
+    up_dir, px_dir = os.path.join(tmp, "upstream"), os.path.join(tmp, "nginx")
     targets = [("nginx", px_port, None)]
     try:
-        run(args, tmp, docroot, wrapper, template, targets)
+        bench.start_nginx(up_dir, up_port, bench.upstream_conf(up_dir, up_port, docroot))
+        bench.start_nginx(px_dir, px_port, bench.proxy_conf(px_dir, px_port, up_port))
+        run(args, tmp, bench.nginx_workspace(tmp, docroot, os.path.join(tmp, "starts")), targets)
     finally:
         for p in reversed(bench.procs):
             bench.stop(p)
         time.sleep(0.2)
 
 
-def run(args, tmp, docroot, wrapper, template, targets):
+def run(args, tmp, workspace_command, targets):
     for v in args.variants:
         name, spec = v.split("=", 1)
         binary, *envs = spec.split(",")
-        port = bench.free_port()
-        env = dict(os.environ, WAKEWAY_LISTEN=f"127.0.0.1:{port}", WAKEWAY_DATA_DIR=os.path.join(tmp, name),
-                   WAKEWAY_API_KEY=bench.API_KEY, WAKEWAY_THREADS="1", WAKEWAY_LOG="warn",
-                   WAKEWAY_SHUTDOWN_GRACE="0s",
-                   WAKEWAY_WORKSPACE_COMMAND=f"exec {wrapper} {{port}} {{state}} {docroot} {tmp}/starts {template}")
-        env.pop("WAKEWAY_CONFIG", None)
-        env.update(e.split("=", 1) for e in envs)
-        bench.spawn([os.path.abspath(binary), "serve"], os.path.join(tmp, f"{name}.log"), env=env)
-        bench.wait_port(port)
-        sid = bench.api(port, "POST", "/session/create", {"user_id": "ab@example.com"})["uuid"]
-        bench.wait_state(port, sid, "running")
-        targets.append((name, port, f"vs-code-{sid}.localhost:{port}"))
+        env = {"WAKEWAY_THREADS": "1", **dict(e.split("=", 1) for e in envs)}
+        _, port = bench.start_wakeway(tmp, name, workspace_command, binary=os.path.abspath(binary), env=env)
+        _, host = bench.running_session(port, "ab@example.com")
+        targets.append((name, port, host))
     points = [(p.split(":")[0], int(p.split(":")[1])) for p in args.points.split(",")]
     got = {}
     for r in range(args.rounds):

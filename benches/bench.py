@@ -23,7 +23,6 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MODE = "smoke" if "--smoke" in sys.argv else "quick" if "--quick" in sys.argv else "full"
-QUICK = MODE != "full"
 if MODE == "smoke":
     os.environ["BENCH_PROFILE"] = "debug"  # seen by websockets.py too
 # --smoke runs the debug binaries `cargo test` built: it checks that every step still works, not speed.
@@ -179,6 +178,73 @@ exec @NGINX@ -c "$state/nginx.conf" -g 'daemon off;'
 """
 
 
+# ---------------------------------------------------------------- processes every bench starts
+
+def write_docroot(tmp):
+    """The upstream's two files, /small (100 B) and /large (100 KiB), readable by nginx's worker."""
+    docroot = os.path.join(tmp, "www")
+    os.makedirs(docroot)
+    for name, data in (("small", SMALL), ("large", LARGE)):
+        path = os.path.join(docroot, name)
+        open(path, "wb").write(data)
+        os.chmod(path, 0o644)
+    os.chmod(docroot, 0o755)
+    return docroot
+
+
+def start_nginx(dirpath, port, conf):
+    """nginx in the foreground with `conf` (written to dirpath/nginx.conf), once it listens on `port`."""
+    os.makedirs(dirpath, exist_ok=True)
+    path = os.path.join(dirpath, "nginx.conf")
+    open(path, "w").write(conf)
+    p = spawn([NGINX, "-c", path, "-g", "daemon off;"], os.path.join(dirpath, "log"))
+    wait_port(port)
+    return p
+
+
+def nginx_workspace(tmp, docroot, starts):
+    """wakeway's workspace command in the benches: the upstream's own nginx config on the port wakeway
+    picks (`{port}`, `{state}` filled in by wakeway), one line per start appended to `starts`."""
+    template = os.path.join(tmp, "workspace-nginx.conf.in")
+    wrapper = os.path.join(tmp, "workspace.sh")
+    if not os.path.exists(wrapper):
+        open(template, "w").write(upstream_conf("@DIR@", "@PORT@", "@ROOT@"))
+        open(wrapper, "w").write(WORKSPACE_WRAPPER.replace("@NGINX@", NGINX))
+        os.chmod(wrapper, 0o755)
+    return f"exec {wrapper} {{port}} {{state}} {docroot} {starts} {template}"
+
+
+def start_wakeway(tmp, name, workspace_command, binary=None, env=None):
+    """`wakeway serve` with its own data folder (tmp/<name>-data), PROXY_WORKERS threads, quiet logs and the
+    rate limits out of the way; `env` adds or overrides WAKEWAY_* variables. Returns (process, port) once it
+    listens (start-up loads every session in the store: up to 10 min allowed)."""
+    port = free_port()
+    full = dict(os.environ, WAKEWAY_LISTEN=f"127.0.0.1:{port}", WAKEWAY_DATA_DIR=os.path.join(tmp, f"{name}-data"),
+                WAKEWAY_API_KEY=API_KEY, WAKEWAY_THREADS=str(PROXY_WORKERS), WAKEWAY_LOG="warn",
+                WAKEWAY_WORKSPACE_COMMAND=workspace_command, WAKEWAY_RATE_LIMIT_PER_MINUTE="100000",
+                WAKEWAY_WAKE_ATTEMPTS_PER_MINUTE="100000", WAKEWAY_STOP_GRACE="5s", WAKEWAY_SHUTDOWN_GRACE="0s")
+    full.pop("WAKEWAY_CONFIG", None)
+    full.update(env or {})
+    p = spawn([binary or os.path.join(BIN, "wakeway"), "serve"], os.path.join(tmp, f"{name}.log"), env=full)
+    wait_port(port, timeout=600)
+    return p, port
+
+
+def running_session(port, user="bench@example.com"):
+    """A session created through the API, once running: (id, its Host header)."""
+    sid = api(port, "POST", "/session/create", {"user_id": user})["uuid"]
+    wait_state(port, sid, "running")
+    return sid, f"vs-code-{sid}.localhost:{port}"
+
+
+def tally(results, t0):
+    """(count per status, ms from t0 to the last answer) of a herd's [(status, perf_counter at answer)]."""
+    statuses = {}
+    for s, _ in results:
+        statuses[s] = statuses.get(s, 0) + 1
+    return statuses, round((max(t for _, t in results) - t0) * 1000, 1)
+
+
 # ---------------------------------------------------------------- wrk
 
 WRK_LUA = r"""
@@ -298,13 +364,9 @@ async def herd(port, host, n):
         return status, time.perf_counter()
 
     t0 = time.perf_counter()
-    results = await asyncio.gather(*(timed() for _ in range(n)))
-    statuses = {}
-    for s, _ in results:
-        statuses[s] = statuses.get(s, 0) + 1
-    last = max(t for _, t in results) - t0
+    statuses, last_ms = tally(await asyncio.gather(*(timed() for _ in range(n))), t0)
     return {"requests": n, "statuses": statuses, "served_200": statuses.get("200", 0),
-            "time_to_last_response_ms": round(last * 1000, 1)}
+            "time_to_last_response_ms": last_ms}
 
 
 def rss_kib(pid):
@@ -326,31 +388,26 @@ def metric_sum_count(port, name, labels=""):
     return vals.get("sum", 0.0), vals.get("count", 0.0)
 
 
-def start_wakeway(tmp, name, env_base, seed=0):
-    """A wakeway with its own data folder (optionally seeded with `seed` sleeping sessions) and one
-    session created through the API and running. Returns (process, port, host, start-up seconds, seed report)."""
-    data = os.path.join(tmp, f"{name}-data")
+def seeded_wakeway(tmp, name, workspace_command, seed=0):
+    """A wakeway whose data folder holds `seed` sleeping sessions (written by wakeway-bench-seed before it
+    starts) plus one created through the API and running. Returns (process, port, host, start-up s, seed report)."""
     report = None
     if seed:
-        r = subprocess.run([os.path.join(BIN, "wakeway-bench-seed"), data, str(seed)], capture_output=True,
-                           text=True, timeout=900, check=True)
+        r = subprocess.run([os.path.join(BIN, "wakeway-bench-seed"), os.path.join(tmp, f"{name}-data"), str(seed)],
+                           capture_output=True, text=True, timeout=900, check=True)
         report = json.loads(r.stdout.strip().splitlines()[-1])
-    port = free_port()
-    env = dict(env_base, WAKEWAY_LISTEN=f"127.0.0.1:{port}", WAKEWAY_DATA_DIR=data)
     t0 = time.monotonic()
-    p = spawn([os.path.join(BIN, "wakeway"), "serve"], os.path.join(tmp, f"{name}.log"), env=env)
-    wait_port(port, timeout=600)
+    p, port = start_wakeway(tmp, name, workspace_command)
     startup = time.monotonic() - t0
-    sid = api(port, "POST", "/session/create", {"user_id": f"{name}@example.com"})["uuid"]
-    wait_state(port, sid, "running")
-    return p, port, f"vs-code-{sid}.localhost:{port}", startup, report
+    _, host = running_session(port, f"{name}@example.com")
+    return p, port, host, startup, report
 
 
-def sessions_at_scale(tmp, env_base):
+def sessions_at_scale(tmp, workspace_command):
     """One wakeway holding a single session vs one holding SESSIONS more (sleeping): start-up, memory per
     session, proxying latency on an awake session (runs alternate between the two), sweep time."""
-    one, one_port, one_host, one_start, _ = start_wakeway(tmp, "one", env_base)
-    many, many_port, many_host, many_start, seeded = start_wakeway(tmp, "many", env_base, seed=SESSIONS)
+    one, one_port, one_host, one_start, _ = seeded_wakeway(tmp, "one", workspace_command)
+    many, many_port, many_host, many_start, seeded = seeded_wakeway(tmp, "many", workspace_command, seed=SESSIONS)
     time.sleep(2)
     rss_one, rss_many = rss_kib(one.pid), rss_kib(many.pid)
     runs = {"one": [], "many": []}
@@ -401,13 +458,7 @@ def main():
     os.chmod(tmp, 0o755)
     WRK_SCRIPT = os.path.join(tmp, "report.lua")
     open(WRK_SCRIPT, "w").write(WRK_LUA)
-    docroot = os.path.join(tmp, "www")
-    os.makedirs(docroot)
-    open(os.path.join(docroot, "small"), "wb").write(SMALL)
-    open(os.path.join(docroot, "large"), "wb").write(LARGE)
-    os.chmod(docroot, 0o755)
-    for name in ("small", "large"):
-        os.chmod(os.path.join(docroot, name), 0o644)
+    docroot = write_docroot(tmp)
 
     results = {"started_at": started.isoformat(timespec="seconds"), "mode": MODE,
                "command": "benches/run.sh" + ("" if MODE == "full" else f" --{MODE}"), "machine": machine(),
@@ -417,21 +468,11 @@ def main():
                             "small_bytes": len(SMALL), "large_bytes": len(LARGE)}}
     log(f"machine: {results['machine']}  load: {results['load_avg_start']}  mode: {results['mode']}")
 
-    # The upstream (direct target of every baseline).
-    up_dir = os.path.join(tmp, "upstream")
-    os.makedirs(up_dir)
-    up_port = free_port()
-    open(os.path.join(up_dir, "nginx.conf"), "w").write(upstream_conf(up_dir, up_port, docroot))
-    spawn([NGINX, "-c", os.path.join(up_dir, "nginx.conf"), "-g", "daemon off;"], os.path.join(tmp, "upstream.log"))
-    wait_port(up_port)
-
-    # nginx as reverse proxy.
-    px_dir = os.path.join(tmp, "nginx-proxy")
-    os.makedirs(px_dir)
-    px_port = free_port()
-    open(os.path.join(px_dir, "nginx.conf"), "w").write(proxy_conf(px_dir, px_port, up_port))
-    spawn([NGINX, "-c", os.path.join(px_dir, "nginx.conf"), "-g", "daemon off;"], os.path.join(tmp, "nginx-proxy.log"))
-    wait_port(px_port)
+    # The upstream (direct target of every baseline), and nginx as reverse proxy.
+    up_port, px_port = free_port(), free_port()
+    up_dir, px_dir = os.path.join(tmp, "upstream"), os.path.join(tmp, "nginx-proxy")
+    start_nginx(up_dir, up_port, upstream_conf(up_dir, up_port, docroot))
+    start_nginx(px_dir, px_port, proxy_conf(px_dir, px_port, up_port))
 
     # configurable-http-proxy.
     chp_port, chp_api = free_port(), free_port()
@@ -441,25 +482,9 @@ def main():
     wait_port(chp_port)
 
     # wakeway, whose workspace is the same nginx upstream config on a port wakeway picks.
-    ws_template = upstream_conf("@DIR@", "@PORT@", "@ROOT@")
-    ws_template_path = os.path.join(tmp, "workspace-nginx.conf.in")
-    open(ws_template_path, "w").write(ws_template)
-    wrapper = os.path.join(tmp, "workspace.sh")
-    open(wrapper, "w").write(WORKSPACE_WRAPPER.replace("@NGINX@", NGINX))
-    os.chmod(wrapper, 0o755)
     starts = os.path.join(tmp, "starts")
-    ww_port = free_port()
-    ww_env = dict(os.environ, WAKEWAY_LISTEN=f"127.0.0.1:{ww_port}", WAKEWAY_DATA_DIR=os.path.join(tmp, "wakeway-data"),
-                  WAKEWAY_API_KEY=API_KEY, WAKEWAY_THREADS=str(PROXY_WORKERS),
-                  WAKEWAY_WORKSPACE_COMMAND=f"exec {wrapper} {{port}} {{state}} {docroot} {starts} {ws_template_path}",
-                  WAKEWAY_RATE_LIMIT_PER_MINUTE="100000", WAKEWAY_WAKE_ATTEMPTS_PER_MINUTE="100000",
-                  WAKEWAY_STOP_GRACE="5s", WAKEWAY_SHUTDOWN_GRACE="0s", WAKEWAY_LOG="warn")
-    ww_env.pop("WAKEWAY_CONFIG", None)
-    ww = spawn([os.path.join(BIN, "wakeway"), "serve"], os.path.join(tmp, "wakeway.log"), env=ww_env)
-    wait_port(ww_port)
-    sid = api(ww_port, "POST", "/session/create", {"user_id": "bench@example.com"})["uuid"]
-    wait_state(ww_port, sid, "running")
-    host = f"vs-code-{sid}.localhost:{ww_port}"
+    ww, ww_port = start_wakeway(tmp, "wakeway", nginx_workspace(tmp, docroot, starts))
+    sid, host = running_session(ww_port)
     log(f"upstream :{up_port}  nginx :{px_port}  chp :{chp_port}  wakeway :{ww_port} session {sid}")
 
     targets = [("direct", up_port, None), ("nginx", px_port, None), ("chp", chp_port, None),
@@ -500,9 +525,9 @@ def main():
     results["rss_after_load_kib"] = {"wakeway": rss_kib(ww.pid)}
 
     # 3: wake overhead.
-    cmd = lambda port: (f"exec {wrapper} {port} {tmp}/solo-{port} {docroot} "  # noqa: E731
-                        f"{tmp}/solo-starts {ws_template_path}")
-    solo = start_to_listen_ms(cmd, WAKES)
+    solo_command = nginx_workspace(tmp, docroot, f"{tmp}/solo-starts")
+    solo = start_to_listen_ms(
+        lambda port: solo_command.replace("{port}", str(port)).replace("{state}", f"{tmp}/solo-{port}"), WAKES)
     own = [ms for ms, _ in solo]
     solo_spawn = [(w - e) * 1000 for (_, e), w in zip(solo, start_times(f"{tmp}/solo-starts", 0))]
     wakes, sent = [], []
@@ -544,15 +569,13 @@ def main():
     log(f"herd: {h}")
 
     # 6: sessions at scale (two more wakeways, their own data folders; the same workspace command).
-    scale_env = {k: v for k, v in ww_env.items() if k not in ("WAKEWAY_LISTEN", "WAKEWAY_DATA_DIR")}
-    scale_env["WAKEWAY_WORKSPACE_COMMAND"] = (f"exec {wrapper} {{port}} {{state}} {docroot} {tmp}/scale-starts "
-                                             f"{ws_template_path}")
-    results["scale"] = sessions_at_scale(tmp, scale_env)
+    results["scale"] = sessions_at_scale(tmp, nginx_workspace(tmp, docroot, f"{tmp}/scale-starts"))
 
     # 7: activity classifier throughput (a separate Rust program, no network).
     try:
-        r = subprocess.run([os.path.join(BIN, "wakeway-bench-activity"), {"full": "20000", "quick": "5000", "smoke": "500"}[MODE]],
-                           capture_output=True, text=True, timeout=600, check=True)
+        messages = {"full": "20000", "quick": "5000", "smoke": "500"}[MODE]
+        r = subprocess.run([os.path.join(BIN, "wakeway-bench-activity"), messages], capture_output=True, text=True,
+                           timeout=600, check=True)
         results["activity"] = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
         log(f"activity: {results['activity']}")
     except Exception as e:  # noqa: BLE001
@@ -565,7 +588,8 @@ def main():
     try:
         ws_out = os.path.join(HERE, "results", "websockets.json" if MODE == "full" else f"websockets-{MODE}.json")
         n_ws = {"full": "10000", "quick": "1000", "smoke": "200"}[MODE]
-        subprocess.run([sys.executable, os.path.join(HERE, "websockets.py"), n_ws, ws_out, str(HERD)], capture_output=True, text=True, timeout=900, check=True)
+        subprocess.run([sys.executable, os.path.join(HERE, "websockets.py"), n_ws, ws_out, str(HERD)],
+                       capture_output=True, text=True, timeout=900, check=True)
         ws = json.load(open(ws_out))
         results["websockets"], results["ws_herd"] = ws["runs"], ws.get("herd")
         log(f"websockets: {results['websockets']} herd: {results['ws_herd']}")
@@ -596,7 +620,7 @@ def main():
     md = render_md(results)
     open(os.path.join(out_dir, f"{stem}.md"), "w").write(md)
     svg_name = "bench-latency.svg" if MODE == "full" else f"bench-latency-{MODE}.svg"
-    svg_dir = os.path.join(ROOT, "docs") if not QUICK else out_dir
+    svg_dir = os.path.join(ROOT, "docs") if MODE == "full" else out_dir
     open(os.path.join(svg_dir, svg_name), "w").write(render_svg(results))
     log(md)
     log(f"wrote benches/results/{stem}.json, {stem}.md and {os.path.relpath(svg_dir, ROOT)}/{svg_name} "

@@ -19,38 +19,17 @@ import bench
 
 
 def start(tmp):
-    """The upstream nginx, an nginx reverse proxy and wakeway (with a running session) on free ports."""
-    docroot = os.path.join(tmp, "www")
-    os.makedirs(docroot)
-    open(os.path.join(docroot, "small"), "wb").write(bench.SMALL)
-    for path in (docroot, os.path.join(docroot, "small")):
-        os.chmod(path, 0o755)
+    """The upstream nginx, an nginx reverse proxy (returns its worker's pid) and wakeway with a running session."""
+    docroot = bench.write_docroot(tmp)
     up_port, px_port = bench.free_port(), bench.free_port()
-    nginx_pids = {}
-    for name, port, conf in (("upstream", up_port, bench.upstream_conf(os.path.join(tmp, "upstream"), up_port, docroot)),
-                             ("proxy", px_port, bench.proxy_conf(os.path.join(tmp, "proxy"), px_port, up_port))):
-        os.makedirs(os.path.join(tmp, name))
-        open(os.path.join(tmp, name, "nginx.conf"), "w").write(conf)
-        p = bench.spawn([bench.NGINX, "-c", os.path.join(tmp, name, "nginx.conf"), "-g", "daemon off;"],
-                        os.path.join(tmp, name, "log"))
-        bench.wait_port(port)
-        nginx_pids[name] = p.pid
-    template = os.path.join(tmp, "workspace.conf.in")
-    open(template, "w").write(bench.upstream_conf("@DIR@", "@PORT@", "@ROOT@"))
-    wrapper = os.path.join(tmp, "workspace.sh")
-    open(wrapper, "w").write(bench.WORKSPACE_WRAPPER.replace("@NGINX@", bench.NGINX))
-    os.chmod(wrapper, 0o755)
-    port = bench.free_port()
-    env = dict(os.environ, WAKEWAY_LISTEN=f"127.0.0.1:{port}", WAKEWAY_DATA_DIR=os.path.join(tmp, "data"),
-               WAKEWAY_API_KEY=bench.API_KEY, WAKEWAY_THREADS="1", WAKEWAY_LOG="warn", WAKEWAY_SHUTDOWN_GRACE="0s",
-               WAKEWAY_WORKSPACE_COMMAND=f"exec {wrapper} {{port}} {{state}} {docroot} {tmp}/starts {template}")
-    env.pop("WAKEWAY_CONFIG", None)
-    ww = bench.spawn([os.path.join(bench.BIN, "wakeway"), "serve"], os.path.join(tmp, "wakeway.log"), env=env)
-    bench.wait_port(port)
-    sid = bench.api(port, "POST", "/session/create", {"user_id": "profile@example.com"})["uuid"]
-    bench.wait_state(port, sid, "running")
-    worker = int(subprocess.check_output(["pgrep", "-P", str(nginx_pids["proxy"])]).split()[0])
-    return ww.pid, port, f"vs-code-{sid}.localhost:{port}", worker, px_port
+    up_dir, px_dir = os.path.join(tmp, "upstream"), os.path.join(tmp, "proxy")
+    bench.start_nginx(up_dir, up_port, bench.upstream_conf(up_dir, up_port, docroot))
+    proxy = bench.start_nginx(px_dir, px_port, bench.proxy_conf(px_dir, px_port, up_port))
+    ww, port = bench.start_wakeway(tmp, "wakeway", bench.nginx_workspace(tmp, docroot, os.path.join(tmp, "starts")),
+                                   env={"WAKEWAY_THREADS": "1"})
+    _, host = bench.running_session(port, "profile@example.com")
+    worker = int(subprocess.check_output(["pgrep", "-P", str(proxy.pid)]).split()[0])
+    return ww.pid, port, host, worker, px_port
 
 
 def wrk(port, host, conc, seconds):

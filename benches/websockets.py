@@ -99,12 +99,8 @@ async def ws_herd(port, host, n):
         return status, time.perf_counter()
 
     t0 = time.perf_counter()
-    results = await asyncio.gather(*(timed() for _ in range(n)))
-    statuses = {}
-    for s, _ in results:
-        statuses[s] = statuses.get(s, 0) + 1
-    return {"upgrades": n, "statuses": statuses, "switched_101": statuses.get("101", 0),
-            "time_to_last_101_ms": round((max(t for _, t in results) - t0) * 1000, 1)}
+    statuses, last_ms = bench.tally(await asyncio.gather(*(timed() for _ in range(n))), t0)
+    return {"upgrades": n, "statuses": statuses, "switched_101": statuses.get("101", 0), "time_to_last_101_ms": last_ms}
 
 
 def main():
@@ -114,26 +110,16 @@ def main():
     bench.spawn([TESTSPACE, "--port", str(ts_port), tmp], os.path.join(tmp, "testspace.log"))
     bench.wait_port(ts_port)
     px_port = bench.free_port()
-    conf = bench.proxy_conf(tmp, px_port, ts_port).replace(
+    px_dir = os.path.join(tmp, "nginx-proxy")
+    conf = bench.proxy_conf(px_dir, px_port, ts_port).replace(
         'proxy_set_header Connection "";',
         'proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "upgrade"; proxy_read_timeout 1h;')
-    open(os.path.join(tmp, "nginx.conf"), "w").write(conf)
-    ng = bench.spawn([bench.NGINX, "-c", os.path.join(tmp, "nginx.conf"), "-g", "daemon off;"],
-                     os.path.join(tmp, "nginx.log"))
-    bench.wait_port(px_port)
-    ww_port = bench.free_port()
+    ng = bench.start_nginx(px_dir, px_port, conf)
     starts = os.path.join(tmp, "starts")
-    env = dict(os.environ, WAKEWAY_LISTEN=f"127.0.0.1:{ww_port}", WAKEWAY_DATA_DIR=os.path.join(tmp, "data"),
-               WAKEWAY_API_KEY=bench.API_KEY, WAKEWAY_THREADS="1", WAKEWAY_LOG="warn", WAKEWAY_SHUTDOWN_GRACE="0s",
-               WAKEWAY_WORKSPACE_COMMAND=f"exec {TESTSPACE} --port {{port}} --starts {starts} {{workspace}}",
-               WAKEWAY_MAX_WEBSOCKETS_PER_SESSION=str(max(N, HERD) + 10), WAKEWAY_RATE_LIMIT_PER_MINUTE="100000",
-               WAKEWAY_WAKE_ATTEMPTS_PER_MINUTE="100000")
-    env.pop("WAKEWAY_CONFIG", None)
-    ww = bench.spawn([os.path.join(bench.BIN, "wakeway"), "serve"], os.path.join(tmp, "wakeway.log"), env=env)
-    bench.wait_port(ww_port)
-    sid = bench.api(ww_port, "POST", "/session/create", {"user_id": "ws@example.com"})["uuid"]
-    bench.wait_state(ww_port, sid, "running")
-    host = f"vs-code-{sid}.localhost:{ww_port}"
+    ww, ww_port = bench.start_wakeway(
+        tmp, "wakeway", f"exec {TESTSPACE} --port {{port}} --starts {starts} {{workspace}}",
+        env={"WAKEWAY_THREADS": "1", "WAKEWAY_MAX_WEBSOCKETS_PER_SESSION": str(max(N, HERD) + 10)})
+    sid, host = bench.running_session(ww_port, "ws@example.com")
     try:
         results = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_avg": bench.load_avg(),
                    "machine": bench.machine(), "runs": []}
