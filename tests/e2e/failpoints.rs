@@ -73,6 +73,15 @@ fn no_stray_process(dir: &Path, expected: usize, point: &str) {
     assert!(found.len() <= expected, "{point}: workspace processes left running in {}: {found:?}", dir.display());
 }
 
+/// A new running session on `w` holding `work(label)`: its id and files.
+async fn session_with_work(w: &Wakeway, label: &str) -> (String, BTreeMap<String, Vec<u8>>) {
+    let id = w.create().await;
+    w.wait_state(&id, "running", LONG).await;
+    let files = work(label);
+    put_work(w, &id, &files).await;
+    (id, files)
+}
+
 /// Set up, crash at `point` during `step`, restart, and hand back the restarted wakeway.
 async fn crash_during(tmp: &Path, point: &str, step: impl AsyncFnOnce(&Wakeway) -> ()) -> Wakeway {
     let mut armed = Wakeway::start_armed(tmp, &[("WAKEWAY_SWEEP_INTERVAL", "1h")], point).await;
@@ -90,10 +99,7 @@ async fn crashes_during_sleep_wake_and_scale_lose_nothing() {
     {
         let tmp = tempfile::tempdir().unwrap();
         let mut w = Wakeway::start_in(tmp.path(), &[]).await;
-        let id = w.create().await;
-        w.wait_state(&id, "running", LONG).await;
-        let files = work(point);
-        put_work(&w, &id, &files).await;
+        let (id, files) = session_with_work(&w, point).await;
         w.stop(); // asleep, cleanly
         let step = async |w: &Wakeway| {
             let path = match point.split('.').next().unwrap() {
@@ -130,10 +136,7 @@ async fn crashes_during_backup_and_delete_lose_nothing() {
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let mut w = Wakeway::start_in(tmp.path(), &[]).await;
-        let id = w.create().await;
-        w.wait_state(&id, "running", LONG).await;
-        let files = work(point);
-        put_work(&w, &id, &files).await;
+        let (id, files) = session_with_work(&w, point).await;
         w.stop();
         let step = async |w: &Wakeway| {
             let _ = w.api(Method::DELETE, &format!("/session/{id}")).send().await;
@@ -170,17 +173,11 @@ async fn crashes_during_restore_lose_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let mut w = Wakeway::start_in(tmp.path(), &[]).await;
         // A backup of session A, to restore into session B.
-        let a = w.create().await;
-        w.wait_state(&a, "running", LONG).await;
-        let restored = work("a");
-        put_work(&w, &a, &restored).await;
+        let (a, restored) = session_with_work(&w, "a").await;
         let r = w.api(Method::DELETE, &format!("/session/{a}")).send().await.unwrap();
         let deleted: Value = r.json().await.unwrap();
         let backup = deleted["backup"]["file"].as_str().unwrap().trim_end_matches(".zip").to_string();
-        let b = w.create().await;
-        w.wait_state(&b, "running", LONG).await;
-        let replaced = work(point);
-        put_work(&w, &b, &replaced).await;
+        let (b, replaced) = session_with_work(&w, point).await;
         w.stop();
         let step = async |w: &Wakeway| {
             let body = json!({ "backup": backup }).to_string();
