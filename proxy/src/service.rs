@@ -131,8 +131,9 @@ impl WakewayProxy {
         self
     }
 
-    /// ACME HTTP-01 answers and the plain-HTTP → HTTPS redirect. `Some(answered)` if handled.
-    async fn acme_and_redirect(&self, session: &mut Session) -> Result<Option<bool>> {
+    /// ACME HTTP-01 answers and the plain-HTTP → HTTPS redirect (of workspace hosts: `route` is
+    /// the request's). `Some(answered)` if handled.
+    async fn acme_and_redirect(&self, session: &mut Session, route: &HostRoute) -> Result<Option<bool>> {
         let req = session.req_header();
         if let Some(token) = req.uri.path().strip_prefix(ACME_CHALLENGE_PREFIX) {
             let answer = self.certs.as_ref().and_then(|c| c.challenge(token));
@@ -147,14 +148,14 @@ impl WakewayProxy {
             };
         }
         let Some(port) = self.settings.https_redirect_port else { return Ok(None) };
-        if session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some() {
+        if over_tls(session) {
+            return Ok(None);
+        }
+        // Only workspace hosts (browsers): the API host stays reachable for probes and clients.
+        if *route == HostRoute::Api {
             return Ok(None);
         }
         let host = request_host(session);
-        // Only workspace hosts (browsers): the API host stays reachable for probes and clients.
-        if HostRoute::parse(host, &self.settings.domain) == HostRoute::Api {
-            return Ok(None);
-        }
         let name = match host.rfind(':') {
             Some(i) if !host.ends_with(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
             _ => host,
@@ -181,7 +182,7 @@ impl WakewayProxy {
             let (token, path) = (token.to_string(), req.uri.path().to_string());
             if self.lifecycle.redeem_token(id, &token).await {
                 let location = if rest.is_empty() { path } else { format!("{path}?{rest}") };
-                let secure = session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some();
+                let secure = over_tls(session);
                 let cookie = self.cookies.set_cookie(&self.cookies.issue(id, now), secure);
                 ProxyStats::bump(&self.stats.signed_in);
                 let extra = [("location", location.as_str()), ("set-cookie", cookie.as_str())];
@@ -389,6 +390,11 @@ const NOT_FORWARDED: [header::HeaderName; 7] = [
 const JSON: &str = "application/json";
 const HTML: &str = "text/html; charset=utf-8";
 
+/// Whether the client connection is TLS.
+fn over_tls(session: &Session) -> bool {
+    session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some()
+}
+
 fn request_host(session: &Session) -> &str {
     let req = session.req_header();
     // HTTP/2 carries the host in :authority (the URI), not in a Host header.
@@ -463,10 +469,11 @@ impl ProxyHttp for WakewayProxy {
             let body = error_body("headers_too_large", &message);
             return respond(session, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, JSON, body, &[]).await;
         }
-        if let Some(answered) = self.acme_and_redirect(session).await? {
+        let route = HostRoute::parse(request_host(session), &self.settings.domain);
+        if let Some(answered) = self.acme_and_redirect(session, &route).await? {
             return Ok(answered);
         }
-        let id = match HostRoute::parse(request_host(session), &self.settings.domain) {
+        let id = match route {
             HostRoute::Api => return self.serve_api(session).await,
             HostRoute::BadWorkspace => {
                 ProxyStats::bump(&self.stats.unknown_host);
@@ -695,7 +702,7 @@ impl ProxyHttp for WakewayProxy {
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()) {
             upstream.insert_header(X_FORWARDED_FOR, ip)?;
         }
-        let proto = if session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some() { "https" } else { "http" };
+        let proto = if over_tls(session) { "https" } else { "http" };
         upstream.insert_header(X_FORWARDED_PROTO, proto)?;
         upstream.insert_header(X_FORWARDED_HOST, host)?;
         Ok(())
