@@ -13,14 +13,22 @@
 # Idempotent: when the wrapper already reports the wanted version, the script does nothing.
 #
 # Environment:
-#   WAKEWAY_TOOLS              install prefix (default: $HOME/.local/share/wakeway/tools)
+#   WAKEWAY_TOOLS              install prefix (default: /opt/wakeway/tools as root, so that every
+#                              workspace uid can run it; else $HOME/.local/share/wakeway/tools)
 #   CODE_SERVER_VERSION        code-server version, must be 4.x (default below)
 #   CODE_SERVER_NODE_VERSION   Node version, must be 24.x (default below)
 set -euo pipefail
 
 CODE_SERVER_VERSION="${CODE_SERVER_VERSION:-4.139.1}"
 NODE_VERSION="${CODE_SERVER_NODE_VERSION:-24.21.0}"
-PREFIX="${WAKEWAY_TOOLS:-$HOME/.local/share/wakeway/tools}"
+if [ "$(id -u)" -eq 0 ]; then
+  DEFAULT_PREFIX=/opt/wakeway/tools
+else
+  DEFAULT_PREFIX="$HOME/.local/share/wakeway/tools"
+fi
+PREFIX="${WAKEWAY_TOOLS:-$DEFAULT_PREFIX}"
+# Readable and runnable by every user: isolated workspaces run code-server under their own uids.
+umask 022
 APT_PACKAGES=(build-essential python3 pkg-config libxkbfile-dev libkrb5-dev libsecret-1-dev)
 
 log() { printf '[install-code-server] %s\n' "$*"; }

@@ -168,7 +168,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(cli.config.as_deref(), &ProcessEnv)?;
             print!("{}", config.to_masked_toml());
             if config.backend == wakeway_config::BackendKind::Local {
-                match wakeway_lifecycle::workspace_command(&config) {
+                match wakeway_lifecycle::local_isolation(&config) {
+                    Ok(true) => {
+                        eprintln!("# local workspaces run isolated, each under a uid from {}", config.local.uids)
+                    }
+                    Ok(false) => eprintln!("# warning: {}", wakeway_lifecycle::NOT_ISOLATED),
+                    Err(e) => eprintln!("# warning: {e}"),
+                }
+                let isolated = wakeway_lifecycle::local_isolation(&config).unwrap_or(false);
+                match wakeway_lifecycle::workspace_command(&config, isolated) {
                     Ok(command) => eprintln!("# workspace command: {command}"),
                     Err(e) => eprintln!("# warning: {e}"),
                 }
@@ -185,6 +193,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 };
             }
             init_logging(config.log_format);
+            // Everything wakeway writes (store, keys, backups, logs, records) is its own alone;
+            // workspaces get the usual 022 back in their own shell.
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
             serve(config)
         }
     }

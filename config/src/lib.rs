@@ -5,6 +5,7 @@
 mod duration;
 mod env;
 mod kubernetes;
+mod local;
 #[cfg(test)]
 mod tests;
 
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 pub use duration::{format_duration, parse_duration};
 pub use env::{Env, MapEnv, ProcessEnv};
 pub use kubernetes::KubernetesConfig;
+pub use local::{Isolation, LocalConfig, check_env_table};
 
 /// Everything that can go wrong while loading configuration. Each message says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -175,9 +177,13 @@ pub struct Config {
     pub backend: BackendKind,
     /// The kubernetes backend's settings (used when `backend = "kubernetes"`).
     pub kubernetes: KubernetesConfig,
-    /// Command that starts one workspace (run by `sh -c`). Placeholders: `{port}`, `{workspace}`,
-    /// `{state}`, `{cpu}`, `{memory_mib}`, `{id}`. Empty: code-server, found on PATH or in the
-    /// tools folder that `scripts/install-code-server.sh` fills.
+    /// The local backend's settings: isolation of each workspace (used when `backend = "local"`).
+    pub local: LocalConfig,
+    /// Command that starts one workspace (run by `sh -c`). Placeholders: `{socket}` (the Unix
+    /// socket path to serve on; the only choice for isolated workspaces), `{port}` (a loopback port
+    /// to serve on instead, for workspaces that are not isolated), `{workspace}`, `{state}` (HOME),
+    /// `{cpu}`, `{memory_mib}`, `{id}`. Empty: code-server, found on PATH or in
+    /// the tools folder that `scripts/install-code-server.sh` fills.
     pub workspace_command: String,
     /// Sleep a session after this long without user activity.
     #[serde(with = "duration::serde_fmt")]
@@ -307,6 +313,7 @@ impl Default for Config {
             lease_ttl: Duration::from_secs(10),
             backend: BackendKind::Local,
             kubernetes: KubernetesConfig::default(),
+            local: LocalConfig::default(),
             workspace_command: String::new(),
             workspace_ports: "20000-29999".into(),
             idle_timeout: Duration::from_secs(15 * minute),
@@ -490,6 +497,16 @@ impl Config {
         if self.backend == BackendKind::Kubernetes {
             self.kubernetes.validate().map_err(ConfigError::Invalid)?;
         }
+        self.local.validate().map_err(ConfigError::Invalid)?;
+        let command = &self.workspace_command;
+        if !command.trim().is_empty() && !command.contains("{socket}") && !command.contains("{port}") {
+            return bad(format!(
+                "workspace_command {command:?} must serve on {{socket}} (a Unix socket; or on {{port}}, without isolation)"
+            ));
+        }
+        if self.local.isolation == Isolation::On && self.workspace_command.contains("{port}") {
+            return bad(ISOLATED_PORT_COMMAND.into());
+        }
         if self.max_idle_timeout < self.idle_timeout {
             return bad(format!(
                 "max_idle_timeout ({}) must be at least idle_timeout ({})",
@@ -584,6 +601,11 @@ impl Config {
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 }
+
+/// Why an isolated workspace cannot use `{port}`.
+pub const ISOLATED_PORT_COMMAND: &str = "workspace_command uses {port}, but isolated workspaces have no TCP port \
+     (every other workspace could reach it): serve on the Unix socket {socket} instead (code-server: --socket \
+     {socket}), or set [local] isolation = \"off\" (WAKEWAY_LOCAL_ISOLATION=off) on a machine with one trusted user";
 
 /// `abcd…wxyz` for long secrets, `****` for short ones.
 pub fn mask(secret: &str) -> String {

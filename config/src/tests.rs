@@ -183,3 +183,41 @@ fn policy_bounds_and_webhooks_are_checked() {
     assert_eq!(c.warn_before_sleep, Duration::ZERO);
     assert!(!c.to_masked_toml().contains("0123456789abcdef-secret"), "the webhook secret is masked");
 }
+
+#[test]
+fn the_local_table_is_read_from_the_environment_and_checked() {
+    let c = Config::load(
+        None,
+        &MapEnv::new([
+            ("WAKEWAY_LOCAL_ISOLATION", "on"),
+            ("WAKEWAY_LOCAL_UIDS", "300000-300999"),
+            ("WAKEWAY_LOCAL_ENV", r#"HTTPS_PROXY = "http://proxy:3128", EDITOR = "vim""#),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.local.isolation, crate::Isolation::On);
+    assert_eq!(c.local.uid_range(), Some(300000..=300999));
+    assert_eq!(c.local.env["HTTPS_PROXY"], "http://proxy:3128");
+    assert_eq!(c.local.env.len(), 2);
+
+    let refused = |vars: &[(&str, &str)]| {
+        let env = MapEnv(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        Config::load(None, &env).unwrap_err().to_string()
+    };
+    let err = refused(&[("WAKEWAY_LOCAL_ENV", r#"WAKEWAY_API_KEY = "x""#)]);
+    assert!(err.contains("reserved"), "{err}");
+    let err = refused(&[("WAKEWAY_LOCAL_ENV", r#""A B" = "x""#)]);
+    assert!(err.contains("not a variable name"), "{err}");
+    for uids in ["0-100", "60000-70000", "5-4", "1000"] {
+        let err = refused(&[("WAKEWAY_LOCAL_UIDS", uids)]);
+        assert!(err.contains("local.uids"), "{uids}: {err}");
+    }
+    // Isolated workspaces have no TCP port: a command built around one is refused, with the fix.
+    let err = refused(&[("WAKEWAY_LOCAL_ISOLATION", "on"), ("WAKEWAY_WORKSPACE_COMMAND", "srv --port {port}")]);
+    assert!(err.contains("{socket}") && err.contains("isolation"), "{err}");
+    let off = Config::load(
+        None,
+        &MapEnv::new([("WAKEWAY_LOCAL_ISOLATION", "off"), ("WAKEWAY_WORKSPACE_COMMAND", "srv --port {port}")]),
+    );
+    assert!(off.is_ok());
+}

@@ -18,7 +18,7 @@ pub mod store;
 pub mod webhook;
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
@@ -56,7 +56,7 @@ impl wakeway_proxy::Lifecycle for Wakeway {
         self.manager.request_wake(handle, source)
     }
 
-    fn upstream_failed(&self, handle: &Arc<SessionHandle>, addr: std::net::SocketAddr) {
+    fn upstream_failed(&self, handle: &Arc<SessionHandle>, addr: &wakeway_proxy::Upstream) {
         self.manager.upstream_failed(handle, addr)
     }
 
@@ -89,36 +89,78 @@ impl wakeway_proxy::Lifecycle for Wakeway {
 }
 
 /// Where to find code-server when `workspace_command` is empty: PATH, then the tools folder that
-/// `scripts/install-code-server.sh` fills (`$WAKEWAY_TOOLS`, default `~/.local/share/wakeway/tools`).
+/// `scripts/install-code-server.sh` fills (`$WAKEWAY_TOOLS`; else `/opt/wakeway/tools`, where root
+/// installs it so every workspace uid can run it, then `~/.local/share/wakeway/tools`).
 pub fn find_code_server() -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .map(|dir| dir.join("code-server"));
-    let tools = std::env::var_os("WAKEWAY_TOOLS")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/wakeway/tools")))
-        .map(|t| t.join("bin/code-server"));
-    on_path.chain(tools).find(|p| p.is_file())
+    let tools = match std::env::var_os("WAKEWAY_TOOLS") {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => std::iter::once(PathBuf::from("/opt/wakeway/tools"))
+            .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/wakeway/tools")))
+            .collect(),
+    };
+    on_path.chain(tools.into_iter().map(|t| t.join("bin/code-server"))).find(|p| p.is_file())
 }
 
 /// The workspace command template to run: the configured one, or code-server with the flags a
-/// proxied, per-user workspace needs.
-pub fn workspace_command(config: &Config) -> Result<String, String> {
+/// proxied, per-user workspace needs — serving on its Unix socket (always: even a workspace that
+/// is not isolated then has no TCP port another local user could reach).
+pub fn workspace_command(config: &Config, isolated: bool) -> Result<String, String> {
     if !config.workspace_command.trim().is_empty() {
+        if isolated && config.workspace_command.contains("{port}") {
+            return Err(wakeway_config::ISOLATED_PORT_COMMAND.into());
+        }
         return Ok(config.workspace_command.clone());
     }
     let Some(code_server) = find_code_server() else {
-        return Err("code-server was not found on PATH or in ~/.local/share/wakeway/tools/bin.\n  \
+        return Err("code-server was not found on PATH, in /opt/wakeway/tools/bin or in \
+            ~/.local/share/wakeway/tools/bin.\n  \
             Install it with:  scripts/install-code-server.sh\n  \
-            or run another workspace server with WAKEWAY_WORKSPACE_COMMAND='your-server --port {port} {workspace}'"
+            or run another workspace server with WAKEWAY_WORKSPACE_COMMAND='your-server --socket {socket} {workspace}'"
             .into());
     };
     let quoted = format!("'{}'", code_server.to_string_lossy().replace('\'', r"'\''"));
     Ok(format!(
-        "exec {quoted} --bind-addr 127.0.0.1:{{port}} --auth none --disable-telemetry --disable-update-check \
+        "exec {quoted} --socket {{socket}} --socket-mode 600 --auth none --disable-telemetry --disable-update-check \
          --disable-workspace-trust --user-data-dir {{state}}/code-server {{workspace}}"
     ))
+}
+
+/// Whether local workspaces run under uids of their own: `[local] isolation`, resolved against
+/// whether wakeway runs as root (only root can give a process another uid).
+pub fn local_isolation(config: &Config) -> Result<bool, String> {
+    let root = nix::unistd::geteuid().is_root();
+    match config.local.isolation {
+        wakeway_config::Isolation::Off => Ok(false),
+        wakeway_config::Isolation::Auto => Ok(root),
+        wakeway_config::Isolation::On if root => Ok(true),
+        wakeway_config::Isolation::On => Err("[local] isolation = \"on\" needs wakeway to run as root (it gives each \
+             workspace a uid of its own); run it as root, or set isolation = \"auto\" or \"off\""
+            .into()),
+    }
+}
+
+/// What `/health` and the start-up log say when local workspaces are not isolated.
+pub const NOT_ISOLATED: &str = "local workspaces are not isolated: wakeway does not run as root, so every workspace \
+     runs as wakeway's own user and can read the others' files and wakeway's (single-tenant use only; run wakeway \
+     as root for a uid per workspace)";
+
+/// Create `data_dir` if missing and make it and the files directly in it (the store, the API key,
+/// the cookie secret) wakeway's alone: 0700 and 0600. The local backend opens the folder up to
+/// 0711 when workspaces run under their own uids (they pass through to their own folders).
+fn secure_data_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    backend::local::isolation::ensure_dir(dir, 0o700)
+        .map_err(|e| format!("cannot prepare data_dir {}: {e}", dir.display()))?;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600));
+        }
+    }
+    Ok(())
 }
 
 /// Everything `wakeway serve` runs, built from config: the embedded store and the local or
@@ -142,11 +184,10 @@ pub async fn build(
     stats: Arc<ProxyStats>,
     rt: tokio::runtime::Handle,
 ) -> Result<Built, String> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
+    secure_data_dir(&config.data_dir)?;
     let backups = config.backup_dir();
-    if let Err(e) = std::fs::create_dir_all(&backups) {
-        tracing::error!(dir = %backups.display(), error = %e, "the backup folder cannot be created: deletions will fail (and keep the data) until it can");
+    if let Err(e) = backend::local::isolation::ensure_dir(&backups, 0o700) {
+        tracing::error!(dir = %backups.display(), error = %e, "the backup folder cannot be prepared: deletions will fail (and keep the data) until it can");
     }
     let store: Arc<dyn store::Store> = match config.store_kind() {
         wakeway_config::StoreKind::Redis => Arc::new(
@@ -159,12 +200,23 @@ pub async fn build(
         }
     };
     let (tx, events) = mpsc::unbounded_channel();
+    let mut problems = Vec::new();
     let backend: Arc<dyn backend::Backend> = match config.backend {
         BackendKind::Local => {
-            let command = workspace_command(&config)?;
+            let isolated = local_isolation(&config)?;
+            if !isolated {
+                tracing::warn!("{NOT_ISOLATED}");
+                problems.push(("isolation", NOT_ISOLATED.to_string()));
+            }
+            let settings = backend::local::LocalSettings {
+                command: workspace_command(&config, isolated)?,
+                port_range: config.workspace_port_range().ok_or("workspace_ports is not a port range")?,
+                stop_grace: config.stop_grace,
+                uids: if isolated { config.local.uid_range() } else { None },
+                env: config.local.env.clone(),
+            };
             let paths = backend::local::LocalPaths::new(&config.data_dir, backups);
-            let ports = config.workspace_port_range().ok_or("workspace_ports is not a port range")?;
-            backend::LocalBackend::new(command, paths, ports, config.stop_grace, tx)
+            backend::LocalBackend::new(settings, paths, tx)?
         }
         BackendKind::Kubernetes => {
             backend::KubernetesBackend::connect(config.clone(), tx).await.map_err(|e| e.to_string())?
@@ -186,6 +238,9 @@ pub async fn build(
         config.cookie_secret.clone()
     };
     let manager = Manager::new(config.clone(), store.clone(), backend, clock.clone(), stats, rt);
+    for (component, problem) in problems {
+        manager.set_problem(component, Some(problem));
+    }
     let state = api::ApiState {
         manager: manager.clone(),
         keys: Arc::new(api::ApiKeys::new(&keys)),

@@ -8,7 +8,6 @@
 
 mod backups;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use rand::Rng;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use wakeway_config::{Config, Tier};
-use wakeway_proxy::{ActivitySource, Clock, Phase, ProxyStats, SessionHandle, SessionId};
+use wakeway_proxy::{ActivitySource, Clock, Phase, ProxyStats, SessionHandle, SessionId, Upstream};
 
 use crate::backend::{Backend, BackendError, BackendEvent};
 use crate::catalog::Catalog;
@@ -97,19 +96,11 @@ fn state_index(s: State) -> u8 {
     State::ALL.iter().position(|x| *x == s).unwrap_or(0) as u8
 }
 
-/// Where a placement answers.
-fn placement_addr(p: &Placement) -> SocketAddr {
-    match p {
-        Placement::Local { port, .. } => SocketAddr::from(([127, 0, 0, 1], *port)),
-        Placement::Kubernetes { pod_ip, port, .. } => SocketAddr::new(*pod_ip, *port),
-    }
-}
-
 /// The placement of a running workspace this replica still routes to (its published phase is
 /// `Ready` at that placement's address).
 fn routed_placement(rt: &Runtime) -> Option<Placement> {
     let placement = rt.placement.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
-    (rt.handle.phase() == Phase::Ready(placement_addr(&placement))).then_some(placement)
+    (rt.handle.phase() == Phase::Ready(placement.upstream())).then_some(placement)
 }
 
 /// Which way to scale.
@@ -319,7 +310,7 @@ impl Manager {
         *rt.placement.lock().unwrap_or_else(|e| e.into_inner()) = running;
         let phase = match s.state {
             State::Running => match &s.placement {
-                Some(p) => Phase::Ready(placement_addr(p)),
+                Some(p) => Phase::Ready(p.upstream()),
                 None => Phase::Asleep,
             },
             State::Creating | State::Starting | State::Waking | State::Resizing => Phase::Starting,
@@ -454,8 +445,8 @@ impl Manager {
     /// The proxy could not connect to `addr`: if that is still the published address, stop
     /// routing there and let a wake find the truth (running elsewhere, being stopped by another
     /// replica, crashed): it publishes where the workspace is, waking it if it sleeps.
-    pub fn upstream_failed(&self, handle: &Arc<SessionHandle>, addr: SocketAddr) {
-        if handle.phase() == Phase::Ready(addr) {
+    pub fn upstream_failed(&self, handle: &Arc<SessionHandle>, addr: &Upstream) {
+        if matches!(handle.phase(), Phase::Ready(ref at) if at == addr) {
             tracing::debug!(session = %handle.id, %addr, "workspace refused a connection; checking where it is");
             handle.set_phase(Phase::Starting);
         }

@@ -1,30 +1,37 @@
-//! "Does this address answer HTTP?" — the readiness test for a starting workspace.
+//! "Does this address answer HTTP?" — the readiness test for a starting workspace, over TCP or
+//! over the Unix socket of an isolated local workspace.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use wakeway_proxy::Upstream;
 
 /// True when `addr` accepts a connection and answers a `GET /` with any HTTP status line.
-pub async fn answers_http(addr: SocketAddr) -> bool {
+pub async fn answers_http(addr: &Upstream) -> bool {
     let attempt = async {
-        let mut stream = TcpStream::connect(addr).await.ok()?;
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: wakeway-probe\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut head = [0u8; 5];
-        stream.read_exact(&mut head).await.ok()?;
-        Some(&head == b"HTTP/")
+        match addr {
+            Upstream::Tcp(addr) => asks(TcpStream::connect(addr).await.ok()?).await,
+            Upstream::Unix(path) => asks(UnixStream::connect(&**path).await.ok()?).await,
+        }
     };
     matches!(tokio::time::timeout(Duration::from_secs(2), attempt).await, Ok(Some(true)))
+}
+
+async fn asks(mut stream: impl AsyncRead + AsyncWrite + Unpin) -> Option<bool> {
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: wakeway-probe\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut head = [0u8; 5];
+    stream.read_exact(&mut head).await.ok()?;
+    Some(&head == b"HTTP/")
 }
 
 /// Poll `addr` until it answers HTTP, `deadline` passes (false), or `gave_up` resolves (false).
 /// Polls quickly at first (a local process is often up within milliseconds), then every 100 ms.
 pub async fn wait_until_answers(
-    addr: SocketAddr,
+    addr: &Upstream,
     deadline: tokio::time::Instant,
     gave_up: impl std::future::Future<Output = ()>,
 ) -> bool {

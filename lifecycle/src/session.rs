@@ -114,7 +114,15 @@ pub enum Placement {
         pid: u32,
         /// Process start time in clock ticks since boot (`/proc/<pid>/stat` field 22).
         start_ticks: u64,
+        /// The loopback port it serves on (0 when it serves on `socket`).
+        #[serde(default)]
         port: u16,
+        /// The Unix socket it serves on (isolated workspaces: no TCP port exists).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        socket: Option<std::path::PathBuf>,
+        /// The uid it runs as (isolated workspaces); every process of that uid is stopped at sleep.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uid: Option<u32>,
     },
     /// A pod of the session's Deployment (kubernetes backend). wakeway routes straight to
     /// `pod_ip:port`; the pod's uid tells a replacement pod from this one.
@@ -126,6 +134,18 @@ pub enum Placement {
         /// The session's objects, as recorded at creation.
         objects: ObjectUids,
     },
+}
+
+impl Placement {
+    /// Where the workspace answers.
+    pub fn upstream(&self) -> wakeway_proxy::Upstream {
+        use wakeway_proxy::Upstream;
+        match self {
+            Placement::Local { socket: Some(path), .. } => Upstream::Unix(path.to_string_lossy().into()),
+            Placement::Local { port, .. } => Upstream::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], *port))),
+            Placement::Kubernetes { pod_ip, port, .. } => Upstream::Tcp(std::net::SocketAddr::new(*pod_ip, *port)),
+        }
+    }
 }
 
 /// UIDs of the cluster objects created for a session (kubernetes backend). Deletion targets

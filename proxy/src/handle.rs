@@ -1,6 +1,7 @@
 //! The per-session state the proxy touches on every request: activity counters (atomics only),
 //! held-request count, and the lifecycle phase that held requests wait on.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -8,6 +9,29 @@ use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::watch;
 
 use crate::host::SessionId;
+
+/// Where a running workspace answers: a TCP address (a pod, or a local workspace without
+/// isolation) or a Unix socket only wakeway can open (a local workspace under its own uid).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Upstream {
+    Tcp(SocketAddr),
+    Unix(Arc<str>),
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Upstream::Tcp(addr) => addr.fmt(f),
+            Upstream::Unix(path) => write!(f, "unix:{path}"),
+        }
+    }
+}
+
+impl From<SocketAddr> for Upstream {
+    fn from(addr: SocketAddr) -> Self {
+        Upstream::Tcp(addr)
+    }
+}
 
 /// Where a session is in its life, as the proxy needs to know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,7 +41,7 @@ pub enum Phase {
     /// Being started (or restarted for a resize); requests wait.
     Starting,
     /// Answering at this address.
-    Ready(SocketAddr),
+    Ready(Upstream),
     /// Being stopped or backed up; a request waits for that to finish, then wakes it.
     Busy,
     /// Deleted (or being deleted): 410.
@@ -225,10 +249,10 @@ mod tests {
             .collect();
         tokio::task::yield_now().await;
         handle.set_phase(Phase::Starting);
-        let addr: SocketAddr = "127.0.0.1:1234".parse().unwrap();
-        handle.set_phase(Phase::Ready(addr));
+        let addr = Upstream::Tcp("127.0.0.1:1234".parse().unwrap());
+        handle.set_phase(Phase::Ready(addr.clone()));
         for w in waiters {
-            assert_eq!(w.await.unwrap(), Some(Phase::Ready(addr)));
+            assert_eq!(w.await.unwrap(), Some(Phase::Ready(addr.clone())));
         }
     }
 

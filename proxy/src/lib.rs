@@ -25,7 +25,7 @@ use bytes::Bytes;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::error_body;
-pub use handle::{Activity, ActivitySource, Phase, SessionHandle};
+pub use handle::{Activity, ActivitySource, Phase, SessionHandle, Upstream};
 pub use host::{HostRoute, SessionId};
 pub use service::WakewayProxy;
 pub use stats::ProxyStats;
@@ -44,7 +44,7 @@ pub trait Lifecycle: Send + Sync + 'static {
     /// A connection to `addr`, the session's published address, was refused: the workspace went
     /// away (stopped by another replica, crashed). Find out and publish where it is now (waking it
     /// if it sleeps), so the request can be retried once the phase settles.
-    fn upstream_failed(&self, handle: &Arc<SessionHandle>, addr: std::net::SocketAddr);
+    fn upstream_failed(&self, handle: &Arc<SessionHandle>, addr: &Upstream);
 
     /// Exchange a one-time sign-in token for access to session `id` (consumes it). False for an
     /// unknown, expired, used, or other session's token.

@@ -2,7 +2,7 @@
 //!
 //! Per request: one host parse, one map lookup, one phase read; per body chunk: atomics only.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -20,7 +20,7 @@ use crate::auth::{CookieSigner, cookie_values, cookie_without_ours, take_token};
 use crate::classify::{RequestKind, classify};
 use crate::clock::Clock;
 use crate::error::error_body;
-use crate::handle::{ActivitySource, HeldGuard, Phase, SessionHandle, WebSocketSlot};
+use crate::handle::{ActivitySource, HeldGuard, Phase, SessionHandle, Upstream, WebSocketSlot};
 use crate::host::{HostRoute, SessionId};
 use crate::ratelimit::RateLimiter;
 use crate::stats::ProxyStats;
@@ -89,7 +89,7 @@ pub struct WakewayProxy {
 #[derive(Default)]
 pub struct RequestCtx {
     session: Option<Arc<SessionHandle>>,
-    upstream: Option<SocketAddr>,
+    upstream: Option<Upstream>,
     /// Counted in the session's open connections (un-counted in `logging`).
     open: bool,
     /// The request is a WebSocket upgrade; body chunks after it are frames.
@@ -649,10 +649,11 @@ impl ProxyHttp for WakewayProxy {
                 }
             }
         }
-        let addr = ctx
-            .upstream
-            .ok_or_else(|| pingora::Error::explain(pingora::ErrorType::InternalError, "no upstream chosen"))?;
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = match &ctx.upstream {
+            Some(Upstream::Tcp(addr)) => HttpPeer::new(*addr, false, String::new()),
+            Some(Upstream::Unix(path)) => HttpPeer::new_uds(path, false, String::new())?,
+            None => return Err(pingora::Error::explain(pingora::ErrorType::InternalError, "no upstream chosen")),
+        };
         peer.options.connection_timeout = Some(Duration::from_secs(5));
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         Ok(Box::new(peer))
@@ -667,7 +668,7 @@ impl ProxyHttp for WakewayProxy {
     ) -> Box<pingora::Error> {
         // A refused connection means the workspace is not where we thought: never sleep here (this
         // is sync); tell the lifecycle and let `upstream_peer` wait for the phase to settle.
-        if let (Some(handle), Some(addr)) = (&ctx.session, ctx.upstream)
+        if let (Some(handle), Some(addr)) = (&ctx.session, &ctx.upstream)
             && ctx.connect_failures < 3
         {
             ctx.connect_failures += 1;

@@ -25,13 +25,22 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Let workspace uids pass through `dir` (a test's private temporary folder) and write `starts`.
+pub fn open_to_workspaces(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let starts = dir.join("starts");
+    std::fs::OpenOptions::new().create(true).append(true).open(&starts).unwrap();
+    std::fs::set_permissions(&starts, std::fs::Permissions::from_mode(0o666)).unwrap();
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub fn testspace_command(dir: &Path, extra: &str) -> String {
     format!(
-        "exec {} --port {{port}} --starts {} {extra} {{workspace}}",
+        "exec {} --socket {{socket}} --starts {} {extra} {{workspace}}",
         env!("CARGO_BIN_EXE_wakeway-testspace"),
         dir.join("starts").display()
     )
@@ -88,6 +97,9 @@ impl Wakeway {
             vars.retain(|(name, _)| name != k);
             vars.push((k.to_string(), v.to_string()));
         }
+        // Workspaces run under uids of their own (the tests run as root, as CI does): they must
+        // pass through the test folder to their own, and append to the shared `starts` file.
+        open_to_workspaces(dir);
         // Everything that can fail comes before the spawn: a started child is always owned by a
         // `Wakeway`, whose drop stops it.
         let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();

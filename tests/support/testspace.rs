@@ -6,7 +6,7 @@
 //! - `GET /headers`: the request headers it received, as JSON
 //! - `GET /ws`: a WebSocket that echoes every message
 //!
-//! Usage: `wakeway-testspace --port PORT [--starts FILE] [--delay-ms N] [--fail] WORKSPACE`
+//! Usage: `wakeway-testspace (--port PORT | --socket PATH) [--starts FILE] [--delay-ms N] [--fail] WORKSPACE`
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -25,6 +25,7 @@ use axum::routing::get;
 
 struct Args {
     port: u16,
+    socket: Option<PathBuf>,
     starts: Option<PathBuf>,
     delay: Duration,
     fail: bool,
@@ -33,7 +34,8 @@ struct Args {
 
 fn parse_args() -> Args {
     let mut args = std::env::args().skip(1);
-    let mut out = Args { port: 0, starts: None, delay: Duration::ZERO, fail: false, workspace: PathBuf::from(".") };
+    let mut out =
+        Args { port: 0, socket: None, starts: None, delay: Duration::ZERO, fail: false, workspace: PathBuf::from(".") };
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--port" => out.port = args.next().and_then(|p| p.parse().ok()).expect("--port PORT"),
@@ -42,6 +44,7 @@ fn parse_args() -> Args {
                 out.delay = Duration::from_millis(args.next().and_then(|p| p.parse().ok()).expect("--delay-ms N"))
             }
             "--fail" => out.fail = true,
+            "--socket" => out.socket = args.next().map(PathBuf::from),
             other => out.workspace = PathBuf::from(other),
         }
     }
@@ -116,7 +119,14 @@ async fn main() {
         .route("/ws", get(ws))
         .route("/files/{*path}", get(get_file).put(put_file))
         .with_state(root);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await.expect("bind");
-    eprintln!("testspace: serving {} on port {}", args.workspace.display(), args.port);
-    axum::serve(listener, app).await.expect("serve");
+    if let Some(socket) = &args.socket {
+        let _ = std::fs::remove_file(socket);
+        let listener = tokio::net::UnixListener::bind(socket).expect("bind the socket");
+        eprintln!("testspace: serving {} on {}", args.workspace.display(), socket.display());
+        axum::serve(listener, app).await.expect("serve");
+    } else {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await.expect("bind");
+        eprintln!("testspace: serving {} on port {}", args.workspace.display(), args.port);
+        axum::serve(listener, app).await.expect("serve");
+    }
 }

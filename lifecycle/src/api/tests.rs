@@ -30,6 +30,7 @@ async fn harness(per_minute: u32) -> Harness {
     config.api_keys = vec![KEY.into()];
     config.rate_limit_per_minute = per_minute;
     config.workspace_command = "exec python3 -m http.server --bind 127.0.0.1 {port}".into();
+    config.local.isolation = wakeway_config::Isolation::Off;
     config.stop_grace = Duration::from_secs(2);
     let clock = Arc::new(ManualClock::new(1_760_000_000_000));
     let built = crate::build(

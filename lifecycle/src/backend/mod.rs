@@ -4,12 +4,12 @@
 pub mod kubernetes;
 pub mod local;
 
-use std::net::SocketAddr;
 use std::path::Path;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use wakeway_config::Tier;
+use wakeway_proxy::Upstream;
 
 use crate::backup::BackupError;
 use crate::restore::{Limits, Options, Report, RestoreError};
@@ -21,7 +21,7 @@ pub use local::LocalBackend;
 /// A started workspace that answers HTTP.
 #[derive(Debug, Clone)]
 pub struct Started {
-    pub addr: SocketAddr,
+    pub addr: Upstream,
     pub placement: Placement,
     /// The session's objects when the backend has some (kubernetes); the manager persists them.
     pub objects: Option<ObjectUids>,
@@ -140,7 +140,7 @@ pub trait Backend: Send + Sync + 'static {
     async fn stop(&self, session: &Session) -> Result<(), BackendError>;
 
     /// If the session's recorded placement still runs and answers, its address (adopt it).
-    async fn find_running(&self, session: &Session) -> Option<SocketAddr>;
+    async fn find_running(&self, session: &Session) -> Option<Upstream>;
 
     /// Cheap liveness check of the recorded placement.
     fn is_alive(&self, session: &Session) -> bool;

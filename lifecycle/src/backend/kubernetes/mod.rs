@@ -32,6 +32,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use wakeway_config::{Config, Tier};
+use wakeway_proxy::Upstream;
 
 use super::{Backend, BackendError, BackendEvent, ReconcileReport, Started};
 use crate::backup::backup_file_name;
@@ -233,7 +234,7 @@ impl KubernetesBackend {
         session: &Session,
         objects: &ObjectUids,
         deadline: tokio::time::Instant,
-    ) -> Result<(SocketAddr, Placement), BackendError> {
+    ) -> Result<(Upstream, Placement), BackendError> {
         let pod = self.wait_for_ready_pod(session, deadline).await?;
         let name = pod.name_any();
         let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -241,9 +242,9 @@ impl KubernetesBackend {
         let pod_ip: IpAddr =
             ip.parse().map_err(|_| BackendError::Start(format!("pod {name} has an unusable IP {ip:?}")))?;
         let port = self.config.kubernetes.port;
-        let addr = SocketAddr::new(pod_ip, port);
+        let addr = Upstream::Tcp(SocketAddr::new(pod_ip, port));
         // Ready is the kubelet's view; wakeway must be able to reach the pod itself.
-        if !probe::wait_until_answers(addr, deadline, self.until_pod_gone(&name, &pod_uid)).await {
+        if !probe::wait_until_answers(&addr, deadline, self.until_pod_gone(&name, &pod_uid)).await {
             let gone = self.pods.get(&name).is_none_or(|p| pods::is_terminating(&p));
             return Err(BackendError::Start(if gone {
                 format!("pod {name} went away before it answered HTTP")
@@ -473,7 +474,7 @@ impl Backend for KubernetesBackend {
         }
     }
 
-    async fn find_running(&self, session: &Session) -> Option<SocketAddr> {
+    async fn find_running(&self, session: &Session) -> Option<Upstream> {
         let placement = session.placement.as_ref()?;
         let Placement::Kubernetes { pod, pod_uid, pod_ip, port, .. } = placement else { return None };
         if !self.pods.wait_synced(tokio::time::Instant::now() + Duration::from_secs(30)).await {
@@ -484,8 +485,8 @@ impl Backend for KubernetesBackend {
         if found.metadata.uid.as_deref() != Some(pod_uid.as_str()) || !pods::is_ready(&found) || !same_ip {
             return None;
         }
-        let addr = SocketAddr::new(*pod_ip, *port);
-        if !probe::answers_http(addr).await {
+        let addr = Upstream::Tcp(SocketAddr::new(*pod_ip, *port));
+        if !probe::answers_http(&addr).await {
             return None;
         }
         self.running.insert(session.uuid.clone(), placement.clone());

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use wakeway_config::{BackendKind, Config};
+use wakeway_proxy::Upstream;
 
 use super::*;
 use crate::backend::{Backend, BackendError, BackendEvent};
@@ -117,7 +118,7 @@ async fn a_session_lives_and_dies_through_the_api() {
     assert!(!task.is_finished(), "Ready is not enough: the pod must answer");
     rig.workspace.set_ready(true);
     let started = task.await.unwrap().unwrap();
-    let addr = SocketAddr::from(([127, 0, 0, 1], rig.workspace.port));
+    let addr = Upstream::Tcp(SocketAddr::from(([127, 0, 0, 1], rig.workspace.port)));
     assert_eq!(started.addr, addr);
     let crate::session::Placement::Kubernetes { pod, pod_ip, port, objects: recorded, .. } = &started.placement else {
         panic!("a kubernetes placement")
@@ -131,7 +132,7 @@ async fn a_session_lives_and_dies_through_the_api() {
     assert_eq!(scales.last().unwrap().content_type, "application/merge-patch+json");
     s.placement = Some(started.placement.clone());
     assert!(rig.backend.is_alive(&s));
-    assert_eq!(rig.backend.find_running(&s).await, Some(addr));
+    assert_eq!(rig.backend.find_running(&s).await, Some(addr.clone()));
 
     // ---- the pod goes away behind our back (eviction): Exited for exactly that placement.
     fake.evict(&first_pod);
@@ -497,7 +498,7 @@ async fn the_manager_drives_the_kubernetes_backend() {
     assert!(matches!(&s.placement, Some(Placement::Kubernetes { objects, .. }) if *objects == recorded));
     assert_eq!(
         manager.handle(&id).unwrap().phase(),
-        Phase::Ready(SocketAddr::from(([127, 0, 0, 1], rig.workspace.port)))
+        Phase::Ready(Upstream::Tcp(SocketAddr::from(([127, 0, 0, 1], rig.workspace.port))))
     );
     assert_eq!(manager.placements_known(), 1, "kept to adopt the pod if the store loses its record");
 

@@ -1,0 +1,81 @@
+//! The `[local]` table: how the local backend isolates the workspaces it runs as processes.
+//! Every key is overridable as `WAKEWAY_LOCAL_<KEY>` (e.g. `WAKEWAY_LOCAL_ISOLATION=off`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Whether each local workspace runs under a uid of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// On when wakeway runs as root (a container, a system service); off otherwise, with a warning
+    /// at start-up and in `/health`.
+    #[default]
+    Auto,
+    /// Required: wakeway refuses to start unless it can give each workspace its own uid.
+    On,
+    /// Every workspace runs as wakeway's own user (one trusted user on one machine).
+    Off,
+}
+
+/// Settings of the local backend (read only when `backend = "local"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    /// `auto`, `on` or `off`: see [`Isolation`].
+    pub isolation: Isolation,
+    /// The uids (each also the gid) given to isolated workspaces, one each, `first-last`.
+    pub uids: String,
+    /// Extra environment variables of every workspace, on top of the allow-listed ones.
+    pub env: BTreeMap<String, String>,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig { isolation: Isolation::Auto, uids: "200000-299999".into(), env: BTreeMap::new() }
+    }
+}
+
+impl LocalConfig {
+    /// `uids` as an inclusive range.
+    pub fn uid_range(&self) -> Option<std::ops::RangeInclusive<u32>> {
+        let (first, last) = self.uids.split_once('-')?;
+        let (first, last): (u32, u32) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
+        (first <= last).then_some(first..=last)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let Some(range) = self.uid_range() else {
+            return Err(format!("local.uids {:?} must look like \"200000-299999\"", self.uids));
+        };
+        // Below 1000 are system accounts; 65534 is `nobody`; 2^31 and above confuse tools that
+        // read ids as signed numbers.
+        if *range.start() < 1000 || range.contains(&65534) || *range.end() >= 1 << 31 {
+            return Err(format!(
+                "local.uids {:?} must lie within 1000–2147483647 and leave out 65534 (nobody)",
+                self.uids
+            ));
+        }
+        check_env_table("local.env", &self.env)
+    }
+}
+
+/// Names in an `env` table must be plain variable names, and never wakeway's own (`WAKEWAY_*`):
+/// a workspace runs its user's code and must not look like, or be configured as, wakeway.
+pub fn check_env_table(table: &str, env: &BTreeMap<String, String>) -> Result<(), String> {
+    for (name, value) in env {
+        let plain = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !plain {
+            return Err(format!("{table}: {name:?} is not a variable name (letters, digits and _)"));
+        }
+        if name.to_ascii_uppercase().starts_with("WAKEWAY_") {
+            return Err(format!("{table}: {name} is reserved: workspaces never get wakeway's own variables"));
+        }
+        if value.contains('\0') {
+            return Err(format!("{table}: the value of {name} contains a NUL byte"));
+        }
+    }
+    Ok(())
+}
