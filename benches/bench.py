@@ -217,12 +217,14 @@ def nginx_workspace(tmp, docroot, starts):
 def start_wakeway(tmp, name, workspace_command, binary=None, env=None):
     """`wakeway serve` with its own data folder (tmp/<name>-data), PROXY_WORKERS threads, quiet logs and the
     rate limits out of the way; `env` adds or overrides WAKEWAY_* variables. Returns (process, port) once it
-    listens (start-up loads every session in the store: up to 10 min allowed)."""
+    listens (start-up loads every session in the store: up to 10 min allowed). Workspaces are not isolated
+    here (their upstream is nginx or the testspace on a loopback `{port}`, as for the baselines)."""
     port = free_port()
     full = dict(os.environ, WAKEWAY_LISTEN=f"127.0.0.1:{port}", WAKEWAY_DATA_DIR=os.path.join(tmp, f"{name}-data"),
                 WAKEWAY_API_KEY=API_KEY, WAKEWAY_THREADS=str(PROXY_WORKERS), WAKEWAY_LOG="warn",
                 WAKEWAY_WORKSPACE_COMMAND=workspace_command, WAKEWAY_RATE_LIMIT_PER_MINUTE="100000",
-                WAKEWAY_WAKE_ATTEMPTS_PER_MINUTE="100000", WAKEWAY_STOP_GRACE="5s", WAKEWAY_SHUTDOWN_GRACE="0s")
+                WAKEWAY_WAKE_ATTEMPTS_PER_MINUTE="100000", WAKEWAY_STOP_GRACE="5s", WAKEWAY_SHUTDOWN_GRACE="0s",
+                WAKEWAY_LOCAL_ISOLATION="off")
     full.pop("WAKEWAY_CONFIG", None)
     full.update(env or {})
     p = spawn([binary or os.path.join(BIN, "wakeway"), "serve"], os.path.join(tmp, f"{name}.log"), env=full)

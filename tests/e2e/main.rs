@@ -5,6 +5,7 @@ mod backups;
 mod browser;
 mod failpoints;
 mod harness;
+mod isolation;
 mod redis;
 mod render;
 mod tls;
