@@ -197,7 +197,7 @@ fn as_refs(v: &[(String, String)]) -> Vec<(&str, &str)> {
     v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
-fn https_client(tls_port: u16, host: &str, roots: &[u8]) -> reqwest::Client {
+pub(crate) fn https_client(tls_port: u16, host: &str, roots: &[u8]) -> reqwest::Client {
     let addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
     reqwest::Client::builder().use_preconfigured_tls(client_config(roots)).resolve(host, addr).build().unwrap()
 }
