@@ -208,7 +208,12 @@ async fn the_cookie_is_host_prefixed_under_tls() {
     let link = link_path(v["access_url"].as_str().unwrap());
     w.wait_state(&id, "running", LONG).await;
     let host = format!("vs-code-{id}.example.test");
-    let client = crate::tls::https_client(tls, &host, cert.pem().as_bytes());
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(crate::tls::client_config(cert.pem().as_bytes()))
+        .resolve(&host, format!("127.0.0.1:{tls}").parse().unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let url = |path: &str| format!("https://{host}:{tls}{path}");
 
     let r = client.get(url(&link)).header("sec-fetch-mode", "navigate").send().await.unwrap();

@@ -21,7 +21,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn client_config(roots_pem: &[u8]) -> rustls::ClientConfig {
+pub(crate) fn client_config(roots_pem: &[u8]) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(roots_pem) {
         roots.add(cert.unwrap()).unwrap();
@@ -197,7 +197,7 @@ fn as_refs(v: &[(String, String)]) -> Vec<(&str, &str)> {
     v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
-pub(crate) fn https_client(tls_port: u16, host: &str, roots: &[u8]) -> reqwest::Client {
+fn https_client(tls_port: u16, host: &str, roots: &[u8]) -> reqwest::Client {
     let addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
     reqwest::Client::builder().use_preconfigured_tls(client_config(roots)).resolve(host, addr).build().unwrap()
 }
