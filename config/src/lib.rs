@@ -484,7 +484,10 @@ impl Config {
             return bad("unauthenticated_per_minute and wake_attempts_per_minute must be at least 1".into());
         }
         if self.header_timeout < Duration::from_millis(100) {
-            return bad(format!("header_timeout must be at least 100ms (it is {})", format_duration(self.header_timeout)));
+            return bad(format!(
+                "header_timeout must be at least 100ms (it is {})",
+                format_duration(self.header_timeout)
+            ));
         }
         if self.max_connections_per_address == 0 {
             return bad("max_connections_per_address must be at least 1".into());

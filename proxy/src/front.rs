@@ -156,20 +156,20 @@ where
         let mut persistent: Option<HttpPersistentSettings> = None;
         let mut reused = false;
         loop {
-            let head = match read_head(&mut stream, deadline, reused, self.settings.header_timeout, limit, shutdown).await
-            {
-                HeadRead::Complete(head) => head,
-                HeadRead::Closed => return,
-                HeadRead::Refused(refusal) => {
-                    match refusal.status {
-                        StatusCode::REQUEST_TIMEOUT => ProxyStats::bump(&self.stats.header_timeouts),
-                        StatusCode::BAD_REQUEST => ProxyStats::bump(&self.stats.bad_framing),
-                        _ => {}
+            let head =
+                match read_head(&mut stream, deadline, reused, self.settings.header_timeout, limit, shutdown).await {
+                    HeadRead::Complete(head) => head,
+                    HeadRead::Closed => return,
+                    HeadRead::Refused(refusal) => {
+                        match refusal.status {
+                            StatusCode::REQUEST_TIMEOUT => ProxyStats::bump(&self.stats.header_timeouts),
+                            StatusCode::BAD_REQUEST => ProxyStats::bump(&self.stats.bad_framing),
+                            _ => {}
+                        }
+                        refuse(&mut stream, &refusal, &[]).await;
+                        return;
                     }
-                    refuse(&mut stream, &refusal, &[]).await;
-                    return;
-                }
-            };
+                };
             let mut session = ServerSession::new_http1(stream);
             match persistent.take() {
                 Some(settings) => settings.apply_to_session(&mut session),
@@ -304,7 +304,7 @@ async fn read_head(
                 };
             }
             Ok(None) if buf.len() > limit => {
-                let message = format!("The request headers are larger than {} bytes.", limit - HEAD_SLACK);
+                let message = crate::error::headers_too_large(limit - HEAD_SLACK);
                 return HeadRead::Refused(Refusal::new(
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     "headers_too_large",
@@ -548,7 +548,10 @@ mod tests {
             ("POST / HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n", "invalid_transfer_encoding"),
             ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "invalid_transfer_encoding"),
             ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", "invalid_transfer_encoding"),
-            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n\r\n", "invalid_transfer_encoding"),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n\r\n",
+                "invalid_transfer_encoding",
+            ),
             ("POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n", "invalid_transfer_encoding"),
             ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", "invalid_transfer_encoding"),
             ("POST / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n", "invalid_header"),
@@ -559,7 +562,8 @@ mod tests {
         for (text, code) in cases {
             assert_eq!(checked(text), Err(code), "{text:?}");
         }
-        for bare in ["GET / HTTP/1.1\nHost: a\n\n", "GET / HTTP/1.1\r\nHost: a\n\r\n", "GET / HTTP/1.1\r\nX: a\rb\r\n\r\n"]
+        for bare in
+            ["GET / HTTP/1.1\nHost: a\n\n", "GET / HTTP/1.1\r\nHost: a\n\r\n", "GET / HTTP/1.1\r\nX: a\rb\r\n\r\n"]
         {
             assert_eq!(head(bare).map_err(|r| r.code), Err("bare_line_ending"), "{bare:?}");
         }

@@ -229,7 +229,8 @@ impl WakewayProxy {
     /// browser (200, so previews show it), the token left unused, nothing woken.
     async fn sign_in_preview(&self, session: &mut Session, id: &SessionId) -> Result<bool> {
         ProxyStats::bump(&self.stats.sign_in_previews);
-        let message = "This sign-in link works once, in a browser: open it there to reach the workspace. It has not been used.";
+        let message =
+            "This sign-in link works once, in a browser: open it there to reach the workspace. It has not been used.";
         respond(session, StatusCode::OK, HTML, pages::open_in_browser(id.as_str(), message), &[]).await
     }
 
@@ -264,9 +265,8 @@ impl WakewayProxy {
     /// 429 with `Retry-After`: this client address spent its failure budget.
     async fn too_many_failures(&self, session: &mut Session, id: &str, wait: u64) -> Result<bool> {
         ProxyStats::bump(&self.stats.failures_limited);
-        let message = format!(
-            "Too many failed sign-ins or unknown workspace addresses from this address; retry in {wait} s."
-        );
+        let message =
+            format!("Too many failed sign-ins or unknown workspace addresses from this address; retry in {wait} s.");
         let retry = wait.to_string();
         let page = |m: &str| pages::unavailable(id, m, wait);
         self.answer(session, StatusCode::TOO_MANY_REQUESTS, "rate_limited", &message, page, &[("retry-after", &retry)])
@@ -307,8 +307,7 @@ impl WakewayProxy {
         }
         let req = session.req_header();
         let budget = FailureBudget::new(self.api_failures.clone(), Self::client_ip(session));
-        let mut builder =
-            http::Request::builder().method(req.method.clone()).uri(req.uri.clone()).extension(budget);
+        let mut builder = http::Request::builder().method(req.method.clone()).uri(req.uri.clone()).extension(budget);
         if let Some(headers) = builder.headers_mut() {
             headers.extend(req.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
@@ -522,7 +521,7 @@ impl ProxyHttp for WakewayProxy {
         let req = session.req_header();
         let header_bytes: usize = req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
         if header_bytes + req.uri.path_and_query().map_or(0, |p| p.as_str().len()) > self.settings.max_header_bytes {
-            let message = format!("The request headers are larger than {} bytes.", self.settings.max_header_bytes);
+            let message = crate::error::headers_too_large(self.settings.max_header_bytes);
             session.set_keepalive(None);
             let body = error_body("headers_too_large", &message);
             return respond(session, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, JSON, body, &[]).await;

@@ -104,7 +104,10 @@ async fn link_previews_leave_sign_in_links_unused_and_revoke_and_delete_end_cook
     // A HEAD, chat/mail link previews, a prefetch and a program: a page, no cookie, the token unused.
     let previews: [(Method, &[(&str, &str)]); 5] = [
         (Method::HEAD, &[("accept", "text/html"), ("sec-fetch-mode", "navigate")]),
-        (Method::GET, &[("user-agent", "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)"), ("accept", "text/html")]),
+        (
+            Method::GET,
+            &[("user-agent", "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)"), ("accept", "text/html")],
+        ),
         (Method::GET, &[("user-agent", "Mozilla/5.0 (compatible; Discordbot/2.0)"), ("sec-fetch-mode", "navigate")]),
         (Method::GET, &[("sec-purpose", "prefetch"), ("sec-fetch-mode", "navigate"), ("accept", "text/html")]),
         (Method::GET, &[("accept", "*/*")]),
@@ -134,7 +137,8 @@ async fn link_previews_leave_sign_in_links_unused_and_revoke_and_delete_end_cook
     assert!(metrics.contains("wakeway_sign_in_previews_total 5"), "{metrics}");
 
     // Revoke: that cookie, and a link minted before, are refused at once; a new link works.
-    let minted: Value = w.api(Method::POST, &format!("/session/{id}/token")).send().await.unwrap().json().await.unwrap();
+    let minted: Value =
+        w.api(Method::POST, &format!("/session/{id}/token")).send().await.unwrap().json().await.unwrap();
     let early_link = link_path(minted["access_url"].as_str().unwrap());
     let r = w.api(Method::POST, &format!("/session/{id}/revoke")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -153,7 +157,8 @@ async fn link_previews_leave_sign_in_links_unused_and_revoke_and_delete_end_cook
     assert_eq!(r.status(), 404);
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "session_not_found");
 
-    let minted: Value = w.api(Method::POST, &format!("/session/{id}/token")).send().await.unwrap().json().await.unwrap();
+    let minted: Value =
+        w.api(Method::POST, &format!("/session/{id}/token")).send().await.unwrap().json().await.unwrap();
     let cookie = navigate(&w, &id, &link_path(minted["access_url"].as_str().unwrap())).await;
     assert_eq!(with_cookie(&w, &id, &cookie).await, 200);
 
@@ -178,7 +183,8 @@ async fn a_revocation_survives_a_restart() {
     w.wait_state(&id, "running", LONG).await;
     let revoked = navigate(&w, &id, &link).await;
     assert_eq!(w.api(Method::POST, &format!("/session/{id}/revoke")).send().await.unwrap().status(), 200);
-    let minted: Value = w.api(Method::POST, &format!("/session/{id}/token")).send().await.unwrap().json().await.unwrap();
+    let minted: Value =
+        w.api(Method::POST, &format!("/session/{id}/token")).send().await.unwrap().json().await.unwrap();
     let kept = navigate(&w, &id, &link_path(minted["access_url"].as_str().unwrap())).await;
     drop(w);
     let w = Wakeway::start_in(tmp.path(), &[TOKEN_MODE]).await;
@@ -401,22 +407,30 @@ async fn request_smuggling_never_reaches_a_workspace() {
     let attacks: Vec<(&str, String, &str)> = vec![
         (
             "CL.TE",
-            format!("POST /attack HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"),
+            format!(
+                "POST /attack HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
             "ambiguous_length",
         ),
         (
             "TE.CL",
-            format!("POST /attack HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\n{smuggled}"),
+            format!(
+                "POST /attack HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
             "ambiguous_length",
         ),
         (
             "two Content-Lengths",
-            format!("POST /attack HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nContent-Length: 44\r\n\r\n{smuggled}"),
+            format!(
+                "POST /attack HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nContent-Length: 44\r\n\r\n{smuggled}"
+            ),
             "conflicting_content_length",
         ),
         (
             "obs-fold",
-            format!("POST /attack HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: identity\r\n chunked\r\n\r\n0\r\n\r\n{smuggled}"),
+            format!(
+                "POST /attack HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: identity\r\n chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
             "obsolete_line_folding",
         ),
         (

@@ -129,16 +129,18 @@ async fn main() {
         .route("/files/{*path}", get(get_file).put(put_file))
         .with_state(root);
     let app = match args.requests {
-        Some(log) => app.layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
-            let line = format!("{} {}\n", req.method(), req.uri());
-            let log = log.clone();
-            async move {
-                if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&log) {
-                    let _ = f.write_all(line.as_bytes());
+        Some(log) => {
+            app.layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let line = format!("{} {}\n", req.method(), req.uri());
+                let log = log.clone();
+                async move {
+                    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&log) {
+                        let _ = f.write_all(line.as_bytes());
+                    }
+                    next.run(req).await
                 }
-                next.run(req).await
-            }
-        })),
+            }))
+        }
         None => app,
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await.expect("bind");
