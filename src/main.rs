@@ -16,6 +16,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use wakeway_config::{Config, LogFormat, ProcessEnv};
 use wakeway_lifecycle::acme::Certificates;
+use wakeway_proxy::front::{Front, FrontSettings};
 use wakeway_proxy::service::ProxySettings;
 use wakeway_proxy::tls::{CertStore, Resolver};
 use wakeway_proxy::{Clock, ProxyStats, SystemClock, WakewayProxy};
@@ -349,7 +350,7 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let settings = ProxySettings::from(config.as_ref());
-    let mut proxy = WakewayProxy::new(settings, &built.cookie_secret, Arc::new(built.wakeway), clock, stats);
+    let mut proxy = WakewayProxy::new(settings, &built.cookie_secret, Arc::new(built.wakeway), clock, stats.clone());
     let certs = CertStore::new();
     if config.tls_addr().is_some() {
         let certificates = Certificates::new(config.clone(), built.store.clone(), certs.clone(), manager.clone());
@@ -357,13 +358,14 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
         lifecycle_rt.spawn(certificates.run(shutdown_rx_tls));
         proxy = proxy.with_certs(certs.clone());
     }
-    let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
+    let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
     // HTTP/2 without TLS (prior knowledge) too: clients in a cluster often speak it.
-    if let Some(app) = service.app_logic_mut() {
-        let mut options = pingora::apps::HttpServerOptions::default();
-        options.h2c = true;
-        app.server_options = Some(options);
-    }
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = true;
+    app.server_options = Some(options);
+    // Connection cap, request-head deadline and framing checks before pingora parses a request.
+    let front = Front::new(app, FrontSettings::from(config.as_ref()), stats.clone());
+    let mut service = pingora::services::listening::Service::new("wakeway".to_string(), front);
     service.add_listener(ListenerConfig::tcp(config.listen.to_string()).l4_buffer(client_buffers()));
     if let Some(addr) = config.tls_addr() {
         let mut tls = TlsSettings::with_callbacks(Box::new(NoHandshakeCallbacks)).context("TLS settings")?;

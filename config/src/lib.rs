@@ -151,8 +151,14 @@ pub struct Config {
     /// Secret that signs workspace cookies (same on every replica). Empty: generated once and kept
     /// in `data_dir/cookie-secret`.
     pub cookie_secret: String,
-    /// Requests per minute per client address that fail the workspace sign-in check.
+    /// Failures per minute per client address: failed workspace sign-ins, requests for
+    /// workspace hosts with no session, missing or wrong API keys (then 429).
     pub unauthenticated_per_minute: u32,
+    /// Time a client has to send a whole request head (HTTP/1; then 408 and the connection closes).
+    #[serde(with = "duration::serde_fmt")]
+    pub header_timeout: Duration,
+    /// Connections open at once per client address (more are answered 429 and closed).
+    pub max_connections_per_address: usize,
     /// Wakes a session may be asked for per minute (each may start a workspace).
     pub wake_attempts_per_minute: u32,
     /// WebSockets open at once per session.
@@ -302,6 +308,8 @@ impl Default for Config {
             cookie_ttl: Duration::from_secs(12 * hour),
             cookie_secret: String::new(),
             unauthenticated_per_minute: 120,
+            header_timeout: Duration::from_secs(10),
+            max_connections_per_address: 256,
             wake_attempts_per_minute: 30,
             max_websockets_per_session: 64,
             max_header_bytes: 32 * 1024,
@@ -481,6 +489,15 @@ impl Config {
         }
         if self.unauthenticated_per_minute == 0 || self.wake_attempts_per_minute == 0 {
             return bad("unauthenticated_per_minute and wake_attempts_per_minute must be at least 1".into());
+        }
+        if self.header_timeout < Duration::from_millis(100) {
+            return bad(format!(
+                "header_timeout must be at least 100ms (it is {})",
+                format_duration(self.header_timeout)
+            ));
+        }
+        if self.max_connections_per_address == 0 {
+            return bad("max_connections_per_address must be at least 1".into());
         }
         if self.max_websockets_per_session == 0 || self.max_header_bytes < 4096 {
             return bad("max_websockets_per_session must be at least 1 and max_header_bytes at least 4096".into());

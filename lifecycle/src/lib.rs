@@ -60,11 +60,12 @@ impl wakeway_proxy::Lifecycle for Wakeway {
         self.manager.upstream_failed(handle, addr)
     }
 
-    async fn redeem_token(&self, id: &SessionId, token: &str) -> bool {
+    async fn redeem_token(&self, id: &SessionId, token: &str) -> Option<u64> {
         self.manager.redeem_token(id, token).await
     }
 
     async fn api(&self, request: http::Request<Bytes>, _client: Option<IpAddr>) -> http::Response<ApiBody> {
+        // The request's extensions (the client's `FailureBudget`) go with it to the router.
         let request = request.map(axum::body::Body::from);
         let response = match self.router.clone().oneshot(request).await {
             Ok(response) => response,

@@ -288,6 +288,7 @@ impl Manager {
             .entry(id.clone())
             .or_insert_with(|| {
                 let handle = SessionHandle::new(id, Phase::Asleep);
+                handle.raise_cookie_generation(s.cookie_generation);
                 let ms = s.last_activity.timestamp_millis();
                 handle.activity.restore(ms, s.last_interaction().timestamp_millis());
                 Arc::new(Runtime {
@@ -305,6 +306,7 @@ impl Manager {
 
     /// Publish the phase that follows from a persisted state.
     fn publish(&self, rt: &Runtime, s: &Session) {
+        rt.handle.raise_cookie_generation(s.cookie_generation);
         rt.state.store(state_index(s.state), Ordering::Relaxed);
         let running = if s.state == State::Running { s.placement.clone() } else { None };
         *rt.placement.lock().unwrap_or_else(|e| e.into_inner()) = running;
@@ -329,6 +331,8 @@ impl Manager {
             s.activity_source = rt.handle.activity.source().as_str().to_string();
         }
         s.last_interaction = Some(seen.last_interaction);
+        // A revocation this replica applied before it could write it (see `revoke_cookies`).
+        s.cookie_generation = s.cookie_generation.max(rt.handle.cookie_generation());
         let stored = self.inner.store.put(s).await.inspect_err(|e| self.note_store_error(e))?;
         self.inner.store_up.store(true, Ordering::Relaxed);
         rt.persisted_activity_ms.fetch_max(stored.last_activity.timestamp_millis(), Ordering::Relaxed);
@@ -738,6 +742,8 @@ impl Manager {
         if s.state == State::Deleted {
             return Ok(s);
         }
+        // Whatever happens next, nobody keeps a way in: every path below saves the record.
+        end_cookies(rt, &mut s);
         if requested && !s.delete_requested {
             s.delete_requested = true;
             self.save(rt, &mut s).await?;
@@ -837,10 +843,11 @@ impl Manager {
 
     // ---- workspace sign-in -------------------------------------------------------------
 
-    /// Mint a one-time sign-in token for `id`, valid for `access_token_ttl`. Returns the
-    /// `access_url` and its expiry.
+    /// Mint a one-time sign-in token for `id`, valid for `access_token_ttl` and until the
+    /// session's cookies are next revoked. Returns the `access_url` and its expiry.
     pub async fn mint_token(&self, id: &SessionId) -> Result<(String, DateTime<Utc>)> {
         let s = self.load(id).await?;
+        let generation = self.handle(id).map_or(0, |h| h.cookie_generation()).max(s.cookie_generation);
         if matches!(s.state, State::Deleting | State::Deleted) {
             return Err(LifecycleError::Deleted(s.uuid));
         }
@@ -850,22 +857,45 @@ impl Manager {
         let ttl = self.inner.config.access_token_ttl;
         let expires = now + chrono::Duration::from_std(ttl).unwrap_or_default();
         // In the store (only a digest): whichever replica the browser reaches redeems it, once.
-        let record = json!({ "session": id.as_str(), "expires_ms": expires.timestamp_millis() });
+        let record =
+            json!({ "session": id.as_str(), "expires_ms": expires.timestamp_millis(), "generation": generation });
         self.inner.store.put_expiring(&token_key(&token), record.to_string().as_bytes(), ttl).await?;
         let url =
             format!("{}/?{}={token}", self.inner.config.workspace_url(id.as_str()), wakeway_proxy::auth::TOKEN_PARAM);
         Ok((url, expires))
     }
 
-    /// Consume a sign-in token; true if it was minted for `id` and has not expired.
-    pub async fn redeem_token(&self, id: &SessionId, token: &str) -> bool {
+    /// Consume a sign-in token: the cookie generation to sign the cookie with, if it was minted
+    /// for `id`, has not expired, and the session's cookies were not revoked since.
+    pub async fn redeem_token(&self, id: &SessionId, token: &str) -> Option<u64> {
         if token.len() != 48 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return false;
+            return None;
         }
-        let Ok(Some(bytes)) = self.inner.store.take_blob(&token_key(token)).await else { return false };
+        let Ok(Some(bytes)) = self.inner.store.take_blob(&token_key(token)).await else { return None };
         let record: Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        record["session"] == id.as_str()
+        let generation = record["generation"].as_u64().unwrap_or(0);
+        let current = self.handle(id)?.cookie_generation();
+        let valid = record["session"] == id.as_str()
             && record["expires_ms"].as_i64().is_some_and(|t| t > self.now().timestamp_millis())
+            && generation >= current;
+        valid.then_some(generation)
+    }
+
+    /// End every cookie (and unused sign-in link) issued for `id`: its cookie generation goes
+    /// up. Refused on this replica at once; the other replicas learn it from the record.
+    pub async fn revoke_cookies(&self, id: &SessionId) -> Result<Session> {
+        let rt = self.runtime(id).ok_or_else(|| LifecycleError::NotFound(id.to_string()))?;
+        rt.handle.raise_cookie_generation(rt.handle.cookie_generation() + 1);
+        let this = self.clone();
+        let task = self.inner.rt.spawn(async move {
+            let _op = rt.op.lock().await;
+            let mut s = this.load(&rt.handle.id).await?;
+            end_cookies(&rt, &mut s);
+            this.save(&rt, &mut s).await?;
+            tracing::info!(session = %s.uuid, generation = s.cookie_generation, "workspace cookies revoked");
+            Ok(s)
+        });
+        task.await.map_err(|e| LifecycleError::Invalid(format!("revoke task failed: {e}")))?
     }
 
     /// Remove sign-in tokens that expired unused (stores without expiry keep them until here).
@@ -1109,7 +1139,10 @@ impl Manager {
     }
 
     /// Publish a record's phase unless a local operation owns the session (it publishes itself).
+    /// Its cookie generation is learnt either way: a revocation on another replica takes effect
+    /// here even while an operation runs.
     fn publish_if_idle(&self, rt: &Runtime, s: &Session) {
+        rt.handle.raise_cookie_generation(s.cookie_generation);
         if let Ok(_op) = rt.op.try_lock() {
             self.publish(rt, s);
         }
@@ -1432,6 +1465,13 @@ fn log_reconcile(report: &crate::backend::ReconcileReport) {
 }
 
 const TOKEN_PREFIX: &str = "signin/";
+
+/// Raise `s`'s cookie generation past every generation a cookie may carry (the record's and this
+/// replica's); saved with the record's next write.
+fn end_cookies(rt: &Runtime, s: &mut Session) {
+    s.cookie_generation = s.cookie_generation.max(rt.handle.cookie_generation()) + 1;
+    rt.handle.raise_cookie_generation(s.cookie_generation);
+}
 
 /// Where a sign-in token is kept: its SHA-256, never the token itself.
 fn token_key(token: &str) -> String {

@@ -133,7 +133,7 @@ impl Metrics {
             "# HELP wakeway_store_up Whether the session store answers (1) or not (0).\n# TYPE wakeway_store_up gauge"
         );
         let _ = writeln!(text, "wakeway_store_up {}", u8::from(store_up));
-        let counters: [(&str, &str, u64); 12] = [
+        let counters: [(&str, &str, u64); 17] = [
             ("wakeway_proxy_requests_total", "Requests proxied to workspaces.", stats.requests.load(Ordering::Relaxed)),
             (
                 "wakeway_proxy_request_bytes_total",
@@ -189,6 +189,31 @@ impl Metrics {
                 "wakeway_not_woken_total",
                 "Requests answered without waking (HEAD, OPTIONS, prefetch, bots, health).",
                 stats.not_woken.load(Ordering::Relaxed),
+            ),
+            (
+                "wakeway_sign_in_previews_total",
+                "Sign-in links opened by something other than a browser navigation (link previews, HEAD), left unused.",
+                stats.sign_in_previews.load(Ordering::Relaxed),
+            ),
+            (
+                "wakeway_failures_limited_total",
+                "Workspace requests answered 429 because their client address spent unauthenticated_per_minute on failed sign-ins or unknown hosts (API key failures show as wakeway_api_requests_total status 429).",
+                stats.failures_limited.load(Ordering::Relaxed),
+            ),
+            (
+                "wakeway_connections_over_limit_total",
+                "Connections refused (429) because their address had max_connections_per_address open.",
+                stats.connections_over_limit.load(Ordering::Relaxed),
+            ),
+            (
+                "wakeway_header_timeouts_total",
+                "Request heads not complete within header_timeout (408).",
+                stats.header_timeouts.load(Ordering::Relaxed),
+            ),
+            (
+                "wakeway_bad_framing_total",
+                "Requests refused (400) for ambiguous framing: Content-Length with Transfer-Encoding, differing Content-Lengths, obs-fold, bare LF, invalid Transfer-Encoding.",
+                stats.bad_framing.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, value) in counters {

@@ -267,6 +267,11 @@ pub struct Session {
     /// The deletion deadline a `delete_warning` was sent for (once per deadline).
     #[serde(default)]
     pub warned_delete_for: Option<DateTime<Utc>>,
+    /// Workspace cookies signed with an older generation are refused: raised by
+    /// `POST /session/{uuid}/revoke` and by deletion. In the record so every replica (and the next
+    /// start) refuses them too; records from before it read 0.
+    #[serde(default)]
+    pub cookie_generation: u64,
     /// Compare-and-set version, bumped by the store on every write.
     #[serde(default)]
     pub version: u64,
@@ -304,6 +309,7 @@ impl Session {
             pre_restore_backup: None,
             warned_sleep_for: None,
             warned_delete_for: None,
+            cookie_generation: 0,
             version: 0,
         }
     }

@@ -152,6 +152,9 @@ pub struct SessionHandle {
     pub activity: Activity,
     held: AtomicUsize,
     websockets: AtomicUsize,
+    /// Cookies signed with an older generation are refused (see [`crate::auth`]); raised by a
+    /// revocation or deletion, learnt from the session record on every replica.
+    cookie_generation: AtomicU64,
     phase: watch::Sender<Phase>,
 }
 
@@ -162,6 +165,7 @@ impl SessionHandle {
             activity: Activity::default(),
             held: AtomicUsize::new(0),
             websockets: AtomicUsize::new(0),
+            cookie_generation: AtomicU64::new(0),
             phase: watch::Sender::new(phase),
         }
     }
@@ -189,6 +193,16 @@ impl SessionHandle {
             Ok(Ok(phase)) => Some(phase.clone()),
             Ok(Err(_)) | Err(_) => None,
         }
+    }
+
+    /// The session's cookie generation (a cheap read; checked on every signed-in request).
+    pub fn cookie_generation(&self) -> u64 {
+        self.cookie_generation.load(Ordering::Acquire)
+    }
+
+    /// Learn a cookie generation (from the session record or a revocation); never moves back.
+    pub fn raise_cookie_generation(&self, generation: u64) {
+        self.cookie_generation.fetch_max(generation, Ordering::AcqRel);
     }
 
     /// Requests held right now for this session (the seed's `queue_length`).

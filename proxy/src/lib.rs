@@ -8,6 +8,7 @@ pub mod auth;
 pub mod classify;
 pub mod clock;
 pub mod error;
+pub mod front;
 pub mod handle;
 pub mod host;
 pub mod pages;
@@ -46,9 +47,10 @@ pub trait Lifecycle: Send + Sync + 'static {
     /// if it sleeps), so the request can be retried once the phase settles.
     fn upstream_failed(&self, handle: &Arc<SessionHandle>, addr: &Upstream);
 
-    /// Exchange a one-time sign-in token for access to session `id` (consumes it). False for an
-    /// unknown, expired, used, or other session's token.
-    async fn redeem_token(&self, id: &SessionId, token: &str) -> bool;
+    /// Exchange a one-time sign-in token for access to session `id` (consumes it): the cookie
+    /// generation to sign the cookie with. None for an unknown, expired, used, revoked, or other
+    /// session's token.
+    async fn redeem_token(&self, id: &SessionId, token: &str) -> Option<u64>;
 
     /// Serve one management API request (body already read and size-checked).
     async fn api(&self, request: http::Request<Bytes>, client: Option<IpAddr>) -> http::Response<ApiBody>;

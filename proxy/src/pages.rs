@@ -1,5 +1,6 @@
-//! The HTML pages the proxy answers with itself: waiting, gone (410), unavailable (503) and
-//! not found (404). Templates live in `proxy/assets/` and are filled with escaped values.
+//! The HTML pages the proxy answers with itself: waiting, gone (410), unavailable (503), not
+//! found (404), sign-in needed (401) and "open this link in your browser" (a sign-in link seen by
+//! a link preview). Templates live in `proxy/assets/` and are filled with escaped values.
 
 use bytes::Bytes;
 
@@ -21,6 +22,7 @@ static GONE: Template = template!("../assets/gone.html");
 static UNAVAILABLE: Template = template!("../assets/unavailable.html");
 static NOT_FOUND: Template = template!("../assets/not_found.html");
 static UNAUTHORIZED: Template = template!("../assets/unauthorized.html");
+static OPEN_IN_BROWSER: Template = template!("../assets/open_in_browser.html");
 
 /// The path (on every workspace host) that the waiting page polls. It never reaches the workspace.
 pub const STATUS_PATH: &str = "/.wakeway/status";
@@ -43,6 +45,12 @@ pub fn unavailable(id: &str, message: &str, retry_after: u64) -> Bytes {
 /// The 401 page: a sign-in link is needed.
 pub fn unauthorized(id: &str, message: &str) -> Bytes {
     render(&UNAUTHORIZED, id, message, 0)
+}
+
+/// The page a sign-in link shows to anything but a browser navigation (a chat or mail link
+/// preview, a HEAD, a prefetch): the link is left unused.
+pub fn open_in_browser(id: &str, message: &str) -> Bytes {
+    render(&OPEN_IN_BROWSER, id, message, 0)
 }
 
 /// The 404 page for an unknown workspace host.
@@ -95,6 +103,9 @@ mod tests {
         assert!(page.contains("busy") && !page.contains("{{"));
         let page = String::from_utf8(unauthorized("abc12345", "sign in").to_vec()).unwrap();
         assert!(page.contains("sign-in link") && page.contains("abc12345") && !page.contains("{{"));
+        let page = String::from_utf8(open_in_browser("abc12345", "still unused").to_vec()).unwrap();
+        assert!(page.contains("Open this link in your browser") && page.contains("still unused"));
+        assert!(page.contains("--accent:") && !page.contains("{{"));
         let page = String::from_utf8(not_found("nothing here").to_vec()).unwrap();
         assert!(page.contains("nothing here") && !page.contains("{{"));
     }

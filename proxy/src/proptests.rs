@@ -46,16 +46,21 @@ proptest! {
     fn forged_cookies_never_verify(value in ".{0,120}", now in 0i64..4_000_000_000_000) {
         let signer = CookieSigner::new(b"0123456789abcdef0123456789abcdef", std::time::Duration::from_secs(3600));
         let id = SessionId::parse("abc12345").unwrap();
-        prop_assert!(!signer.verify(&id, &value, now));
+        prop_assert!(!signer.verify(&id, 0, &value, now));
     }
 
     #[test]
-    fn issued_cookies_verify_until_they_expire(id in "[0-9a-f]{8}", now in 0i64..4_000_000_000_000) {
+    fn issued_cookies_verify_until_they_expire_or_are_revoked(
+        id in "[0-9a-f]{8}",
+        generation in 0u64..u64::MAX,
+        now in 0i64..4_000_000_000_000,
+    ) {
         let signer = CookieSigner::new(b"0123456789abcdef0123456789abcdef", std::time::Duration::from_secs(3600));
         let id = SessionId::parse(&id).unwrap();
-        let value = signer.issue(&id, now);
-        prop_assert!(signer.verify(&id, &value, now));
-        prop_assert!(!signer.verify(&id, &value, now + 3_601_000));
+        let value = signer.issue(&id, generation, now);
+        prop_assert!(signer.verify(&id, generation, &value, now));
+        prop_assert!(!signer.verify(&id, generation, &value, now + 3_601_000));
+        prop_assert!(!signer.verify(&id, generation + 1, &value, now));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! from an injected clock. One implementation for every limit wakeway applies.
 
 use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -49,6 +50,15 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         }
     }
 
+    /// Like [`RateLimiter::check`] without taking a token: whether `key` may go ahead now.
+    pub fn peek(&self, key: &K) -> Result<(), u64> {
+        let Some(bucket) = self.buckets.get(key) else { return Ok(()) };
+        let rate_per_ms = self.per_minute / 60_000.0;
+        let elapsed = (self.clock.now_ms() - bucket.updated_ms).max(0) as f64;
+        let tokens = (bucket.tokens + elapsed * rate_per_ms).min(self.per_minute);
+        if tokens >= 1.0 { Ok(()) } else { Err(((1.0 - tokens) / rate_per_ms / 1000.0).ceil().max(1.0) as u64) }
+    }
+
     /// Keys tracked now (for tests and metrics).
     pub fn len(&self) -> usize {
         self.buckets.len()
@@ -56,6 +66,31 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 
     pub fn is_empty(&self) -> bool {
         self.buckets.is_empty()
+    }
+}
+
+/// One client address's budget of failed attempts against a [`RateLimiter`]. The proxy hands
+/// one to the management API in each request's extensions, so missing or wrong API keys are
+/// limited per client address (`unauthenticated_per_minute`) by the API that knows the keys.
+#[derive(Clone)]
+pub struct FailureBudget {
+    limiter: Arc<RateLimiter<IpAddr>>,
+    client: IpAddr,
+}
+
+impl FailureBudget {
+    pub fn new(limiter: Arc<RateLimiter<IpAddr>>, client: IpAddr) -> Self {
+        FailureBudget { limiter, client }
+    }
+
+    /// `Err(seconds)` when this address has spent its budget (answer 429 before checking anything).
+    pub fn exhausted(&self) -> Result<(), u64> {
+        self.limiter.peek(&self.client)
+    }
+
+    /// Spend one failure. `Err(seconds)` when none was left.
+    pub fn spend(&self) -> Result<(), u64> {
+        self.limiter.check(&self.client)
     }
 }
 
@@ -82,6 +117,24 @@ mod tests {
         for _ in 0..100 {
             limiter.check(&key(0, "POST /session/create")).unwrap();
         }
+    }
+
+    #[test]
+    fn peeking_takes_nothing() {
+        let clock = Arc::new(ManualClock::new(0));
+        let limiter = Arc::new(RateLimiter::new(2, clock.clone()));
+        let budget = FailureBudget::new(limiter.clone(), IpAddr::from([10, 0, 0, 1]));
+        for _ in 0..10 {
+            budget.exhausted().unwrap();
+        }
+        assert!(limiter.is_empty(), "a peek records no key");
+        budget.spend().unwrap();
+        budget.spend().unwrap();
+        assert_eq!(budget.exhausted(), Err(30), "one failure comes back every 30 s");
+        assert!(budget.spend().is_err());
+        FailureBudget::new(limiter, IpAddr::from([10, 0, 0, 2])).exhausted().unwrap();
+        clock.advance(std::time::Duration::from_secs(30));
+        budget.exhausted().unwrap();
     }
 
     #[test]

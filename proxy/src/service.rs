@@ -16,13 +16,13 @@ use pingora::prelude::{HttpPeer, ProxyHttp, Result, Session};
 use wakeway_config::{Config, WorkspaceAuth};
 
 use crate::activity::{ClientStream, SocketKind, negotiated_deflate};
-use crate::auth::{CookieSigner, cookie_values, cookie_without_ours, take_token};
+use crate::auth::{CookieSigner, carries_ours, cookie_name, cookie_values, cookie_without_ours, take_token};
 use crate::classify::{RequestKind, classify};
 use crate::clock::Clock;
 use crate::error::error_body;
 use crate::handle::{ActivitySource, HeldGuard, Phase, SessionHandle, Upstream, WebSocketSlot};
 use crate::host::{HostRoute, SessionId};
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{FailureBudget, RateLimiter};
 use crate::stats::ProxyStats;
 use crate::tls::{ACME_CHALLENGE_PREFIX, CertStore};
 use crate::{ApiBody, Lifecycle, pages};
@@ -77,8 +77,12 @@ pub struct WakewayProxy {
     clock: Arc<dyn Clock>,
     stats: Arc<ProxyStats>,
     cookies: CookieSigner,
-    /// Failed sign-in checks per client address.
-    unauthenticated: RateLimiter<IpAddr>,
+    /// Failures per client address on workspace hosts: failed sign-in checks, unknown hosts.
+    unauthenticated: Arc<RateLimiter<IpAddr>>,
+    /// Missing or wrong API keys per client address (the API spends it through the
+    /// [`FailureBudget`] it gets with each request). A budget of its own, so browsers following
+    /// stale links behind a shared address cannot lock the app's backend out of the API.
+    api_failures: Arc<RateLimiter<IpAddr>>,
     /// Wakes asked for per session.
     wakes: RateLimiter<SessionId>,
     /// Certificates and pending ACME HTTP-01 answers (when TLS is on).
@@ -115,7 +119,8 @@ impl WakewayProxy {
     ) -> Self {
         WakewayProxy {
             cookies: CookieSigner::new(cookie_secret, settings.cookie_ttl),
-            unauthenticated: RateLimiter::new(settings.unauthenticated_per_minute, clock.clone()),
+            unauthenticated: Arc::new(RateLimiter::new(settings.unauthenticated_per_minute, clock.clone())),
+            api_failures: Arc::new(RateLimiter::new(settings.unauthenticated_per_minute, clock.clone())),
             wakes: RateLimiter::new(settings.wake_attempts_per_minute, clock.clone()),
             certs: None,
             settings,
@@ -171,19 +176,29 @@ impl WakewayProxy {
     }
 
     /// Token mode: exchange a sign-in token for a cookie, or check the cookie. `Some(answered)`
-    /// when the request was answered here (redirect, 401, 429).
-    async fn check_access(&self, session: &mut Session, id: &SessionId) -> Result<Option<bool>> {
+    /// when the request was answered here (redirect, link-preview page, 401, 429).
+    async fn check_access(&self, session: &mut Session, handle: &SessionHandle) -> Result<Option<bool>> {
+        let id = &handle.id;
         if self.settings.workspace_auth == WorkspaceAuth::None {
+            // Anyone with the URL gets in; but an address that spent its failure budget on
+            // unknown hosts gets the same 429 on every host, so guessing cannot tell them apart.
+            if let Err(wait) = self.unauthenticated.peek(&Self::client_ip(session)) {
+                return self.too_many_failures(session, id.as_str(), wait).await.map(Some);
+            }
             return Ok(None);
         }
         let now = self.clock.now_ms();
         let req = session.req_header();
         if let Some((token, rest)) = req.uri.query().and_then(take_token) {
+            if !self.is_navigation(req) {
+                return self.sign_in_preview(session, id).await.map(Some);
+            }
             let (token, path) = (token.to_string(), req.uri.path().to_string());
-            if self.lifecycle.redeem_token(id, &token).await {
+            if let Some(generation) = self.lifecycle.redeem_token(id, &token).await {
                 let location = if rest.is_empty() { path } else { format!("{path}?{rest}") };
                 let secure = over_tls(session);
-                let cookie = self.cookies.set_cookie(&self.cookies.issue(id, now), secure);
+                let generation = generation.max(handle.cookie_generation());
+                let cookie = self.cookies.set_cookie(&self.cookies.issue(id, generation, now), secure);
                 ProxyStats::bump(&self.stats.signed_in);
                 let extra = [("location", location.as_str()), ("set-cookie", cookie.as_str())];
                 return respond(session, StatusCode::FOUND, HTML, Bytes::new(), &extra).await.map(Some);
@@ -191,7 +206,9 @@ impl WakewayProxy {
             let message = "This sign-in link is invalid, expired or was already used: ask the app that created the workspace for a new one.";
             return self.refuse(session, id, message).await.map(Some);
         }
-        if cookie_values(&req.headers).any(|v| self.cookies.verify(id, v, now)) {
+        let generation = handle.cookie_generation();
+        let name = cookie_name(over_tls(session));
+        if cookie_values(&req.headers, name).any(|v| self.cookies.verify(id, generation, v, now)) {
             return Ok(None);
         }
         let message =
@@ -199,12 +216,29 @@ impl WakewayProxy {
         self.refuse(session, id, message).await.map(Some)
     }
 
+    /// Whether the request is a browser navigation a person made: a GET with
+    /// `Sec-Fetch-Mode: navigate` (or, without it, an HTML `Accept`), not a HEAD, prefetch, bot or
+    /// link preview. Only these redeem a sign-in link.
+    fn is_navigation(&self, req: &pingora::http::RequestHeader) -> bool {
+        req.method == Method::GET
+            && classify(&req.method, req.uri.path(), req.uri.query(), &req.headers, &self.settings.bot_user_agents)
+                == RequestKind::Navigate
+    }
+
+    /// A sign-in link opened by a link preview, HEAD or prefetch: a page asking to open it in a
+    /// browser (200, so previews show it), the token left unused, nothing woken.
+    async fn sign_in_preview(&self, session: &mut Session, id: &SessionId) -> Result<bool> {
+        ProxyStats::bump(&self.stats.sign_in_previews);
+        let message =
+            "This sign-in link works once, in a browser: open it there to reach the workspace. It has not been used.";
+        respond(session, StatusCode::OK, HTML, pages::open_in_browser(id.as_str(), message), &[]).await
+    }
+
     /// 401 (or 429 when this address keeps failing). Never wakes anything.
     async fn refuse(&self, session: &mut Session, id: &SessionId, message: &str) -> Result<bool> {
         ProxyStats::bump(&self.stats.unauthorized);
         if let Err(wait) = self.unauthenticated.check(&Self::client_ip(session)) {
-            let message = format!("Too many failed sign-in attempts from this address; retry in {wait} s.");
-            return self.unavailable(session, id, StatusCode::TOO_MANY_REQUESTS, "rate_limited", &message, wait).await;
+            return self.too_many_failures(session, id.as_str(), wait).await;
         }
         self.answer(
             session,
@@ -215,6 +249,28 @@ impl WakewayProxy {
             &[],
         )
         .await
+    }
+
+    /// 404 for a workspace host with no session (`message` says why). Each one spends the client
+    /// address's failure budget: session ids are short, so guessing them is bounded like guessing
+    /// sign-in links. 429 once the budget is spent.
+    async fn unknown_workspace(&self, session: &mut Session, message: &str) -> Result<bool> {
+        ProxyStats::bump(&self.stats.unknown_host);
+        if let Err(wait) = self.unauthenticated.check(&Self::client_ip(session)) {
+            return self.too_many_failures(session, "", wait).await;
+        }
+        self.answer(session, StatusCode::NOT_FOUND, "unknown_workspace", message, pages::not_found, &[]).await
+    }
+
+    /// 429 with `Retry-After`: this client address spent its failure budget.
+    async fn too_many_failures(&self, session: &mut Session, id: &str, wait: u64) -> Result<bool> {
+        ProxyStats::bump(&self.stats.failures_limited);
+        let message =
+            format!("Too many failed sign-ins or unknown workspace addresses from this address; retry in {wait} s.");
+        let retry = wait.to_string();
+        let page = |m: &str| pages::unavailable(id, m, wait);
+        self.answer(session, StatusCode::TOO_MANY_REQUESTS, "rate_limited", &message, page, &[("retry-after", &retry)])
+            .await
     }
 
     async fn too_many_wakes(&self, session: &mut Session, id: &SessionId, wait: u64) -> Result<bool> {
@@ -250,7 +306,8 @@ impl WakewayProxy {
             body.extend_from_slice(&chunk);
         }
         let req = session.req_header();
-        let mut builder = http::Request::builder().method(req.method.clone()).uri(req.uri.clone());
+        let budget = FailureBudget::new(self.api_failures.clone(), Self::client_ip(session));
+        let mut builder = http::Request::builder().method(req.method.clone()).uri(req.uri.clone()).extension(budget);
         if let Some(headers) = builder.headers_mut() {
             headers.extend(req.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
@@ -464,7 +521,7 @@ impl ProxyHttp for WakewayProxy {
         let req = session.req_header();
         let header_bytes: usize = req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
         if header_bytes + req.uri.path_and_query().map_or(0, |p| p.as_str().len()) > self.settings.max_header_bytes {
-            let message = format!("The request headers are larger than {} bytes.", self.settings.max_header_bytes);
+            let message = crate::error::headers_too_large(self.settings.max_header_bytes);
             session.set_keepalive(None);
             let body = error_body("headers_too_large", &message);
             return respond(session, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, JSON, body, &[]).await;
@@ -476,24 +533,17 @@ impl ProxyHttp for WakewayProxy {
         let id = match route {
             HostRoute::Api => return self.serve_api(session).await,
             HostRoute::BadWorkspace => {
-                ProxyStats::bump(&self.stats.unknown_host);
-                let message = "This is not a valid workspace address: check the link.";
-                return self
-                    .answer(session, StatusCode::NOT_FOUND, "unknown_workspace", message, pages::not_found, &[])
-                    .await;
+                return self.unknown_workspace(session, "This is not a valid workspace address: check the link.").await;
             }
             HostRoute::Workspace(id) => id,
         };
         let Some(handle) = self.lifecycle.session(&id) else {
-            ProxyStats::bump(&self.stats.unknown_host);
             let message = format!(
                 "There is no workspace vs-code-{id} on this server. Check the link, or create a session through the API."
             );
-            return self
-                .answer(session, StatusCode::NOT_FOUND, "unknown_workspace", &message, pages::not_found, &[])
-                .await;
+            return self.unknown_workspace(session, &message).await;
         };
-        if let Some(answered) = self.check_access(session, &id).await? {
+        if let Some(answered) = self.check_access(session, &handle).await? {
             return Ok(answered);
         }
         let req = session.req_header();
@@ -689,7 +739,7 @@ impl ProxyHttp for WakewayProxy {
             upstream.remove_header(name);
         }
         // The workspace never sees wakeway's own cookie (its other cookies pass untouched).
-        if self.settings.workspace_auth == WorkspaceAuth::Token && cookie_values(&upstream.headers).next().is_some() {
+        if self.settings.workspace_auth == WorkspaceAuth::Token && carries_ours(&upstream.headers) {
             let kept = cookie_without_ours(&upstream.headers);
             upstream.remove_header(&header::COOKIE);
             if let Some(kept) = kept {

@@ -31,10 +31,24 @@ pub struct ProxyStats {
     pub wakes_refused: AtomicU64,
     /// Requests answered without waking (HEAD, OPTIONS, prefetch, bots, health checks).
     pub not_woken: AtomicU64,
+    /// Sign-in links opened by something other than a browser navigation (link previews, HEAD):
+    /// answered with a page, the token left unused.
+    pub sign_in_previews: AtomicU64,
+    /// Requests answered 429 because their client address spent its failure budget (failed
+    /// sign-ins, unknown workspace hosts, missing or wrong API keys).
+    pub failures_limited: AtomicU64,
+    /// Connections refused because their address had `max_connections_per_address` open.
+    pub connections_over_limit: AtomicU64,
+    /// Request heads not complete within `header_timeout` (answered 408).
+    pub header_timeouts: AtomicU64,
+    /// Requests refused for ambiguous framing (smuggling attempts: CL+TE, differing
+    /// Content-Lengths, obs-fold, bare LF, invalid Transfer-Encoding), answered 400.
+    pub bad_framing: AtomicU64,
 }
 
 impl ProxyStats {
-    pub(crate) fn bump(counter: &AtomicU64) {
+    /// Add one to a counter.
+    pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -23,10 +23,12 @@ async fn create(w: &Wakeway) -> (String, String) {
     (id, access[prefix.len()..].to_string())
 }
 
-/// Open a sign-in link like a browser: returns the cookie pair (`name=value`) it sets.
+/// Open a sign-in link like a browser (a navigation: anything else gets a page and leaves the
+/// link unused, see abuse.rs): returns the cookie pair (`name=value`) it sets.
 async fn sign_in(w: &Wakeway, id: &str, path: &str) -> String {
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let r = client.get(w.url(path)).header("host", w.host(id)).send().await.unwrap();
+    let r =
+        client.get(w.url(path)).header("host", w.host(id)).header("sec-fetch-mode", "navigate").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::FOUND, "a valid link redirects");
     let location = r.headers()[header::LOCATION].to_str().unwrap();
     assert!(!location.contains("wakeway_token"), "the token is stripped from the URL: {location}");
@@ -57,7 +59,14 @@ async fn only_the_owner_gets_in_and_nothing_leaks_to_the_workspace() {
 
     let cookie = sign_in(&w, &a, &link_a).await;
     // The link works once.
-    let again = w.client.get(w.url(&link_a)).header("host", w.host(&a)).send().await.unwrap();
+    let again = w
+        .client
+        .get(w.url(&link_a))
+        .header("host", w.host(&a))
+        .header("sec-fetch-mode", "navigate")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), 401, "a sign-in token is single-use");
 
     // With the cookie: in. The workspace sees neither wakeway's cookie nor the API key, but
@@ -117,7 +126,14 @@ async fn only_the_owner_gets_in_and_nothing_leaks_to_the_workspace() {
     // A token minted for B by the API does not open A.
     let minted: Value = w.api(Method::POST, &format!("/session/{b}/token")).send().await.unwrap().json().await.unwrap();
     let b_link = minted["access_url"].as_str().unwrap().split_once(&w.host(&b)).unwrap().1.to_string();
-    let r = w.client.get(w.url(&b_link)).header("host", w.host(&a)).send().await.unwrap();
+    let r = w
+        .client
+        .get(w.url(&b_link))
+        .header("host", w.host(&a))
+        .header("sec-fetch-mode", "navigate")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401, "B's token on A's host");
     let metrics = w.metrics().await;
     assert!(metrics.contains("wakeway_signed_in_total 1"), "{metrics}");

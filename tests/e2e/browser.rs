@@ -92,7 +92,8 @@ async fn start_wakeway(extra: &[(&str, &str)]) -> Wakeway {
 async fn running_session(w: &Wakeway) -> String {
     let id = w.create().await;
     w.wait_state(&id, "running", Duration::from_secs(180)).await;
-    std::fs::write(w.workspace_dir(&id).join(FILE), "notes from the browser test\n").unwrap();
+    // Written as the workspace's user would have (its own uid when isolated), so VS Code can save it.
+    w.write_as_workspace(&id, FILE, "notes from the browser test\n");
     id
 }
 

@@ -29,9 +29,14 @@ pub fn install_crypto_provider() {
 pub fn open_to_workspaces(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).unwrap();
-    let starts = dir.join("starts");
-    std::fs::OpenOptions::new().create(true).append(true).open(&starts).unwrap();
-    std::fs::set_permissions(&starts, std::fs::Permissions::from_mode(0o666)).unwrap();
+    writable_by_workspaces(&dir.join("starts"));
+}
+
+/// Create `file` (if missing) so that a workspace, under any uid, can append to it.
+pub fn writable_by_workspaces(file: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::OpenOptions::new().create(true).append(true).open(file).unwrap();
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o666)).unwrap();
 }
 
 pub fn free_port() -> u16 {
@@ -211,6 +216,17 @@ impl Wakeway {
     }
 
     /// The wakeway process id.
+    /// Write `rel` into `id`'s workspace folder owned by the folder's owner (the workspace's uid
+    /// when isolated), as if the workspace's user had written it.
+    pub fn write_as_workspace(&self, id: &str, rel: &str, content: &str) {
+        use std::os::unix::fs::MetadataExt;
+        let dir = self.workspace_dir(id);
+        let owner = std::fs::metadata(&dir).unwrap();
+        let path = dir.join(rel);
+        std::fs::write(&path, content).unwrap();
+        std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).unwrap();
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }

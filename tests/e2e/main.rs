@@ -1,5 +1,6 @@
 //! Black-box tests: the real `wakeway` binary, real sockets, real workspace processes.
 
+mod abuse;
 mod access;
 mod backups;
 mod browser;

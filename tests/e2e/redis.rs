@@ -218,14 +218,25 @@ async fn a_sign_in_link_minted_on_one_replica_works_on_another_once() {
     let path = access.split_once(&a.host(&id)).unwrap().1.to_string();
     b.wait_state(&id, "running", LONG).await;
     let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let first = no_redirect.get(b.url(&path)).header("host", b.host(&id)).send().await.unwrap();
+    // Browser navigations (anything else leaves a sign-in link unused).
+    let navigate =
+        |w: &Wakeway| no_redirect.get(w.url(&path)).header("host", w.host(&id)).header("sec-fetch-mode", "navigate");
+    let first = navigate(&b).send().await.unwrap();
     assert_eq!(first.status(), 302, "minted on A, redeemed on B");
     let cookie = first.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
-    let again = no_redirect.get(a.url(&path)).header("host", a.host(&id)).send().await.unwrap();
+    let again = navigate(&a).send().await.unwrap();
     assert_eq!(again.status(), 401, "used once, on any replica");
     // The cookie is signed with the shared secret: it opens the workspace on either replica.
     for w in [&a, &b] {
         let r = w.ws(Method::GET, &id, "/headers").header("cookie", &cookie).send().await.unwrap();
         assert_eq!(r.status(), 200);
+    }
+    // Revoked on A: refused on A at once, and on B as soon as it reads the record.
+    assert_eq!(a.api(Method::POST, &format!("/session/{id}/revoke")).send().await.unwrap().status(), 200);
+    assert_eq!(a.ws(Method::GET, &id, "/headers").header("cookie", &cookie).send().await.unwrap().status(), 401);
+    let deadline = tokio::time::Instant::now() + LONG;
+    while b.ws(Method::GET, &id, "/headers").header("cookie", &cookie).send().await.unwrap().status() != 401 {
+        assert!(tokio::time::Instant::now() < deadline, "replica B still takes a revoked cookie:\n{}", b.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

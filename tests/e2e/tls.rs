@@ -21,7 +21,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn client_config(roots_pem: &[u8]) -> rustls::ClientConfig {
+pub(crate) fn client_config(roots_pem: &[u8]) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(roots_pem) {
         roots.add(cert.unwrap()).unwrap();

@@ -6,7 +6,11 @@
 //! - `GET /headers`: the request headers it received, as JSON
 //! - `GET /ws`: a WebSocket that echoes every message
 //!
-//! Usage: `wakeway-testspace (--port PORT | --socket PATH) [--starts FILE] [--delay-ms N] [--fail] WORKSPACE`
+//! With `--requests FILE` it appends one line per request it receives (`METHOD PATH`), so a test
+//! can tell what reached the workspace.
+//!
+//! Usage: `wakeway-testspace (--port PORT | --socket PATH) [--starts FILE] [--requests FILE] [--delay-ms N]
+//! [--fail] WORKSPACE`
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -27,6 +31,7 @@ struct Args {
     port: u16,
     socket: Option<PathBuf>,
     starts: Option<PathBuf>,
+    requests: Option<PathBuf>,
     delay: Duration,
     fail: bool,
     workspace: PathBuf,
@@ -34,12 +39,20 @@ struct Args {
 
 fn parse_args() -> Args {
     let mut args = std::env::args().skip(1);
-    let mut out =
-        Args { port: 0, socket: None, starts: None, delay: Duration::ZERO, fail: false, workspace: PathBuf::from(".") };
+    let mut out = Args {
+        port: 0,
+        socket: None,
+        starts: None,
+        requests: None,
+        delay: Duration::ZERO,
+        fail: false,
+        workspace: PathBuf::from("."),
+    };
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--port" => out.port = args.next().and_then(|p| p.parse().ok()).expect("--port PORT"),
             "--starts" => out.starts = args.next().map(PathBuf::from),
+            "--requests" => out.requests = args.next().map(PathBuf::from),
             "--delay-ms" => {
                 out.delay = Duration::from_millis(args.next().and_then(|p| p.parse().ok()).expect("--delay-ms N"))
             }
@@ -119,6 +132,21 @@ async fn main() {
         .route("/ws", get(ws))
         .route("/files/{*path}", get(get_file).put(put_file))
         .with_state(root);
+    let app = match args.requests {
+        Some(log) => {
+            app.layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let line = format!("{} {}\n", req.method(), req.uri());
+                let log = log.clone();
+                async move {
+                    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&log) {
+                        let _ = f.write_all(line.as_bytes());
+                    }
+                    next.run(req).await
+                }
+            }))
+        }
+        None => app,
+    };
     if let Some(socket) = &args.socket {
         let _ = std::fs::remove_file(socket);
         let listener = tokio::net::UnixListener::bind(socket).expect("bind the socket");

@@ -27,7 +27,7 @@ use crate::manager::{LifecycleError, Manager, ScaleDirection, SessionView, Sleep
 use crate::session::{BackupInfo, seed_timestamp};
 pub use auth::{ApiKeys, load_or_generate_secret};
 pub use error::ApiError;
-pub use wakeway_proxy::ratelimit::RateLimiter;
+pub use wakeway_proxy::ratelimit::{FailureBudget, RateLimiter};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -39,7 +39,8 @@ pub struct ApiState {
 }
 
 const ENDPOINTS: &str = "POST /session/create, GET /session/{uuid}/status, POST /session/{uuid}/sleep, \
-POST /session/{uuid}/wake, POST /session/{uuid}/scale, POST /session/{uuid}/token, POST /session/{uuid}/restore, \
+POST /session/{uuid}/wake, POST /session/{uuid}/scale, POST /session/{uuid}/token, POST /session/{uuid}/revoke, \
+POST /session/{uuid}/restore, \
 PATCH /session/{uuid}/policy, DELETE /session/{uuid}, GET /sessions, GET /backups, GET /backups/{id}, \
 PATCH /backups/{id}, GET /backups/{id}/download, GET /health, GET /metrics";
 
@@ -52,6 +53,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/session/{uuid}/wake", post(wake))
         .route("/session/{uuid}/scale", post(scale))
         .route("/session/{uuid}/token", post(token))
+        .route("/session/{uuid}/revoke", post(revoke))
         .route("/session/{uuid}/restore", post(backups::restore))
         .route("/session/{uuid}/policy", patch(backups::set_policy))
         .route("/session/{uuid}", delete(remove))
@@ -86,9 +88,26 @@ async fn method_not_allowed(req: Request) -> ApiError {
     )
 }
 
+/// The endpoint as a metric label and rate-limit key: the route template (`/session/{uuid}/status`,
+/// `unmatched` for any other path) and one of a fixed set of methods (`other` for the rest), so
+/// no client input can add label values.
 fn endpoint_of(req: &Request) -> String {
     let path = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str());
-    format!("{} {path}", req.method())
+    format!("{} {path}", method_label(req.method()))
+}
+
+fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// Count every API request by endpoint and status.
@@ -100,10 +119,28 @@ async fn count(State(state): State<ApiState>, req: Request, next: Next) -> Respo
     response
 }
 
-/// `X-API-Key` on every keyed endpoint, then the rate limit per key and endpoint.
+/// `X-API-Key` on every keyed endpoint, then the rate limit per key and endpoint. A missing or
+/// wrong key spends the client address's failure budget (the [`FailureBudget`] the proxy hands
+/// over); once it is spent, every keyed request from that address is answered 429 before its key
+/// is looked at (else a 200 among the 429s would still tell a right guess).
 async fn require_key(State(state): State<ApiState>, req: Request, next: Next) -> Result<Response, ApiError> {
+    let budget = req.extensions().get::<FailureBudget>();
+    if let Some(Err(wait)) = budget.map(FailureBudget::exhausted) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("Too many requests with a missing or wrong API key from this address; retry in {wait} s."),
+        )
+        .retry_after(wait));
+    }
+    let spend = || {
+        if let Some(budget) = budget {
+            let _ = budget.spend();
+        }
+    };
     let presented = req.headers().get("x-api-key").map(|v| v.to_str().unwrap_or(""));
     let Some(presented) = presented else {
+        spend();
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing_api_key",
@@ -111,6 +148,7 @@ async fn require_key(State(state): State<ApiState>, req: Request, next: Next) ->
         ));
     };
     let Some(key) = state.keys.check(presented) else {
+        spend();
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_api_key",
@@ -298,6 +336,18 @@ async fn token(State(state): State<ApiState>, Path(uuid): Path<String>) -> Resul
     let id = parse_id(&uuid)?;
     let (access_url, expires) = state.manager.mint_token(&id).await?;
     Ok(Json(json!({ "uuid": id.as_str(), "access_url": access_url, "expires_at": rfc3339(expires) })))
+}
+
+/// End every cookie issued for the session (its user signs in again with a new link).
+async fn revoke(State(state): State<ApiState>, Path(uuid): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&uuid)?;
+    let s = state.manager.revoke_cookies(&id).await?;
+    Ok(Json(json!({
+        "uuid": s.uuid,
+        "revoked": true,
+        "cookie_generation": s.cookie_generation,
+        "message": "Every cookie and unused sign-in link issued for this workspace is refused from now on; mint a new link with POST /session/{uuid}/token.",
+    })))
 }
 
 async fn status(State(state): State<ApiState>, Path(uuid): Path<String>) -> Result<Json<Value>, ApiError> {

@@ -277,3 +277,88 @@ fn arbitrary_bodies_never_cause_a_server_error() {
     // Bodies that were valid created sessions: stop their workspace processes.
     rt.block_on(h.manager.stop_all());
 }
+
+/// Series of `wakeway_api_requests_total` in the exposition.
+fn api_series(h: &Harness) -> usize {
+    h.manager.render_metrics().lines().filter(|l| l.starts_with("wakeway_api_requests_total{")).count()
+}
+
+#[tokio::test]
+async fn api_metrics_have_bounded_labels() {
+    let h = harness(100).await;
+    for (method, path) in [("GET", "/health"), ("GET", "/sessions"), ("GET", "/session/abc12345/status")] {
+        call(&h.router, method, path, Some(KEY), "").await;
+    }
+    let before = api_series(&h);
+    for i in 0..300 {
+        let method = format!("M{i}X");
+        let paths = [format!("/junk/{i}"), format!("/session/{i:08x}/status"), format!("/backups/{i}")];
+        call(&h.router, &method, &paths[i % 3], None, "").await;
+        call(&h.router, "GET", &format!("/nothing-here-{i}"), None, "").await;
+    }
+    let text = h.manager.render_metrics();
+    let after = api_series(&h);
+    // other × {unmatched, three templates} × a few statuses, GET unmatched 404: a handful at most.
+    assert!(after <= before + 12, "series grew from {before} to {after}:\n{text}");
+    assert!(!text.contains("M1X") && !text.contains("nothing-here") && !text.contains("/junk/"), "{text}");
+    assert!(text.contains(r#"endpoint="GET /session/{uuid}/status""#), "route templates: {text}");
+    assert!(text.contains(r#"endpoint="GET unmatched""#), "{text}");
+}
+
+#[tokio::test]
+async fn wrong_keys_spend_the_client_budget() {
+    let h = harness(100).await;
+    let limiter = Arc::new(RateLimiter::new(3, h.clock.clone() as Arc<dyn wakeway_proxy::Clock>));
+    let client = std::net::IpAddr::from([198, 51, 100, 7]);
+    let send = |key: Option<&'static str>, path: &'static str| {
+        let mut req = Request::builder().method("GET").uri(path);
+        if let Some(key) = key {
+            req = req.header("x-api-key", key);
+        }
+        let req = req.extension(FailureBudget::new(limiter.clone(), client)).body(Body::empty()).unwrap();
+        let router = h.router.clone();
+        async move {
+            let response = router.oneshot(req).await.unwrap();
+            (response.status().as_u16(), response.headers().get("retry-after").is_some())
+        }
+    };
+    assert_eq!(send(Some(KEY), "/sessions").await.0, 200, "a good key spends nothing");
+    assert_eq!(send(None, "/sessions").await.0, 401);
+    assert_eq!(send(Some("wrong-key-0123456789"), "/sessions").await.0, 401);
+    assert_eq!(send(Some("wrong-key-0123456789"), "/sessions").await.0, 401);
+    assert_eq!(send(Some("wrong-key-0123456789"), "/sessions").await, (429, true));
+    assert_eq!(send(Some(KEY), "/sessions").await.0, 429, "the key is not even looked at once the budget is spent");
+    assert_eq!(send(None, "/health").await.0, 200, "open endpoints stay open");
+    h.clock.advance(Duration::from_secs(20));
+    assert_eq!(send(Some(KEY), "/sessions").await.0, 200);
+}
+
+#[tokio::test]
+async fn revoking_raises_the_cookie_generation() {
+    let h = harness(100).await;
+    let (status, created, _) = call(&h.router, "POST", "/session/create", Some(KEY), r#"{"user_id":"u"}"#).await;
+    assert_eq!(status, 200);
+    let id = created["uuid"].as_str().unwrap().to_string();
+    let sid = SessionId::parse(&id).unwrap();
+    let handle = h.manager.handle(&sid).unwrap();
+    let link = created["access_url"].as_str().unwrap();
+    let token = link.rsplit_once("wakeway_token=").unwrap().1.to_string();
+    let before = handle.cookie_generation();
+
+    let (status, body, _) = call(&h.router, "POST", &format!("/session/{id}/revoke"), Some(KEY), "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["revoked"], true);
+    assert!(handle.cookie_generation() > before);
+    assert_eq!(body["cookie_generation"].as_u64(), Some(handle.cookie_generation()));
+    assert_eq!(h.manager.view(&sid).await.unwrap().session.cookie_generation, handle.cookie_generation(), "persisted");
+    assert_eq!(h.manager.redeem_token(&sid, &token).await, None, "a link minted before the revocation is dead");
+    let (_, minted, _) = call(&h.router, "POST", &format!("/session/{id}/token"), Some(KEY), "").await;
+    let token = minted["access_url"].as_str().unwrap().rsplit_once("wakeway_token=").unwrap().1.to_string();
+    assert_eq!(h.manager.redeem_token(&sid, &token).await, Some(handle.cookie_generation()));
+
+    let (status, body, _) = call(&h.router, "POST", "/session/0badc0de/revoke", Some(KEY), "").await;
+    assert_eq!((status.as_u16(), code(&body)), (404, "session_not_found"));
+    let (status, body, _) = call(&h.router, "POST", "/session/nope/revoke", Some(KEY), "").await;
+    assert_eq!((status.as_u16(), code(&body)), (400, "invalid_uuid"));
+    h.manager.stop_all().await;
+}
