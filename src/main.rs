@@ -169,16 +169,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(cli.config.as_deref(), &ProcessEnv)?;
             print!("{}", config.to_masked_toml());
             if config.backend == wakeway_config::BackendKind::Local {
-                match wakeway_lifecycle::local_isolation(&config) {
-                    Ok(true) => {
-                        eprintln!("# local workspaces run isolated, each under a uid from {}", config.local.uids)
+                match wakeway_lifecycle::local_plan(&config) {
+                    Ok(plan) => {
+                        eprintln!("# workspace command: {}", plan.command);
+                        match plan.not_isolated {
+                            None => eprintln!("# local workspaces run isolated, each under a uid from {}", config.local.uids),
+                            Some(why) => eprintln!("# warning: {why}"),
+                        }
                     }
-                    Ok(false) => eprintln!("# warning: {}", wakeway_lifecycle::NOT_ISOLATED),
-                    Err(e) => eprintln!("# warning: {e}"),
-                }
-                let isolated = wakeway_lifecycle::local_isolation(&config).unwrap_or(false);
-                match wakeway_lifecycle::workspace_command(&config, isolated) {
-                    Ok(command) => eprintln!("# workspace command: {command}"),
                     Err(e) => eprintln!("# warning: {e}"),
                 }
             }

@@ -109,11 +109,8 @@ pub fn find_code_server() -> Option<PathBuf> {
 /// The workspace command template to run: the configured one, or code-server with the flags a
 /// proxied, per-user workspace needs — serving on its Unix socket (always: even a workspace that
 /// is not isolated then has no TCP port another local user could reach).
-pub fn workspace_command(config: &Config, isolated: bool) -> Result<String, String> {
+pub fn workspace_command(config: &Config) -> Result<String, String> {
     if !config.workspace_command.trim().is_empty() {
-        if isolated && config.workspace_command.contains("{port}") {
-            return Err(wakeway_config::ISOLATED_PORT_COMMAND.into());
-        }
         return Ok(config.workspace_command.clone());
     }
     let Some(code_server) = find_code_server() else {
@@ -130,24 +127,54 @@ pub fn workspace_command(config: &Config, isolated: bool) -> Result<String, Stri
     ))
 }
 
-/// Whether local workspaces run under uids of their own: `[local] isolation`, resolved against
-/// whether wakeway runs as root (only root can give a process another uid).
-pub fn local_isolation(config: &Config) -> Result<bool, String> {
-    let root = nix::unistd::geteuid().is_root();
-    match config.local.isolation {
-        wakeway_config::Isolation::Off => Ok(false),
-        wakeway_config::Isolation::Auto => Ok(root),
-        wakeway_config::Isolation::On if root => Ok(true),
-        wakeway_config::Isolation::On => Err("[local] isolation = \"on\" needs wakeway to run as root (it gives each \
-             workspace a uid of its own); run it as root, or set isolation = \"auto\" or \"off\""
-            .into()),
-    }
+/// How local workspaces will run: the command, and whether each runs under a uid of its own.
+#[derive(Debug, Clone)]
+pub struct LocalPlan {
+    pub command: String,
+    pub isolated: bool,
+    /// Why they are not isolated (for the start-up warning and `/health`), when they are not.
+    pub not_isolated: Option<String>,
 }
 
-/// What `/health` and the start-up log say when local workspaces are not isolated.
-pub const NOT_ISOLATED: &str = "local workspaces are not isolated: wakeway does not run as root, so every workspace \
-     runs as wakeway's own user and can read the others' files and wakeway's (single-tenant use only; run wakeway \
-     as root for a uid per workspace)";
+/// Decide [`LocalPlan`] from `[local] isolation`: isolation needs root (only root can give a
+/// process another uid), a command that serves on `{socket}`, a `data_dir` other uids can pass
+/// through, and a workspace program other uids can run. `on` refuses to start without all of
+/// them; `auto` isolates when it can and says why when it cannot.
+pub fn local_plan(config: &Config) -> Result<LocalPlan, String> {
+    use wakeway_config::Isolation;
+    let command = workspace_command(config)?;
+    let not = |why: String| Ok(LocalPlan { command: command.clone(), isolated: false, not_isolated: Some(why) });
+    if config.local.isolation == Isolation::Off {
+        return not("local workspaces are not isolated ([local] isolation = \"off\"): every workspace runs as \
+             wakeway's own user and can read the others' files and wakeway's (single-tenant use only)"
+            .into());
+    }
+    let obstacle = if !nix::unistd::geteuid().is_root() {
+        Some("wakeway does not run as root".to_string())
+    } else if command.contains("{port}") {
+        Some(wakeway_config::ISOLATED_PORT_COMMAND.to_string())
+    } else if let Some(blocked) = backend::local::isolation::blocked_ancestor(&config.data_dir.join("workspaces/x")) {
+        Some(format!("other users cannot pass through {} to reach data_dir (chmod o+x it, or choose another data_dir)", blocked.display()))
+    } else if let Some(program) = backend::local::isolation::command_program(&command)
+        && !backend::local::isolation::runnable_by_others(&program)
+    {
+        Some(format!(
+            "other users cannot run {} (a folder above it, such as /root, is private; as root, \
+             scripts/install-code-server.sh installs into /opt/wakeway/tools)",
+            program.display()
+        ))
+    } else {
+        None
+    };
+    match (obstacle, config.local.isolation) {
+        (None, _) => Ok(LocalPlan { command, isolated: true, not_isolated: None }),
+        (Some(why), Isolation::On) => Err(format!("[local] isolation = \"on\", but {why}")),
+        (Some(why), _) => not(format!(
+            "local workspaces are not isolated: {why}. Every workspace runs as wakeway's own user and can read the \
+             others' files and wakeway's (single-tenant use only; see the README's Isolation section)"
+        )),
+    }
+}
 
 /// Create `data_dir` if missing and make it and the files directly in it (the store, the API key,
 /// the cookie secret) wakeway's alone: 0700 and 0600. The local backend opens the folder up to
@@ -204,16 +231,16 @@ pub async fn build(
     let mut problems = Vec::new();
     let backend: Arc<dyn backend::Backend> = match config.backend {
         BackendKind::Local => {
-            let isolated = local_isolation(&config)?;
-            if !isolated {
-                tracing::warn!("{NOT_ISOLATED}");
-                problems.push(("isolation", NOT_ISOLATED.to_string()));
+            let plan = local_plan(&config)?;
+            if let Some(why) = plan.not_isolated {
+                tracing::warn!("{why}");
+                problems.push(("isolation", why));
             }
             let settings = backend::local::LocalSettings {
-                command: workspace_command(&config, isolated)?,
+                command: plan.command,
                 port_range: config.workspace_port_range().ok_or("workspace_ports is not a port range")?,
                 stop_grace: config.stop_grace,
-                uids: if isolated { config.local.uid_range() } else { None },
+                uids: if plan.isolated { config.local.uid_range() } else { None },
                 env: config.local.env.clone(),
             };
             let paths = backend::local::LocalPaths::new(&config.data_dir, backups);

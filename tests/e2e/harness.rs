@@ -25,6 +25,22 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// The testspace binary copied where every workspace uid can run it: the build folder may lie
+/// below a private one (a clone under /root, mode 0700).
+pub fn testspace_binary() -> &'static Path {
+    use std::os::unix::fs::PermissionsExt;
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("wakeway-e2e-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = dir.join("wakeway-testspace");
+        std::fs::copy(env!("CARGO_BIN_EXE_wakeway-testspace"), &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    })
+}
+
 /// Let workspace uids pass through `dir` (a test's private temporary folder) and write `starts`.
 pub fn open_to_workspaces(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
@@ -46,7 +62,7 @@ pub fn free_port() -> u16 {
 pub fn testspace_command(dir: &Path, extra: &str) -> String {
     format!(
         "exec {} --socket {{socket}} --starts {} {extra} {{workspace}}",
-        env!("CARGO_BIN_EXE_wakeway-testspace"),
+        testspace_binary().display(),
         dir.join("starts").display()
     )
 }

@@ -218,6 +218,14 @@ pub fn blocked_ancestor(path: &Path) -> Option<PathBuf> {
     absolute.ancestors().skip(1).find(|a| std::fs::metadata(a).is_ok_and(|m| m.mode() & 0o001 == 0)).map(Path::to_owned)
 }
 
+/// The program a command template runs first, when it names one by absolute path
+/// (`exec '/opt/x/code-server' …` → `/opt/x/code-server`).
+pub fn command_program(command: &str) -> Option<PathBuf> {
+    let mut words = command.split_whitespace().skip_while(|w| *w == "exec");
+    let first = words.next()?.trim_matches('\'');
+    first.starts_with('/').then(|| PathBuf::from(first))
+}
+
 /// Whether every other user can run `program` (it and every folder above it allow o+x).
 pub fn runnable_by_others(program: &Path) -> bool {
     let Ok(real) = std::fs::canonicalize(program) else { return false };

@@ -259,14 +259,6 @@ fn lay_out(paths: &LocalPaths, isolated: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// The program a command template runs first, when it names one by absolute path
-/// (`exec '/opt/x/code-server' …` → `/opt/x/code-server`).
-fn command_program(command: &str) -> Option<PathBuf> {
-    let mut words = command.split_whitespace().skip_while(|w| *w == "exec");
-    let first = words.next()?.trim_matches('\'');
-    first.starts_with('/').then(|| PathBuf::from(first))
-}
-
 /// Quote for `sh`: `'…'` with embedded quotes escaped.
 fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
@@ -794,7 +786,7 @@ socketserver.UnixStreamServer(sys.argv[1], H).serve_forever()' {socket}"#;
             command_program("exec '/opt/cs/bin/code-server' --x"),
             Some(PathBuf::from("/opt/cs/bin/code-server"))
         );
-        assert_eq!(command_program("python3 -m x"), None);
+        assert_eq!(isolation::command_program("python3 -m x"), None);
     }
 
     fn settings(command: &str, uids: Option<std::ops::RangeInclusive<u32>>) -> LocalSettings {
