@@ -7,6 +7,7 @@ mod failpoints;
 mod harness;
 mod redis;
 mod render;
+mod secrets;
 mod tls;
 mod tree;
 mod webhooks;
