@@ -46,8 +46,10 @@ fn ip(text: &str) -> IpAddr {
     text.parse().unwrap_or_else(|e| panic!("{text}: {e}"))
 }
 
+/// An address outside the cluster. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is the IPv4
+/// address it maps: the kernel sends IPv4 packets to it, and those meet the IPv4 rules.
 fn outside(address: &str) -> Endpoint {
-    Endpoint { ip: ip(address), pod: None }
+    Endpoint { ip: ip(address).to_canonical(), pod: None }
 }
 
 fn pod(address: &str, pod: Pod) -> Endpoint {
@@ -339,11 +341,11 @@ fn json_patch_add(doc: &mut Value, path: &str, value: Value) {
     }
 }
 
-/// The documented knob: `deploy/overlays/custom-ranges/` adds a cluster's own ranges to what a
+/// The documented knob: `overlays/custom-ranges/` (next to `deploy/`) adds a cluster's own ranges to what a
 /// workspace may not reach. Applied here as kustomize would, its ranges go from reachable to denied.
 #[test]
 fn the_custom_ranges_overlay_denies_the_ranges_it_adds() {
-    let folder = deploy_dir().join("overlays/custom-ranges");
+    let folder = deploy_dir().join("../overlays/custom-ranges");
     let kustomization: Value =
         serde_yaml::from_str(&std::fs::read_to_string(folder.join("kustomization.yaml")).unwrap()).unwrap();
     let base = folder.join(kustomization["resources"][0].as_str().unwrap());
@@ -378,6 +380,34 @@ fn the_custom_ranges_overlay_denies_the_ranges_it_adds() {
     // The overlay adds; the rest of the policy is unchanged.
     assert!(after.connects(&c.workspace, &outside("8.8.8.8"), 443, "TCP"));
     assert!(!after.connects(&c.workspace, &outside("169.254.169.254"), 80, "TCP"));
+}
+
+/// What the API server checks of an `ipBlock` (a real v1.36 server refused `::ffff:0:0/96`
+/// here): every `except` is of the same family as `cidr`, strictly inside it, and not IPv4-mapped.
+#[test]
+fn every_ip_block_is_one_the_api_server_accepts() {
+    let policies = Policies::from_deploy();
+    let blocks: Vec<&Value> = policies
+        .all
+        .iter()
+        .flat_map(|p| p["spec"]["egress"].as_array().into_iter().flatten())
+        .flat_map(|rule| rule["to"].as_array().into_iter().flatten())
+        .filter_map(|peer| peer.get("ipBlock"))
+        .collect();
+    assert_eq!(blocks.len(), 2, "an IPv4 and an IPv6 block");
+    for block in blocks {
+        let cidr = block["cidr"].as_str().unwrap();
+        let (_, outer) = cidr.split_once('/').unwrap();
+        for except in block["except"].as_array().unwrap() {
+            let except = except.as_str().unwrap();
+            let (net, inner) = except.split_once('/').unwrap();
+            let net = ip(net);
+            assert!(cidr_contains(cidr, net), "{except} is not inside {cidr}");
+            assert!(inner.parse::<u32>().unwrap() > outer.parse().unwrap(), "{except} is not a strict subset");
+            let mapped = matches!(net, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
+            assert!(!mapped, "{except}: the API server refuses IPv4-mapped addresses");
+        }
+    }
 }
 
 #[test]
