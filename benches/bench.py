@@ -29,7 +29,7 @@ if MODE == "smoke":
 BIN = os.path.join(ROOT, "target", os.environ.get("BENCH_PROFILE", "release"))
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 CHP = os.path.join(HERE, "node_modules", ".bin", "configurable-http-proxy")
-API_KEY = "bench-api-key-0123456789abcdef"
+API_KEY = "b42e5df1bffeb871570c43de7e87f25961a5d6da3ad410f7c2098fecfe25cfb9"  # generated: wakeway refuses guessable keys
 DURATION = {"full": 10, "quick": 3, "smoke": 1}[MODE]
 CONCURRENCY = [1, 32, 128]
 WAKES = 3 if MODE == "smoke" else 10  # a median of 10 wakes (full and quick)

@@ -173,7 +173,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Ok(plan) => {
                         eprintln!("# workspace command: {}", plan.command);
                         match plan.not_isolated {
-                            None => eprintln!("# local workspaces run isolated, each under a uid from {}", config.local.uids),
+                            None => eprintln!(
+                                "# local workspaces run isolated, each under a uid from {}",
+                                config.local.uids
+                            ),
                             Some(why) => eprintln!("# warning: {why}"),
                         }
                     }

@@ -2,6 +2,7 @@
 //! Deployment, Service, PVC and backup Job. Every key is overridable as
 //! `WAKEWAY_KUBERNETES_<KEY>` (e.g. `WAKEWAY_KUBERNETES_NAMESPACE`).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,10 @@ pub struct KubernetesConfig {
     pub image_pull_policy: String,
     /// Arguments of the workspace container; `{port}` is replaced by `port`.
     pub args: Vec<String>,
+    /// Variables added to the workspace container's environment (`NAME = "value"`). A workspace
+    /// gets these, `WAKEWAY_SESSION`, `WAKEWAY_CPU`, `WAKEWAY_MEMORY_MIB` and what its image sets:
+    /// nothing of wakeway's own. Names are C identifiers and never start with `WAKEWAY_`.
+    pub env: BTreeMap<String, String>,
     /// The port the workspace listens on in its pod (wakeway routes to pod IP:port).
     pub port: u16,
     /// Storage class of each session's PVC. Empty: the cluster's default class.
@@ -65,6 +70,7 @@ impl Default for KubernetesConfig {
             ]
             .map(String::from)
             .to_vec(),
+            env: BTreeMap::new(),
             port: 8080,
             storage_class: String::new(),
             pvc_size: "5Gi".into(),
@@ -114,6 +120,7 @@ impl KubernetesConfig {
         if self.run_as_user <= 0 || self.run_as_group < 0 || self.fs_group < 0 {
             return Err("kubernetes.run_as_user must be a non-root uid (> 0)".into());
         }
+        crate::workspace_env::validate("kubernetes.env", &self.env)?;
         for (key, value) in [
             ("kubernetes.job_timeout", self.job_timeout),
             ("kubernetes.job_ttl", self.job_ttl),
@@ -167,6 +174,8 @@ mod tests {
         assert!(bad(|c| c.image_pull_policy = "sometimes".into()).contains("image_pull_policy"));
         assert!(bad(|c| c.run_as_user = 0).contains("non-root"));
         assert!(bad(|c| c.backup_pvc = String::new()).contains("backup_pvc"));
+        let reserved = bad(|c| c.env = BTreeMap::from([("WAKEWAY_API_KEYS".into(), "x".into())]));
+        assert!(reserved.contains("kubernetes.env") && reserved.contains("reserved"), "{reserved}");
     }
 
     #[test]

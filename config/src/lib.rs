@@ -6,8 +6,10 @@ mod duration;
 mod env;
 mod kubernetes;
 mod local;
+mod secrets;
 #[cfg(test)]
 mod tests;
+mod workspace_env;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,7 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use duration::{format_duration, parse_duration};
 pub use env::{Env, MapEnv, ProcessEnv};
 pub use kubernetes::KubernetesConfig;
-pub use local::{Isolation, LocalConfig, check_env_table};
+pub use local::{Isolation, LocalConfig};
 
 /// Everything that can go wrong while loading configuration. Each message says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +80,13 @@ pub enum WorkspaceAuth {
     None,
     /// A one-time sign-in token (`access_url`) is exchanged for a signed, host-only cookie.
     Token,
+}
+
+impl WorkspaceAuth {
+    /// Whether signed-in users get a cookie signed with `cookie_secret` (every mode but `none`).
+    pub fn signs_cookies(self) -> bool {
+        !matches!(self, WorkspaceAuth::None)
+    }
 }
 
 /// How logs are written.
@@ -437,13 +446,15 @@ impl Config {
                 return bad(format!("{name} must be at least 100ms (it is {})", format_duration(value)));
             }
         }
-        for key in self.api_keys.iter() {
+        for (n, key) in self.api_keys.iter().enumerate() {
             if key.len() < 16 {
                 return bad("every API key must be at least 16 characters long".into());
             }
             if key.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
                 return bad("API keys must be printable ASCII without spaces".into());
             }
+            let which = format!("api_keys (WAKEWAY_API_KEYS), key {} of {},", n + 1, self.api_keys.len());
+            strong_secret(&which, key)?;
         }
         for (name, tier) in [
             ("default_tier", &self.default_tier),
@@ -484,8 +495,21 @@ impl Config {
         if !self.tls_listen.is_empty() && self.acme == AcmeMode::None && self.tls_cert_file.as_os_str().is_empty() {
             return bad("tls_listen needs a certificate: set tls_cert_file/tls_key_file or acme".into());
         }
-        if !self.cookie_secret.is_empty() && self.cookie_secret.len() < 32 {
-            return bad("cookie_secret must be at least 32 characters (or empty to generate one)".into());
+        if !self.cookie_secret.is_empty() {
+            if self.cookie_secret.len() < 32 {
+                return bad("cookie_secret must be at least 32 characters (or empty to generate one)".into());
+            }
+            strong_secret("cookie_secret (WAKEWAY_COOKIE_SECRET)", &self.cookie_secret)?;
+        }
+        if self.cookie_secret.is_empty() && self.workspace_auth.signs_cookies() && !self.redis_url.is_empty() {
+            return bad(format!(
+                "cookie_secret (WAKEWAY_COOKIE_SECRET) must be set when redis_url is set and workspace_auth = \"{}\": \
+                 replicas sharing Redis must sign cookies with one secret, and each would otherwise generate its \
+                 own into its data_dir, so a cookie from one replica would be refused by the next; {}, and give \
+                 every replica the same value",
+                format!("{:?}", self.workspace_auth).to_lowercase(),
+                secrets::HOW_TO_GENERATE
+            ));
         }
         if self.unauthenticated_per_minute == 0 || self.wake_attempts_per_minute == 0 {
             return bad("unauthenticated_per_minute and wake_attempts_per_minute must be at least 1".into());
@@ -548,6 +572,9 @@ impl Config {
             if self.webhook_secret.len() < 16 {
                 return bad("webhook_secret must be at least 16 characters when webhook_url is set".into());
             }
+        }
+        if !self.webhook_secret.is_empty() {
+            strong_secret("webhook_secret (WAKEWAY_WEBHOOK_SECRET)", &self.webhook_secret)?;
         }
         if self.webhook_max_attempts == 0 || self.webhook_retry < Duration::from_millis(10) {
             return bad("webhook_max_attempts must be at least 1 and webhook_retry at least 10ms".into());
@@ -623,6 +650,14 @@ impl Config {
 pub const ISOLATED_PORT_COMMAND: &str = "workspace_command uses {port}, but isolated workspaces have no TCP port \
      (every other workspace could reach it): serve on the Unix socket {socket} instead (code-server: --socket \
      {socket}), or set [local] isolation = \"off\" (WAKEWAY_LOCAL_ISOLATION=off) on a machine with one trusted user";
+
+/// Refuse a placeholder or guessable secret, naming the key (`which`) and how to make a good one.
+fn strong_secret(which: &str, value: &str) -> Result<(), ConfigError> {
+    match secrets::weakness(value) {
+        Some(reason) => Err(ConfigError::Invalid(format!("{which} {reason}; {}", secrets::HOW_TO_GENERATE))),
+        None => Ok(()),
+    }
+}
 
 /// `abcd…wxyz` for long secrets, `****` for short ones.
 pub fn mask(secret: &str) -> String {

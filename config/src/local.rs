@@ -57,25 +57,6 @@ impl LocalConfig {
                 self.uids
             ));
         }
-        check_env_table("local.env", &self.env)
+        crate::workspace_env::validate("local.env", &self.env)
     }
-}
-
-/// Names in an `env` table must be plain variable names, and never wakeway's own (`WAKEWAY_*`):
-/// a workspace runs its user's code and must not look like, or be configured as, wakeway.
-pub fn check_env_table(table: &str, env: &BTreeMap<String, String>) -> Result<(), String> {
-    for (name, value) in env {
-        let plain = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !plain {
-            return Err(format!("{table}: {name:?} is not a variable name (letters, digits and _)"));
-        }
-        if name.to_ascii_uppercase().starts_with("WAKEWAY_") {
-            return Err(format!("{table}: {name} is reserved: workspaces never get wakeway's own variables"));
-        }
-        if value.contains('\0') {
-            return Err(format!("{table}: the value of {name} contains a NUL byte"));
-        }
-    }
-    Ok(())
 }

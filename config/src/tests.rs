@@ -1,5 +1,10 @@
 use super::*;
 
+/// Generated as the README says (`openssl rand -hex 32`): secrets that pass the strength check.
+const GOOD_KEY: &str = "5e6b52afc43296ad52e4a7f5086382bb02a8041dda9325e090d540925b9a5c0b";
+const GOOD_SECRET: &str = "f369d9b306eec671f704a74123cce5ac6bd4a52ef8d35b90e4a9b2c12ae979ca";
+const GOOD_BASE64: &str = "6PAz6JWQ1zE1dgnLK+1mA1JcmioaHLjsL8LTzrALJ58=";
+
 #[test]
 fn defaults_are_the_documented_policy() {
     let c = Config::default();
@@ -17,7 +22,7 @@ fn required_env_names_override_their_keys() {
     let env = MapEnv::new([
         ("WAKEWAY_LISTEN", "0.0.0.0:9000"),
         ("WAKEWAY_DOMAIN", "preview.example.com"),
-        ("WAKEWAY_API_KEY", "0123456789abcdef0123"),
+        ("WAKEWAY_API_KEY", GOOD_KEY),
         ("WAKEWAY_DATA_DIR", "/var/lib/wakeway"),
         ("WAKEWAY_WORKSPACE_COMMAND", "serve --port {port} {workspace}"),
         ("WAKEWAY_IDLE_TIMEOUT", "90s"),
@@ -32,7 +37,7 @@ fn required_env_names_override_their_keys() {
     let c = Config::load(None, &env).unwrap();
     assert_eq!(c.listen.to_string(), "0.0.0.0:9000");
     assert_eq!(c.domain, "preview.example.com");
-    assert_eq!(c.api_keys, vec!["0123456789abcdef0123".to_string()]);
+    assert_eq!(c.api_keys, vec![GOOD_KEY.to_string()]);
     assert_eq!(c.data_dir, PathBuf::from("/var/lib/wakeway"));
     assert_eq!(c.workspace_command, "serve --port {port} {workspace}");
     assert_eq!(c.idle_timeout, Duration::from_secs(90));
@@ -165,23 +170,92 @@ fn policy_bounds_and_webhooks_are_checked() {
     assert!(err.to_string().contains("max_sleep_to_delete"), "{err}");
     let err = Config::load(None, &MapEnv::new([("WAKEWAY_WEBHOOK_URL", "https://hooks.example.com/w")])).unwrap_err();
     assert!(err.to_string().contains("webhook_secret"), "{err}");
-    let err = Config::load(
-        None,
-        &MapEnv::new([("WAKEWAY_WEBHOOK_URL", "ftp://x"), ("WAKEWAY_WEBHOOK_SECRET", "0123456789abcdef")]),
-    )
-    .unwrap_err();
+    let err =
+        Config::load(None, &MapEnv::new([("WAKEWAY_WEBHOOK_URL", "ftp://x"), ("WAKEWAY_WEBHOOK_SECRET", GOOD_SECRET)]))
+            .unwrap_err();
     assert!(err.to_string().contains("webhook_url"), "{err}");
     let c = Config::load(
         None,
         &MapEnv::new([
             ("WAKEWAY_WEBHOOK_URL", "http://127.0.0.1:9/hook?x=1"),
-            ("WAKEWAY_WEBHOOK_SECRET", "0123456789abcdef-secret"),
+            ("WAKEWAY_WEBHOOK_SECRET", GOOD_SECRET),
             ("WAKEWAY_WARN_BEFORE_SLEEP", "0s"),
         ]),
     )
     .unwrap();
     assert_eq!(c.warn_before_sleep, Duration::ZERO);
-    assert!(!c.to_masked_toml().contains("0123456789abcdef-secret"), "the webhook secret is masked");
+    assert!(!c.to_masked_toml().contains(GOOD_SECRET), "the webhook secret is masked");
+}
+
+/// `deploy/secrets.env.example` as shipped: `cp` + `kubectl apply -k` must not start with them.
+#[test]
+fn the_example_secrets_shipped_in_deploy_are_refused() {
+    let example = include_str!("../../deploy/secrets.env.example");
+    let vars: Vec<(&str, &str)> =
+        example.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_once('=')).collect();
+    assert!(vars.len() >= 2, "{vars:?}");
+    for (var, value) in vars {
+        // Each placeholder alone (the others good), so each is refused on its own account.
+        let mut env = MapEnv::new([("WAKEWAY_API_KEYS", GOOD_KEY), ("WAKEWAY_COOKIE_SECRET", GOOD_SECRET)]);
+        env.0.insert(var.to_string(), value.to_string());
+        let err = Config::load(None, &env).unwrap_err().to_string();
+        assert!(err.contains(var), "{var}: the message names the variable: {err}");
+        assert!(err.contains("placeholder") && err.contains("openssl rand -hex 32"), "{var}: {err}");
+        assert!(!err.contains(value), "{var}: the value is not echoed: {err}");
+    }
+}
+
+#[test]
+fn low_entropy_secrets_are_refused_and_generated_ones_pass() {
+    for var in ["WAKEWAY_API_KEY", "WAKEWAY_COOKIE_SECRET", "WAKEWAY_WEBHOOK_SECRET"] {
+        for good in [GOOD_KEY, GOOD_BASE64] {
+            Config::load(None, &MapEnv::new([(var, good)])).unwrap_or_else(|e| panic!("{var} = {good}: {e}"));
+        }
+        for bad in [
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "0123456789abcdef0123456789abcdef",
+            "abcdefghijklmnopqrstuvwxyz0123456789",
+            "my-own-secret-value-1234567890-abcdef",
+        ] {
+            let err = Config::load(None, &MapEnv::new([(var, bad)])).unwrap_err().to_string();
+            let key = var.trim_start_matches("WAKEWAY_").to_lowercase().replace("api_key", "api_keys");
+            assert!(err.contains(&key) && err.contains("openssl rand -hex 32"), "{var} = {bad}: {err}");
+        }
+    }
+    // Long enough for the 16-character minimum, but a run: refused as predictable.
+    let err = Config::load(None, &MapEnv::new([("WAKEWAY_API_KEY", "0123456789abcdef")])).unwrap_err().to_string();
+    assert!(err.contains("predictable") && err.contains("key 1 of 1"), "{err}");
+    // One weak key among good ones is named by its position (keys are never echoed).
+    let keys = format!("{GOOD_KEY},{GOOD_SECRET},change-me-to-a-long-random-key");
+    let err = Config::load(None, &MapEnv::new([("WAKEWAY_API_KEYS", keys.as_str())])).unwrap_err().to_string();
+    assert!(err.contains("key 3 of 3") && !err.contains(GOOD_KEY), "{err}");
+}
+
+#[test]
+fn replicas_sharing_redis_need_one_cookie_secret() {
+    let redis = ("WAKEWAY_REDIS_URL", "redis://redis:6379/0");
+    let token = ("WAKEWAY_WORKSPACE_AUTH", "token");
+    let err = Config::load(None, &MapEnv::new([redis, token])).unwrap_err().to_string();
+    assert!(err.contains("cookie_secret") && err.contains("replica") && err.contains("openssl rand"), "{err}");
+    Config::load(None, &MapEnv::new([redis, token, ("WAKEWAY_COOKIE_SECRET", GOOD_SECRET)])).unwrap();
+    // No cookies (workspace_auth = none), or one replica with its own data_dir: nothing to share.
+    Config::load(None, &MapEnv::new([redis])).unwrap();
+    Config::load(None, &MapEnv::new([token])).unwrap();
+}
+
+#[test]
+fn the_workspace_environment_table_is_read_and_checked() {
+    let c = Config::from_toml("[kubernetes]\nenv = { TZ = \"Europe/Paris\", HTTPS_PROXY = \"http://proxy:3128\" }\n")
+        .unwrap();
+    assert_eq!(c.kubernetes.env["TZ"], "Europe/Paris");
+    assert_eq!(c.kubernetes.env.len(), 2);
+    let env = MapEnv::new([("WAKEWAY_BACKEND", "kubernetes"), ("WAKEWAY_KUBERNETES_ENV", "LANG = \"C.UTF-8\"")]);
+    let c = Config::load(None, &env).unwrap();
+    assert_eq!(c.kubernetes.env, BTreeMap::from([("LANG".to_string(), "C.UTF-8".to_string())]));
+    let env =
+        MapEnv::new([("WAKEWAY_BACKEND", "kubernetes"), ("WAKEWAY_KUBERNETES_ENV", "WAKEWAY_COOKIE_SECRET = \"x\"")]);
+    let err = Config::load(None, &env).unwrap_err().to_string();
+    assert!(err.contains("kubernetes.env") && err.contains("reserved"), "{err}");
 }
 
 #[test]

@@ -154,7 +154,10 @@ pub fn local_plan(config: &Config) -> Result<LocalPlan, String> {
     } else if command.contains("{port}") {
         Some(wakeway_config::ISOLATED_PORT_COMMAND.to_string())
     } else if let Some(blocked) = backend::local::isolation::blocked_ancestor(&config.data_dir.join("workspaces/x")) {
-        Some(format!("other users cannot pass through {} to reach data_dir (chmod o+x it, or choose another data_dir)", blocked.display()))
+        Some(format!(
+            "other users cannot pass through {} to reach data_dir (chmod o+x it, or choose another data_dir)",
+            blocked.display()
+        ))
     } else if let Some(program) = backend::local::isolation::command_program(&command)
         && !backend::local::isolation::runnable_by_others(&program)
     {

@@ -10,7 +10,8 @@ use nix::unistd::Pid;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::Value;
 
-pub const KEY: &str = "e2e-test-key-0123456789abcdef";
+/// The API key every test sends: generated (`openssl rand -hex 32`), as wakeway refuses guessable keys.
+pub const KEY: &str = "49cbe787f5feadea1da2c6dca33925d9976076f39774eab631df0a5a02e75254";
 
 pub struct Wakeway {
     child: Option<Child>,

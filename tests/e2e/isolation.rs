@@ -13,6 +13,8 @@ const LONG: Duration = Duration::from_secs(30);
 
 /// A secret only wakeway's own environment holds.
 const CANARY: &str = "canary-7f3a9c1e5b2d4f6a8c0e";
+/// wakeway's cookie secret in this test (random hex, as `openssl rand -hex 24` makes).
+const COOKIE_SECRET: &str = "a81f4c9e07d35b62f0e9c4a1b8d72e5f3c6a90b14d8e27f5";
 
 /// What the probe does from inside workspace B, once A runs: dump its environment, try to read
 /// every target listed in `targets` (wakeway's files, A's folders) and to connect to A's socket,
@@ -59,12 +61,11 @@ async fn a_workspace_cannot_reach_wakeway_or_another_workspace() {
     let targets = tmp.path().join("targets");
     let command =
         format!("sh {} {{workspace}} {} && {}", probe.display(), targets.display(), testspace_command(tmp.path(), ""));
-    let cookie_secret = format!("{CANARY}-cookie-secret-0123456789");
     let w = Wakeway::start_in(
         tmp.path(),
         &[
             ("WAKEWAY_WORKSPACE_COMMAND", &command),
-            ("WAKEWAY_COOKIE_SECRET", &cookie_secret),
+            ("WAKEWAY_COOKIE_SECRET", COOKIE_SECRET),
             ("WAKEWAY_LOCAL_ENV", r#"EDITOR = "vim""#),
             ("AWS_SECRET_ACCESS_KEY", CANARY),
         ],
@@ -106,6 +107,7 @@ async fn a_workspace_cannot_reach_wakeway_or_another_workspace() {
     // The environment: the allow-list, the [local] env entry, and no trace of wakeway's.
     let env = std::fs::read_to_string(b_dir.join("env.txt")).unwrap();
     assert!(!env.contains(CANARY), "a secret of wakeway's environment reached the workspace:\n{env}");
+    assert!(!env.contains(COOKIE_SECRET), "the cookie secret reached the workspace:\n{env}");
     assert!(!env.contains(crate::harness::KEY), "the API key reached the workspace:\n{env}");
     let names: BTreeSet<&str> = env.lines().filter_map(|l| l.split_once('=')).map(|(k, _)| k).collect();
     let allowed: BTreeSet<&str> = [

@@ -9,6 +9,7 @@ mod harness;
 mod isolation;
 mod redis;
 mod render;
+mod secrets;
 mod tls;
 mod tree;
 mod webhooks;

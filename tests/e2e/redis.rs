@@ -208,7 +208,11 @@ async fn a_sign_in_link_minted_on_one_replica_works_on_another_once() {
     let tmp = tempfile::tempdir().unwrap();
     let redis = Redis::start(tmp.path()).await;
     let url = redis.url();
-    let token = [("WAKEWAY_WORKSPACE_AUTH", "token")];
+    // Replicas sharing Redis must share the cookie secret (wakeway refuses to start without one).
+    let token = [
+        ("WAKEWAY_WORKSPACE_AUTH", "token"),
+        ("WAKEWAY_COOKIE_SECRET", "5e6b52afc43296ad52e4a7f5086382bb02a8041dda9325e090d540925b9a5c0b"),
+    ];
     let a = Wakeway::start_in(tmp.path(), &replica("a", &url, &token)).await;
     let b = Wakeway::start_in(tmp.path(), &replica("b", &url, &token)).await;
     let r = a.api(Method::POST, "/session/create").body(r#"{"user_id":"owner@example.com"}"#).send().await.unwrap();

@@ -17,7 +17,7 @@ use sha2::Sha256;
 
 use crate::harness::Wakeway;
 
-const SECRET: &str = "webhook-secret-0123456789";
+const SECRET: &str = "aac663d2b2200d9941fd139b45c4b03190b818243d8b70dd845418479b0d06f9";
 const LONG: Duration = Duration::from_secs(30);
 
 #[derive(Default)]

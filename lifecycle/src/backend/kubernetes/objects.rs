@@ -186,11 +186,15 @@ pub fn deployment(config: &Config, session: &Session, tier: &Tier) -> Deployment
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        env: Some(vec![
-            env("WAKEWAY_SESSION", id),
-            env("WAKEWAY_CPU", tier.cpu),
-            env("WAKEWAY_MEMORY_MIB", tier.memory_mib),
-        ]),
+        // The whole environment, spelled out: the session's own facts and `kubernetes.env` (no
+        // `envFrom`, no secret reference). The workspace runs its user's code; wakeway's keys and
+        // the cluster's addresses (service links are off below) must not reach it.
+        env: Some(
+            [env("WAKEWAY_SESSION", id), env("WAKEWAY_CPU", tier.cpu), env("WAKEWAY_MEMORY_MIB", tier.memory_mib)]
+                .into_iter()
+                .chain(k8s.env.iter().map(|(name, value)| env(name, value)))
+                .collect(),
+        ),
         resources: Some(ResourceRequirements {
             requests: Some(resources.clone()),
             limits: Some(resources),

@@ -137,7 +137,7 @@ impl LocalBackend {
         }
         lay_out(&paths, isolated)?;
         if isolated
-            && let Some(program) = command_program(&settings.command)
+            && let Some(program) = isolation::command_program(&settings.command)
             && !isolation::runnable_by_others(&program)
         {
             return Err(format!(
@@ -783,7 +783,7 @@ socketserver.UnixStreamServer(sys.argv[1], H).serve_forever()' {socket}"#;
     fn placeholders_are_quoted_for_the_shell() {
         assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
         assert_eq!(
-            command_program("exec '/opt/cs/bin/code-server' --x"),
+            isolation::command_program("exec '/opt/cs/bin/code-server' --x"),
             Some(PathBuf::from("/opt/cs/bin/code-server"))
         );
         assert_eq!(isolation::command_program("python3 -m x"), None);

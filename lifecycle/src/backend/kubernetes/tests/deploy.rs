@@ -18,16 +18,16 @@ use wakeway_config::{BackendKind, Config, MapEnv, WorkspaceAuth};
 
 use crate::backend::kubernetes::objects;
 
-fn deploy_dir() -> PathBuf {
+pub(super) fn deploy_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
-fn read(file: &str) -> String {
+pub(super) fn read(file: &str) -> String {
     std::fs::read_to_string(deploy_dir().join(file)).unwrap_or_else(|e| panic!("deploy/{file}: {e}"))
 }
 
 /// Every document of a multi-document YAML file.
-fn docs(file: &str) -> Vec<Value> {
+pub(super) fn docs(file: &str) -> Vec<Value> {
     let text = read(file);
     serde_yaml::Deserializer::from_str(&text)
         .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("deploy/{file} is not YAML: {e}")))
@@ -35,7 +35,7 @@ fn docs(file: &str) -> Vec<Value> {
         .collect()
 }
 
-fn find<'a>(all: &'a [Value], kind: &str, name: &str) -> &'a Value {
+pub(super) fn find<'a>(all: &'a [Value], kind: &str, name: &str) -> &'a Value {
     all.iter()
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("no {kind} {name} in deploy/"))
@@ -106,7 +106,10 @@ fn every_manifest_is_a_well_formed_object() {
 fn the_deployment_and_its_config_agree() {
     let all = all_manifests();
     let config = Config::from_toml(&read("wakeway.toml")).expect("deploy/wakeway.toml parses");
-    config.validate().expect("deploy/wakeway.toml is valid");
+    // Alone it is not enough: two replicas share Redis and sign cookies, so the cookie secret must
+    // come from wakeway-secrets (checked with the Deployment's environment below).
+    let alone = config.validate().unwrap_err().to_string();
+    assert!(alone.contains("cookie_secret"), "{alone}");
     assert_eq!(config.backend, BackendKind::Kubernetes);
     assert_eq!(config.workspace_auth, WorkspaceAuth::Token);
     assert!(!config.stop_workspaces_on_exit, "a rolling update must not put workspaces to sleep");
@@ -125,20 +128,7 @@ fn the_deployment_and_its_config_agree() {
     assert_eq!(pod["enableServiceLinks"], false, "service links would inject unknown WAKEWAY_* variables");
 
     // Every WAKEWAY_* variable the Deployment sets is a setting wakeway knows.
-    let env: BTreeMap<String, String> = container["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            let name = e["name"].as_str().unwrap().to_string();
-            let value = match e["value"].as_str() {
-                Some(v) => v.to_string(),
-                None if name == "WAKEWAY_KUBERNETES_NAMESPACE" => "workspaces".into(),
-                None => "0123456789abcdef0123456789abcdef".into(),
-            };
-            (name, value)
-        })
-        .collect();
+    let env = deployment_env(container, |_| GENERATED.to_string());
     let path = deploy_dir().join("wakeway.toml");
     let effective = Config::load(Some(&path), &MapEnv(env.clone())).expect("the Deployment's environment applies");
     assert_eq!(effective.kubernetes.namespace, "workspaces", "the pod's namespace wins");
@@ -197,6 +187,55 @@ fn the_deployment_and_its_config_agree() {
     assert_eq!(binding["subjects"][0]["namespace"], "wakeway");
     let workspace_sa = find(&all, "ServiceAccount", &config.kubernetes.service_account);
     assert_eq!(workspace_sa["automountServiceAccountToken"], false);
+}
+
+/// A secret as `openssl rand -hex 32` makes one (what deploy/secrets.env.example asks for).
+const GENERATED: &str = "b42e5df1bffeb871570c43de7e87f25961a5d6da3ad410f7c2098fecfe25cfb9";
+
+/// The wakeway container's environment as the pod would see it: fields from the pod (namespace,
+/// name) filled in, each secret key's value from `secret`.
+fn deployment_env(container: &Value, secret: impl Fn(&str) -> String) -> BTreeMap<String, String> {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let name = e["name"].as_str().unwrap().to_string();
+            let value = match (e["value"].as_str(), e["valueFrom"]["secretKeyRef"]["key"].as_str()) {
+                (Some(v), _) => v.to_string(),
+                (None, Some(key)) => secret(key),
+                (None, None) if name == "WAKEWAY_KUBERNETES_NAMESPACE" => "workspaces".into(),
+                (None, None) => "wakeway-0".into(),
+            };
+            (name, value)
+        })
+        .collect()
+}
+
+/// `cp secrets.env.example secrets.env` + `kubectl apply -k`: wakeway refuses to start with the
+/// placeholders, naming the key and how to make a good one.
+#[test]
+fn the_example_secrets_are_refused_at_start() {
+    let all = all_manifests();
+    let container = &find(&all, "Deployment", "wakeway")["spec"]["template"]["spec"]["containers"][0];
+    let example: BTreeMap<String, String> = read("secrets.env.example")
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    let path = deploy_dir().join("wakeway.toml");
+    for placeholder in example.keys() {
+        let env =
+            deployment_env(
+                container,
+                |key| {
+                    if key == placeholder { example[key].clone() } else { GENERATED.to_string() }
+                },
+            );
+        let err = Config::load(Some(&path), &MapEnv(env)).unwrap_err().to_string();
+        assert!(err.contains(placeholder.as_str()) && err.contains("openssl rand -hex 32"), "{placeholder}: {err}");
+    }
+    assert!(read("secrets.env.example").contains("refuses to start"), "the example says its placeholders are refused");
 }
 
 #[test]

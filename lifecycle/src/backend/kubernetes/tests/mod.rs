@@ -4,6 +4,7 @@
 
 mod deploy;
 mod fake;
+mod network;
 mod snapshots;
 
 use std::net::SocketAddr;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use wakeway_config::{BackendKind, Config};
+use wakeway_config::{BackendKind, Config, MapEnv};
 
 use crate::backend::kubernetes::objects;
 use crate::restore::Limits;
@@ -30,6 +30,10 @@ fn fixture() -> (Config, Session, DateTime<Utc>) {
     let mut config = Config::default();
     config.backend = BackendKind::Kubernetes;
     config.kubernetes.storage_class = "standard-rwo".into();
+    config.kubernetes.env = [("TZ", "Europe/Paris"), ("LANG", "C.UTF-8")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let created: DateTime<Utc> = "2026-03-04T05:06:07Z".parse().unwrap();
     let session = Session::new(&SessionId::parse("abc12345").unwrap(), "ada@example.com", "small", created);
     (config, session, created)
@@ -116,6 +120,73 @@ fn the_objects_say_what_the_issue_asks() {
     assert_eq!(spec["volumes"][0]["persistentVolumeClaim"], json!({"claimName": "pvc-abc12345"}), "written to");
     assert_eq!(spec["volumes"][1]["persistentVolumeClaim"], json!({"claimName": "backup-pvc", "readOnly": true}));
     assert_eq!(job["spec"]["backoffLimit"], 0);
+}
+
+/// A workspace pod and a Job pod get an environment spelled out in full: the workspace its
+/// session's facts and `kubernetes.env`, a Job its own arguments; nothing of wakeway's (no
+/// secret, no `envFrom`, no service-account token, no Service variables such as `REDIS_PORT`).
+#[test]
+fn pods_get_only_an_explicit_environment() {
+    // wakeway's own secrets, as its Deployment gives them (environment over wakeway.toml).
+    let secrets = [
+        ("WAKEWAY_API_KEYS", "5e6b52afc43296ad52e4a7f5086382bb02a8041dda9325e090d540925b9a5c0b"),
+        ("WAKEWAY_COOKIE_SECRET", "f369d9b306eec671f704a74123cce5ac6bd4a52ef8d35b90e4a9b2c12ae979ca"),
+        ("WAKEWAY_WEBHOOK_URL", "https://hooks.internal/wakeway"),
+        ("WAKEWAY_WEBHOOK_SECRET", "aac663d2b2200d9941fd139b45c4b03190b818243d8b70dd845418479b0d06f9"),
+        ("WAKEWAY_REDIS_URL", "redis://:49cbe787f5feadea1da2c6dc@redis:6379/0"),
+        ("WAKEWAY_BACKEND", "kubernetes"),
+        ("WAKEWAY_KUBERNETES_ENV", "TZ = \"Europe/Paris\", HTTPS_PROXY = \"http://proxy:3128\""),
+    ];
+    let config = Config::load(None, &MapEnv::new(secrets)).unwrap();
+    let (_, session, at) = fixture();
+    let file = crate::backup::backup_file_name(&session.uuid, at);
+    let tier = objects::session_tier(&config, &session);
+    let limits = Limits::from_config(&config);
+    let pods = [
+        ("workspace", serde_json::to_value(objects::deployment(&config, &session, &tier)).unwrap()),
+        ("backup", serde_json::to_value(objects::backup_job(&config, &session, &file, at, "policy")).unwrap()),
+        ("restore", serde_json::to_value(objects::restore_job(&config, &session, &file, at, &limits, false)).unwrap()),
+    ];
+    let env_of = |pod: &Value| -> Vec<(String, String)> {
+        let container = &pod["containers"][0];
+        assert!(container.get("envFrom").is_none(), "no envFrom: {container}");
+        let vars = container["env"].as_array().cloned().unwrap_or_default();
+        vars.iter()
+            .map(|v| {
+                assert!(v.get("valueFrom").is_none(), "every value is spelled out: {v}");
+                (v["name"].as_str().unwrap().to_string(), v["value"].as_str().unwrap().to_string())
+            })
+            .collect()
+    };
+    let names = |vars: &[(String, String)]| vars.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+    for (component, object) in &pods {
+        let pod = &object["spec"]["template"]["spec"];
+        assert_eq!(pod["automountServiceAccountToken"], false, "{component}: no API token");
+        assert_eq!(pod["enableServiceLinks"], false, "{component}: no REDIS_PORT, WAKEWAY_SERVICE_HOST, …");
+        assert_eq!(pod["serviceAccountName"], "wakeway-workspace", "{component}: not wakeway's account");
+        for volume in pod["volumes"].as_array().unwrap() {
+            assert!(volume.get("persistentVolumeClaim").is_some(), "{component}: only data volumes: {volume}");
+        }
+        let text = object.to_string();
+        for (var, value) in &secrets[..5] {
+            assert!(!text.contains(value), "{component}: {var}'s value reaches the pod");
+        }
+        assert!(!text.to_lowercase().contains("secret"), "{component}: a secret is referenced: {text}");
+        let vars = env_of(pod);
+        match *component {
+            "workspace" => {
+                assert_eq!(names(&vars), ["WAKEWAY_SESSION", "WAKEWAY_CPU", "WAKEWAY_MEMORY_MIB", "HTTPS_PROXY", "TZ"]);
+                assert_eq!(vars[0].1, "abc12345");
+                assert_eq!(vars[3].1, "http://proxy:3128", "kubernetes.env reaches the workspace");
+            }
+            // Jobs run wakeway's own image on the volumes: kubernetes.env is the workspace's.
+            "backup" => assert!(vars.is_empty(), "{vars:?}"),
+            _ => assert_eq!(
+                names(&vars),
+                ["WAKEWAY_RESTORE_MAX_BYTES", "WAKEWAY_RESTORE_MAX_ENTRIES", "WAKEWAY_RESTORE_MAX_RATIO"]
+            ),
+        }
+    }
 }
 
 #[test]
