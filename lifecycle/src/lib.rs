@@ -286,3 +286,47 @@ pub async fn build(
         store,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use wakeway_config::Isolation;
+
+    use super::*;
+
+    fn config(dir: &Path, isolation: Isolation, command: &str) -> Config {
+        let mut c = Config::default();
+        c.data_dir = dir.join("data");
+        c.local.isolation = isolation;
+        c.workspace_command = command.into();
+        c
+    }
+
+    #[test]
+    fn isolation_is_decided_and_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let socket = "exec python3 -m x {socket}";
+        let off = local_plan(&config(dir.path(), Isolation::Off, socket)).unwrap();
+        assert!(!off.isolated && off.not_isolated.unwrap().contains("\"off\""));
+        let auto = local_plan(&config(dir.path(), Isolation::Auto, socket)).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            assert!(auto.isolated && auto.not_isolated.is_none());
+            // A command built around a port cannot be isolated: `auto` says why, `on` refuses.
+            let port = local_plan(&config(dir.path(), Isolation::Auto, "srv --port {port}")).unwrap();
+            assert!(!port.isolated && port.not_isolated.unwrap().contains("{socket}"));
+            let err = local_plan(&config(dir.path(), Isolation::On, "srv --port {port}")).unwrap_err();
+            assert!(err.contains("isolation = \"on\""), "{err}");
+            // A data_dir below a private folder is out of the workspaces' reach.
+            let private = dir.path().join("private");
+            std::fs::create_dir(&private).unwrap();
+            std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+            let blocked = local_plan(&config(&private, Isolation::Auto, socket)).unwrap();
+            assert!(blocked.not_isolated.unwrap().contains("chmod o+x"));
+        } else {
+            assert!(!auto.isolated && auto.not_isolated.unwrap().contains("not run as root"));
+            assert!(local_plan(&config(dir.path(), Isolation::On, socket)).is_err());
+        }
+    }
+}
