@@ -118,7 +118,8 @@ fn write_and_verify(
         file: dest.file_name().unwrap_or_default().to_string_lossy().into_owned(),
         size,
         sha256,
-        entries: entries.len() as u64,
+        // Things in the folders: the roots' own entries (`workspace/`, `home/`) are not counted.
+        entries: entries.iter().filter(|e| !Root::ALL.iter().any(|r| e.name == r.prefix())).count() as u64,
         content_bytes,
         verified_at: now,
         skipped,

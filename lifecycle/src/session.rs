@@ -167,7 +167,8 @@ pub struct BackupInfo {
     pub file: String,
     pub size: u64,
     pub sha256: String,
-    /// Files, folders and symlinks in the zip.
+    /// Files, folders and symlinks in the zip (the roots' own entries, `workspace/` and `home/`,
+    /// not counted).
     pub entries: u64,
     /// Bytes of file content (uncompressed).
     pub content_bytes: u64,

@@ -147,6 +147,7 @@ fn check_entries(path: &Path, expected: &[Entry]) -> Result<(), BackupError> {
 pub struct Reverified {
     pub sha256: String,
     pub size: u64,
+    /// Files, folders and symlinks (the roots' own entries not counted).
     pub entries: u64,
     pub content_bytes: u64,
     /// The zip's layout (1: the workspace alone, no prefix; 2: roots).
@@ -164,14 +165,16 @@ pub fn reverify(path: &Path, max_bytes: u64) -> Result<Reverified, BackupError> 
     let mut archive =
         ZipArchive::new(io::BufReader::with_capacity(256 * 1024, file)).map_err(|e| fail(e.to_string()))?;
     let layout = Layout::of_comment(archive.comment()).map_err(fail)?;
-    let entries = archive.len() as u64;
+    let mut entries = 0u64;
     let mut content_bytes = 0u64;
     let mut roots = BTreeSet::new();
     for i in 0..archive.len() {
         let entry = archive.by_index(i).map_err(|e| fail(e.to_string()))?;
         let name = entry.name_raw().escape_ascii().to_string();
-        let (root, _) = layout.split(entry.name_raw()).ok_or_else(|| fail(format!("{name} is in no root")))?;
+        let (root, inside) = layout.split(entry.name_raw()).ok_or_else(|| fail(format!("{name} is in no root")))?;
         roots.insert(root);
+        // Counted like the writer counts: the roots' own entries are not things in them.
+        entries += u64::from(!inside.is_empty());
         let is_file = entry.is_file();
         let declared = entry.size();
         let budget = max_bytes.saturating_sub(content_bytes);
