@@ -24,6 +24,27 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Rename `from` into another folder. Moving a folder to a new parent rewrites its `..`, which
+/// needs write permission on it: a folder its owner closed (mode 000) is opened (`u+w`) for the
+/// rename when the caller's uid owns it, and its mode put back.
+fn move_to_other_folder(from: &Path, to: &Path) -> io::Result<()> {
+    match fs::rename(from, to) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            let meta = fs::symlink_metadata(from)?;
+            if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o200 != 0 {
+                return Err(e);
+            }
+            let mode = meta.mode() & 0o7777;
+            fs::set_permissions(from, fs::Permissions::from_mode(mode | 0o200))?;
+            let moved = fs::rename(from, to);
+            let at = if moved.is_ok() { to } else { from };
+            fs::set_permissions(at, fs::Permissions::from_mode(mode))?;
+            moved
+        }
+        result => result,
+    }
+}
+
 fn open_owned_dirs(path: &Path) -> io::Result<()> {
     let euid = nix::unistd::geteuid().as_raw();
     let mut stack = vec![path.to_owned()];
@@ -178,7 +199,7 @@ impl InPlace {
             fs::create_dir_all(&self.replaced).map_err(io_err(&self.replaced))?;
             for name in Self::entries(&self.target)?.into_iter().filter(|n| !self.ours(n)) {
                 let from = self.target.join(&name);
-                fs::rename(&from, self.replaced.join(&name)).map_err(io_err(&from))?;
+                move_to_other_folder(&from, &self.replaced.join(&name)).map_err(io_err(&from))?;
             }
             sync_dir(&self.replaced)?;
             sync_dir(&self.target)?;
@@ -190,7 +211,7 @@ impl InPlace {
         if fs::symlink_metadata(&self.staged).is_ok() {
             for name in Self::entries(&self.staged)? {
                 let from = self.staged.join(&name);
-                fs::rename(&from, self.target.join(&name)).map_err(io_err(&from))?;
+                move_to_other_folder(&from, &self.target.join(&name)).map_err(io_err(&from))?;
             }
             sync_dir(&self.target)?;
             fs::remove_dir(&self.staged).map_err(io_err(&self.staged))?;
