@@ -285,13 +285,16 @@ pub fn inspect(zip: &Path, limits: &Limits, options: &Options) -> Result<Plan, R
     Ok(Plan { entries, implied_dirs, roots: roots.into_iter().collect(), layout, bytes, skipped })
 }
 
+/// Folders implied by paths, and symlinks pointing outside the root.
+type TreeCheck = (BTreeSet<Vec<u8>>, HashSet<Vec<u8>>);
+
 /// The checks within one root: paths unique, nothing inside a file or through a symlink, every
 /// symlink resolving inside the root. Returns the folders implied by paths, and the symlinks that
 /// point outside (skipped when the caller allows it, else the zip is refused).
 fn check_tree<'a>(
     entries: impl Iterator<Item = &'a Planned> + Clone,
     options: &Options,
-) -> Result<(BTreeSet<Vec<u8>>, HashSet<Vec<u8>>), RestoreError> {
+) -> Result<TreeCheck, RestoreError> {
     let mut kinds: HashMap<&[u8], &Kind> = HashMap::new();
     for e in entries.clone() {
         if kinds.insert(e.path.as_slice(), &e.kind).is_some() {

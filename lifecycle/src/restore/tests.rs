@@ -494,7 +494,8 @@ fn raw_names_and_roots_are_checked_like_any_other() {
     use crate::backup::layout::COMMENT;
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("ws");
-    let cases: [(&str, Option<&str>, Vec<(&[u8], &str, &[u8])>, &str); 6] = [
+    type RawEntry<'a> = (&'a [u8], &'a str, &'a [u8]);
+    let cases: [(&str, Option<&str>, Vec<RawEntry>, &str); 6] = [
         ("traversal", None, vec![(b"\xff/../../evil", "file", b"x")], "traversal"),
         ("absolute", None, vec![(b"/tmp/\xff", "file", b"x")], "absolute"),
         (
