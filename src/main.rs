@@ -53,9 +53,9 @@ const EXAMPLES: &str = "Examples:
   wakeway                                   serve on 127.0.0.1:8080 with data in ./wakeway-data
   WAKEWAY_IDLE_TIMEOUT=5m wakeway serve     sleep workspaces after 5 idle minutes
   wakeway check-config -c /etc/wakeway.toml validate a config file and print the result
-  wakeway backup --src /workspace --dest /backups/workspace-abc12345-20250101-120000.zip
+  wakeway backup --src /workspace --home /home/coder --dest /backups/workspace-abc12345-20250101-120000.zip
   wakeway render --session abc12345 | kubectl apply --dry-run=server -f -
-  wakeway restore --src /backups/workspace-abc12345-20250101-120000.zip --dest /workspace";
+  wakeway restore --src /backups/workspace-abc12345-20250101-120000.zip --dest /workspace --home-dest /home/coder";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormatArg {
@@ -69,12 +69,18 @@ enum Command {
     Serve,
     /// Validate the configuration and print the effective values (API keys masked).
     CheckConfig,
-    /// Zip a folder into a verified backup: written as .partial, fsynced, verified, renamed.
-    /// Prints the result as JSON. Used by the Kubernetes backup Job; handy by hand too.
+    /// Zip a workspace folder (and its HOME) into a verified backup: written as .partial, fsynced,
+    /// verified, renamed. The zip holds `workspace/…` and, with --home, `home/…` (layout 2).
+    /// Sockets, FIFOs, devices and files of other users that may not be read are skipped and
+    /// listed. Prints the result as JSON. Used by the Kubernetes backup Job; handy by hand too.
     Backup {
-        /// Folder to back up.
+        /// Folder to back up (the zip's `workspace` root).
         #[arg(long)]
         src: PathBuf,
+        /// HOME to back up with it (the zip's `home` root). Without it the zip holds no `home`
+        /// root, and restoring it leaves HOME as it is.
+        #[arg(long)]
+        home: Option<PathBuf>,
         /// Zip file to create (must not exist). Its catalog record is written next to it
         /// (`<name>.json`).
         #[arg(long)]
@@ -95,18 +101,24 @@ enum Command {
         /// still have the SHA-256 it was verified with.
         #[arg(long)]
         src: PathBuf,
-        /// Folder to restore into (created if missing; its parent must be on the same filesystem).
+        /// Folder to restore the workspace into (created if missing; its parent must be on the
+        /// same filesystem).
         #[arg(long)]
         dest: PathBuf,
-        /// Replace DEST even when it holds files (they are discarded: back them up first).
+        /// Folder to restore the zip's `home` root into (HOME). Without it that root is not
+        /// restored (the result says so); a zip without one leaves this folder as it is.
+        #[arg(long)]
+        home_dest: Option<PathBuf>,
+        /// Replace DEST (and HOME_DEST) even when it holds files (they are discarded: back them up
+        /// first).
         #[arg(long)]
         replace: bool,
         /// Skip symlinks pointing outside DEST (reported) instead of refusing the zip.
         #[arg(long)]
         skip_escaping_symlinks: bool,
-        /// Restore inside DEST instead of swapping DEST itself: the new tree is extracted into a hidden
-        /// folder in DEST, then the entries are moved with renames (resumable). Chosen automatically
-        /// when DEST is a mount point (a volume mounted at /workspace).
+        /// Restore inside DEST (and HOME_DEST) instead of swapping the folder itself: the new tree is
+        /// extracted into a hidden folder in it, then the entries are moved with renames
+        /// (resumable). Chosen automatically for a mount point (a volume mounted at /workspace).
         #[arg(long)]
         in_place: bool,
     },
@@ -160,10 +172,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", render(&config, &session, &user, tier, jobs, output)?);
             Ok(())
         }
-        Command::Backup { src, dest, user_id, reason } => backup(&src, &dest, user_id, reason),
-        Command::Restore { src, dest, replace, skip_escaping_symlinks, in_place } => {
+        Command::Backup { src, home, dest, user_id, reason } => backup(&src, home.as_deref(), &dest, user_id, reason),
+        Command::Restore { src, dest, home_dest, replace, skip_escaping_symlinks, in_place } => {
             let config = Config::load(cli.config.as_deref(), &ProcessEnv)?;
-            restore(&config, &src, &dest, replace, skip_escaping_symlinks, in_place)
+            let command = wakeway_lifecycle::restore::Command { replace, skip_escaping_symlinks, in_place };
+            restore(&config, command, &src, &dest, home_dest.as_deref())
         }
         Command::CheckConfig => {
             let config = Config::load(cli.config.as_deref(), &ProcessEnv)?;
@@ -215,6 +228,7 @@ fn init_logging(format: LogFormat) {
 
 fn backup(
     src: &std::path::Path,
+    home: Option<&std::path::Path>,
     dest: &std::path::Path,
     user_id: Option<String>,
     reason: String,
@@ -226,9 +240,15 @@ fn backup(
         user_id,
         reason,
     };
-    match wakeway_lifecycle::backup::write_verified_zip(src, dest, now, &origin) {
+    let sources = wakeway_lifecycle::backup::Sources { workspace: src, home };
+    match wakeway_lifecycle::backup::write_verified_backup(&sources, dest, now, &origin) {
         Ok(info) => {
-            println!("{}", serde_json::json!({ "ok": true, "path": dest, "backup": info }));
+            let roots: Vec<&str> = sources.roots().iter().map(|(root, _)| root.name()).collect();
+            let layout = wakeway_lifecycle::backup::Layout::V2.version();
+            let line = serde_json::json!({
+                "ok": true, "path": dest, "layout": layout, "roots": roots, "skipped": info.skipped, "backup": info,
+            });
+            println!("{line}");
             Ok(())
         }
         Err(e) => {
@@ -277,15 +297,13 @@ fn render(
 
 fn restore(
     config: &Config,
+    command: wakeway_lifecycle::restore::Command,
     src: &std::path::Path,
     dest: &std::path::Path,
-    replace: bool,
-    skip_escaping_symlinks: bool,
-    in_place: bool,
+    home_dest: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    use wakeway_lifecycle::restore::{Command, Limits};
-    let command = Command { replace, skip_escaping_symlinks, in_place };
-    let line = command.run(src, dest, &Limits::from_config(config));
+    let limits = wakeway_lifecycle::restore::Limits::from_config(config);
+    let line = command.run_roots(src, dest, home_dest, &limits);
     println!("{line}");
     match line["error"].as_str() {
         Some(error) => bail!("restore failed: {error}"),

@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::backup;
-use crate::session::{BackupInfo, SessionId};
+use crate::session::{BackupInfo, SessionId, Skipped};
 
 /// Where a backup came from (recorded with it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -80,9 +80,16 @@ pub struct BackupRecord {
     pub entries: u64,
     #[serde(default)]
     pub content_bytes: u64,
-    /// Special files (sockets, FIFOs, devices) that were not backed up.
+    /// What could not be archived (sockets, FIFOs, devices, files that may not be read).
     #[serde(default)]
-    pub skipped: Vec<String>,
+    pub skipped: Vec<Skipped>,
+    /// The zip's layout: 1 (the workspace folder alone, no prefix; records written before HOME
+    /// was backed up have no such field) or 2 (`workspace/…` and `home/…`).
+    #[serde(default = "layout_1")]
+    pub layout: u32,
+    /// The roots the zip holds (`workspace`, `home`).
+    #[serde(default = "workspace_root")]
+    pub roots: Vec<String>,
     /// Whether the zip passed verification (every entry read back, CRC-32 checked).
     pub verified: bool,
     pub verified_at: DateTime<Utc>,
@@ -111,6 +118,8 @@ impl BackupRecord {
             entries: info.entries,
             content_bytes: info.content_bytes,
             skipped: info.skipped.clone(),
+            layout: backup::Layout::V2.version(),
+            roots: workspace_root(),
             verified: true,
             verified_at: info.verified_at,
             error: None,
@@ -119,6 +128,14 @@ impl BackupRecord {
             stamp,
         }
     }
+}
+
+fn layout_1() -> u32 {
+    1
+}
+
+fn workspace_root() -> Vec<String> {
+    vec![backup::Root::Workspace.name().to_string()]
 }
 
 /// Catalog failures.
@@ -290,6 +307,8 @@ impl Catalog {
             entries: 0,
             content_bytes: 0,
             skipped: Vec::new(),
+            layout: 1,
+            roots: workspace_root(),
             verified: false,
             verified_at: now,
             error: None,
@@ -315,6 +334,8 @@ impl Catalog {
                     record.size = found.size;
                     record.entries = found.entries;
                     record.content_bytes = found.content_bytes;
+                    record.layout = found.layout;
+                    record.roots = found.roots;
                 }
             }
             Err(e) => {

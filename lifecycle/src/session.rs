@@ -167,14 +167,49 @@ pub struct BackupInfo {
     pub file: String,
     pub size: u64,
     pub sha256: String,
-    /// Files, folders and symlinks in the zip.
+    /// Files, folders and symlinks in the zip (the roots' own entries, `workspace/` and `home/`,
+    /// not counted).
     pub entries: u64,
     /// Bytes of file content (uncompressed).
     pub content_bytes: u64,
     pub verified_at: DateTime<Utc>,
-    /// Special files (sockets, FIFOs, devices) that cannot be zipped and were skipped.
+    /// What could not be archived (sockets, FIFOs, devices, files wakeway may not read), listed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub skipped: Vec<String>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// One thing a backup could not hold: a socket, FIFO or device node, or something its reader may
+/// not open (owned by another user). Listed in the catalog record and the backup's result; never a
+/// reason to fail the backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    /// The name it would have in the zip (`workspace/…` or `home/…`), lossy UTF-8.
+    pub path: String,
+    /// `socket`, `fifo`, `block_device`, `char_device`, `unreadable` (`special` in records written
+    /// before the kind was recorded).
+    pub kind: String,
+}
+
+impl Skipped {
+    pub fn new(name: &[u8], kind: &str) -> Self {
+        Skipped { path: String::from_utf8_lossy(name).into_owned(), kind: kind.into() }
+    }
+}
+
+/// Records written by earlier versions list skipped names as plain strings.
+impl<'de> Deserialize<'de> for Skipped {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Name(String),
+            Full { path: String, kind: String },
+        }
+        Ok(match Either::deserialize(d)? {
+            Either::Name(path) => Skipped { path, kind: "special".into() },
+            Either::Full { path, kind } => Skipped { path, kind },
+        })
+    }
 }
 
 /// Per-session policy overrides (`PATCH /session/{uuid}/policy`), within the admin's bounds.

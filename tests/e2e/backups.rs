@@ -30,7 +30,11 @@ async fn backed_up_session(w: &Wakeway) -> (String, String, tree::Snapshot) {
     assert_status(r.status(), 200, "delete");
     let deleted = json_of(r).await;
     let backup = deleted["backup"]["file"].as_str().unwrap().trim_end_matches(".zip").to_string();
-    assert_eq!(deleted["backup"]["skipped"], json!(["a fifo"]), "special files are skipped and reported");
+    assert_eq!(
+        deleted["backup"]["skipped"],
+        json!([{ "path": "workspace/a fifo", "kind": "fifo" }]),
+        "special files are skipped and reported"
+    );
     (id, backup, before)
 }
 
@@ -214,8 +218,11 @@ async fn a_corrupted_backup_never_counts() {
     }
     let flip = |id: &str| {
         let path = w.backup_dir().join(format!("{id}.zip"));
-        let start =
-            zip::ZipArchive::new(fs::File::open(&path).unwrap()).unwrap().by_name("work.txt").unwrap().data_start();
+        let start = zip::ZipArchive::new(fs::File::open(&path).unwrap())
+            .unwrap()
+            .by_name("workspace/work.txt")
+            .unwrap()
+            .data_start();
         let meta = fs::metadata(&path).unwrap();
         let mut bytes = fs::read(&path).unwrap();
         bytes[start.unwrap() as usize + 10] ^= 0x40;

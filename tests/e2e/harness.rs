@@ -232,6 +232,11 @@ impl Wakeway {
         self.dir.join("data/workspaces").join(id)
     }
 
+    /// The workspace's HOME on the local backend.
+    pub fn home_dir(&self, id: &str) -> PathBuf {
+        self.dir.join("data/state").join(id)
+    }
+
     /// The wakeway process id.
     /// Write `rel` into `id`'s workspace folder owned by the folder's owner (the workspace's uid
     /// when isolated), as if the workspace's user had written it.

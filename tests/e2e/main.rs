@@ -12,6 +12,7 @@ mod render;
 mod secrets;
 mod tls;
 mod tree;
+mod user_data;
 mod webhooks;
 
 use std::io::Read;
@@ -90,7 +91,7 @@ async fn the_seed_flow_end_to_end() {
     let mut zip = zip::ZipArchive::new(std::fs::File::open(w.dir.join("data/backups").join(file)).unwrap()).unwrap();
     for (path, content) in files {
         let mut text = String::new();
-        zip.by_name(path).unwrap().read_to_string(&mut text).unwrap();
+        zip.by_name(&format!("workspace/{path}")).unwrap().read_to_string(&mut text).unwrap();
         assert_eq!(text, content, "{path} is in the backup");
     }
 
@@ -344,7 +345,7 @@ async fn idle_sessions_sleep_then_are_backed_up_and_deleted() {
     let zip_path = w.dir.join("data/backups").join(backup["file"].as_str().unwrap());
     let mut zip = zip::ZipArchive::new(std::fs::File::open(zip_path).unwrap()).unwrap();
     let mut text = String::new();
-    zip.by_name("notes.md").unwrap().read_to_string(&mut text).unwrap();
+    zip.by_name("workspace/notes.md").unwrap().read_to_string(&mut text).unwrap();
     assert_eq!(text, "keep me");
     let metrics = w.metrics().await;
     assert!(metrics.contains("wakeway_sleeps_total{reason=\"idle\"} 1"), "{metrics}");

@@ -90,16 +90,26 @@ pub fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-/// Regular files in a zip: path → content.
+/// Regular files of a zip's workspace root: path → content (layout 2: `workspace/…`; a zip without
+/// the layout comment holds the workspace alone, unprefixed).
 pub fn zip_files(zip: &Path) -> BTreeMap<String, Vec<u8>> {
+    zip_root_files(zip, "workspace")
+}
+
+/// Regular files of one root (`workspace` or `home`) of a zip: path inside it → content.
+pub fn zip_root_files(zip: &Path, root: &str) -> BTreeMap<String, Vec<u8>> {
     let mut archive = zip::ZipArchive::new(fs::File::open(zip).unwrap()).unwrap();
+    let v2 = archive.comment() == b"wakeway-backup v2";
+    let prefix = if v2 { format!("{root}/") } else { String::new() };
     let mut out = BTreeMap::new();
     for i in 0..archive.len() {
         let mut entry = archive.by_index(i).unwrap();
+        let name = entry.name().unwrap().into_owned();
+        let Some(path) = name.strip_prefix(&prefix) else { continue };
         if entry.is_file() {
             let mut content = Vec::new();
             entry.read_to_end(&mut content).unwrap();
-            out.insert(entry.name().unwrap().into_owned(), content);
+            out.insert(path.to_string(), content);
         }
     }
     out

@@ -3,6 +3,8 @@
 //!
 //! - `GET /` (HTML), `GET /healthz` (JSON)
 //! - `PUT /files/<path>` and `GET /files/<path>`: write/read files in the workspace folder
+//! - `PUT /home/<path>` and `GET /home/<path>`: the same in its HOME (as code-server writes its
+//!   settings there)
 //! - `GET /headers`: the request headers it received, as JSON
 //! - `GET /ws`: a WebSocket that echoes every message
 //!
@@ -124,14 +126,15 @@ async fn main() {
         std::process::exit(3);
     }
     tokio::time::sleep(args.delay).await;
-    let root = Arc::new(args.workspace.clone());
+    let files = |root: PathBuf| Router::new().route("/{*path}", get(get_file).put(put_file)).with_state(Arc::new(root));
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| args.workspace.clone());
     let app = Router::new()
         .route("/", get(|| async { Html("<!doctype html><title>testspace</title><h1>testspace</h1>") }))
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "alive" })) }))
         .route("/headers", get(headers))
         .route("/ws", get(ws))
-        .route("/files/{*path}", get(get_file).put(put_file))
-        .with_state(root);
+        .nest("/files", files(args.workspace.clone()))
+        .nest("/home", files(home));
     let app = match args.requests {
         Some(log) => {
             app.layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {

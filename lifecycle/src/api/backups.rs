@@ -37,6 +37,8 @@ pub(super) fn record_json(manager: &Manager, r: &BackupRecord) -> Value {
         "entries": r.entries,
         "content_bytes": r.content_bytes,
         "skipped": r.skipped,
+        "layout": r.layout,
+        "roots": r.roots,
         "verified": r.verified,
         "verification": if r.verified { "ok" } else { "failed" },
         "error": r.error,
@@ -49,7 +51,10 @@ pub(super) fn record_json(manager: &Manager, r: &BackupRecord) -> Value {
 }
 
 pub(super) fn report_json(r: &Report) -> Value {
-    json!({ "files": r.files, "dirs": r.dirs, "symlinks": r.symlinks, "bytes": r.bytes, "skipped": r.skipped })
+    json!({
+        "files": r.files, "dirs": r.dirs, "symlinks": r.symlinks, "bytes": r.bytes, "skipped": r.skipped,
+        "roots": r.roots, "left_out": r.left_out,
+    })
 }
 
 /// The session's effective policy, its overrides and the admin's bounds.

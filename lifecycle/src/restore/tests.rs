@@ -1,7 +1,12 @@
 //! Restores against real folders and zips: the round trip, and zips built to attack it.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+
+use nix::sys::stat::{UtimensatFlags, utimensat};
+use nix::sys::time::TimeSpec;
 
 use chrono::Utc;
 use zip::ZipWriter;
@@ -80,7 +85,8 @@ fn round_trip_zip(dir: &Path) -> (PathBuf, PathBuf) {
     tree(&src);
     let zip = dir.join("workspace-abc12345-20250101-120000.zip");
     let info = write_verified_zip(&src, &zip, Utc::now(), &Origin::test()).unwrap();
-    assert_eq!(info.skipped, ["a fifo"], "the FIFO is skipped and reported");
+    let skipped: Vec<_> = info.skipped.iter().map(|s| (s.path.as_str(), s.kind.as_str())).collect();
+    assert_eq!(skipped, [("workspace/a fifo", "fifo")], "the FIFO is skipped and reported");
     (src, zip)
 }
 
@@ -357,4 +363,187 @@ fn an_interrupted_restore_in_place_is_finished_or_undone() {
     // Nothing to do: nothing changes.
     assert!(!swap.recover().unwrap());
     assert_eq!(names(&volume), ["NEW", "lib"]);
+}
+
+/// A zip built by hand with raw names and an optional layout comment: (name, "file" | "dir" |
+/// "symlink", content or target).
+fn crafted_raw(dir: &Path, name: &str, comment: Option<&str>, entries: &[(&[u8], &str, &[u8])]) -> PathBuf {
+    let path = dir.join(name);
+    let mut zip = ZipWriter::new(File::create(&path).unwrap());
+    if let Some(comment) = comment {
+        zip.set_comment(comment).unwrap();
+    }
+    for (entry, kind, content) in entries {
+        let mode = match *kind {
+            "dir" => 0o040755,
+            "symlink" => 0o120777,
+            _ => 0o100644,
+        };
+        let options = SimpleFileOptions::default().system(zip::System::Unix).external_attributes(mode << 16);
+        zip.start_file_with_options(options.name(entry)).unwrap();
+        zip.write_all(content).unwrap();
+    }
+    zip.finish().unwrap();
+    path
+}
+
+/// Names in a folder, as raw bytes, with their mode and content (recursively).
+fn raw_tree(root: &Path) -> BTreeMap<Vec<u8>, (u32, Vec<u8>)> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
+            let content = if meta.is_file() {
+                fs::read(&path).unwrap()
+            } else if meta.file_type().is_symlink() {
+                fs::read_link(&path).unwrap().as_os_str().as_bytes().to_vec()
+            } else {
+                stack.push(path);
+                Vec::new()
+            };
+            out.insert(rel, (meta.mode() & 0o7777, content));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_layout_1_zip_restores_into_the_workspace_and_leaves_home_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    // Written before HOME was backed up: no comment, no prefix (a folder named `home` is just a
+    // folder of the workspace).
+    let zip = crafted(dir.path(), "old.zip", &[("notes.txt", "file", b"old notes"), ("home/x", "file", b"x")]);
+    let targets = Targets { workspace: dir.path().join("ws"), home: Some(dir.path().join("home")), in_place: false };
+    fs::create_dir_all(dir.path().join("home")).unwrap();
+    fs::write(dir.path().join("home/.bashrc"), "mine").unwrap();
+    let report = restore(&zip, &targets, &LIMITS, &Options::default()).unwrap();
+    assert_eq!((report.files, report.roots.clone(), report.left_out.len()), (2, vec!["workspace".into()], 0));
+    assert_eq!(fs::read_to_string(targets.workspace.join("notes.txt")).unwrap(), "old notes");
+    assert_eq!(fs::read_to_string(targets.workspace.join("home/x")).unwrap(), "x");
+    assert_eq!(fs::read_to_string(dir.path().join("home/.bashrc")).unwrap(), "mine", "HOME untouched");
+}
+
+#[test]
+fn both_roots_come_back_and_a_missing_home_target_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ws, home) = (dir.path().join("ws"), dir.path().join("home"));
+    tree(&ws);
+    fs::create_dir_all(home.join("code-server/User")).unwrap();
+    fs::write(home.join("code-server/User/settings.json"), r#"{"workbench.colorTheme": "Solarized"}"#).unwrap();
+    fs::write(home.join(".gitconfig"), "[user]\n\tname = me\n").unwrap();
+    touch(&home.join(".gitconfig"), 1_600_000_000, 5);
+    let zip = dir.path().join("workspace-abc12345-20250101-120000.zip");
+    let sources = crate::backup::Sources { workspace: &ws, home: Some(&home) };
+    crate::backup::write_verified_backup(&sources, &zip, Utc::now(), &Origin::test()).unwrap();
+
+    let targets =
+        Targets { workspace: dir.path().join("new-ws"), home: Some(dir.path().join("new-home")), in_place: false };
+    fs::create_dir_all(dir.path().join("new-home/stale")).unwrap();
+    let report = restore(&zip, &targets, &LIMITS, &Options::default()).unwrap();
+    assert_eq!(report.roots, ["workspace", "home"]);
+    let mut want = snapshot(&ws);
+    want.remove("a fifo");
+    assert_eq!(snapshot(&targets.workspace), want);
+    assert_eq!(snapshot(targets.home.as_ref().unwrap()), snapshot(&home), "HOME replaced as a whole");
+
+    // Without a place for HOME (`wakeway restore` without --home-dest): left out, and said so.
+    let only = dir.path().join("only-ws");
+    let report = restore_into(&zip, &only, &LIMITS, &Options::default()).unwrap();
+    assert_eq!((report.roots, report.left_out), (vec!["workspace".to_string()], vec!["home".to_string()]));
+    assert_eq!(snapshot(&only), want);
+    let line = Command::default().run(&zip, &dir.path().join("by-command"), &LIMITS);
+    assert_eq!(line["ok"], true, "{line}");
+    assert!(line["note"].as_str().unwrap().contains("home"), "{line}");
+}
+
+#[test]
+fn raw_names_and_mode_000_round_trip_exactly() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (ws, home) = (dir.path().join("ws"), dir.path().join("home"));
+    fs::create_dir_all(ws.join(std::ffi::OsStr::from_bytes(b"\xff\xfe dir"))).unwrap();
+    fs::create_dir_all(&home).unwrap();
+    fs::write(ws.join(std::ffi::OsStr::from_bytes(b"\xff\xfe dir/r\xe9sum\xe9.txt")), "latin-1 name").unwrap();
+    symlink(std::ffi::OsStr::from_bytes(b"\xff\xfe dir"), ws.join("link")).unwrap();
+    fs::write(home.join("private"), "nobody may read this, not even me").unwrap();
+    fs::set_permissions(home.join("private"), fs::Permissions::from_mode(0o000)).unwrap();
+    fs::create_dir_all(ws.join("closed")).unwrap();
+    fs::write(ws.join("closed/in"), "in a closed folder").unwrap();
+    fs::set_permissions(ws.join("closed"), fs::Permissions::from_mode(0o000)).unwrap();
+    let zip = dir.path().join("workspace-abc12345-20250101-120000.zip");
+    let sources = crate::backup::Sources { workspace: &ws, home: Some(&home) };
+    crate::backup::write_verified_backup(&sources, &zip, Utc::now(), &Origin::test()).unwrap();
+    let targets =
+        Targets { workspace: dir.path().join("new-ws"), home: Some(dir.path().join("new-home")), in_place: false };
+    restore(&zip, &targets, &LIMITS, &Options::default()).unwrap();
+    assert_eq!(raw_tree(&targets.workspace), raw_tree(&ws), "names byte for byte, modes, content");
+    assert_eq!(raw_tree(targets.home.as_ref().unwrap()), raw_tree(&home));
+    assert_eq!(fs::metadata(targets.home.as_ref().unwrap().join("private")).unwrap().mode() & 0o7777, 0);
+    // A tree with a closed folder is removed as a whole by the next restore.
+    restore(&zip, &targets, &LIMITS, &Options::default()).unwrap();
+    assert!(!Swap::for_target(&targets.workspace).replaced.exists());
+    fs::set_permissions(ws.join("closed"), fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+#[test]
+fn raw_names_and_roots_are_checked_like_any_other() {
+    use crate::backup::layout::COMMENT;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("ws");
+    type RawEntry<'a> = (&'a [u8], &'a str, &'a [u8]);
+    let cases: [(&str, Option<&str>, Vec<RawEntry>, &str); 6] = [
+        ("traversal", None, vec![(b"\xff/../../evil", "file", b"x")], "traversal"),
+        ("absolute", None, vec![(b"/tmp/\xff", "file", b"x")], "absolute"),
+        (
+            "outside the roots",
+            Some(COMMENT),
+            vec![(b"workspace/", "dir", b""), (b"etc/passwd", "file", b"x")],
+            "neither",
+        ),
+        ("escape across roots", Some(COMMENT), vec![(b"home/l", "symlink", b"../workspace")], "outside"),
+        ("absolute in a root", Some(COMMENT), vec![(b"home//etc", "file", b"x")], "absolute"),
+        ("a later layout", Some("wakeway-backup v3"), vec![(b"workspace/a", "file", b"x")], "layout"),
+    ];
+    for (what, comment, entries, why) in cases {
+        let zip = crafted_raw(dir.path(), "evil.zip", comment, &entries);
+        let err = restore_into(&zip, &target, &LIMITS, &Options::default()).unwrap_err();
+        assert!(matches!(&err, RestoreError::Rejected(m) if m.contains(why)), "{what}: {err}");
+        assert!(!target.exists(), "{what}: nothing written");
+    }
+}
+
+#[test]
+fn a_crash_between_the_two_swaps_is_redone() {
+    let dir = tempfile::tempdir().unwrap();
+    let zip = crafted_raw(
+        dir.path(),
+        "v2.zip",
+        Some(crate::backup::layout::COMMENT),
+        &[
+            (b"workspace/", "dir", b""),
+            (b"workspace/w.txt", "file", b"w"),
+            (b"home/", "dir", b""),
+            (b"home/h.txt", "file", b"h"),
+        ],
+    );
+    let targets = Targets { workspace: dir.path().join("ws"), home: Some(dir.path().join("home")), in_place: false };
+    fs::create_dir_all(&targets.workspace).unwrap();
+    fs::create_dir_all(targets.home.as_ref().unwrap()).unwrap();
+    fs::write(targets.home.as_ref().unwrap().join("old.txt"), "old").unwrap();
+    // The workspace was swapped; HOME's staged tree was complete but not yet swapped in.
+    fs::write(targets.workspace.join("w.txt"), "w").unwrap();
+    let home_swap = Swap::for_target(targets.home.as_ref().unwrap());
+    fs::create_dir_all(&home_swap.staged).unwrap();
+    fs::write(home_swap.staged.join("h.txt"), "h").unwrap();
+    // Resuming: the leftovers are cleared and the whole restore redone.
+    targets.recover().unwrap();
+    assert!(!home_swap.staged.exists());
+    restore(&zip, &targets, &LIMITS, &Options::default()).unwrap();
+    assert_eq!(fs::read_to_string(targets.workspace.join("w.txt")).unwrap(), "w");
+    let home = targets.home.as_ref().unwrap();
+    assert_eq!((fs::read_to_string(home.join("h.txt")).unwrap(), home.join("old.txt").exists()), ("h".into(), false));
 }

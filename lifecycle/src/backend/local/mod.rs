@@ -38,10 +38,10 @@ use wakeway_config::Tier;
 use wakeway_proxy::Upstream;
 
 use super::{Backend, BackendError, BackendEvent, Discovered, Started};
-use crate::backup::{backup_file_name, write_verified_zip};
+use crate::backup::{Sources, backup_file_name, write_verified_backup};
 use crate::catalog::Origin;
 use crate::probe;
-use crate::restore::{self, Limits, Options, Report, Swap};
+use crate::restore::{self, Limits, Options, Report, Targets};
 use crate::session::{BackupInfo, Placement, Session};
 use isolation::{RunAs, UidPool};
 
@@ -87,6 +87,16 @@ impl LocalPaths {
 
     pub fn workspace(&self, id: &str) -> PathBuf {
         self.workspaces.join(id)
+    }
+
+    /// The workspace's HOME (code-server's user data in `code-server/`, extensions, dotfiles).
+    pub fn home(&self, id: &str) -> PathBuf {
+        self.state.join(id)
+    }
+
+    /// Where a restore puts each root of a backup.
+    fn restore_targets(&self, id: &str) -> Targets {
+        Targets { workspace: self.workspace(id), home: Some(self.home(id)), in_place: false }
     }
 }
 
@@ -677,6 +687,8 @@ impl Backend for LocalBackend {
 
     async fn backup(&self, session: &Session, now: DateTime<Utc>, reason: &str) -> Result<BackupInfo, BackendError> {
         let src = self.paths.workspace(&session.uuid);
+        // HOME is backed up with the workspace (a session created before HOME existed has none).
+        let home = Some(self.paths.home(&session.uuid)).filter(|home| home.is_dir());
         // Names have one-second resolution: a backup redone right after a crash may find its
         // name taken (by a verified zip, kept). Take the next free second.
         let mut dest = self.paths.backups.join(backup_file_name(&session.uuid, now));
@@ -687,10 +699,12 @@ impl Backend for LocalBackend {
             dest = self.paths.backups.join(backup_file_name(&session.uuid, now + chrono::Duration::seconds(later)));
         }
         let origin = Origin::new(&session.uuid, &session.user_id, reason);
-        tokio::task::spawn_blocking(move || write_verified_zip(&src, &dest, now, &origin))
-            .await
-            .map_err(|e| BackendError::Io(format!("backup task failed: {e}")))?
-            .map_err(BackendError::from)
+        tokio::task::spawn_blocking(move || {
+            write_verified_backup(&Sources { workspace: &src, home: home.as_deref() }, &dest, now, &origin)
+        })
+        .await
+        .map_err(|e| BackendError::Io(format!("backup task failed: {e}")))?
+        .map_err(BackendError::from)
     }
 
     async fn restore(
@@ -703,15 +717,18 @@ impl Backend for LocalBackend {
         if self.is_alive(session) || self.read_run_record(&session.uuid).is_some_and(|p| self.placement_alive(&p)) {
             return Err(BackendError::Refused(format!("session {} is running; restore needs it asleep", session.uuid)));
         }
-        let target = self.paths.workspace(&session.uuid);
+        let targets = self.paths.restore_targets(&session.uuid);
         let zip = zip.to_owned();
         let uid = self.uid_of(&session.uuid);
         tokio::task::spawn_blocking(move || {
-            let report = restore::restore_into(&zip, &target, &limits, &options)?;
-            // wakeway wrote the restored tree: hand it to the workspace's uid.
+            let report = restore::restore(&zip, &targets, &limits, &options)?;
+            // wakeway wrote the restored trees: hand them to the workspace's uid (HOME too, whether
+            // this zip held it or not: it is the workspace's either way).
             if let Some(uid) = uid {
-                isolation::own_tree(&target, uid)
-                    .map_err(|e| BackendError::Io(format!("cannot hand {} to uid {uid}: {e}", target.display())))?;
+                for dir in std::iter::once(&targets.workspace).chain(&targets.home) {
+                    isolation::own_tree(dir, uid)
+                        .map_err(|e| BackendError::Io(format!("cannot hand {} to uid {uid}: {e}", dir.display())))?;
+                }
             }
             Ok(report)
         })
@@ -720,8 +737,8 @@ impl Backend for LocalBackend {
     }
 
     async fn clean_interrupted_restore(&self, session: &Session) -> Result<(), BackendError> {
-        let swap = Swap::for_target(&self.paths.workspace(&session.uuid));
-        tokio::task::spawn_blocking(move || swap.recover().map(drop))
+        let targets = self.paths.restore_targets(&session.uuid);
+        tokio::task::spawn_blocking(move || targets.recover())
             .await
             .map_err(|e| BackendError::Io(format!("restore task failed: {e}")))?
             .map_err(BackendError::from)
@@ -752,7 +769,7 @@ impl Backend for LocalBackend {
         {
             return Err(BackendError::Stop(format!("processes of uid {uid} survived SIGKILL")));
         }
-        for dir in [self.paths.workspace(&session.uuid), self.paths.state.join(&session.uuid)] {
+        for dir in [self.paths.workspace(&session.uuid), self.paths.home(&session.uuid)] {
             match tokio::fs::remove_dir_all(&dir).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
