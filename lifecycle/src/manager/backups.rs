@@ -55,7 +55,7 @@ fn catalog_error(e: CatalogError) -> LifecycleError {
 }
 
 fn task_error(e: tokio::task::JoinError) -> LifecycleError {
-    LifecycleError::Backend(BackendError::Io(format!("catalog task failed: {e}")))
+    LifecycleError::task_failed("catalog", e)
 }
 
 impl Manager {
@@ -134,7 +134,7 @@ impl Manager {
             };
             tokio::task::spawn_blocking(move || restore::inspect(&zip, &limits, &options))
                 .await
-                .map_err(task_error)?
+                .map_err(|e| LifecycleError::task_failed("restore check", e))?
                 .map_err(|e| LifecycleError::Backend(BackendError::Restore(e)))?;
             Ok(record)
         }

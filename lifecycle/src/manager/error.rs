@@ -28,11 +28,28 @@ pub enum LifecycleError {
     SafetyBackupFailed { id: String, why: String },
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// A lifecycle task ended without an answer (it panicked, or the runtime is shutting down):
+    /// wakeway's fault, never the client's. The cause is logged, not sent to clients.
+    #[error("the {what} task failed before it answered")]
+    TaskFailed {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 impl From<InvalidTransition> for LifecycleError {
     fn from(e: InvalidTransition) -> Self {
         LifecycleError::Conflict { id: String::new(), state: e.from.as_str(), what: e.to_string() }
+    }
+}
+
+impl LifecycleError {
+    /// The error for a task `what` that ended without an answer, logged with its cause (a
+    /// panic's message) at error level.
+    pub(super) fn task_failed(what: &'static str, source: tokio::task::JoinError) -> Self {
+        tracing::error!(task = what, error = %source, "a lifecycle task failed (a bug in wakeway)");
+        LifecycleError::TaskFailed { what, source }
     }
 }
 

@@ -23,6 +23,8 @@ mod recovery;
 mod runtime;
 mod sleep;
 mod sweep;
+#[cfg(test)]
+mod tests;
 mod tokens;
 mod transitions;
 mod views;

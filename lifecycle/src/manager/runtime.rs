@@ -135,13 +135,13 @@ impl Manager {
     }
 
     /// Run `task` on the lifecycle runtime (the proxy calls in from its own runtimes) and wait
-    /// for its answer.
+    /// for its answer. A task that panicked is [`LifecycleError::TaskFailed`] (a 500), logged.
     pub(super) async fn run_task<T: Send + 'static>(
         &self,
         what: &'static str,
         task: impl Future<Output = Result<T>> + Send + 'static,
     ) -> Result<T> {
-        self.inner.tasks.spawn(task).await.map_err(|e| LifecycleError::Invalid(format!("{what} task failed: {e}")))?
+        self.inner.tasks.spawn(task).await.map_err(|e| LifecycleError::task_failed(what, e))?
     }
 
     /// How many sessions this replica knows a running placement of (tests: stopped ones are

@@ -63,6 +63,7 @@ impl Manager {
 
     /// One wake attempt (op lock held). A wake refused before it started settles the phase here.
     async fn wake_attempt(&self, rt: &SessionRuntime, source: ActivitySource) -> Result<Session> {
+        let attempt = WakeAttempt(rt);
         let result = self.wake_inner(rt, source).await;
         if let Err(e) = &result
             && rt.handle.phase() == Phase::Starting
@@ -70,7 +71,7 @@ impl Manager {
             // Nothing else settles the phase of a wake refused before it started.
             rt.handle.set_phase(Phase::Failed(Arc::from(e.to_string())));
         }
-        rt.wake_queued.store(false, Ordering::Release);
+        drop(attempt);
         result
     }
 
@@ -242,5 +243,19 @@ impl Manager {
             .or_else(|| tiers.get(&self.inner.config.default_tier))
             .cloned()
             .unwrap_or(Tier { cpu: 1.0, memory_mib: 1024 })
+    }
+}
+
+/// Ends a wake attempt however it ends, a panic included: the next request may start another
+/// wake, and requests held for this one are answered instead of waiting on a phase nobody settles.
+struct WakeAttempt<'a>(&'a SessionRuntime);
+
+impl Drop for WakeAttempt<'_> {
+    fn drop(&mut self) {
+        let handle = &self.0.handle;
+        if std::thread::panicking() && handle.phase() == Phase::Starting {
+            handle.set_phase(Phase::Failed(Arc::from("the wake failed unexpectedly (a bug in wakeway, logged)")));
+        }
+        self.0.wake_queued.store(false, Ordering::Release);
     }
 }
