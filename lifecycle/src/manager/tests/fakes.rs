@@ -42,6 +42,11 @@ impl FakeStore {
         }
     }
 
+    /// Another writer changes the record (with `change`) just before the manager's next write.
+    pub fn before_next_put(&self, change: impl FnOnce(&mut Session) + Send + 'static) {
+        *self.interleaved.lock().unwrap() = Some(Box::new(change));
+    }
+
     /// The stored record of `id`, read directly.
     pub fn record(&self, id: &str) -> Session {
         self.records.lock().unwrap().get(id).cloned().expect("a stored record")
@@ -142,6 +147,10 @@ impl Store for FakeStore {
 pub enum Start {
     /// It answers at once.
     Answers,
+    /// It fails with this message.
+    Fails(&'static str),
+    /// It never answers: the start fails at its deadline (`start_timeout`).
+    Hangs,
     /// The backend panics (a bug).
     Panics,
 }
@@ -191,12 +200,17 @@ impl Backend for ScriptedBackend {
         &self,
         session: &Session,
         _tier: &Tier,
-        _deadline: tokio::time::Instant,
+        deadline: tokio::time::Instant,
     ) -> Result<Started, BackendError> {
         self.call(format!("start {}", session.uuid));
         let next = self.starts.lock().unwrap().pop_front().unwrap_or(Start::Answers);
         match next {
             Start::Answers => {}
+            Start::Fails(why) => return Err(BackendError::Start(why.into())),
+            Start::Hangs => {
+                tokio::time::sleep_until(deadline).await;
+                return Err(BackendError::Start("it did not answer within start_timeout".into()));
+            }
             Start::Panics => panic!("the scripted backend panics in start (a test of a bug)"),
         }
         let pid = self.next_pid.fetch_add(1, Ordering::SeqCst);
