@@ -114,6 +114,11 @@ impl From<LifecycleError> for ApiError {
                 ApiError::new(StatusCode::BAD_GATEWAY, "workspace_start_failed", message)
             }
             LifecycleError::Backend(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "backend_error", message),
+            LifecycleError::TaskFailed { .. } => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                format!("{message}: a bug in wakeway, logged with its cause. Retry the request."),
+            ),
         }
     }
 }

@@ -8,11 +8,20 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::*;
+use serde_json::json;
+use wakeway_proxy::{ActivitySource, SessionId};
+
+use super::checkpoints::backup_fields;
+use super::runtime::SessionRuntime;
+use super::{LifecycleError, Manager, Result};
+use crate::backend::BackendError;
 use crate::catalog::{BackupRecord, CatalogError};
+use crate::failpoint;
 use crate::restore::{self, Options, Report, RestoreError};
-use crate::session::RestoreOp;
+use crate::session::{RestoreOp, Session, State};
 
 /// What to restore, and how.
 #[derive(Debug, Clone)]
@@ -46,7 +55,7 @@ fn catalog_error(e: CatalogError) -> LifecycleError {
 }
 
 fn task_error(e: tokio::task::JoinError) -> LifecycleError {
-    LifecycleError::Backend(BackendError::Io(format!("catalog task failed: {e}")))
+    LifecycleError::task_failed("catalog", e)
 }
 
 impl Manager {
@@ -125,7 +134,7 @@ impl Manager {
             };
             tokio::task::spawn_blocking(move || restore::inspect(&zip, &limits, &options))
                 .await
-                .map_err(task_error)?
+                .map_err(|e| LifecycleError::task_failed("restore check", e))?
                 .map_err(|e| LifecycleError::Backend(BackendError::Restore(e)))?;
             Ok(record)
         }
@@ -164,7 +173,7 @@ impl Manager {
         self.restorable(&req, true).await?;
         let this = self.clone();
         let user_id = user_id.to_string();
-        let task = self.inner.rt.spawn(async move {
+        self.run_task("create", async move {
             let (rt, mut s) = this.create_record(&user_id).await?;
             let _op = rt.op.lock().await;
             s.restore = Some(RestoreOp {
@@ -182,17 +191,14 @@ impl Manager {
                 this.request_wake(&rt.handle, ActivitySource::Created);
             }
             Ok((s, result))
-        });
-        task.await.map_err(|e| LifecycleError::Invalid(format!("create task failed: {e}")))?
+        })
+        .await
     }
 
     /// Restore backup `req` into sleeping session `id`, after a verified backup of its current
     /// content.
     pub async fn restore(&self, id: &SessionId, req: RestoreRequest) -> Result<(Session, Report)> {
-        let rt = self.runtime(id).ok_or_else(|| LifecycleError::NotFound(id.to_string()))?;
-        let this = self.clone();
-        let task = self.inner.rt.spawn(async move {
-            let _op = rt.op.lock().await;
+        self.run_locked(id, "restore", move |this, rt| async move {
             let mut s = this.load(&rt.handle.id).await?;
             match s.state {
                 State::Sleeping => {}
@@ -218,29 +224,26 @@ impl Manager {
             this.transition(&rt, &mut s, State::Restoring).await?;
             let report = this.run_restore(&rt, &mut s).await?;
             Ok((s, report))
-        });
-        task.await.map_err(|e| LifecycleError::Invalid(format!("restore task failed: {e}")))?
+        })
+        .await
     }
 
     /// Finish a restore a crash interrupted (the sweep's `FinishRestore`).
     pub(super) async fn finish_restore(&self, id: &SessionId) -> Result<Session> {
-        let rt = self.runtime(id).ok_or_else(|| LifecycleError::NotFound(id.to_string()))?;
-        let this = self.clone();
-        let task = self.inner.rt.spawn(async move {
-            let _op = rt.op.lock().await;
+        self.run_locked(id, "restore", move |this, rt| async move {
             let mut s = this.load(&rt.handle.id).await?;
             if s.state == State::Restoring {
                 tracing::info!(session = %s.uuid, "resuming an interrupted restore");
                 this.run_restore(&rt, &mut s).await?;
             }
             Ok(s)
-        });
-        task.await.map_err(|e| LifecycleError::Invalid(format!("restore task failed: {e}")))?
+        })
+        .await
     }
 
     /// Run (or resume) the restore recorded in `s` (state `restoring`, op lock held). Always ends
     /// with the session asleep: restored, or unchanged with `last_error` saying why.
-    pub(super) async fn run_restore(&self, rt: &Runtime, s: &mut Session) -> Result<Report> {
+    pub(super) async fn run_restore(&self, rt: &SessionRuntime, s: &mut Session) -> Result<Report> {
         let Some(op) = s.restore.clone() else {
             self.inner.backend.clean_interrupted_restore(s).await?;
             self.transition(rt, s, State::Sleeping).await?;
@@ -256,56 +259,79 @@ impl Manager {
         match result {
             Ok(report) => {
                 failpoint::hit("restore.after_swap");
-                let now = self.now();
-                let safety_backup = s.restore.as_ref().and_then(|o| o.safety_backup.clone());
-                s.restore = None;
-                s.restored_from = Some(op.backup.clone());
-                s.restored_at = Some(now);
-                s.pre_restore_backup = safety_backup.clone();
-                s.last_error = None;
-                // A restored workspace gets a full sleep_to_delete before the policy deletes it.
-                s.slept_at = Some(now);
-                s.warned_delete_for = None;
-                self.transition(rt, s, State::Sleeping).await?;
-                self.inner.metrics.restores.with_label_values(&["ok"]).inc();
-                self.inner.metrics.restore_seconds.with_label_values(&["ok"]).observe(secs);
-                tracing::info!(session = %s.uuid, backup = %op.backup, files = report.files, bytes = report.bytes, skipped = report.skipped.len(), seconds = secs, "backup restored");
-                self.event(
-                    "restored",
-                    s,
-                    json!({
-                        "backup": op.backup,
-                        "safety_backup": safety_backup,
-                        "files": report.files,
-                        "bytes": report.bytes,
-                        "skipped": report.skipped,
-                    }),
-                );
+                self.record_restored(rt, s, &op, &report, secs).await?;
                 Ok(report)
             }
             Err(e) => {
-                if let Err(clean) = self.inner.backend.clean_interrupted_restore(s).await {
-                    tracing::error!(session = %s.uuid, error = %clean, "cannot tidy up after a failed restore");
-                }
-                let label = self.restore_refused(&op.backup, &e).await;
-                self.inner.metrics.restore_seconds.with_label_values(&[label]).observe(secs);
-                tracing::error!(session = %s.uuid, backup = %op.backup, error = %e, "restore failed; the workspace is unchanged");
-                // The record may be stale if the store failed; the sweep retries from `restoring`.
-                if let Ok(fresh) = self.load(&rt.handle.id).await {
-                    *s = fresh;
-                }
-                s.restore = None;
-                s.last_error = Some(format!("restore of {} failed, the workspace is unchanged: {e}", op.backup));
-                if let Err(save) = self.transition(rt, s, State::Sleeping).await {
-                    tracing::error!(session = %s.uuid, error = %save, "cannot record the failed restore; the sweep retries");
-                }
-                self.event("restore_failed", s, json!({ "backup": op.backup, "error": e.to_string() }));
+                self.record_restore_failed(rt, s, &op, &e, secs).await;
                 Err(e)
             }
         }
     }
 
-    async fn restore_steps(&self, rt: &Runtime, s: &mut Session, op: &RestoreOp) -> Result<Report> {
+    /// Record a finished restore: asleep, restored from `op.backup`.
+    async fn record_restored(
+        &self,
+        rt: &SessionRuntime,
+        s: &mut Session,
+        op: &RestoreOp,
+        report: &Report,
+        secs: f64,
+    ) -> Result<()> {
+        let now = self.now();
+        let safety_backup = s.restore.as_ref().and_then(|o| o.safety_backup.clone());
+        s.restore = None;
+        s.restored_from = Some(op.backup.clone());
+        s.restored_at = Some(now);
+        s.pre_restore_backup = safety_backup.clone();
+        s.last_error = None;
+        // A restored workspace gets a full sleep_to_delete before the policy deletes it.
+        s.slept_at = Some(now);
+        s.warned_delete_for = None;
+        self.transition(rt, s, State::Sleeping).await?;
+        self.inner.metrics.restores.with_label_values(&["ok"]).inc();
+        self.inner.metrics.restore_seconds.with_label_values(&["ok"]).observe(secs);
+        tracing::info!(session = %s.uuid, backup = %op.backup, files = report.files, bytes = report.bytes, skipped = report.skipped.len(), seconds = secs, "backup restored");
+        let fields = json!({
+            "backup": op.backup,
+            "safety_backup": safety_backup,
+            "files": report.files,
+            "bytes": report.bytes,
+            "skipped": report.skipped,
+        });
+        self.event("restored", s, fields);
+        Ok(())
+    }
+
+    /// Record a failed restore: the folder tidied up, the session asleep and unchanged, with
+    /// `last_error` saying why.
+    async fn record_restore_failed(
+        &self,
+        rt: &SessionRuntime,
+        s: &mut Session,
+        op: &RestoreOp,
+        e: &LifecycleError,
+        secs: f64,
+    ) {
+        if let Err(clean) = self.inner.backend.clean_interrupted_restore(s).await {
+            tracing::error!(session = %s.uuid, error = %clean, "cannot tidy up after a failed restore");
+        }
+        let label = self.restore_refused(&op.backup, e).await;
+        self.inner.metrics.restore_seconds.with_label_values(&[label]).observe(secs);
+        tracing::error!(session = %s.uuid, backup = %op.backup, error = %e, "restore failed; the workspace is unchanged");
+        // The record may be stale if the store failed; the sweep retries from `restoring`.
+        if let Ok(fresh) = self.load(&rt.handle.id).await {
+            *s = fresh;
+        }
+        s.restore = None;
+        s.last_error = Some(format!("restore of {} failed, the workspace is unchanged: {e}", op.backup));
+        if let Err(save) = self.transition(rt, s, State::Sleeping).await {
+            tracing::error!(session = %s.uuid, error = %save, "cannot record the failed restore; the sweep retries");
+        }
+        self.event("restore_failed", s, json!({ "backup": op.backup, "error": e.to_string() }));
+    }
+
+    async fn restore_steps(&self, rt: &SessionRuntime, s: &mut Session, op: &RestoreOp) -> Result<Report> {
         let record = self.verified_backup(&op.backup).await?;
         if !op.fresh && op.safety_backup.is_none() {
             // The folder must hold the old content (a crash mid-swap is finished first).
@@ -331,24 +357,25 @@ impl Manager {
 
     /// Change a session's policy overrides (the API checked them against the admin's bounds).
     pub async fn set_policy(&self, id: &SessionId, patch: PolicyPatch) -> Result<Session> {
-        let rt = self.runtime(id).ok_or_else(|| LifecycleError::NotFound(id.to_string()))?;
-        let _op = rt.op.lock().await;
-        let mut s = self.load(id).await?;
-        if matches!(s.state, State::Deleting | State::Deleted) {
-            return Err(LifecycleError::Deleted(s.uuid));
-        }
-        let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
-        if let Some(idle) = patch.idle_timeout {
-            s.policy.idle_timeout_ms = idle.map(ms);
-        }
-        if let Some(sleep) = patch.sleep_to_delete {
-            s.policy.sleep_to_delete_ms = sleep.map(ms);
-        }
-        if let Some(keep) = patch.keep {
-            s.policy.keep = keep;
-        }
-        self.save(&rt, &mut s).await?;
-        tracing::info!(session = %s.uuid, policy = ?s.policy, "policy overrides set");
-        Ok(s)
+        self.run_locked(id, "policy", move |this, rt| async move {
+            let mut s = this.load(&rt.handle.id).await?;
+            if matches!(s.state, State::Deleting | State::Deleted) {
+                return Err(LifecycleError::Deleted(s.uuid));
+            }
+            let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
+            if let Some(idle) = patch.idle_timeout {
+                s.policy.idle_timeout_ms = idle.map(ms);
+            }
+            if let Some(sleep) = patch.sleep_to_delete {
+                s.policy.sleep_to_delete_ms = sleep.map(ms);
+            }
+            if let Some(keep) = patch.keep {
+                s.policy.keep = keep;
+            }
+            this.save(&rt, &mut s).await?;
+            tracing::info!(session = %s.uuid, policy = ?s.policy, "policy overrides set");
+            Ok(s)
+        })
+        .await
     }
 }

@@ -1,0 +1,127 @@
+//! Activity checkpoints (the proxy's in-memory activity written to the store, or max-merged
+//! across replicas on a shared store), the sleep and delete warnings, and the lifecycle events
+//! sent to the webhook.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Value, json};
+use wakeway_proxy::SessionId;
+
+use super::Manager;
+use super::runtime::SessionRuntime;
+use crate::policy::{Seen, Warning};
+use crate::session::{BackupInfo, Session, State};
+use crate::store::ActivityCheckpoint;
+
+impl Manager {
+    /// Send a lifecycle event to the webhook (if any). Never waits.
+    pub(super) fn event(&self, kind: &'static str, s: &Session, fields: Value) {
+        self.inner.notifier.send(kind, &s.uuid, &s.user_id, self.now(), fields);
+    }
+
+    /// Write in-memory activity to the store for sessions whose activity moved.
+    pub async fn checkpoint(&self) {
+        if self.inner.shared {
+            return self.merge_activity().await;
+        }
+        let runtimes: Vec<Arc<SessionRuntime>> = self.inner.sessions.iter().map(|r| r.clone()).collect();
+        for rt in runtimes {
+            let ms = rt.handle.activity.last_activity_ms();
+            if ms <= rt.persisted_activity_ms.load(Ordering::Relaxed) {
+                continue;
+            }
+            // An operation in flight persists activity itself when it saves.
+            let Ok(_op) = rt.op.try_lock() else { continue };
+            let Ok(mut s) = self.load(&rt.handle.id).await else { continue };
+            if let Err(e) = self.save(&rt, &mut s).await {
+                tracing::debug!(session = %rt.handle.id, error = %e, "activity checkpoint failed; retried next interval");
+            }
+        }
+    }
+
+    /// With a shared store: send every session's activity (and open connections) in one
+    /// pipeline, and take back what all replicas saw (max-merged), so a sleep decision anywhere
+    /// counts activity seen everywhere.
+    pub(super) async fn merge_activity(&self) {
+        let batch: Vec<ActivityCheckpoint> = self
+            .inner
+            .sessions
+            .iter()
+            .filter(|rt| rt.state() != State::Deleted)
+            .map(|rt| ActivityCheckpoint {
+                id: rt.handle.id.to_string(),
+                replica: self.inner.replica.clone(),
+                last_activity_ms: rt.handle.activity.last_activity_ms(),
+                last_interaction_ms: rt.handle.activity.last_interaction_ms(),
+                open_connections: rt.handle.activity.open_connections(),
+            })
+            .collect();
+        let ttl = self.inner.config.checkpoint_interval * 3;
+        match self.inner.store.merge_activity(&batch, self.now().timestamp_millis(), ttl).await {
+            Ok(merged) => {
+                for m in merged {
+                    if let Some(rt) = SessionId::parse(&m.id).and_then(|id| self.runtime(&id)) {
+                        rt.handle.activity.restore(m.last_activity_ms, m.last_interaction_ms);
+                        rt.open_everywhere.store(m.open_connections, Ordering::Relaxed);
+                    }
+                }
+            }
+            Err(e) => {
+                self.note_store_error(&e);
+                tracing::debug!(error = %e, "activity checkpoint failed; kept in memory and retried");
+            }
+        }
+    }
+
+    /// Send the warning due for `s` now, once per deadline (the caller holds its op lock).
+    pub(super) async fn warn_if_due(&self, rt: &SessionRuntime, s: &mut Session, seen: Seen, now: DateTime<Utc>) {
+        if !self.inner.notifier.enabled() {
+            return;
+        }
+        let config = &self.inner.config;
+        let Some(warning) =
+            self.inner.policy.warning(s, seen, now, config.warn_before_sleep, config.warn_before_delete)
+        else {
+            return;
+        };
+        let (kind, field, at) = match warning {
+            Warning::Sleep(at) => {
+                s.warned_sleep_for = Some(at);
+                ("sleep_warning", "sleeps_at", at)
+            }
+            Warning::Delete(at) => {
+                s.warned_delete_for = Some(at);
+                ("delete_warning", "deletes_at", at)
+            }
+        };
+        // Recorded first: a warning is sent once per deadline, even across restarts.
+        if let Err(e) = self.save(rt, s).await {
+            tracing::debug!(session = %s.uuid, error = %e, "warning not recorded; retried next sweep");
+            return;
+        }
+        let mut fields = serde_json::Map::new();
+        fields.insert(field.into(), json!(rfc3339(at)));
+        fields.insert("in_seconds".into(), json!((at - now).num_milliseconds().max(0) as f64 / 1000.0));
+        tracing::info!(session = %s.uuid, warning = kind, at = %rfc3339(at), "warning sent");
+        self.event(kind, s, Value::Object(fields));
+    }
+}
+
+/// A time as events and answers write it (RFC 3339, milliseconds, `Z`).
+pub(super) fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// An event's fields for a verified backup written for `reason`.
+pub(super) fn backup_fields(info: &BackupInfo, reason: &str) -> Value {
+    json!({
+        "backup": info.file.trim_end_matches(".zip"),
+        "reason": reason,
+        "size": info.size,
+        "sha256": info.sha256,
+        "entries": info.entries,
+        "skipped": info.skipped,
+    })
+}

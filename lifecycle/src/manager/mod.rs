@@ -1,0 +1,179 @@
+//! The session manager: every lifecycle operation (create, wake, sleep, scale, delete, restore),
+//! the sweep that applies the idle policy, activity checkpoints, crash recovery at start-up, and
+//! the in-memory session map the proxy reads on every request.
+//!
+//! Operations on one session are serialized by that session's operation lock
+//! ([`Manager::run_locked`]) and each persisted step is a compare-and-set, so a crash between
+//! steps leaves a state the next start (or sweep) resumes. One concern per file:
+//! - `runtime`: the per-session in-memory state, publishing phases, running under the lock;
+//! - `transitions`: load, save (compare-and-set) and state transitions;
+//! - `create`, `wake`, `sleep` (sleep and scale), `delete`, `backups` (catalog, restores,
+//!   per-session policy): the operations;
+//! - `sweep` (the background loop, the policy sweep, its leader lease), `recovery` (start-up,
+//!   other replicas' changes, lost records, crashed workspaces), `checkpoints` (activity,
+//!   warnings, webhook events);
+//! - `tokens` (sign-in links, cookie generations), `views` (status, counts, metrics, health).
+
+mod backups;
+mod checkpoints;
+mod create;
+mod delete;
+mod error;
+mod recovery;
+mod runtime;
+mod sleep;
+mod sweep;
+#[cfg(test)]
+mod tests;
+mod tokens;
+mod transitions;
+mod views;
+mod wake;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use wakeway_config::Config;
+use wakeway_proxy::{Clock, ProxyStats, SessionId};
+
+use crate::backend::Backend;
+use crate::catalog::Catalog;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::restore::Limits;
+use crate::store::Store;
+use crate::webhook::Notifier;
+use runtime::SessionRuntime;
+
+pub use backups::{BackupFilter, PolicyPatch, RestoreRequest};
+pub use error::LifecycleError;
+use error::Result;
+pub use sleep::{ScaleDirection, SleepReason};
+pub use views::SessionView;
+
+/// The sweep leader asks the backend for its workspaces at least this often (shared store).
+pub const DISCOVERY_SAFETY_NET: Duration = Duration::from_secs(600);
+
+struct Inner {
+    config: Arc<Config>,
+    policy: Policy,
+    store: Arc<dyn Store>,
+    backend: Arc<dyn Backend>,
+    clock: Arc<dyn Clock>,
+    /// Every session this replica knows, by id.
+    sessions: DashMap<SessionId, Arc<SessionRuntime>>,
+    metrics: Metrics,
+    stats: Arc<ProxyStats>,
+    store_up: AtomicBool,
+    /// Problems worth showing in `/health` (component → message), e.g. ACME failures.
+    problems: DashMap<&'static str, String>,
+    /// Notified when a session is created or deleted (certificates follow sessions).
+    changed: Arc<tokio::sync::Notify>,
+    /// Several replicas share the store: activity, the sweep lease and events go through it.
+    shared: bool,
+    /// This replica's name (leases, activity checkpoints).
+    replica: String,
+    /// This replica held the sweep lease at its last sweep (shared store).
+    leading: AtomicBool,
+    /// The next sweep as leader asks the backend for its workspaces even if every session this
+    /// replica knows has a record: set on becoming leader and when the store resyncs.
+    discover_due: AtomicBool,
+    /// When the sweep leader last asked the backend for its workspaces (clock ms).
+    last_discovery_ms: AtomicI64,
+    /// The runtime every lifecycle task runs on (the proxy calls in from its own runtimes).
+    tasks: tokio::runtime::Handle,
+    catalog: Arc<Catalog>,
+    notifier: Notifier,
+    limits: Limits,
+}
+
+/// The manager. Cheap to clone.
+#[derive(Clone)]
+pub struct Manager {
+    inner: Arc<Inner>,
+}
+
+impl Manager {
+    /// Build a manager. Call [`Manager::recover`] before serving, then run
+    /// [`Manager::run_background`] for the sweep, checkpoints and backend events.
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        backend: Arc<dyn Backend>,
+        clock: Arc<dyn Clock>,
+        stats: Arc<ProxyStats>,
+        rt: tokio::runtime::Handle,
+    ) -> Self {
+        let metrics = Metrics::new();
+        let notifier = Notifier::new(&config, &metrics, &rt).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "webhooks are off");
+            Notifier::disabled()
+        });
+        Manager {
+            inner: Arc::new(Inner {
+                policy: Policy::from(config.as_ref()),
+                shared: store.shared(),
+                replica: replica_name(&config.replica_id),
+                limits: Limits::from_config(&config),
+                catalog: Arc::new(Catalog::new(config.backup_dir(), config.restore_max_bytes)),
+                config,
+                store,
+                backend,
+                clock,
+                sessions: DashMap::new(),
+                metrics,
+                stats,
+                store_up: AtomicBool::new(true),
+                problems: DashMap::new(),
+                changed: Arc::new(tokio::sync::Notify::new()),
+                leading: AtomicBool::new(false),
+                discover_due: AtomicBool::new(true),
+                last_discovery_ms: AtomicI64::new(0),
+                tasks: rt,
+                notifier,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The idle policy (configured durations; per-session overrides apply through it).
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    pub fn backend_kind(&self) -> &'static str {
+        self.inner.backend.kind()
+    }
+
+    pub fn store_kind(&self) -> &'static str {
+        self.inner.store.kind()
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(self.inner.clock.now_ms()).unwrap_or_default()
+    }
+
+    /// Notified whenever a session is created or deleted.
+    pub fn changed(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.changed.clone()
+    }
+}
+
+/// The replica's name: configured, or hostname and process id.
+fn replica_name(configured: &str) -> String {
+    if !configured.is_empty() {
+        return configured.to_string();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
+}

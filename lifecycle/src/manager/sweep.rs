@@ -1,0 +1,183 @@
+//! The background loop (sweep, checkpoints, backend and store events) and the sweep: the idle
+//! policy applied to every session by the one replica holding the sweep lease, and backups
+//! pruned after `backup_retention`.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+
+use super::{Manager, Result, SleepReason};
+use crate::backend::BackendEvent;
+use crate::policy::Action;
+use crate::session::{Session, State};
+
+impl Manager {
+    /// Run the sweep, checkpoints and backend events until `shutdown` fires.
+    pub async fn run_background(
+        &self,
+        mut events: mpsc::UnboundedReceiver<BackendEvent>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut store_events = self.inner.store.subscribe().await;
+        let mut sweep = tokio::time::interval(self.inner.config.sweep_interval);
+        let mut checkpoint = tokio::time::interval(self.inner.config.checkpoint_interval);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = sweep.tick() => { let _ = self.sweep().await; }
+                _ = checkpoint.tick() => self.checkpoint().await,
+                Some(event) = events.recv() => self.on_event(event).await,
+                Some(id) = async { match store_events.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                    self.on_store_event(&id).await
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        self.checkpoint().await;
+    }
+
+    /// Apply the policy to every session once. Skips everything if the store cannot be read
+    /// (never decide on stale data).
+    pub async fn sweep(&self) -> Result<()> {
+        if !self.inner.shared {
+            return self.sweep_as_leader().await;
+        }
+        let ttl = self.inner.config.lease_ttl;
+        match self.inner.store.lease("sweep", &self.inner.replica, ttl).await {
+            Ok(true) => {
+                if !self.inner.leading.swap(true, Ordering::AcqRel) {
+                    // Records may have been lost while another replica led (or none did).
+                    self.inner.discover_due.store(true, Ordering::Release);
+                }
+            }
+            Ok(false) => {
+                self.inner.leading.store(false, Ordering::Release);
+                return self.resync().await;
+            }
+            Err(e) => {
+                self.inner.leading.store(false, Ordering::Release);
+                self.note_store_error(&e);
+                tracing::warn!(error = %e, "sweep skipped: the store is unavailable");
+                return Err(e.into());
+            }
+        }
+        // Keep the lease while sweeping; stop issuing actions if it is lost.
+        let renew = async {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                if !matches!(self.inner.store.lease("sweep", &self.inner.replica, ttl).await, Ok(true)) {
+                    tracing::warn!("the sweep lease was lost; stopping this sweep");
+                    self.inner.leading.store(false, Ordering::Release);
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            result = self.sweep_as_leader() => result,
+            () = renew => Ok(()),
+        }
+    }
+
+    async fn sweep_as_leader(&self) -> Result<()> {
+        let started = std::time::Instant::now();
+        let result = self.sweep_every_session().await;
+        let label = if result.is_ok() { "ok" } else { "failed" };
+        self.inner.metrics.sweep_seconds.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn sweep_every_session(&self) -> Result<()> {
+        if self.inner.shared {
+            self.merge_activity().await;
+            self.rebuild_missing().await;
+        }
+        let all = match self.inner.store.list().await {
+            Ok(all) => all,
+            Err(e) => {
+                self.note_store_error(&e);
+                tracing::warn!(error = %e, "sweep skipped: the store is unavailable");
+                return Err(e.into());
+            }
+        };
+        let now = self.now();
+        self.prune_backups(now, &all).await;
+        self.prune_tokens().await;
+        for s in all {
+            self.sweep_session(s, now).await;
+        }
+        Ok(())
+    }
+
+    /// Decide what `s` needs now and do it (sleep, finish a sleep, delete, forget, finish a
+    /// restore), or send the warning due.
+    async fn sweep_session(&self, mut s: Session, now: DateTime<Utc>) {
+        let rt = self.runtime_for(&s);
+        self.publish_if_idle(&rt, &s);
+        // An operation in flight owns this session right now; look again next sweep.
+        let Ok(guard) = rt.op.try_lock() else { return };
+        let crashed = s.state == State::Running && !self.inner.backend.is_alive(&s);
+        let action = if crashed { Action::FinishSleep } else { self.decide(&rt, &s) };
+        if action == Action::Nothing {
+            let seen = self.seen(&rt, &s);
+            self.warn_if_due(&rt, &mut s, seen, now).await;
+        }
+        drop(guard);
+        let id = rt.handle.id.clone();
+        let result = match action {
+            Action::Nothing => Ok(()),
+            Action::Sleep => self.sleep(&id, SleepReason::Idle).await.map(drop),
+            Action::SleepOpenTab => self.sleep(&id, SleepReason::OpenTabCap).await.map(drop),
+            Action::FinishSleep => {
+                self.sleep(&id, if crashed { SleepReason::Crashed } else { SleepReason::Shutdown }).await.map(drop)
+            }
+            Action::BackUpAndDelete => self.delete(&id, false).await.map(drop),
+            Action::Forget => self.forget(&id).await,
+            Action::FinishRestore => self.finish_restore(&id).await.map(drop),
+        };
+        if let Err(e) = result {
+            tracing::warn!(session = %id, ?action, error = %e, "sweep action failed");
+        }
+    }
+
+    /// Delete backups older than `backup_retention` (by the time in their name), except those
+    /// marked `keep` and those a session still needs (a restore or a deletion in flight).
+    async fn prune_backups(&self, now: DateTime<Utc>, sessions: &[Session]) {
+        let cutoff =
+            now - chrono::Duration::from_std(self.inner.config.backup_retention).unwrap_or(chrono::Duration::MAX);
+        let protected = backups_in_use(sessions);
+        let catalog = self.inner.catalog.clone();
+        let Ok(pruned) = tokio::task::spawn_blocking(move || catalog.prune(cutoff, &protected)).await else { return };
+        for (id, result) in pruned {
+            match result {
+                Ok(()) => {
+                    self.inner.metrics.backups_pruned.with_label_values(&["ok"]).inc();
+                    tracing::info!(backup = %id, "backup pruned after backup_retention");
+                }
+                Err(e) => {
+                    self.inner.metrics.backups_pruned.with_label_values(&["failed"]).inc();
+                    tracing::warn!(backup = %id, error = %e, "could not prune backup");
+                }
+            }
+        }
+    }
+}
+
+/// The backups a session still needs: those of a restore or a deletion in flight.
+fn backups_in_use(sessions: &[Session]) -> HashSet<String> {
+    let mut protected = HashSet::new();
+    for s in sessions {
+        if let Some(op) = &s.restore {
+            protected.insert(op.backup.clone());
+            protected.extend(op.safety_backup.clone());
+        }
+        if matches!(s.state, State::BackingUp | State::Deleting)
+            && let Some(b) = &s.backup
+        {
+            protected.insert(b.file.trim_end_matches(".zip").to_string());
+        }
+    }
+    protected
+}

@@ -1,0 +1,70 @@
+//! Reading and writing session records: load, save (compare-and-set, merging the proxy's
+//! activity first, then publishing the new phase) and state transitions through the one
+//! transition table (`Session::transition`).
+
+use std::sync::atomic::Ordering;
+
+use chrono::{DateTime, Utc};
+use wakeway_proxy::SessionId;
+
+use super::runtime::SessionRuntime;
+use super::{LifecycleError, Manager, Result};
+use crate::policy::Seen;
+use crate::session::{Session, State};
+use crate::store::StoreError;
+
+impl Manager {
+    /// Persist `s` (compare-and-set), merging in-memory activity first; publish the new phase.
+    pub(super) async fn save(&self, rt: &SessionRuntime, s: &mut Session) -> Result<()> {
+        let seen = self.seen(rt, s);
+        if seen.last_activity > s.last_activity {
+            s.last_activity = seen.last_activity;
+            s.activity_source = rt.handle.activity.source().as_str().to_string();
+        }
+        s.last_interaction = Some(seen.last_interaction);
+        // A revocation this replica applied before it could write it (see `revoke_cookies`).
+        s.cookie_generation = s.cookie_generation.max(rt.handle.cookie_generation());
+        let stored = self.inner.store.put(s).await.inspect_err(|e| self.note_store_error(e))?;
+        self.inner.store_up.store(true, Ordering::Relaxed);
+        rt.persisted_activity_ms.fetch_max(stored.last_activity.timestamp_millis(), Ordering::Relaxed);
+        *s = stored;
+        self.publish(rt, s);
+        Ok(())
+    }
+
+    /// Activity merged from the record and the proxy's counters.
+    pub(super) fn seen(&self, rt: &SessionRuntime, s: &Session) -> Seen {
+        let ms = |t: i64, stored: DateTime<Utc>| {
+            DateTime::from_timestamp_millis(t.max(stored.timestamp_millis())).unwrap_or(stored)
+        };
+        let activity = &rt.handle.activity;
+        Seen {
+            last_activity: ms(activity.last_activity_ms(), s.last_activity),
+            last_interaction: ms(activity.last_interaction_ms(), s.last_interaction()),
+        }
+    }
+
+    /// Note that the store is down (the `store_up` gauge), if that is what `e` says.
+    pub(super) fn note_store_error(&self, e: &StoreError) {
+        if matches!(e, StoreError::Unavailable(_)) {
+            self.inner.store_up.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// The stored record of `id`.
+    pub(super) async fn load(&self, id: &SessionId) -> Result<Session> {
+        let found = self.inner.store.get(id.as_str()).await.inspect_err(|e| self.note_store_error(e))?;
+        found.ok_or_else(|| LifecycleError::NotFound(id.to_string()))
+    }
+
+    /// Move `s` to `next` (refused unless the state table allows it) and save it.
+    pub(super) async fn transition(&self, rt: &SessionRuntime, s: &mut Session, next: State) -> Result<()> {
+        let now = self.now();
+        s.transition(next, now).map_err(|e| LifecycleError::Conflict {
+            id: s.uuid.clone(),
+            state: e.from.as_str(),
+            what: e.to_string(),
+        })?;
+        self.save(rt, s).await
+    }
+}

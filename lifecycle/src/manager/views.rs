@@ -1,0 +1,112 @@
+//! What the manager shows: a session with its live fields (status, lists), session counts by
+//! state, the Prometheus exposition, store health and the problems `/health` reports.
+
+use std::sync::atomic::Ordering;
+
+use chrono::{DateTime, Utc};
+use wakeway_proxy::SessionId;
+
+use super::runtime::state_index;
+use super::{Manager, Result};
+use crate::policy::Seen;
+use crate::session::{Session, State};
+use crate::store::StoreError;
+
+/// A live view of one session for status answers.
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    pub session: Session,
+    pub last_activity: DateTime<Utc>,
+    pub activity_source: String,
+    pub sleeps_at: Option<DateTime<Utc>>,
+    pub deletes_at: Option<DateTime<Utc>>,
+    pub replicas: u8,
+    pub queue_length: usize,
+    pub open_connections: usize,
+}
+
+impl Manager {
+    /// A session with its live fields.
+    pub async fn view(&self, id: &SessionId) -> Result<SessionView> {
+        let s = self.load(id).await?;
+        Ok(self.view_of(s))
+    }
+
+    fn view_of(&self, s: Session) -> SessionView {
+        let (seen, source, queue_length, open_connections) = match self.runtime(&s.id()) {
+            Some(rt) => {
+                let seen = self.seen(&rt, &s);
+                let activity = &rt.handle.activity;
+                let source = if seen.last_activity > s.last_activity {
+                    activity.source().as_str().to_string()
+                } else {
+                    s.activity_source.clone()
+                };
+                let open = activity.open_connections().max(rt.open_everywhere.load(Ordering::Relaxed));
+                (seen, source, rt.handle.held(), open)
+            }
+            None => (
+                Seen { last_activity: s.last_activity, last_interaction: s.last_interaction() },
+                s.activity_source.clone(),
+                0,
+                0,
+            ),
+        };
+        SessionView {
+            sleeps_at: self.inner.policy.sleeps_at(&s, seen),
+            deletes_at: self.inner.policy.deletes_at(&s),
+            replicas: u8::from(s.state.is_awake() && s.placement.is_some()),
+            last_activity: seen.last_activity,
+            activity_source: source,
+            queue_length,
+            open_connections,
+            session: s,
+        }
+    }
+
+    /// Every session (deleted ones only when asked).
+    pub async fn list(&self, include_deleted: bool) -> Result<Vec<SessionView>> {
+        let all = self.inner.store.list().await.inspect_err(|e| self.note_store_error(e))?;
+        Ok(all.into_iter().filter(|s| include_deleted || s.state != State::Deleted).map(|s| self.view_of(s)).collect())
+    }
+
+    /// Session counts by state (from memory).
+    pub fn state_counts(&self) -> Vec<(State, usize)> {
+        let mut counts = vec![0usize; State::ALL.len()];
+        for rt in self.inner.sessions.iter() {
+            counts[state_index(rt.state()) as usize] += 1;
+        }
+        State::ALL.iter().copied().zip(counts).collect()
+    }
+
+    /// The Prometheus exposition.
+    pub fn render_metrics(&self) -> String {
+        self.inner.metrics.render(&self.state_counts(), &self.inner.stats, self.inner.store_up.load(Ordering::Relaxed))
+    }
+
+    /// Store health (also refreshes the `store_up` gauge).
+    pub async fn store_health(&self) -> Result<(), StoreError> {
+        let result = self.inner.store.health().await;
+        self.inner.store_up.store(result.is_ok(), Ordering::Relaxed);
+        result
+    }
+
+    /// Record (or clear) a problem of a component, shown in `/health`.
+    pub fn set_problem(&self, component: &'static str, problem: Option<String>) {
+        match problem {
+            Some(p) => {
+                self.inner.problems.insert(component, p);
+            }
+            None => {
+                self.inner.problems.remove(component);
+            }
+        }
+    }
+
+    /// Current problems by component.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut all: Vec<_> = self.inner.problems.iter().map(|p| (*p.key(), p.value().clone())).collect();
+        all.sort();
+        all
+    }
+}
