@@ -301,8 +301,21 @@ fn start_ticks(pid: u32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
+/// Whether the process group `pgid` still has a member that runs. A group of zombies does not
+/// count: once wakeway is not their parent (after a restart) nobody may reap them soon — a
+/// container's PID 1 often does not — and a dead workspace must not look alive.
 fn group_exists(pgid: u32) -> bool {
-    !matches!(killpg(Pid::from_raw(pgid as i32), None), Err(Errno::ESRCH))
+    if matches!(killpg(Pid::from_raw(pgid as i32), None), Err(Errno::ESRCH)) {
+        return false;
+    }
+    std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { return false };
+        // After the command's closing parenthesis: state, ppid, pgrp.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return false };
+        let mut fields = rest.split_whitespace();
+        let (state, _ppid, pgrp) = (fields.next(), fields.next(), fields.next());
+        state != Some("Z") && pgrp == Some(pgid.to_string().as_str())
+    })
 }
 
 impl LocalBackend {
@@ -926,6 +939,24 @@ socketserver.UnixStreamServer(sys.argv[1], H).serve_forever()' {socket}"#;
         let paths = LocalPaths::new(dir.path(), dir.path().join("backups"));
         let refused = LocalBackend::new(settings("srv --port {port}", Some(230000..=230099)), paths, tx);
         assert!(refused.err().unwrap().contains("{socket}"));
+    }
+
+    #[test]
+    fn a_group_of_zombies_is_not_alive() {
+        use std::os::unix::process::CommandExt;
+        // A child that exits and is not reaped yet: its group holds only a zombie.
+        let mut child = std::process::Command::new("true").process_group(0).spawn().unwrap();
+        let pgid = child.id();
+        while start_ticks(pgid).is_some() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(killpg(Pid::from_raw(pgid as i32), None).is_ok(), "the zombie still counts for the kernel");
+        assert!(!group_exists(pgid));
+        child.wait().unwrap();
+        let mut running = std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+        assert!(group_exists(running.id()));
+        running.kill().unwrap();
+        running.wait().unwrap();
     }
 
     #[test]
