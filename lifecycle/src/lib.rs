@@ -153,7 +153,8 @@ pub fn local_plan(config: &Config) -> Result<LocalPlan, String> {
         Some("wakeway does not run as root".to_string())
     } else if command.contains("{port}") {
         Some(wakeway_config::ISOLATED_PORT_COMMAND.to_string())
-    } else if let Some(blocked) = backend::local::isolation::blocked_ancestor(&config.data_dir.join("workspaces/x")) {
+    } else if let Some(blocked) = backend::local::isolation::blocked_ancestor(&config.data_dir) {
+        // Above data_dir only: data_dir and its folders are wakeway's, opened to 0711 as it lays them out.
         Some(format!(
             "other users cannot pass through {} to reach data_dir (chmod o+x it, or choose another data_dir)",
             blocked.display()
@@ -318,7 +319,11 @@ mod tests {
             assert!(!port.isolated && port.not_isolated.unwrap().contains("{socket}"));
             let err = local_plan(&config(dir.path(), Isolation::On, "srv --port {port}")).unwrap_err();
             assert!(err.contains("isolation = \"on\""), "{err}");
-            // A data_dir below a private folder is out of the workspaces' reach.
+            // data_dir itself may be private yet (wakeway opens it as it lays it out) ...
+            std::fs::create_dir(dir.path().join("data")).unwrap();
+            std::fs::set_permissions(dir.path().join("data"), std::fs::Permissions::from_mode(0o700)).unwrap();
+            assert!(local_plan(&config(dir.path(), Isolation::Auto, socket)).unwrap().isolated);
+            // ... but a data_dir below a private folder is out of the workspaces' reach.
             let private = dir.path().join("private");
             std::fs::create_dir(&private).unwrap();
             std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
