@@ -82,7 +82,7 @@ impl KubernetesBackend {
         config: Arc<Config>,
         events: mpsc::UnboundedSender<BackendEvent>,
     ) -> Result<Arc<Self>, BackendError> {
-        verify::backup_volume(&config.backup_dir(), &config.kubernetes.backup_pvc).map_err(BackendError::Refused)?;
+        verify::backup_volume(&config.backup_dir(), &config.kubernetes.backup_pvc).map_err(BackendError::Io)?;
         let client = Client::try_default().await.map_err(|e| {
             BackendError::Api(format!("cannot configure a Kubernetes client (in-cluster or KUBECONFIG): {e}"))
         })?;
