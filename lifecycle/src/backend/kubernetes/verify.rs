@@ -116,7 +116,10 @@ pub(crate) fn backup_volume(dir: &Path, backup_pvc: &str) -> Result<(), String> 
         return Err(format!("backup_dir {} is not a folder: {fix}", dir.display()));
     }
     fs::read_dir(dir).map_err(|e| format!("backup_dir {} cannot be listed ({e}): {fix}", dir.display()))?;
-    let probe = dir.join(format!(".wakeway-probe-{}", std::process::id()));
+    // Replicas share the volume and often have the same pid (1): the pod's name tells them apart.
+    let nanos = std::time::SystemTime::UNIX_EPOCH.elapsed().map_or(0, |d| d.subsec_nanos());
+    let host = std::env::var("HOSTNAME").unwrap_or_default();
+    let probe = dir.join(format!(".wakeway-probe-{host}-{}-{nanos}", std::process::id()));
     fs::File::create_new(&probe)
         .and_then(|_| fs::remove_file(&probe))
         .map_err(|e| format!("backup_dir {} is not writable ({e}): {fix}", dir.display()))?;
