@@ -3,6 +3,7 @@
 //! kubernetes backend's other cluster-free parts of the binary: `wakeway migrate-volume` (the init
 //! container of every pod mounting a session's PVC) and the start-up check of the backup volume.
 
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use serde_json::Value;
@@ -123,4 +124,48 @@ fn kubernetes_refuses_to_start_without_the_backup_volume() {
         "{stderr}"
     );
     assert_eq!(std::fs::read_dir(&backups).unwrap().count(), 0, "nothing left behind");
+}
+
+/// As in a pod: the migration runs as the workspace's uid (1000, no capabilities) on a volume
+/// whose root the kubelet gave the pod's fsGroup. A folder its owner made read-only still moves
+/// (Linux needs it writable to move it: `u+w` for the move, its mode back after), and the
+/// filesystem's root-owned `lost+found` stays at the root.
+#[test]
+fn migrate_volume_works_as_the_workspace_uid() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to make a volume owned by another uid");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let volume = dir.path().join("pvc");
+    let owned = |path: &std::path::Path, mode: u32| {
+        std::os::unix::fs::chown(path, Some(1000), Some(1000)).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    std::fs::create_dir_all(volume.join("frozen")).unwrap();
+    std::fs::create_dir_all(volume.join("lost+found")).unwrap();
+    std::fs::set_permissions(volume.join("lost+found"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&volume, Some(0), Some(1000)).unwrap();
+    std::fs::set_permissions(&volume, std::fs::Permissions::from_mode(0o2775)).unwrap();
+    std::fs::write(volume.join("frozen/keep.txt"), "kept\n").unwrap();
+    owned(&volume.join("frozen/keep.txt"), 0o444);
+    owned(&volume.join("frozen"), 0o555);
+    std::fs::write(volume.join("main.py"), "print('hi')\n").unwrap();
+    owned(&volume.join("main.py"), 0o644);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_wakeway"))
+        .args(["migrate-volume", volume.to_str().unwrap()])
+        .uid(1000)
+        .gid(1000)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let frozen = volume.join("workspace/frozen");
+    assert_eq!(std::fs::read_to_string(frozen.join("keep.txt")).unwrap(), "kept\n");
+    assert_eq!(std::fs::metadata(&frozen).unwrap().mode() & 0o7777, 0o555, "its mode is given back");
+    assert!(volume.join("workspace/main.py").is_file());
+    assert!(volume.join("lost+found").is_dir(), "the filesystem's own folder stays");
+    assert_eq!(std::fs::metadata(volume.join("home")).unwrap().uid(), 1000, "made by the workspace's uid");
 }
