@@ -122,6 +122,14 @@ enum Command {
         #[arg(long)]
         in_place: bool,
     },
+    /// Bring a session's volume (the whole PVC, mounted at VOLUME) to layout 2: a volume written
+    /// before it (the workspace at its root) is moved into VOLUME/workspace/ and gets
+    /// VOLUME/home/; crash-safe and resumable, a no-op on a migrated volume. Prints the result as
+    /// JSON. Run by the Kubernetes backend as the init container of every pod mounting a PVC.
+    MigrateVolume {
+        /// Where the whole volume is mounted (the init container uses /data).
+        volume: PathBuf,
+    },
     /// Print the Kubernetes objects of a session (PVC, Deployment, Service; with --jobs also a
     /// backup and a restore Job) as the kubernetes backend would apply them, for review or
     /// `kubectl apply --dry-run=server -f -`. Reads the config (the [kubernetes] table); needs no cluster.
@@ -173,6 +181,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Backup { src, home, dest, user_id, reason } => backup(&src, home.as_deref(), &dest, user_id, reason),
+        Command::MigrateVolume { volume } => migrate_volume(&volume),
         Command::Restore { src, dest, home_dest, replace, skip_escaping_symlinks, in_place } => {
             let config = Config::load(cli.config.as_deref(), &ProcessEnv)?;
             let command = wakeway_lifecycle::restore::Command { replace, skip_escaping_symlinks, in_place };
@@ -254,6 +263,19 @@ fn backup(
         Err(e) => {
             println!("{}", serde_json::json!({ "ok": false, "error": e.to_string() }));
             bail!("backup failed: {e}")
+        }
+    }
+}
+
+fn migrate_volume(volume: &std::path::Path) -> anyhow::Result<()> {
+    match wakeway_lifecycle::backend::kubernetes::volume::migrate(volume) {
+        Ok(done) => {
+            println!("{}", serde_json::json!({ "ok": true, "volume": volume, "migrated": done }));
+            Ok(())
+        }
+        Err(e) => {
+            println!("{}", serde_json::json!({ "ok": false, "volume": volume, "error": e.to_string() }));
+            bail!("volume migration failed: {e}")
         }
     }
 }

@@ -27,6 +27,10 @@ pub struct KubernetesConfig {
     pub env: BTreeMap<String, String>,
     /// The port the workspace listens on in its pod (wakeway routes to pod IP:port).
     pub port: u16,
+    /// The workspace container's HOME (code-server's image: `/home/coder`). It is mounted from the
+    /// session's PVC (its `home/` folder) and set as `HOME`, so settings, extensions and dotfiles
+    /// persist across sleeps and are in every backup.
+    pub home_path: String,
     /// Storage class of each session's PVC. Empty: the cluster's default class.
     pub storage_class: String,
     /// Size of each session's PVC (a Kubernetes quantity).
@@ -72,6 +76,7 @@ impl Default for KubernetesConfig {
             .to_vec(),
             env: BTreeMap::new(),
             port: 8080,
+            home_path: "/home/coder".into(),
             storage_class: String::new(),
             pvc_size: "5Gi".into(),
             backup_pvc: "backup-pvc".into(),
@@ -120,7 +125,13 @@ impl KubernetesConfig {
         if self.run_as_user <= 0 || self.run_as_group < 0 || self.fs_group < 0 {
             return Err("kubernetes.run_as_user must be a non-root uid (> 0)".into());
         }
+        validate_home_path(&self.home_path)?;
         crate::workspace_env::validate("kubernetes.env", &self.env)?;
+        if self.env.keys().any(|name| name == "HOME") {
+            return Err(
+                "kubernetes.env: HOME is set from kubernetes.home_path (where HOME is mounted from the PVC)".into()
+            );
+        }
         for (key, value) in [
             ("kubernetes.job_timeout", self.job_timeout),
             ("kubernetes.job_ttl", self.job_ttl),
@@ -132,6 +143,23 @@ impl KubernetesConfig {
         }
         Ok(())
     }
+}
+
+/// `home_path`: an absolute, clean path (no `.`, `..`, `//` or trailing `/`), neither `/` nor
+/// `/workspace` or inside it (the two mounts of the session's PVC must not nest).
+fn validate_home_path(path: &str) -> Result<(), String> {
+    let key = "kubernetes.home_path";
+    let parts: Vec<&str> = path.strip_prefix('/').map(|p| p.split('/').collect()).unwrap_or_default();
+    if !path.starts_with('/') || path == "/" || parts.iter().any(|p| p.is_empty() || *p == "." || *p == "..") {
+        return Err(format!("{key} {path:?} must be an absolute path such as \"/home/coder\" (not /, no . or ..)"));
+    }
+    if path.contains('\0') || path.contains(':') {
+        return Err(format!("{key} {path:?} must not contain ':' or a NUL byte"));
+    }
+    if path == "/workspace" || path.starts_with("/workspace/") {
+        return Err(format!("{key} {path:?} must not be /workspace or inside it"));
+    }
+    Ok(())
 }
 
 /// RFC 1123 label: what a namespace (or a Service name) must be.
@@ -174,6 +202,16 @@ mod tests {
         assert!(bad(|c| c.image_pull_policy = "sometimes".into()).contains("image_pull_policy"));
         assert!(bad(|c| c.run_as_user = 0).contains("non-root"));
         assert!(bad(|c| c.backup_pvc = String::new()).contains("backup_pvc"));
+        for home in
+            ["", "home/coder", "/", "/home/../etc", "/home//coder", "/home/coder/", "/workspace", "/workspace/home"]
+        {
+            let c = KubernetesConfig { home_path: home.into(), ..KubernetesConfig::default() };
+            assert!(c.validate().unwrap_err().contains("kubernetes.home_path"), "{home:?}");
+        }
+        let mut ok = KubernetesConfig { home_path: "/var/home/dev".into(), ..KubernetesConfig::default() };
+        ok.validate().unwrap();
+        ok.env = BTreeMap::from([("HOME".into(), "/tmp".into())]);
+        assert!(ok.validate().unwrap_err().contains("home_path"));
         let reserved = bad(|c| c.env = BTreeMap::from([("WAKEWAY_API_KEYS".into(), "x".into())]));
         assert!(reserved.contains("kubernetes.env") && reserved.contains("reserved"), "{reserved}");
     }

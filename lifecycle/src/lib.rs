@@ -218,7 +218,11 @@ pub async fn build(
 ) -> Result<Built, String> {
     secure_data_dir(&config.data_dir)?;
     let backups = config.backup_dir();
-    if let Err(e) = backend::local::isolation::ensure_dir(&backups, 0o700) {
+    // On Kubernetes backup_dir is the shared backup volume, which backup Jobs (another uid) write
+    // to: it is checked by the backend (mounted, readable, writable), never created or chmodded.
+    if config.backend == BackendKind::Local
+        && let Err(e) = backend::local::isolation::ensure_dir(&backups, 0o700)
+    {
         tracing::error!(dir = %backups.display(), error = %e, "the backup folder cannot be prepared: deletions will fail (and keep the data) until it can");
     }
     let store: Arc<dyn store::Store> = match config.store_kind() {

@@ -1,8 +1,9 @@
-//! The kubernetes backend: per session a PVC `pvc-<id>`, a Deployment `user-<id>` and a Service
-//! `user-<id>`, written with server-side apply (field manager `wakeway`). Sleep and wake go
-//! through the Deployment's `scale` subresource; readiness comes from one pod watcher for the
-//! whole namespace plus an HTTP probe of the pod; backups are Jobs running the wakeway image; and
-//! deletion targets the UIDs recorded at creation only.
+//! The kubernetes backend: per session a PVC `pvc-<id>` (holding `workspace/` and `home/`, see
+//! `volume`), a Deployment `user-<id>` and a Service `user-<id>`, written with server-side apply
+//! (field manager `wakeway`). Sleep and wake go through the Deployment's `scale` subresource;
+//! readiness comes from one pod watcher for the whole namespace plus an HTTP probe of the pod;
+//! backups are Jobs running the wakeway image, whose zips wakeway opens and verifies itself on
+//! the backup volume (`verify`); and deletion targets the UIDs recorded at creation only.
 //!
 //! `spec.replicas` of a workspace Deployment belongs to wakeway alone: an HPA, a GitOps tool or
 //! `kubectl scale` owning it would wake or sleep sessions behind wakeway's back (reconciliation
@@ -13,6 +14,8 @@ mod pods;
 pub mod reconcile;
 #[cfg(test)]
 mod tests;
+mod verify;
+pub mod volume;
 
 use std::fmt::Debug;
 use std::net::{IpAddr, SocketAddr};
@@ -38,9 +41,7 @@ use super::{Backend, BackendError, BackendEvent, ReconcileReport, Started};
 use crate::backup::backup_file_name;
 use crate::probe;
 use crate::session::{BackupInfo, ObjectUids, Placement, Session};
-use objects::{
-    FIELD_MANAGER, JOB, NAME, UUID, WORKSPACE_MOUNT, WORKSPACE_SELECTOR, deployment_name, pvc_name, service_name,
-};
+use objects::{FIELD_MANAGER, JOB, NAME, UUID, WORKSPACE_SELECTOR, deployment_name, pvc_name, service_name};
 use pods::PodWatch;
 
 pub use objects::{backup_job, restore_job};
@@ -74,11 +75,14 @@ fn uid_of<K: Resource>(object: &K) -> Result<String, BackendError> {
 }
 
 impl KubernetesBackend {
-    /// Connect with the in-cluster service account, or `KUBECONFIG` / `~/.kube/config`.
+    /// Connect with the in-cluster service account, or `KUBECONFIG` / `~/.kube/config`. Refuses
+    /// to start when `backup_dir` is not the backup volume, mounted and usable: wakeway verifies
+    /// each zip a Job writes there before it deletes anything.
     pub async fn connect(
         config: Arc<Config>,
         events: mpsc::UnboundedSender<BackendEvent>,
     ) -> Result<Arc<Self>, BackendError> {
+        verify::backup_volume(&config.backup_dir(), &config.kubernetes.backup_pvc).map_err(BackendError::Io)?;
         let client = Client::try_default().await.map_err(|e| {
             BackendError::Api(format!("cannot configure a Kubernetes client (in-cluster or KUBECONFIG): {e}"))
         })?;
@@ -366,7 +370,7 @@ pub fn parse_restore_result(log: &str) -> Result<Result<crate::restore::Report, 
     Ok(Err(match line["kind"].as_str() {
         Some("rejected") => RestoreError::Rejected(why),
         Some("corrupt") => RestoreError::Corrupt(why),
-        _ => RestoreError::Io { path: WORKSPACE_MOUNT.into(), source: std::io::Error::other(why) },
+        _ => RestoreError::Io { path: objects::DATA_MOUNT.into(), source: std::io::Error::other(why) },
     }))
 }
 
@@ -522,14 +526,25 @@ impl Backend for KubernetesBackend {
             };
             return Err(failed(detail));
         }
-        let info = log.and_then(|l| parse_backup_result(&l, &file)).map_err(failed)?;
-        tracing::info!(session = %session.uuid, job = %name, file = %info.file, bytes = info.size, "backup Job succeeded");
+        let info = log.and_then(|l| parse_backup_result(&l, &file)).map_err(&failed)?;
+        tracing::info!(session = %session.uuid, job = %name, file = %info.file, bytes = info.size, "backup Job succeeded; verifying its zip");
+        // The Job's word is not enough to delete on: open the zip it names on the backup volume
+        // (mounted here too) and check it against what the Job reported.
+        let (dir, id, reported, max_bytes) =
+            (self.config.backup_dir(), session.uuid.clone(), info.clone(), self.config.restore_max_bytes);
+        tokio::task::spawn_blocking(move || verify::job_zip(&dir, &id, &reported, max_bytes))
+            .await
+            .map_err(|e| failed(format!("the verification task failed: {e}")))?
+            .map_err(|why| {
+                failed(format!("the Job reported success, but wakeway's own check of its zip failed: {why}"))
+            })?;
+        tracing::info!(session = %session.uuid, job = %name, file = %info.file, sha256 = %info.sha256, "backup zip verified by wakeway");
         Ok(info)
     }
 
-    /// A Job runs `wakeway restore --in-place` on the session's PVC (the workspace scaled to 0
-    /// first: the volume is ReadWriteOnce) and reports on its log; the zip is read from the backup
-    /// volume, where the catalog found it, and checked against its record's SHA-256 there.
+    /// A Job runs `wakeway restore` into both folders of the session's PVC (the workspace scaled to
+    /// 0 first: the volume is ReadWriteOnce) and reports on its log; the zip is read from the
+    /// backup volume, where the catalog found it, and checked against its record's SHA-256 there.
     async fn restore(
         &self,
         session: &Session,
@@ -565,8 +580,8 @@ impl Backend for KubernetesBackend {
 
     /// A restore Job still running from before a crash finishes (or fails) on its own; wait for it
     /// (bounded), so the volume holds one whole tree before anything reads it. What a killed Job
-    /// left half-swapped is finished by the next `wakeway restore` on the volume
-    /// (`InPlace::recover`) — after the manager's `pre_restore` backup, which keeps all of it.
+    /// left half-swapped is finished by the next `wakeway restore` on the volume (its swap's
+    /// `recover`) — after the manager's `pre_restore` backup, which keeps all of it.
     async fn clean_interrupted_restore(&self, session: &Session) -> Result<(), BackendError> {
         let params = ListParams::default().labels(&format!("{UUID}={},{NAME}=restore", session.uuid));
         let jobs = self.jobs.list(&params).await.map_err(|e| BackendError::Api(format!("list Jobs: {e}")))?;
@@ -583,7 +598,7 @@ impl Backend for KubernetesBackend {
         let Some(backup) = &session.backup else {
             return Err(BackendError::Refused(format!("session {id} has no verified backup")));
         };
-        if !backup.file.starts_with(&format!("workspace-{id}-")) {
+        if verify::zip_path(&self.config.backup_dir(), id, &backup.file).is_err() {
             return Err(BackendError::Refused(format!("the backup {} is not of session {id}", backup.file)));
         }
         if self.pods.synced() && !self.pods.of_session(id).is_empty() {
@@ -629,6 +644,15 @@ impl Backend for KubernetesBackend {
                 }
                 Err(e) => return Err(BackendError::Api(format!("delete (dry run) {kind} {name}: {e}"))),
             }
+        }
+        // The zip wakeway verified when its Job finished must still be there, whole, on the
+        // backup volume it reads itself.
+        if !present.is_empty() {
+            let (dir, session_id, recorded) = (self.config.backup_dir(), id.clone(), backup.clone());
+            tokio::task::spawn_blocking(move || verify::recorded_zip(&dir, &session_id, &recorded))
+                .await
+                .map_err(|e| BackendError::Refused(format!("the backup check failed: {e}; nothing was deleted")))?
+                .map_err(|why| BackendError::Refused(format!("session {id}: {why}; nothing was deleted")))?;
         }
         // The PVC (the data) goes last.
         for (kind, name, uid) in present {

@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use wakeway_config::{Config, KubernetesConfig, Tier};
 
+use super::volume;
 use crate::session::Session;
 
 /// The field manager of every write (server-side apply and the scale subresource).
@@ -42,10 +43,16 @@ pub const WORKSPACE_SELECTOR: &str = "app.kubernetes.io/managed-by=wakeway,app.k
 /// The workspace container's name (and the port's name).
 pub const CONTAINER: &str = "workspace";
 const PORT_NAME: &str = "http";
-/// Where the session's PVC is mounted, in the workspace and in Jobs.
+/// The pod volume of the session's PVC (in the workspace pod and in Jobs).
+pub const DATA_VOLUME: &str = "data";
+/// Where the workspace container sees the PVC's `workspace/` folder.
 pub const WORKSPACE_MOUNT: &str = "/workspace";
+/// Where the whole PVC is mounted in the migration init container and in Jobs.
+pub const DATA_MOUNT: &str = "/data";
 /// Where the backup PVC is mounted in Jobs.
 pub const BACKUP_MOUNT: &str = "/backups";
+/// The init container that brings a session's PVC to layout 2 (`wakeway migrate-volume`).
+pub const MIGRATE_CONTAINER: &str = "migrate-volume";
 
 pub fn deployment_name(id: &str) -> String {
     format!("user-{id}")
@@ -158,12 +165,56 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
+/// `folder` of volume `name` (a `subPath`) at `path`, read-write.
+fn folder_mount(name: &str, folder: &str, path: &str) -> VolumeMount {
+    VolumeMount { sub_path: Some(folder.into()), ..mount(name, path, false) }
+}
+
+/// `/data/<folder>` in a Job: where a layout-2 volume keeps it (see `volume`).
+fn data_path(folder: &str) -> String {
+    format!("{DATA_MOUNT}/{folder}")
+}
+
+/// What a wakeway container (the migration, a Job) may use.
+fn wakeway_resources(limits: BTreeMap<String, Quantity>) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("100m".into())),
+            ("memory".to_string(), Quantity("128Mi".into())),
+        ])),
+        limits: Some(limits),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// The init container of every pod that mounts a session's PVC: `wakeway migrate-volume /data`
+/// moves a volume of the old layout (the workspace at its root) into `workspace/` and makes
+/// `home/`, crash-safe, before anything mounts those folders; a no-op on a migrated volume. Its
+/// requests equal its limits, so the workspace pod keeps its Guaranteed QoS class.
+fn migrate_container(k8s: &KubernetesConfig) -> Container {
+    let limits = BTreeMap::from([
+        ("cpu".to_string(), Quantity("100m".into())),
+        ("memory".to_string(), Quantity("128Mi".into())),
+    ]);
+    Container {
+        name: MIGRATE_CONTAINER.into(),
+        image: Some(k8s.wakeway_image.clone()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(["wakeway", "migrate-volume", DATA_MOUNT].map(String::from).to_vec()),
+        resources: Some(wakeway_resources(limits)),
+        security_context: Some(container_security(true)),
+        volume_mounts: Some(vec![mount(DATA_VOLUME, DATA_MOUNT, false)]),
+        ..Container::default()
+    }
+}
+
 fn env(name: &str, value: impl ToString) -> EnvVar {
     EnvVar { name: name.into(), value: Some(value.to_string()), ..EnvVar::default() }
 }
 
-/// `user-<id>`: one code-server pod with `/workspace` on the session's PVC and the tier's
-/// resources. `spec.replicas` is deliberately absent: it defaults to 1 when the Deployment is
+/// `user-<id>`: one code-server pod with the tier's resources and both of the session's folders
+/// on its PVC: `workspace/` at `/workspace` and `home/` at `kubernetes.home_path` (also its
+/// `HOME`), after the migration init container made sure the volume has them. `spec.replicas` is deliberately absent: it defaults to 1 when the Deployment is
 /// created and from then on only wakeway sets it, through the `scale` subresource (0 asleep, 1
 /// awake). Applying this object again (a resize) therefore never wakes or sleeps a session.
 pub fn deployment(config: &Config, session: &Session, tier: &Tier) -> Deployment {
@@ -190,10 +241,16 @@ pub fn deployment(config: &Config, session: &Session, tier: &Tier) -> Deployment
         // `envFrom`, no secret reference). The workspace runs its user's code; wakeway's keys and
         // the cluster's addresses (service links are off below) must not reach it.
         env: Some(
-            [env("WAKEWAY_SESSION", id), env("WAKEWAY_CPU", tier.cpu), env("WAKEWAY_MEMORY_MIB", tier.memory_mib)]
-                .into_iter()
-                .chain(k8s.env.iter().map(|(name, value)| env(name, value)))
-                .collect(),
+            [
+                env("WAKEWAY_SESSION", id),
+                env("WAKEWAY_CPU", tier.cpu),
+                env("WAKEWAY_MEMORY_MIB", tier.memory_mib),
+                // HOME is where the PVC's home/ is mounted, whatever the image's passwd says.
+                env("HOME", &k8s.home_path),
+            ]
+            .into_iter()
+            .chain(k8s.env.iter().map(|(name, value)| env(name, value)))
+            .collect(),
         ),
         resources: Some(ResourceRequirements {
             requests: Some(resources.clone()),
@@ -212,7 +269,10 @@ pub fn deployment(config: &Config, session: &Session, tier: &Tier) -> Deployment
             ..Probe::default()
         }),
         security_context: Some(container_security(false)),
-        volume_mounts: Some(vec![mount("workspace", WORKSPACE_MOUNT, false)]),
+        volume_mounts: Some(vec![
+            folder_mount(DATA_VOLUME, volume::WORKSPACE_DIR, WORKSPACE_MOUNT),
+            folder_mount(DATA_VOLUME, volume::HOME_DIR, &k8s.home_path),
+        ]),
         ..Container::default()
     };
     let mut template_annotations = BTreeMap::from([(USER_ID.to_string(), session.user_id.clone())]);
@@ -231,8 +291,9 @@ pub fn deployment(config: &Config, session: &Session, tier: &Tier) -> Deployment
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
+                    init_containers: Some(vec![migrate_container(k8s)]),
                     containers: vec![container],
-                    volumes: Some(vec![pvc_volume("workspace", pvc_name(id), false)]),
+                    volumes: Some(vec![pvc_volume(DATA_VOLUME, pvc_name(id), false)]),
                     security_context: Some(pod_security(k8s)),
                     service_account_name: (!k8s.service_account.is_empty()).then(|| k8s.service_account.clone()),
                     // A workspace runs user code: it gets no API credentials and no Service env vars.
@@ -281,7 +342,8 @@ pub fn restore_job_name(id: &str, at: DateTime<Utc>) -> String {
     format!("restore-{id}-{}", at.format("%Y%m%d-%H%M%S"))
 }
 
-/// A Job running the wakeway image itself, with the session's PVC and the backup PVC mounted.
+/// A Job running the wakeway image itself: the migration init container (read-write on the
+/// session's PVC), then `command` with the whole PVC at `/data` and the backup PVC at `/backups`.
 #[allow(clippy::too_many_arguments)]
 fn wakeway_job(
     config: &Config,
@@ -290,7 +352,7 @@ fn wakeway_job(
     name: String,
     file: &str,
     command: Vec<String>,
-    workspace_read_only: bool,
+    data_read_only: bool,
     backups_read_only: bool,
 ) -> Job {
     let k8s = &config.kubernetes;
@@ -303,17 +365,10 @@ fn wakeway_job(
         image: Some(k8s.wakeway_image.clone()),
         image_pull_policy: Some("IfNotPresent".into()),
         command: Some(command),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".to_string(), Quantity("100m".into())),
-                ("memory".to_string(), Quantity("128Mi".into())),
-            ])),
-            limits: Some(BTreeMap::from([("memory".to_string(), Quantity("512Mi".into()))])),
-            ..ResourceRequirements::default()
-        }),
+        resources: Some(wakeway_resources(BTreeMap::from([("memory".to_string(), Quantity("512Mi".into()))]))),
         security_context: Some(container_security(true)),
         volume_mounts: Some(vec![
-            mount("workspace", WORKSPACE_MOUNT, workspace_read_only),
+            mount(DATA_VOLUME, DATA_MOUNT, data_read_only),
             mount("backups", BACKUP_MOUNT, backups_read_only),
         ]),
         ..Container::default()
@@ -330,9 +385,11 @@ fn wakeway_job(
                 metadata: Some(ObjectMeta { labels: Some(pod_labels), ..ObjectMeta::default() }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
+                    init_containers: Some(vec![migrate_container(k8s)]),
                     containers: vec![container],
                     volumes: Some(vec![
-                        pvc_volume("workspace", pvc_name(&session.uuid), workspace_read_only),
+                        // Writable for the migration; the backup container mounts it read-only.
+                        pvc_volume(DATA_VOLUME, pvc_name(&session.uuid), false),
                         pvc_volume("backups", k8s.backup_pvc.clone(), backups_read_only),
                     ]),
                     security_context: Some(pod_security(k8s)),
@@ -348,12 +405,16 @@ fn wakeway_job(
     }
 }
 
-/// `backup-<id>-<stamp>`: `wakeway backup --src /workspace --dest /backups/<file>` with the
-/// session's PVC mounted read-only. It prints one JSON line, read back from the pod's log.
+/// `backup-<id>-<stamp>`: `wakeway backup --src /data/workspace --home /data/home --dest
+/// /backups/<file>`, both roots of the session's PVC (mounted read-only in the backup container,
+/// after the migration init container brought a volume of the old layout to layout 2, so a
+/// session asleep since before the upgrade is backed up whole). It prints one JSON line, read
+/// back from the pod's log.
 pub fn backup_job(config: &Config, session: &Session, file: &str, at: DateTime<Utc>, reason: &str) -> Job {
     let dest = format!("{BACKUP_MOUNT}/{file}");
+    let (workspace, home) = (data_path(volume::WORKSPACE_DIR), data_path(volume::HOME_DIR));
     // The user and the reason go into the backup's catalog record, as with the local backend.
-    let command = ["wakeway", "backup", "--src", WORKSPACE_MOUNT, "--dest", &dest]
+    let command = ["wakeway", "backup", "--src", &workspace, "--home", &home, "--dest", &dest]
         .into_iter()
         .chain(["--user-id", &session.user_id, "--reason", reason])
         .map(String::from)
@@ -361,10 +422,12 @@ pub fn backup_job(config: &Config, session: &Session, file: &str, at: DateTime<U
     wakeway_job(config, session, "backup", backup_job_name(&session.uuid, at), file, command, true, false)
 }
 
-/// `restore-<id>-<stamp>`: `wakeway restore` of `file` into the session's PVC: inside its mount point (`--in-place`: the
-/// volume's root cannot be renamed), replacing what it holds (the manager has taken a verified
-/// `pre_restore` backup of it first), within `limits` (its environment). The zip's SHA-256 is
-/// checked against its catalog record next to it on the backup volume.
+/// `restore-<id>-<stamp>`: `wakeway restore` of `file` into both folders of the session's PVC
+/// (`--dest /data/workspace --home-dest /data/home`; folders on the volume, so each is swapped in
+/// with renames), replacing what they hold (the manager has taken a verified `pre_restore` backup
+/// first), within `limits` (its environment). The zip's SHA-256 is checked against its catalog
+/// record next to it on the backup volume. A zip of the old format (workspace only) restores the
+/// workspace.
 pub fn restore_job(
     config: &Config,
     session: &Session,
@@ -373,10 +436,11 @@ pub fn restore_job(
     limits: &crate::restore::Limits,
     skip_escaping_symlinks: bool,
 ) -> Job {
-    let mut command = ["wakeway", "restore", "--src", &format!("{BACKUP_MOUNT}/{file}"), "--dest", WORKSPACE_MOUNT]
+    let (workspace, home) = (data_path(volume::WORKSPACE_DIR), data_path(volume::HOME_DIR));
+    let src = format!("{BACKUP_MOUNT}/{file}");
+    let mut command = ["wakeway", "restore", "--src", &src, "--dest", &workspace, "--home-dest", &home, "--replace"]
         .map(String::from)
         .to_vec();
-    command.extend(["--replace", "--in-place"].map(String::from));
     if skip_escaping_symlinks {
         command.push("--skip-escaping-symlinks".into());
     }

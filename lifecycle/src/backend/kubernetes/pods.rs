@@ -122,13 +122,17 @@ pub(crate) fn fatal_reason(pod: &Pod) -> Option<String> {
         "CreateContainerError",
         "ErrImageNeverPull",
     ];
-    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
-    statuses.iter().find_map(|s| {
+    let status = pod.status.as_ref()?;
+    // The migration init container first: while it fails, the workspace container never starts.
+    let mut statuses =
+        status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten());
+    statuses.find_map(|s| {
         let waiting = s.state.as_ref()?.waiting.as_ref()?;
         let reason = waiting.reason.as_deref()?;
+        let pod = pod.metadata.name.as_deref().unwrap_or("?");
         FATAL.contains(&reason).then(|| match &waiting.message {
-            Some(message) => format!("pod {}: {reason}: {message}", pod.metadata.name.as_deref().unwrap_or("?")),
-            None => format!("pod {}: {reason}", pod.metadata.name.as_deref().unwrap_or("?")),
+            Some(message) => format!("pod {pod}: container {}: {reason}: {message}", s.name),
+            None => format!("pod {pod}: container {}: {reason}", s.name),
         })
     })
 }
@@ -146,7 +150,7 @@ pub(crate) fn describe(pod: &Pod) -> String {
             why.push(format!("{} {reason}: {}", c.type_, c.message.as_deref().unwrap_or("")));
         }
     }
-    for s in status.container_statuses.iter().flatten() {
+    for s in status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten()) {
         if let Some(waiting) = s.state.as_ref().and_then(|st| st.waiting.as_ref()) {
             why.push(format!(
                 "{} {}: {}",

@@ -154,12 +154,24 @@ fn the_deployment_and_its_config_agree() {
 
     let backup = find(&all, "PersistentVolumeClaim", &config.kubernetes.backup_pvc);
     assert_eq!(backup["spec"]["resources"]["requests"]["storage"], "50Gi");
-    let mounted = pod["volumes"]
+    // Jobs on any node and every replica mount it at once.
+    assert_eq!(backup["spec"]["accessModes"], serde_json::json!(["ReadWriteMany"]));
+    // wakeway opens and verifies each zip a Job writes (and prunes old ones): the backup PVC is
+    // mounted read-write at backup_dir, the folder the start-up check looks at.
+    let volume = pod["volumes"]
         .as_array()
         .unwrap()
         .iter()
-        .any(|v| v["persistentVolumeClaim"]["claimName"] == config.kubernetes.backup_pvc.as_str());
-    assert!(mounted, "wakeway mounts the backup PVC (retention pruning)");
+        .find(|v| v["persistentVolumeClaim"]["claimName"] == config.kubernetes.backup_pvc.as_str())
+        .expect("wakeway's pod has the backup PVC");
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == volume["name"])
+        .expect("the wakeway container mounts the backup PVC");
+    assert_eq!(mount["mountPath"].as_str().map(PathBuf::from), Some(config.backup_dir()));
+    assert!(mount.get("readOnly").is_none() && mount.get("subPath").is_none(), "{mount}");
 
     let service = find(&all, "Service", "wakeway");
     assert_eq!(service["spec"]["type"], "LoadBalancer");

@@ -2,9 +2,11 @@
 //! backend uses, with the API server's semantics that matter to it: server-side apply (field
 //! manager and force required), resourceVersions and watch streams that resume from one, label
 //! and field selectors, the `scale` subresource, delete preconditions (409 on a UID mismatch,
-//! dry runs), and small stand-ins for the controllers: a Deployment controller (Recreate: pods of
-//! an old template go first) and a Job controller that really runs `wakeway backup`
-//! (`write_verified_zip`) and serves its JSON line as the pod log.
+//! dry runs), and small stand-ins for the controllers and the kubelet: a Deployment controller
+//! (Recreate: pods of an old template go first) that runs a new pod's `wakeway migrate-volume`
+//! init container for real on the folder standing for its PVC, and a Job controller that really
+//! runs the init container and then `wakeway backup` / `wakeway restore` (the library calls they
+//! make) and serves the JSON line as the pod log.
 //! Every request is recorded for assertions.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -20,11 +22,27 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+/// What a backup Job that reports success did to its zip behind wakeway's back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Tamper {
+    /// The zip is not on the backup volume.
+    Missing,
+    /// The zip lost its second half (the Job reports the whole size and SHA-256).
+    Truncated,
+    /// The zip is whole, the reported SHA-256 is another one.
+    WrongSha256,
+    /// A byte inside an entry's compressed data is flipped; size and SHA-256 are reported as the
+    /// file has them now, so only the entries' CRC-32 can tell.
+    FlippedByte,
+}
+
 /// What the Job controller does with a new Job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobMode {
     /// Run `wakeway backup` for real on the PVC's folder.
     Run,
+    /// Run it, then damage the result as `Tamper` says and still report success.
+    Tamper(Tamper),
     /// The backup command fails with this message.
     Fail(String),
     /// Never finishes; `activeDeadlineSeconds` fails it (DeadlineExceeded).
@@ -80,6 +98,8 @@ pub struct State {
     pub backup_dir: PathBuf,
     /// Backup Jobs that started while a workspace pod of the same session existed.
     pub rwo_violations: u32,
+    /// The `migrate-volume` init containers run: (pod, claim), in order.
+    pub migrations: Vec<(String, String)>,
     /// Authorization checks beyond the request's own verb: an apply that creates an object is
     /// also authorized as `create` by the API server.
     extra_rbac: Vec<(String, String, String)>,
@@ -242,6 +262,22 @@ impl State {
                     .unwrap_or_default(),
             );
             labels.insert("pod-template-hash".into(), hash.clone());
+            // The kubelet runs the init containers first; a failing one keeps the pod from starting.
+            if let Err(why) = self.run_init_containers(&pod_name, &template["spec"]) {
+                let pod = json!({
+                    "metadata": {"name": pod_name, "labels": labels, "annotations": template["metadata"]["annotations"].clone()},
+                    "spec": template["spec"].clone(),
+                    "status": {"phase": "Pending", "podIP": self.pod_ip,
+                        "conditions": [{"type": "Ready", "status": "False", "reason": "ContainersNotInitialized"}],
+                        "initContainerStatuses": [{
+                            "name": "migrate-volume", "ready": false, "restartCount": 3, "image": "x", "imageID": "",
+                            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": why}},
+                        }]},
+                });
+                self.put(events, "pods", pod);
+                current.push(pod_name);
+                continue;
+            }
             let status = match self.pod_mode {
                 PodMode::Ready => json!({
                     "phase": "Running", "podIP": self.pod_ip,
@@ -270,6 +306,41 @@ impl State {
     }
 }
 
+/// The folder standing for the PVC behind pod volume `volume` of `pod_spec`.
+fn claim_of(pod_spec: &Value, volume: &str) -> Option<String> {
+    pod_spec["volumes"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == volume)
+        .and_then(|v| v["persistentVolumeClaim"]["claimName"].as_str().map(String::from))
+}
+
+/// Where `path` of a container (a mount of `volume` at `mount_path`) is in the folder `dir`.
+fn in_volume(dir: &std::path::Path, mount_path: &str, path: &str) -> PathBuf {
+    let rest = path.strip_prefix(mount_path).unwrap_or_else(|| panic!("{path} is not under {mount_path}"));
+    dir.join(rest.trim_start_matches('/'))
+}
+
+impl State {
+    /// What the kubelet does before a pod's containers start: each init container, which must be
+    /// `wakeway migrate-volume <mount>` of a PVC here, run for real on the PVC's folder.
+    fn run_init_containers(&mut self, pod: &str, pod_spec: &Value) -> Result<(), String> {
+        for init in pod_spec["initContainers"].as_array().into_iter().flatten() {
+            let command: Vec<String> = serde_json::from_value(init["command"].clone()).unwrap();
+            assert_eq!(command[..2], ["wakeway", "migrate-volume"], "the only init container wakeway uses");
+            let mount = &init["volumeMounts"][0];
+            assert_eq!(mount["mountPath"], command[2].as_str(), "migrates what it mounts");
+            assert!(mount.get("subPath").is_none() && mount.get("readOnly").is_none(), "the whole volume, writable");
+            let claim = claim_of(pod_spec, mount["name"].as_str().unwrap()).expect("a PVC volume");
+            // A PVC whose content a test does not follow has no folder: nothing to run on.
+            let Some(dir) = self.volumes.get(&claim).cloned() else { continue };
+            self.migrations.push((pod.to_string(), claim));
+            crate::backend::kubernetes::volume::migrate(&dir).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
 impl Fake {
     pub async fn start(backup_dir: PathBuf) -> Fake {
         let (events, _) = broadcast::channel(4096);
@@ -287,6 +358,7 @@ impl Fake {
             provision_into: None,
             backup_dir,
             rwo_violations: 0,
+            migrations: Vec::new(),
             extra_rbac: Vec::new(),
         }));
         let shared = Shared { state: state.clone(), events: events.clone() };
@@ -722,23 +794,20 @@ async fn run_job(shared: Shared, name: String) {
             finish(false, "DeadlineExceeded", "Job was active longer than specified deadline");
             return;
         }
-        JobMode::Run | JobMode::Fail(_) => {}
+        JobMode::Run | JobMode::Fail(_) | JobMode::Tamper(_) => {}
     }
     let template = &job["spec"]["template"];
-    let command: Vec<String> = serde_json::from_value(template["spec"]["containers"][0]["command"].clone()).unwrap();
+    let container = &template["spec"]["containers"][0];
+    let command: Vec<String> = serde_json::from_value(container["command"].clone()).unwrap();
     let arg = |flag: &str| command.iter().position(|c| c == flag).map(|i| command[i + 1].clone()).unwrap();
     let flag = |flag: &str| command.iter().any(|c| c == flag);
     let what = command[1].clone();
     let dest = arg("--dest");
-    let claim = template["spec"]["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "workspace")
-        .map(|v| v["persistentVolumeClaim"]["claimName"].as_str().unwrap().to_string())
-        .unwrap();
+    // The session's PVC is the pod volume the container mounts at /data.
+    let data = container["volumeMounts"].as_array().unwrap().iter().find(|m| m["mountPath"] == "/data").unwrap();
+    let claim = claim_of(&template["spec"], data["name"].as_str().unwrap()).unwrap();
     let session = labels_of(template).get("uuid").cloned().unwrap_or_default();
-    let (src, backup_dir, attached) = {
+    let (src, backup_dir, attached, migrated) = {
         let mut state = shared.state.lock().unwrap();
         let attached = state.list("pods").iter().any(|p| {
             let l = labels_of(p);
@@ -747,14 +816,22 @@ async fn run_job(shared: Shared, name: String) {
         if attached {
             state.rwo_violations += 1;
         }
-        (state.volumes.get(&claim).cloned(), state.backup_dir.clone(), attached)
+        let migrated =
+            if attached { Ok(()) } else { state.run_init_containers(&format!("{name}-x7k2p"), &template["spec"]) };
+        (state.volumes.get(&claim).cloned(), state.backup_dir.clone(), attached, migrated)
     };
     let line = match (&mode, attached, src) {
         (JobMode::Fail(message), _, _) => json!({"ok": false, "error": message}),
         (_, true, _) => json!({"ok": false, "error": format!("Multi-Attach error for volume of {claim}")}),
         (_, false, None) => json!({"ok": false, "error": format!("no volume for {claim}")}),
+        (_, false, Some(_)) if migrated.is_err() => {
+            json!({"ok": false, "error": format!("init container migrate-volume failed: {}", migrated.unwrap_err())})
+        }
         (_, false, Some(volume)) if what == "restore" => {
             let zip = backup_dir.join(arg("--src").strip_prefix("/backups/").expect("src under /backups"));
+            assert_eq!(data.get("readOnly"), None, "a restore writes to the volume");
+            let target = in_volume(&volume, "/data", &dest);
+            let home = in_volume(&volume, "/data", &arg("--home-dest"));
             let env: HashMap<String, u64> =
                 serde_json::from_value::<Vec<Value>>(template["spec"]["containers"][0]["env"].clone())
                     .unwrap_or_default()
@@ -771,9 +848,12 @@ async fn run_job(shared: Shared, name: String) {
                 skip_escaping_symlinks: flag("--skip-escaping-symlinks"),
                 in_place: flag("--in-place"),
             };
-            tokio::task::spawn_blocking(move || command.run(&zip, &volume, &limits)).await.unwrap()
+            tokio::task::spawn_blocking(move || command.run_roots(&zip, &target, Some(&home), &limits)).await.unwrap()
         }
-        (_, false, Some(src)) => {
+        (_, false, Some(volume)) => {
+            assert_eq!(data["readOnly"], true, "a backup only reads the volume");
+            let src = in_volume(&volume, "/data", &arg("--src"));
+            let home = in_volume(&volume, "/data", &arg("--home"));
             let file = dest.strip_prefix("/backups/").expect("dest under /backups").to_string();
             let target = backup_dir.join(&file);
             // As `wakeway backup` records them in the catalog.
@@ -783,13 +863,18 @@ async fn run_job(shared: Shared, name: String) {
                 reason: arg("--reason"),
             };
             let written = tokio::task::spawn_blocking(move || {
-                crate::backup::write_verified_zip(&src, &target, chrono::Utc::now(), &origin)
+                let sources = crate::backup::Sources { workspace: &src, home: Some(&home) };
+                crate::backup::write_verified_backup(&sources, &target, chrono::Utc::now(), &origin)
             })
             .await
             .unwrap();
-            match written {
-                Ok(info) => json!({"ok": true, "path": dest, "backup": info}),
-                Err(e) => json!({"ok": false, "error": e.to_string()}),
+            match (written, &mode) {
+                (Ok(mut info), JobMode::Tamper(how)) => {
+                    tamper(&backup_dir.join(&file), &mut info, *how);
+                    json!({"ok": true, "path": dest, "backup": info})
+                }
+                (Ok(info), _) => json!({"ok": true, "path": dest, "backup": info}),
+                (Err(e), _) => json!({"ok": false, "error": e.to_string()}),
             }
         }
     };
@@ -812,6 +897,32 @@ async fn run_job(shared: Shared, name: String) {
         finish(true, "", "");
     } else {
         finish(false, "BackoffLimitExceeded", "Job has reached the specified backoff limit");
+    }
+}
+
+/// Damage the zip at `path` (or the report `info` of it) as `how` says.
+fn tamper(path: &std::path::Path, info: &mut crate::session::BackupInfo, how: Tamper) {
+    match how {
+        Tamper::Missing => std::fs::remove_file(path).unwrap(),
+        Tamper::Truncated => {
+            let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            file.set_len(info.size / 2).unwrap();
+        }
+        Tamper::WrongSha256 => info.sha256 = "0123456789abcdef".repeat(4),
+        Tamper::FlippedByte => {
+            let (start, len) = {
+                let mut zip = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+                let largest = (0..zip.len()).max_by_key(|&i| zip.by_index(i).unwrap().compressed_size()).unwrap();
+                let entry = zip.by_index(largest).unwrap();
+                (entry.data_start().expect("the entry's data offset"), entry.compressed_size())
+            };
+            let mut bytes = std::fs::read(path).unwrap();
+            bytes[(start + len / 2) as usize] ^= 0x5a;
+            std::fs::write(path, &bytes).unwrap();
+            let (sha256, size) = crate::backup::sha256_file(path).unwrap();
+            assert_eq!(size, info.size);
+            info.sha256 = sha256;
+        }
     }
 }
 

@@ -24,9 +24,11 @@ use fake::{Fake, JobMode, PodMode, TestWorkspace};
 
 const ID: &str = "abc12345";
 
-fn test_config(port: u16) -> Arc<Config> {
+/// The config of a replica whose backup volume is `backups` (where the fake's Jobs write).
+fn test_config(port: u16, backups: &std::path::Path) -> Arc<Config> {
     let mut c = Config::default();
     c.backend = BackendKind::Kubernetes;
+    c.backup_dir = backups.to_path_buf();
     c.kubernetes.port = port;
     c.kubernetes.stop_timeout = Duration::from_secs(5);
     c.kubernetes.job_timeout = Duration::from_secs(20);
@@ -57,20 +59,41 @@ async fn rig(answering: bool) -> Rig {
     let volumes = tempfile::tempdir().unwrap();
     let fake = Fake::start(backups.path().to_path_buf()).await;
     let workspace = TestWorkspace::start(answering).await;
-    let config = test_config(workspace.port);
+    let config = test_config(workspace.port, backups.path());
     let (tx, events) = mpsc::unbounded_channel();
     let backend = KubernetesBackend::new(fake.client(), config.clone(), tx);
     Rig { fake, workspace, config, backend, events, volumes, backups }
 }
 
 impl Rig {
-    /// A folder standing for `pvc-<id>`, with a few files.
+    /// A folder standing for `pvc-<id>`, with a few files at its root: a volume of the layout
+    /// before HOME moved onto it (the workspace at the root).
     fn fill_volume(&self, id: &str) {
-        let dir = self.volumes.path().join(id);
+        let dir = self.volume(id);
         std::fs::create_dir_all(dir.join("src")).unwrap();
         std::fs::write(dir.join("README.md"), "# my project\n").unwrap();
         std::fs::write(dir.join("src/main.rs"), "fn main() { println!(\"hi\"); }\n".repeat(50)).unwrap();
         self.fake.with(|s| s.volumes.insert(objects::pvc_name(id), dir));
+    }
+
+    /// The folder standing for `pvc-<id>` (see `fill_volume`).
+    fn volume(&self, id: &str) -> std::path::PathBuf {
+        self.volumes.path().join(id)
+    }
+
+    /// A manager on this rig's fake API server, with an embedded store in `data`.
+    fn manager(&self, data: &std::path::Path) -> crate::manager::Manager {
+        let store = crate::store::EmbeddedStore::open(&data.join("wakeway.redb")).unwrap();
+        let (tx, _events) = mpsc::unbounded_channel();
+        let backend = KubernetesBackend::new(self.fake.client(), self.config.clone(), tx);
+        crate::manager::Manager::new(
+            self.config.clone(),
+            Arc::new(store),
+            backend,
+            Arc::new(wakeway_proxy::SystemClock),
+            Arc::new(wakeway_proxy::ProxyStats::default()),
+            tokio::runtime::Handle::current(),
+        )
     }
 
     async fn start(&self, s: &Session) -> Result<crate::backend::Started, BackendError> {
@@ -192,7 +215,9 @@ async fn a_session_lives_and_dies_through_the_api() {
             "wakeway",
             "backup",
             "--src",
-            "/workspace",
+            "/data/workspace",
+            "--home",
+            "/data/home",
             "--dest",
             "/backups/workspace-abc12345-20260304-050607.zip",
             "--user-id",
@@ -201,7 +226,15 @@ async fn a_session_lives_and_dies_through_the_api() {
             "delete"
         ])
     );
-    assert_eq!(pod_spec["volumes"][0]["persistentVolumeClaim"], json!({"claimName": "pvc-abc12345", "readOnly": true}));
+    // The backup reads the volume only; its migration init container may write (a volume asleep
+    // since before HOME moved onto it is migrated first, then backed up whole).
+    assert_eq!(
+        pod_spec["containers"][0]["volumeMounts"],
+        json!([{"name": "data", "mountPath": "/data", "readOnly": true}, {"name": "backups", "mountPath": "/backups"}])
+    );
+    assert_eq!(pod_spec["initContainers"][0]["command"], json!(["wakeway", "migrate-volume", "/data"]));
+    assert_eq!(pod_spec["initContainers"][0]["volumeMounts"], json!([{"name": "data", "mountPath": "/data"}]));
+    assert_eq!(pod_spec["volumes"][0]["persistentVolumeClaim"], json!({"claimName": "pvc-abc12345"}));
     assert_eq!(pod_spec["volumes"][1]["persistentVolumeClaim"], json!({"claimName": "backup-pvc"}));
 
     // ---- destroy: refused without a backup, refused (409, nothing deleted) for another object.
@@ -687,7 +720,9 @@ async fn a_restore_runs_as_a_job_inside_the_volume_after_a_backup_of_it() {
     rig.fill_volume(id.as_str());
     manager.wake(&id, ActivitySource::Http).await.unwrap();
     manager.sleep(&id, SleepReason::Api).await.unwrap();
-    let volume = rig.volumes.path().join(id.as_str());
+    // The workspace pod's init container moved the old layout into workspace/.
+    let root = rig.volume(id.as_str());
+    let volume = root.join("workspace");
 
     // A verified backup of another tree, in the catalog (as a Job of another session wrote it).
     let source = tempfile::tempdir().unwrap();
@@ -705,9 +740,13 @@ async fn a_restore_runs_as_a_job_inside_the_volume_after_a_backup_of_it() {
     assert_eq!((report.files, report.dirs), (2, 2), "{report:?}");
     assert_eq!(std::fs::read_to_string(volume.join("docs/deep/notes.txt")).unwrap(), "restored\n");
     assert!(!volume.join("README.md").exists() && !volume.join("src").exists(), "the old tree is replaced");
-    let mut left: Vec<_> = std::fs::read_dir(&volume).unwrap().map(|e| e.unwrap().file_name()).collect();
-    left.sort();
-    assert_eq!(left, ["Cargo.toml", "docs"], "nothing of the swap is left in the volume");
+    let listing = |dir: &std::path::Path| {
+        let mut names: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(listing(&volume), ["Cargo.toml", "docs"], "the restored tree, nothing else");
+    assert_eq!(listing(&root), [".wakeway-layout", "home", "workspace"], "nothing of the swap is left in the volume");
     assert_eq!(rig.fake.with(|s| s.rwo_violations), 0, "no workspace pod held the volume during the Jobs");
 
     // The content it replaced was backed up first, by a Job that recorded who and why.
@@ -719,12 +758,29 @@ async fn a_restore_runs_as_a_job_inside_the_volume_after_a_backup_of_it() {
     assert_eq!(safety.user_id.as_deref(), Some("grace@example.com"));
     assert_eq!(s.pre_restore_backup.as_deref(), Some(safety.id.as_str()));
 
-    // The restore Job: in place, replacing, with the configured limits.
+    // The restore Job: both folders of the volume, replacing, with the configured limits.
     let jobs = rig.fake.calls("PATCH", "/jobs/restore-");
-    let command = jobs[0].body["spec"]["template"]["spec"]["containers"][0]["command"].clone();
-    let command: Vec<String> = serde_json::from_value(command).unwrap();
-    assert!(command.contains(&"--in-place".to_string()) && command.contains(&"--replace".to_string()), "{command:?}");
-    assert!(command.contains(&format!("/backups/{file}")));
+    let pod = &jobs[0].body["spec"]["template"]["spec"];
+    let src = format!("/backups/{file}");
+    assert_eq!(
+        pod["containers"][0]["command"],
+        json!([
+            "wakeway",
+            "restore",
+            "--src",
+            src,
+            "--dest",
+            "/data/workspace",
+            "--home-dest",
+            "/data/home",
+            "--replace"
+        ])
+    );
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"],
+        json!([{"name": "data", "mountPath": "/data"}, {"name": "backups", "mountPath": "/backups", "readOnly": true}])
+    );
+    assert_eq!(pod["initContainers"][0]["command"], json!(["wakeway", "migrate-volume", "/data"]));
 
     // A zip the command refuses: the API's 422, the volume untouched.
     let evil = "workspace-0ddf1e1d-20260102-120000.zip";
@@ -748,7 +804,170 @@ async fn a_restore_runs_as_a_job_inside_the_volume_after_a_backup_of_it() {
     let report = result.unwrap();
     assert_eq!((report.files, report.dirs), (2, 2), "{report:?}");
     let fresh_volume = rig.volumes.path().join(objects::pvc_name(fresh.uuid.as_str()));
-    assert_eq!(std::fs::read_to_string(fresh_volume.join("docs/deep/notes.txt")).unwrap(), "restored\n");
+    assert_eq!(std::fs::read_to_string(fresh_volume.join("workspace/docs/deep/notes.txt")).unwrap(), "restored\n");
+    assert!(
+        fresh_volume.join("home").is_dir() && fresh_volume.join(".wakeway-layout").is_file(),
+        "a new volume has layout 2"
+    );
     assert_eq!(rig.fake.with(|s| s.rwo_violations), 0, "the restore Job never shared the volume with a pod");
     assert!(rig.fake.calls("PATCH", &format!("/jobs/backup-{}", fresh.uuid)).is_empty(), "nothing to back up first");
+}
+
+fn read(path: impl AsRef<std::path::Path>) -> String {
+    std::fs::read_to_string(path.as_ref()).unwrap_or_else(|e| panic!("{}: {e}", path.as_ref().display()))
+}
+
+/// HOME lives on the session's PVC: the Deployment mounts the volume's `home/` at HOME (and sets
+/// `HOME`) next to `workspace/` at /workspace, after an init container migrated a volume of the
+/// old layout (the workspace at its root). What a user keeps in HOME survives sleep and wake, and
+/// the backup Job names both roots — also for a session asleep since before the upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_lives_on_the_volume_and_an_old_volume_is_migrated_before_anything_mounts_it() {
+    use crate::session::Placement;
+    let rig = rig(true).await;
+    let fake = &rig.fake;
+    let mut s = session(ID, "small");
+    s.objects = rig.backend.create(&s).await.unwrap();
+    // A session that went to sleep before HOME moved onto the volume: its workspace is at the
+    // volume's root.
+    rig.backend.stop(&s).await.unwrap();
+    rig.fill_volume(ID);
+    let volume = rig.volume(ID);
+
+    let applied = fake.calls("PATCH", "/deployments/user-abc12345");
+    let pod = &applied[0].body["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"], json!([{"name": "data", "persistentVolumeClaim": {"claimName": "pvc-abc12345"}}]));
+    let workspace = &pod["containers"][0];
+    assert_eq!(
+        workspace["volumeMounts"],
+        json!([
+            {"name": "data", "mountPath": "/workspace", "subPath": "workspace"},
+            {"name": "data", "mountPath": "/home/coder", "subPath": "home"},
+        ])
+    );
+    assert!(workspace["env"].as_array().unwrap().contains(&json!({"name": "HOME", "value": "/home/coder"})));
+    let init = &pod["initContainers"][0];
+    assert_eq!(init["command"], json!(["wakeway", "migrate-volume", "/data"]));
+    assert_eq!(init["image"], "wakeway:0.1.0", "the wakeway image (kubernetes.wakeway_image)");
+    assert_eq!(init["volumeMounts"], json!([{"name": "data", "mountPath": "/data"}]));
+    // Pod Security `restricted`, as for the workspace container: no escalation, no capability,
+    // non-root, RuntimeDefault seccomp (the last two from the pod).
+    let restricted = json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}});
+    for container in [init, workspace] {
+        for (key, value) in restricted.as_object().unwrap() {
+            assert_eq!(&container["securityContext"][key], value, "{}", container["name"]);
+        }
+    }
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(init["resources"]["requests"], init["resources"]["limits"], "the pod keeps its Guaranteed QoS");
+
+    // First start: the init container moves the old layout into workspace/ before the pod runs.
+    let started = rig.start(&s).await.unwrap();
+    let Placement::Kubernetes { pod: pod_name, .. } = &started.placement else { unreachable!() };
+    assert_eq!(fake.with(|st| st.migrations.clone()), [(pod_name.clone(), "pvc-abc12345".to_string())]);
+    assert_eq!(read(volume.join("workspace/README.md")), "# my project\n");
+    assert!(!volume.join("README.md").exists() && !volume.join("src").exists());
+    assert_eq!(read(volume.join(".wakeway-layout")), "2\n");
+    // What code-server and the shell write under HOME is in home/ on the volume (the pod's mount)…
+    let settings = volume.join("home/.local/share/code-server/User/settings.json");
+    std::fs::create_dir_all(settings.parent().unwrap()).unwrap();
+    std::fs::write(&settings, "{\"editor.fontSize\": 15}\n").unwrap();
+    std::fs::write(volume.join("home/.bash_history"), "cargo test\n").unwrap();
+    // … and still there after a sleep and a wake (the next pod's init container changes nothing).
+    s.placement = Some(started.placement);
+    rig.backend.stop(&s).await.unwrap();
+    let started = rig.start(&s).await.unwrap();
+    assert_eq!(fake.with(|st| st.migrations.len()), 2, "every new pod runs it");
+    assert_eq!(read(&settings), "{\"editor.fontSize\": 15}\n");
+    assert_eq!(read(volume.join("home/.bash_history")), "cargo test\n");
+    assert_eq!(read(volume.join("workspace/README.md")), "# my project\n");
+    s.placement = Some(started.placement);
+    rig.backend.stop(&s).await.unwrap();
+
+    // A session asleep since before the upgrade (never woken since): its backup Job migrates the
+    // volume first, then backs up both roots, so nothing at the old root is left out.
+    let mut old = session("0123abcd", "small");
+    old.objects = rig.backend.create(&old).await.unwrap();
+    rig.fill_volume("0123abcd");
+    let now: DateTime<Utc> = "2026-03-04T05:06:07Z".parse().unwrap();
+    let info = rig.backend.backup(&old, now, "delete").await.unwrap();
+    assert_eq!(info.entries, 3, "README.md, src/, src/main.rs");
+    let job = fake.object("jobs", "backup-0123abcd-20260304-050607").unwrap();
+    let command = &job["spec"]["template"]["spec"]["containers"][0]["command"];
+    assert_eq!(
+        command.as_array().unwrap()[2..6],
+        json!(["--src", "/data/workspace", "--home", "/data/home"]).as_array().unwrap()[..]
+    );
+    let migrated_by_job = fake.with(|st| st.migrations.last().cloned().unwrap());
+    assert_eq!(migrated_by_job, ("backup-0123abcd-20260304-050607-x7k2p".to_string(), "pvc-0123abcd".to_string()));
+    assert_eq!(read(rig.volume("0123abcd").join("workspace/src/main.rs")).lines().count(), 50);
+    assert!(rig.volume("0123abcd").join("home").is_dir());
+}
+
+/// wakeway deletes only on a zip it verified itself: a Job that reports success while its zip is
+/// missing, truncated, not of the reported SHA-256, or damaged inside (same size, SHA-256 reported
+/// as it now is: only the entries' CRC-32 tell) leaves the session `backup_failed`, and the API
+/// server sees no DELETE at all. An honest Job's zip is verified, then everything is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_zip_does_not_verify_deletes_nothing() {
+    use crate::manager::LifecycleError;
+    use crate::session::State;
+    use fake::Tamper;
+
+    let rig = rig(true).await;
+    let data = tempfile::tempdir().unwrap();
+    let manager = rig.manager(data.path());
+    for (how, says) in [
+        (Tamper::Missing, "is missing on the backup volume"),
+        (Tamper::Truncated, "bytes, the Job reported"),
+        (Tamper::WrongSha256, "SHA-256"),
+        (Tamper::FlippedByte, "verification of"),
+    ] {
+        let id = manager.create("grace@example.com").await.unwrap().id();
+        rig.fill_volume(id.as_str());
+        rig.fake.with(|st| st.job_mode = JobMode::Tamper(how));
+        let err = manager.delete(&id, true).await.unwrap_err();
+        assert!(
+            matches!(&err, LifecycleError::BackupFailed(m) if m.contains("wakeway's own check") && m.contains(says)),
+            "{how:?}: {err}"
+        );
+        let s = manager.view(&id).await.unwrap().session;
+        assert_eq!(s.state, State::BackupFailed, "{how:?}");
+        assert!(s.backup.is_none(), "{how:?}: no backup is recorded");
+        assert!(rig.fake.calls("DELETE", "").is_empty(), "{how:?}: not even a dry run");
+        assert!(rig.fake.object("persistentvolumeclaims", &format!("pvc-{id}")).is_some());
+        assert!(rig.volume(id.as_str()).join("workspace/README.md").exists(), "{how:?}: the data is kept");
+    }
+
+    // An honest Job: wakeway verifies its zip, then deletes.
+    rig.fake.with(|st| st.job_mode = JobMode::Run);
+    let id = manager.create("grace@example.com").await.unwrap().id();
+    rig.fill_volume(id.as_str());
+    let s = manager.delete(&id, true).await.unwrap();
+    assert_eq!(s.state, State::Deleted);
+    let backup = s.backup.expect("deleted after a verified backup");
+    let found = crate::backup::reverify(&rig.backups.path().join(&backup.file), u64::MAX).unwrap();
+    assert_eq!((found.size, found.sha256), (backup.size, backup.sha256));
+    let deletes: Vec<_> =
+        rig.fake.calls("DELETE", "").into_iter().filter(|r| r.body.get("dryRun").is_none()).map(|r| r.path).collect();
+    assert_eq!(deletes.len(), 3, "{deletes:?}");
+    assert!(deletes.iter().all(|p| p.ends_with(&format!("-{id}"))), "{deletes:?}");
+
+    // Before deleting, the recorded zip must still be there, whole: truncated since, nothing goes.
+    let mut s = session(ID, "small");
+    s.objects = rig.backend.create(&s).await.unwrap();
+    rig.fill_volume(ID);
+    let info = rig.backend.backup(&s, "2026-03-04T05:06:07Z".parse().unwrap(), "delete").await.unwrap();
+    let zip = rig.backups.path().join(&info.file);
+    std::fs::OpenOptions::new().write(true).open(&zip).unwrap().set_len(info.size - 1).unwrap();
+    s.backup = Some(info);
+    rig.fake.with(|st| st.requests.clear());
+    let err = rig.backend.destroy(&s).await.unwrap_err();
+    assert!(
+        matches!(&err, BackendError::Refused(m) if m.contains("nothing was deleted") && m.contains("bytes")),
+        "{err}"
+    );
+    assert!(rig.fake.calls("DELETE", "").iter().all(|r| r.body["dryRun"] == json!(["All"])), "dry runs only");
+    assert!(rig.fake.object("persistentvolumeclaims", "pvc-abc12345").is_some());
 }

@@ -88,8 +88,22 @@ fn the_objects_say_what_the_issue_asks() {
     assert_eq!(c["args"][1], "0.0.0.0:8080", "{{port}} is filled in");
     assert_eq!(c["resources"]["limits"], json!({"cpu": "2", "memory": "2048Mi"}));
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/healthz");
-    assert_eq!(c["volumeMounts"][0]["mountPath"], "/workspace");
+    // Both folders of the session's PVC: the workspace and HOME (settings, extensions, dotfiles).
+    assert_eq!(
+        c["volumeMounts"],
+        json!([
+            {"name": "data", "mountPath": "/workspace", "subPath": "workspace"},
+            {"name": "data", "mountPath": "/home/coder", "subPath": "home"}
+        ])
+    );
     assert_eq!(pod["volumes"][0]["persistentVolumeClaim"]["claimName"], "pvc-abc12345");
+    assert_eq!(pod["initContainers"][0]["command"], json!(["wakeway", "migrate-volume", "/data"]));
+    let mut elsewhere = config.clone();
+    elsewhere.kubernetes.home_path = "/var/home/dev".into();
+    let d = serde_json::to_value(objects::deployment(&elsewhere, &session, &large)).unwrap();
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["volumeMounts"][1], json!({"name": "data", "mountPath": "/var/home/dev", "subPath": "home"}));
+    assert!(c["env"].as_array().unwrap().contains(&json!({"name": "HOME", "value": "/var/home/dev"})));
 
     let p = serde_json::to_value(objects::pvc(&config, &session)).unwrap();
     assert_eq!(p["spec"]["resources"]["requests"]["storage"], "5Gi");
@@ -112,12 +126,14 @@ fn the_objects_say_what_the_issue_asks() {
             "--src",
             "/backups/workspace-abc12345-20260304-050607.zip",
             "--dest",
-            "/workspace",
-            "--replace",
-            "--in-place"
+            "/data/workspace",
+            "--home-dest",
+            "/data/home",
+            "--replace"
         ])
     );
     assert_eq!(spec["volumes"][0]["persistentVolumeClaim"], json!({"claimName": "pvc-abc12345"}), "written to");
+    assert_eq!(spec["initContainers"][0]["command"], json!(["wakeway", "migrate-volume", "/data"]));
     assert_eq!(spec["volumes"][1]["persistentVolumeClaim"], json!({"claimName": "backup-pvc", "readOnly": true}));
     assert_eq!(job["spec"]["backoffLimit"], 0);
 }
@@ -172,12 +188,19 @@ fn pods_get_only_an_explicit_environment() {
             assert!(!text.contains(value), "{component}: {var}'s value reaches the pod");
         }
         assert!(!text.to_lowercase().contains("secret"), "{component}: a secret is referenced: {text}");
+        let init = &pod["initContainers"][0];
+        assert_eq!(init["name"], "migrate-volume", "{component}");
+        assert!(init.get("env").is_none() && init.get("envFrom").is_none(), "{component}: the migration gets nothing");
         let vars = env_of(pod);
         match *component {
             "workspace" => {
-                assert_eq!(names(&vars), ["WAKEWAY_SESSION", "WAKEWAY_CPU", "WAKEWAY_MEMORY_MIB", "HTTPS_PROXY", "TZ"]);
+                assert_eq!(
+                    names(&vars),
+                    ["WAKEWAY_SESSION", "WAKEWAY_CPU", "WAKEWAY_MEMORY_MIB", "HOME", "HTTPS_PROXY", "TZ"]
+                );
                 assert_eq!(vars[0].1, "abc12345");
-                assert_eq!(vars[3].1, "http://proxy:3128", "kubernetes.env reaches the workspace");
+                assert_eq!(vars[3].1, "/home/coder", "HOME is where the PVC's home/ is mounted");
+                assert_eq!(vars[4].1, "http://proxy:3128", "kubernetes.env reaches the workspace");
             }
             // Jobs run wakeway's own image on the volumes: kubernetes.env is the workspace's.
             "backup" => assert!(vars.is_empty(), "{vars:?}"),
