@@ -26,6 +26,8 @@ pub struct FakeStore {
     blobs: Mutex<HashMap<String, Vec<u8>>>,
     /// While set, every call answers `Unavailable` (Redis gone).
     pub down: AtomicBool,
+    /// `list` panics this many more times (a bug in a step of the background loop).
+    pub list_panics: AtomicU32,
     /// Applied to the stored record just before the next write of it lands: another replica
     /// wrote first, so that write is a compare-and-set conflict.
     interleaved: Mutex<Option<Interleaved>>,
@@ -38,6 +40,7 @@ impl FakeStore {
             records: Mutex::default(),
             blobs: Mutex::default(),
             down: AtomicBool::new(false),
+            list_panics: AtomicU32::new(0),
             interleaved: Mutex::default(),
         }
     }
@@ -79,6 +82,9 @@ impl Store for FakeStore {
 
     async fn list(&self) -> Result<Vec<Session>, StoreError> {
         self.up()?;
+        if self.list_panics.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            panic!("the fake store's list panicked");
+        }
         Ok(self.records.lock().unwrap().values().cloned().collect())
     }
 

@@ -35,11 +35,17 @@ struct Rig {
 
 /// A manager over the fakes; `shared`: the store is shared with other replicas (like Redis).
 fn rig(shared: bool) -> Rig {
+    rig_with(shared, |_| {})
+}
+
+/// [`rig`] with `configure` applied to its configuration.
+fn rig_with(shared: bool, configure: impl FnOnce(&mut Config)) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.data_dir = dir.path().to_owned();
     // Bounds how long a hung start lasts (real time: the fake's start sleeps until its deadline).
     config.start_timeout = Duration::from_millis(200);
+    configure(&mut config);
     let store = Arc::new(FakeStore::new(shared));
     let backend = Arc::new(ScriptedBackend::default());
     let clock = Arc::new(ManualClock::new(1_760_000_000_000));
@@ -259,4 +265,27 @@ async fn a_hung_start_is_one_wake_however_many_ask_and_ends_at_start_timeout() {
     rig.manager.request_wake(&handle, ActivitySource::Http);
     eventually("the next wake", || matches!(handle.phase(), Phase::Ready(_))).await;
     assert_eq!(rig.backend.count("start"), 2);
+}
+
+#[tokio::test]
+async fn a_panic_in_the_sweep_is_counted_and_the_next_sweep_still_runs() {
+    let rig = rig_with(false, |c| c.sweep_interval = Duration::from_millis(100));
+    let id = rig.session(State::Sleeping, None).await;
+    rig.manager.wake(&id, ActivitySource::ApiWake).await.unwrap();
+    rig.clock.advance(rig.manager.config().idle_timeout + Duration::from_secs(60));
+    rig.store.list_panics.store(1, Ordering::SeqCst);
+
+    let (_events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+    let manager = rig.manager.clone();
+    let background = tokio::spawn(async move { manager.run_background(events, shutdown).await });
+
+    eventually("the sweep after the panicked one", || rig.store.record(id.as_str()).state == State::Sleeping).await;
+    assert_eq!(rig.store.list_panics.load(Ordering::SeqCst), 0, "the first sweep panicked");
+    let metrics = rig.manager.render_metrics();
+    assert!(metrics.contains("wakeway_background_restarts_total{task=\"sweep\"} 1"), "{metrics}");
+    assert_eq!(rig.backend.count("stop"), 1);
+
+    shutdown_tx.send(true).unwrap();
+    background.await.expect("the background loop ends on shutdown, it did not die of the panic");
 }
