@@ -170,7 +170,7 @@ impl Manager {
 }
 
 /// The replica's name: configured, or hostname and process id.
-fn replica_name(configured: &str) -> String {
+pub fn replica_name(configured: &str) -> String {
     if !configured.is_empty() {
         return configured.to_string();
     }

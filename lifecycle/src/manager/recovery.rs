@@ -4,21 +4,46 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
 
+use wakeway_config::BackendKind;
 use wakeway_proxy::SessionId;
 
 use super::runtime::SessionRuntime;
 use super::{DISCOVERY_SAFETY_NET, LifecycleError, Manager, Result, SleepReason};
 use crate::backend::{BackendEvent, Discovered, ReconcileReport};
+use crate::catalog::Leftovers;
+
+/// How long another replica's local backup may go without writing before its leftovers count as
+/// abandoned (a live backup writes continuously; the longest pause is its final fsync).
+pub const LOCAL_WRITER_SILENCE: Duration = Duration::from_secs(3600);
 use crate::session::{Session, State};
 
 impl Manager {
+    /// Which leftovers in the backup folder this start may remove: all of them when nothing else
+    /// writes there (the local backend on its own store); otherwise this replica's own, and those
+    /// nobody has written to for longer than a live writer can be silent (`[kubernetes]
+    /// job_timeout` for backup Jobs, [`LOCAL_WRITER_SILENCE`] for other replicas' local backups).
+    fn leftovers_rule(&self) -> Leftovers {
+        let config = &self.inner.config;
+        let local = config.backend == BackendKind::Local;
+        let silence = if local { LOCAL_WRITER_SILENCE } else { config.kubernetes.job_timeout };
+        // Compared with files' modification times: the real clock, not the policy's.
+        let now = SystemTime::now();
+        Leftovers {
+            sole_writer: local && !self.inner.shared,
+            writer: self.inner.replica.clone(),
+            stale_before: now.checked_sub(silence).unwrap_or(SystemTime::UNIX_EPOCH),
+        }
+    }
+
     /// Load every session and bring it to a consistent state after a (possibly unclean) stop:
     /// running workspaces that still answer are adopted, others are marked asleep; interrupted
     /// stops are finished; interrupted backups and deletions are left for the sweep to resume.
     pub async fn recover(&self) -> Result<()> {
         let catalog = self.inner.catalog.clone();
-        if let Ok(removed) = tokio::task::spawn_blocking(move || catalog.clean_leftovers()).await {
+        let rule = self.leftovers_rule();
+        if let Ok(removed) = tokio::task::spawn_blocking(move || catalog.clean_leftovers(&rule)).await {
             for name in removed {
                 tracing::warn!(file = %name, "removed what an interrupted backup left (never trusted)");
             }

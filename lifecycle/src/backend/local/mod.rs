@@ -120,6 +120,8 @@ pub struct LocalSettings {
     pub uids: Option<std::ops::RangeInclusive<u32>>,
     /// `[local] env`: extra variables of every workspace.
     pub env: BTreeMap<String, String>,
+    /// This replica's name: its backups' `.partial` files carry it (see `catalog::Leftovers`).
+    pub writer: String,
 }
 
 /// Runs workspaces as local processes.
@@ -711,7 +713,7 @@ impl Backend for LocalBackend {
             }
             dest = self.paths.backups.join(backup_file_name(&session.uuid, now + chrono::Duration::seconds(later)));
         }
-        let origin = Origin::new(&session.uuid, &session.user_id, reason);
+        let origin = Origin::new(&session.uuid, &session.user_id, reason).by(&self.settings.writer);
         tokio::task::spawn_blocking(move || {
             write_verified_backup(&Sources { workspace: &src, home: home.as_deref() }, &dest, now, &origin)
         })
@@ -826,6 +828,7 @@ socketserver.UnixStreamServer(sys.argv[1], H).serve_forever()' {socket}"#;
             stop_grace: Duration::from_secs(2),
             uids,
             env: BTreeMap::new(),
+            writer: "test-replica".into(),
         }
     }
 

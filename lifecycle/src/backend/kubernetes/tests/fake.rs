@@ -781,6 +781,7 @@ async fn run_job(shared: Shared, name: String) {
                 session: crate::catalog::session_of(file.trim_end_matches(".zip")).map(String::from),
                 user_id: Some(arg("--user-id")),
                 reason: arg("--reason"),
+                writer: None,
             };
             let written = tokio::task::spawn_blocking(move || {
                 crate::backup::write_verified_zip(&src, &target, chrono::Utc::now(), &origin)
