@@ -68,6 +68,18 @@ impl Drop for Redis {
     }
 }
 
+impl Redis {
+    /// Empty the database (`FLUSHALL`) while it keeps running: every record is lost at once.
+    async fn flush_all(&self) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
+        conn.write_all(b"*1\r\n$8\r\nFLUSHALL\r\n").await.unwrap();
+        let mut reply = [0u8; 5];
+        conn.read_exact(&mut reply).await.unwrap();
+        assert_eq!(&reply, b"+OK\r\n");
+    }
+}
+
 fn replica<'a>(name: &'a str, url: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut env = vec![
         ("WAKEWAY_REDIS_URL", url),
@@ -243,4 +255,44 @@ async fn a_sign_in_link_minted_on_one_replica_works_on_another_once() {
         assert!(tokio::time::Instant::now() < deadline, "replica B still takes a revoked cookie:\n{}", b.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A session's policy survives the loss of its record: after `FLUSHALL` a kept session is
+/// rebuilt kept, with its overrides, and is not deleted after `sleep_to_delete`; one that was not
+/// kept is (the policy does run on rebuilt records).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_session_stays_kept_after_redis_loses_its_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = Redis::start(tmp.path()).await;
+    let url = redis.url();
+    let a = Wakeway::start_in(tmp.path(), &replica("a", &url, &[("WAKEWAY_SLEEP_TO_DELETE", "5s")])).await;
+    let (kept, other) = (a.create().await, a.create().await);
+    a.wait_state(&kept, "running", LONG).await;
+    a.wait_state(&other, "running", LONG).await;
+    let body = r#"{"idle_timeout": "30m", "keep": true}"#;
+    let r = a.api(Method::PATCH, &format!("/session/{kept}/policy")).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    a.ws(Method::PUT, &kept, "/files/keep.txt").body("still here").send().await.unwrap();
+    a.sleep(&kept).await;
+    a.sleep(&other).await;
+
+    redis.flush_all().await;
+    let deadline = tokio::time::Instant::now() + LONG;
+    let status = loop {
+        let r = a.api(Method::GET, &format!("/session/{kept}/status")).send().await.unwrap();
+        if r.status() == 200 {
+            break r.json::<Value>().await.unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the session was not rebuilt:\n{}", a.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["session"]["policy"]["keep"], true, "rebuilt kept: {status}");
+    assert_eq!(status["session"]["policy"]["idle_timeout"], "30m", "with its overrides: {status}");
+
+    // The one that was not kept is rebuilt asleep and deleted after sleep_to_delete; the kept one,
+    // rebuilt at the same time, is past that deadline too and stays.
+    a.wait_state(&other, "deleted", LONG).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(state(&a, &kept).await, "sleeping", "kept: never deleted by the policy\n{}", a.log());
+    assert!(a.workspace_dir(&kept).join("keep.txt").exists());
 }

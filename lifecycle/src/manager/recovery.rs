@@ -197,6 +197,11 @@ impl Manager {
         s.state = State::Sleeping;
         s.slept_at = Some(now);
         s.last_error = Some("rebuilt from the workspace after the store lost its record".into());
+        // Its policy (`keep`, overrides, a requested deletion) and a restore in flight, as kept
+        // with the workspace: a kept session stays kept, an interrupted restore is finished.
+        s.policy = d.durable.policy;
+        s.delete_requested = d.durable.delete_requested;
+        s.restore = d.durable.restore;
         // Adopted if this replica still routes to it and it is still that workspace.
         s.placement = self.runtime(&id).and_then(|rt| rt.routed_placement());
         if s.placement.is_some() && self.inner.backend.is_alive(&s) {
@@ -205,6 +210,9 @@ impl Manager {
             s.awake_since = Some(now);
         } else {
             s.placement = None;
+            if s.restore.is_some() {
+                s.state = State::Restoring;
+            }
         }
         match self.inner.store.put(&s).await {
             Ok(stored) => {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicUsize, Ordering};
 use wakeway_proxy::{Phase, SessionHandle, SessionId};
 
 use super::{LifecycleError, Manager, Result};
-use crate::session::{Placement, Session, State};
+use crate::session::{Durable, Placement, Session, State};
 
 /// One session's in-memory state on this replica: the proxy's handle, the lock that serializes
 /// operations on the session, and what the last persisted record said.
@@ -29,6 +29,9 @@ pub(super) struct SessionRuntime {
     /// Kept to rebuild a lost record of a running workspace (the local backend's identity check
     /// needs pid and start time, which the proxy's address alone does not give).
     placement: std::sync::Mutex<Option<Placement>>,
+    /// The policy and pending operation this replica last gave the backend to keep (None: not
+    /// yet since it started), so they are written only when they change.
+    pub(super) durable_saved: std::sync::Mutex<Option<Durable>>,
 }
 
 impl SessionRuntime {
@@ -45,6 +48,7 @@ impl SessionRuntime {
             persisted_activity_ms: AtomicI64::new(ms),
             open_everywhere: AtomicUsize::new(0),
             placement: std::sync::Mutex::new(None),
+            durable_saved: std::sync::Mutex::new(None),
         }
     }
 

@@ -683,6 +683,7 @@ impl Backend for KubernetesBackend {
                         .as_ref()
                         .and_then(|t| DateTime::from_timestamp_millis(t.0.as_millisecond())),
                     id,
+                    durable: Default::default(),
                 })
             })
             .collect();
