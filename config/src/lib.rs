@@ -192,7 +192,8 @@ pub struct Config {
     pub redis_url: String,
     /// This replica's name in leases and activity (empty: hostname and process id).
     pub replica_id: String,
-    /// How long the sweep lease lasts without renewal (another replica takes over after that).
+    /// How long the sweep lease and each session's operation lease last without renewal (another
+    /// replica takes over, or resumes the step, after that).
     #[serde(with = "duration::serde_fmt")]
     pub lease_ttl: Duration,
     /// Where workspaces run.

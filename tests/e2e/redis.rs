@@ -296,3 +296,47 @@ async fn a_kept_session_stays_kept_after_redis_loses_its_record() {
     assert_eq!(state(&a, &kept).await, "sleeping", "kept: never deleted by the policy\n{}", a.log());
     assert!(a.workspace_dir(&kept).join("keep.txt").exists());
 }
+
+/// A restore holds the session's operation lease on the replica running it. That replica dies
+/// mid-restore (failpoint): the other replica's sweep and a user's request through it wait for
+/// the lease to expire, then finish the restore (the folder holds the backup, what it replaced is
+/// in the pre-restore backup) and wake the workspace for that request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_whose_replica_died_is_finished_by_the_other_once_its_lease_expires() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = Redis::start(tmp.path()).await;
+    let url = redis.url();
+    let b = Wakeway::start_in(tmp.path(), &replica("b", &url, &[])).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // b takes the sweep lease first
+    let mut a = Wakeway::start_armed(tmp.path(), &replica("a", &url, &[]), "restore.after_safety_backup").await;
+
+    // A verified backup of one session, and another session (asleep) to restore it into.
+    let source = b.create().await;
+    b.wait_state(&source, "running", LONG).await;
+    b.ws(Method::PUT, &source, "/files/restored.txt").body("from the backup").send().await.unwrap();
+    let r = b.api(Method::DELETE, &format!("/session/{source}")).send().await.unwrap();
+    let deleted: Value = r.json().await.unwrap();
+    let backup = deleted["backup"]["file"].as_str().unwrap().trim_end_matches(".zip").to_string();
+    let target = b.create().await;
+    b.wait_state(&target, "running", LONG).await;
+    b.ws(Method::PUT, &target, "/files/replaced.txt").body("before the restore").send().await.unwrap();
+    b.sleep(&target).await;
+    a.wait_state(&target, "sleeping", LONG).await;
+
+    // The restore runs on A, which dies in the middle of it, holding the lease.
+    let body = serde_json::json!({ "backup": backup }).to_string();
+    let _ = a.api(Method::POST, &format!("/session/{target}/restore")).body(body).send().await;
+    a.wait_abort(LONG);
+    assert!(a.log().contains("failpoint restore.after_safety_backup reached"));
+
+    // A user's request through B: answered once B has finished A's restore and woken it.
+    let r = b.ws(Method::GET, &target, "/files/restored.txt").send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", b.log());
+    assert_eq!(r.text().await.unwrap(), "from the backup");
+    let s = b.wait_state(&target, "running", LONG).await;
+    assert_eq!(s["session"]["restored_from"], backup.as_str(), "{s}");
+    assert!(!b.workspace_dir(&target).join("replaced.txt").exists(), "the folder holds the backup");
+    let safety = s["session"]["pre_restore_backup"].as_str().expect("what it replaced was backed up first");
+    let zip = std::fs::read(b.backup_dir().join(format!("{safety}.zip"))).unwrap();
+    assert!(zip.windows(18).any(|w| w == b"before the restore"), "the replaced file is in the pre-restore backup");
+}

@@ -6,6 +6,7 @@
 //! ([`Manager::run_locked`]) and each persisted step is a compare-and-set, so a crash between
 //! steps leaves a state the next start (or sweep) resumes. One concern per file:
 //! - `runtime`: the per-session in-memory state, publishing phases, running under the lock;
+//! - `lease`: the per-session operation lease across replicas (shared store);
 //! - `transitions`: load, save (compare-and-set) and state transitions;
 //! - `create`, `wake`, `sleep` (sleep and scale), `delete`, `backups` (catalog, restores,
 //!   per-session policy): the operations;
@@ -19,6 +20,7 @@ mod checkpoints;
 mod create;
 mod delete;
 mod error;
+mod lease;
 mod recovery;
 mod runtime;
 mod sleep;

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use wakeway_proxy::{Phase, SessionHandle, SessionId};
 
@@ -121,8 +122,11 @@ impl Manager {
         }
     }
 
-    /// Run `op` on the lifecycle runtime with session `id`'s operation lock held. It runs to its
-    /// end even if the caller stops waiting: an API client hanging up never cuts a step in half.
+    /// Run `op` on the lifecycle runtime with session `id`'s operation lock held — and, with a
+    /// shared store, its operation lease across replicas (see `lease`): while another replica
+    /// holds it, a wake waits up to `hold_timeout` and anything else is refused at once
+    /// ([`LifecycleError::Busy`], 503 with Retry-After). It runs to its end even if the caller
+    /// stops waiting: an API client hanging up never cuts a step in half.
     pub(super) async fn run_locked<T, F, Fut>(&self, id: &SessionId, what: &'static str, op: F) -> Result<T>
     where
         T: Send + 'static,
@@ -133,7 +137,11 @@ impl Manager {
         let this = self.clone();
         self.run_task(what, async move {
             let _op = rt.op.lock().await;
-            op(this, rt.clone()).await
+            let patience = if what == "wake" { this.inner.config.hold_timeout } else { Duration::ZERO };
+            match this.take_op_lease(&rt.handle.id, patience).await? {
+                Some(lease) => this.holding(lease, op(this.clone(), rt.clone())).await,
+                None => op(this, rt.clone()).await,
+            }
         })
         .await
     }

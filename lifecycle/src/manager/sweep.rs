@@ -13,7 +13,7 @@ use futures::FutureExt;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
-use super::{Manager, Result, SleepReason};
+use super::{LifecycleError, Manager, Result, SleepReason};
 use crate::backend::BackendEvent;
 use crate::policy::Action;
 use crate::session::{Session, State};
@@ -143,8 +143,11 @@ impl Manager {
             Action::Forget => self.forget(&id).await,
             Action::FinishRestore => self.finish_restore(&id).await.map(drop),
         };
-        if let Err(e) = result {
-            tracing::warn!(session = %id, ?action, error = %e, "sweep action failed");
+        match result {
+            // Another replica runs an operation on it; its lease expires if that replica dies.
+            Err(LifecycleError::Busy { .. }) => tracing::debug!(session = %id, ?action, "sweep action deferred: busy"),
+            Err(e) => tracing::warn!(session = %id, ?action, error = %e, "sweep action failed"),
+            Ok(()) => {}
         }
     }
 

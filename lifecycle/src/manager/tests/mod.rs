@@ -289,3 +289,31 @@ async fn a_panic_in_the_sweep_is_counted_and_the_next_sweep_still_runs() {
     shutdown_tx.send(true).unwrap();
     background.await.expect("the background loop ends on shutdown, it did not die of the panic");
 }
+
+#[tokio::test]
+async fn another_replicas_operation_lease_keeps_every_step_here_off_the_session_until_it_expires() {
+    let rig = rig_with(true, |c| c.hold_timeout = Duration::from_millis(300));
+    let id = rig.session(State::BackingUp, None).await;
+    let lease = format!("op:{id}");
+    // Replica "b" is backing it up right now (for deletion).
+    rig.store.hold(&lease, "b");
+
+    let (status, body) = rig.api("POST", &format!("/session/{id}/wake?wait=true")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("operation_in_progress"))
+    );
+    let (status, _) = rig.api("DELETE", &format!("/session/{id}")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    rig.manager.sweep().await.unwrap();
+    assert_eq!(rig.backend.calls(), Vec::<String>::new(), "nothing here touched its data");
+    assert_eq!(rig.store.record(id.as_str()).state, State::BackingUp, "b's backup is not turned into a wake");
+
+    // b dies: its lease expires, and this replica's sweep finishes the deletion.
+    rig.store.expire(&lease);
+    rig.manager.sweep().await.unwrap();
+    assert_eq!(rig.store.record(id.as_str()).state, State::Deleted);
+    assert_eq!(rig.backend.count("backup"), 1);
+    assert_eq!(rig.backend.count("destroy"), 1);
+    assert_eq!(rig.store.holder(&lease), None, "released when the step ended");
+}
