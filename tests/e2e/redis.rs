@@ -92,6 +92,19 @@ fn replica<'a>(name: &'a str, url: &'a str, extra: &[(&'a str, &'a str)]) -> Vec
     env
 }
 
+/// The status of `id` once its record, lost with Redis' data, is rebuilt (404 until then).
+async fn rebuilt_status(w: &Wakeway, id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let r = w.api(Method::GET, &format!("/session/{id}/status")).send().await.unwrap();
+        if r.status() == 200 {
+            return r.json::<Value>().await.unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the session was not rebuilt:\n{}", w.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn state(w: &Wakeway, id: &str) -> String {
     w.status(id).await["state"].as_str().unwrap_or_default().to_string()
 }
@@ -198,15 +211,7 @@ async fn a_redis_restart_loses_nothing() {
     assert_eq!(a.ws(Method::GET, &id, "/files/keep.txt").send().await.unwrap().status(), 200);
 
     redis.restart().await; // empty: no persistence
-    let deadline = tokio::time::Instant::now() + LONG;
-    let status = loop {
-        let r = a.api(Method::GET, &format!("/session/{id}/status")).send().await.unwrap();
-        if r.status() == 200 {
-            break r.json::<Value>().await.unwrap();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the session was not rebuilt:\n{}", a.log());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let status = rebuilt_status(&a, &id).await;
     assert_eq!(status["session"]["user_id"], "user@example.com", "rebuilt from the workspace's sidecar");
     let log = a.log();
     let rebuilt = log.lines().find(|l| l.contains("session record rebuilt from its workspace"));
@@ -277,15 +282,7 @@ async fn a_kept_session_stays_kept_after_redis_loses_its_record() {
     a.sleep(&other).await;
 
     redis.flush_all().await;
-    let deadline = tokio::time::Instant::now() + LONG;
-    let status = loop {
-        let r = a.api(Method::GET, &format!("/session/{kept}/status")).send().await.unwrap();
-        if r.status() == 200 {
-            break r.json::<Value>().await.unwrap();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the session was not rebuilt:\n{}", a.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = rebuilt_status(&a, &kept).await;
     assert_eq!(status["session"]["policy"]["keep"], true, "rebuilt kept: {status}");
     assert_eq!(status["session"]["policy"]["idle_timeout"], "30m", "with its overrides: {status}");
 
