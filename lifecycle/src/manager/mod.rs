@@ -110,7 +110,7 @@ impl Manager {
         rt: tokio::runtime::Handle,
     ) -> Self {
         let metrics = Metrics::new();
-        let notifier = Notifier::new(&config, &metrics, &rt).unwrap_or_else(|e| {
+        let notifier = Notifier::new(&config, &metrics, store.clone(), &rt).unwrap_or_else(|e| {
             tracing::error!(error = %e, "webhooks are off");
             Notifier::disabled()
         });
