@@ -248,6 +248,7 @@ fn backup(
         session: wakeway_lifecycle::catalog::session_of(name.trim_end_matches(".zip")).map(String::from),
         user_id,
         reason,
+        writer: None,
     };
     let sources = wakeway_lifecycle::backup::Sources { workspace: src, home };
     match wakeway_lifecycle::backup::write_verified_backup(&sources, dest, now, &origin) {

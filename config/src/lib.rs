@@ -19,6 +19,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use duration::{format_duration, parse_duration};
+
+/// The longest any duration key may be (100 years): every deadline wakeway computes (a time plus
+/// a duration) then fits in a timestamp, with room to spare.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// The shortest `backup_retention`: a backup made today outlives at least one day.
+pub const MIN_BACKUP_RETENTION: Duration = Duration::from_secs(86_400);
 pub use env::{Env, MapEnv, ProcessEnv};
 pub use kubernetes::KubernetesConfig;
 pub use local::{Isolation, LocalConfig};
@@ -185,7 +192,8 @@ pub struct Config {
     pub redis_url: String,
     /// This replica's name in leases and activity (empty: hostname and process id).
     pub replica_id: String,
-    /// How long the sweep lease lasts without renewal (another replica takes over after that).
+    /// How long the sweep lease and each session's operation lease last without renewal (another
+    /// replica takes over, or resumes the step, after that).
     #[serde(with = "duration::serde_fmt")]
     pub lease_ttl: Duration,
     /// Where workspaces run.
@@ -209,7 +217,8 @@ pub struct Config {
     /// Back up and delete a session after it has been asleep this long.
     #[serde(with = "duration::serde_fmt")]
     pub sleep_to_delete: Duration,
-    /// Delete backups older than this (unless a backup is marked `keep`).
+    /// Delete backups older than this (unless a backup is marked `keep`). At least one day and at
+    /// least `sleep_to_delete`.
     #[serde(with = "duration::serde_fmt")]
     pub backup_retention: Duration,
     /// The longest `idle_timeout` a session may be given through `PATCH /session/{uuid}/policy`.
@@ -421,6 +430,7 @@ impl Config {
     /// Check that values make sense together. Messages name the key to fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        self.durations_are_bounded()?;
         if !valid_domain(&self.domain) {
             return bad(format!(
                 "domain {:?} is not a lowercase DNS name (e.g. \"localhost\" or \"preview.example.com\")",
@@ -555,6 +565,20 @@ impl Config {
                 format_duration(self.idle_timeout)
             ));
         }
+        if self.backup_retention < MIN_BACKUP_RETENTION {
+            return bad(format!(
+                "backup_retention must be at least 1d (it is {}): shorter would prune the backup of a session \
+                 deleted today at the next sweep",
+                format_duration(self.backup_retention)
+            ));
+        }
+        if self.backup_retention < self.sleep_to_delete {
+            return bad(format!(
+                "backup_retention ({}) must be at least sleep_to_delete ({})",
+                format_duration(self.backup_retention),
+                format_duration(self.sleep_to_delete)
+            ));
+        }
         if self.max_sleep_to_delete < self.sleep_to_delete {
             return bad(format!(
                 "max_sleep_to_delete ({}) must be at least sleep_to_delete ({})",
@@ -583,6 +607,48 @@ impl Config {
             return bad(
                 "restore_max_bytes and restore_max_entries must be at least 1, restore_max_ratio at least 2".into()
             );
+        }
+        Ok(())
+    }
+
+    /// Every duration key at most [`MAX_DURATION`], so a deadline (a time plus a duration) always
+    /// fits in a timestamp and no background computation can overflow.
+    fn durations_are_bounded(&self) -> Result<(), ConfigError> {
+        let k = &self.kubernetes;
+        for (name, value) in [
+            ("acme_renew_before", self.acme_renew_before),
+            ("acme_check_interval", self.acme_check_interval),
+            ("access_token_ttl", self.access_token_ttl),
+            ("cookie_ttl", self.cookie_ttl),
+            ("header_timeout", self.header_timeout),
+            ("lease_ttl", self.lease_ttl),
+            ("idle_timeout", self.idle_timeout),
+            ("sleep_to_delete", self.sleep_to_delete),
+            ("backup_retention", self.backup_retention),
+            ("max_idle_timeout", self.max_idle_timeout),
+            ("max_sleep_to_delete", self.max_sleep_to_delete),
+            ("webhook_retry", self.webhook_retry),
+            ("warn_before_sleep", self.warn_before_sleep),
+            ("warn_before_delete", self.warn_before_delete),
+            ("sweep_interval", self.sweep_interval),
+            ("checkpoint_interval", self.checkpoint_interval),
+            ("max_awake_with_open_tab", self.max_awake_with_open_tab),
+            ("hold_timeout", self.hold_timeout),
+            ("start_timeout", self.start_timeout),
+            ("stop_grace", self.stop_grace),
+            ("backup_retry", self.backup_retry),
+            ("shutdown_grace", self.shutdown_grace),
+            ("kubernetes.job_timeout", k.job_timeout),
+            ("kubernetes.job_ttl", k.job_ttl),
+            ("kubernetes.stop_timeout", k.stop_timeout),
+        ] {
+            if value > MAX_DURATION {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be at most {} (it is {})",
+                    format_duration(MAX_DURATION),
+                    format_duration(value)
+                )));
+            }
         }
         Ok(())
     }

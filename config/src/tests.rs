@@ -295,3 +295,42 @@ fn the_local_table_is_read_from_the_environment_and_checked() {
     );
     assert!(off.is_ok());
 }
+
+/// The message `validate` gives for `key = value` set through its environment variable.
+fn refusal<const N: usize>(pairs: [(&str, &str); N]) -> String {
+    match Config::load(None, &MapEnv::new(pairs)) {
+        Err(ConfigError::Invalid(message)) => message,
+        other => panic!("{pairs:?} must be refused, got {other:?}"),
+    }
+}
+
+#[test]
+fn backup_retention_is_at_least_a_day_and_at_least_sleep_to_delete() {
+    let zero = refusal([("WAKEWAY_BACKUP_RETENTION", "0s")]);
+    assert!(zero.contains("backup_retention must be at least 1d"), "{zero}");
+    let short = refusal([("WAKEWAY_BACKUP_RETENTION", "23h")]);
+    assert!(short.contains("backup_retention must be at least 1d (it is 23h)"), "{short}");
+    let below = refusal([("WAKEWAY_BACKUP_RETENTION", "2d"), ("WAKEWAY_SLEEP_TO_DELETE", "3d")]);
+    assert!(below.contains("backup_retention (2d) must be at least sleep_to_delete (3d)"), "{below}");
+    let env = MapEnv::new([("WAKEWAY_BACKUP_RETENTION", "3d"), ("WAKEWAY_SLEEP_TO_DELETE", "3d")]);
+    assert_eq!(Config::load(None, &env).unwrap().backup_retention, Duration::from_secs(3 * 86400));
+}
+
+#[test]
+fn a_duration_too_large_for_a_deadline_is_refused_naming_its_key() {
+    for (key, var) in [
+        ("backup_retention", "WAKEWAY_BACKUP_RETENTION"),
+        ("idle_timeout", "WAKEWAY_IDLE_TIMEOUT"),
+        ("sweep_interval", "WAKEWAY_SWEEP_INTERVAL"),
+        ("max_sleep_to_delete", "WAKEWAY_MAX_SLEEP_TO_DELETE"),
+    ] {
+        let message = refusal([(var, "1000000y")]);
+        assert!(message.starts_with(&format!("{key} must be at most 36500d")), "{message}");
+    }
+    let mut c = Config::default();
+    c.kubernetes.job_timeout = Duration::from_secs(u64::MAX);
+    let message = c.validate().unwrap_err().to_string();
+    assert!(message.contains("kubernetes.job_timeout must be at most 36500d"), "{message}");
+    c.kubernetes.job_timeout = MAX_DURATION;
+    c.validate().unwrap();
+}

@@ -65,7 +65,7 @@ pub fn write_verified_backup(
     now: DateTime<Utc>,
     origin: &Origin,
 ) -> Result<BackupInfo, BackupError> {
-    let partial = partial_path(dest);
+    let partial = partial_path_of(dest, origin.writer.as_deref());
     let result = write_and_verify(sources, dest, &partial, now, origin);
     if result.is_err() {
         let _ = fs::remove_file(&partial);
@@ -78,7 +78,15 @@ pub fn write_verified_backup(
 
 /// `<dest>.partial`: what a backup is written as until it is verified. Never trusted.
 pub fn partial_path(dest: &Path) -> PathBuf {
+    partial_path_of(dest, None)
+}
+
+/// `<dest>.<writer>.partial` (a replica's; see [`catalog::writer_tag`]) or `<dest>.partial`.
+pub fn partial_path_of(dest: &Path, writer: Option<&str>) -> PathBuf {
     let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    if let Some(writer) = writer {
+        name.push(format!(".{}", catalog::writer_tag(writer)));
+    }
     name.push(".partial");
     dest.with_file_name(name)
 }

@@ -18,6 +18,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -33,11 +34,20 @@ pub struct Origin {
     /// `delete` (before a deletion), `pre_restore` (the folder's content before a restore),
     /// `command` (`wakeway backup`), `found` (a zip found without a record).
     pub reason: String,
+    /// The replica writing the backup (its `.partial` is named after it, so only that replica's
+    /// start, or age, removes it). `None`: a backup Job or the `backup` command.
+    pub writer: Option<String>,
 }
 
 impl Origin {
     pub fn new(session: &str, user_id: &str, reason: &str) -> Self {
-        Origin { session: Some(session.into()), user_id: Some(user_id.into()), reason: reason.into() }
+        Origin { session: Some(session.into()), user_id: Some(user_id.into()), reason: reason.into(), writer: None }
+    }
+
+    /// This origin, written by replica `writer`.
+    pub fn by(mut self, writer: &str) -> Self {
+        self.writer = Some(writer.into());
+        self
     }
 
     #[cfg(test)]
@@ -136,6 +146,25 @@ fn layout_1() -> u32 {
 
 fn workspace_root() -> Vec<String> {
     vec![backup::Root::Workspace.name().to_string()]
+}
+
+/// Which leftovers of interrupted backups a start may remove (see [`Catalog::clean_leftovers`]).
+#[derive(Debug, Clone)]
+pub struct Leftovers {
+    /// Nothing but this process writes into the backup folder (one wakeway on its own store with
+    /// the local backend): every leftover is its own.
+    pub sole_writer: bool,
+    /// This replica's name: its `.partial` files carry it (see [`Origin::writer`]).
+    pub writer: String,
+    /// A leftover not written to since then is a dead writer's: a live one keeps writing, and a
+    /// backup Job is stopped at `job_timeout`.
+    pub stale_before: SystemTime,
+}
+
+/// `writer` as it appears in a `.partial` name: letters, digits, `-` and `_` (others become `_`,
+/// so the name has no extra dot).
+pub fn writer_tag(writer: &str) -> String {
+    writer.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
 /// Catalog failures.
@@ -399,8 +428,17 @@ impl Catalog {
             }
             let _guard = self.guard();
             let sidecar = sidecar_path(&entry.path());
-            if read_sidecar(&sidecar).is_ok_and(|r| r.keep) {
-                continue;
+            match read_sidecar(&sidecar) {
+                Ok(record) if record.keep => continue,
+                Ok(_) => {}
+                // Never recorded: `keep` is set through the record, so this zip was never kept.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // It may say `keep`: a zip is never pruned on a record wakeway cannot read.
+                Err(e) => {
+                    let why = format!("kept: its record {} cannot be read ({e})", sidecar.display());
+                    out.push((id.to_string(), Err(io::Error::other(why))));
+                    continue;
+                }
             }
             let result = fs::remove_file(entry.path()).and_then(|()| match fs::remove_file(&sidecar) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -411,21 +449,33 @@ impl Catalog {
         out
     }
 
-    /// Remove what interrupted backups leave (`*.zip.partial`, temporary records, records whose
-    /// zip never got its final name). Only safe when no backup is being written into this folder.
-    pub fn clean_leftovers(&self) -> Vec<String> {
+    /// Remove what interrupted backups left (`.partial` zips, temporary records, records whose
+    /// zip never got its final name) — only those `rule` says no live writer is still writing:
+    /// the backup folder may be shared with other replicas and backup Jobs.
+    pub fn clean_leftovers(&self, rule: &Leftovers) -> Vec<String> {
         let names = |dir: &Path| -> Vec<String> {
             fs::read_dir(dir)
                 .map(|entries| entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
                 .unwrap_or_default()
         };
+        let own_suffix = format!(".{}.partial", writer_tag(&rule.writer));
+        let stale = |name: &str| {
+            fs::metadata(self.dir.join(name)).and_then(|m| m.modified()).is_ok_and(|t| t < rule.stale_before)
+        };
         let mut removed = Vec::new();
+        // Zips whose interrupted backup was this replica's: their records are this replica's too.
+        let mut own_zips = HashSet::new();
         // Partial zips and temporary records first: then a record whose zip never got its name
         // is recognisable by the missing zip alone.
         for name in names(&self.dir) {
-            if (name.ends_with(".zip.partial") || name.ends_with(".json.tmp"))
-                && fs::remove_file(self.dir.join(&name)).is_ok()
-            {
+            if !(name.ends_with(".partial") || name.ends_with(".json.tmp")) {
+                continue;
+            }
+            let own = name.ends_with(&own_suffix);
+            if (rule.sole_writer || own || stale(&name)) && fs::remove_file(self.dir.join(&name)).is_ok() {
+                if own && let Some((zip, _)) = name.split_once(".zip.") {
+                    own_zips.insert(zip.to_string());
+                }
                 removed.push(name);
             }
         }
@@ -433,6 +483,7 @@ impl Catalog {
             if let Some(id) = name.strip_suffix(".json")
                 && valid_id(id)
                 && !self.zip_path(id).exists()
+                && (rule.sole_writer || own_zips.contains(id) || stale(&name))
                 && fs::remove_file(self.dir.join(&name)).is_ok()
             {
                 removed.push(name);
@@ -525,7 +576,8 @@ mod tests {
 
         fs::write(backups.join("workspace-abc12345-20250105-120000.zip.partial"), "half").unwrap();
         fs::write(backups.join("workspace-abc12345-20250105-120000.json"), "{}").unwrap();
-        let mut removed = catalog.clean_leftovers();
+        let alone = Leftovers { sole_writer: true, writer: "r1".into(), stale_before: SystemTime::UNIX_EPOCH };
+        let mut removed = catalog.clean_leftovers(&alone);
         removed.sort();
         assert_eq!(
             removed,
@@ -556,5 +608,86 @@ mod tests {
         assert!(!catalog.zip_path(ids[0]).exists() && !sidecar_path(&catalog.zip_path(ids[0])).exists());
         let left: Vec<String> = catalog.list(Utc::now(), &nobody).into_iter().map(|r| r.id).collect();
         assert_eq!(left, [ids[1], kept, fresh]);
+    }
+
+    /// Set `name`'s modification time to `age` ago (an abandoned leftover).
+    fn age(dir: &Path, name: &str, age: std::time::Duration) {
+        let file = File::options().write(true).open(dir.join(name)).unwrap();
+        file.set_modified(std::time::SystemTime::now() - age).unwrap();
+    }
+
+    #[test]
+    fn a_shared_folder_loses_only_this_replicas_leftovers_and_abandoned_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let backups = dir.path().join("backups");
+        fs::create_dir_all(&backups).unwrap();
+        // Another replica (or a backup Job) is writing a backup right now: its partial and record.
+        let busy = "workspace-abc12345-20250101-120000";
+        fs::write(backups.join(format!("{busy}.zip.replica-b.partial")), "being written").unwrap();
+        fs::write(backups.join(format!("{busy}.json")), "{}").unwrap();
+        fs::write(backups.join("workspace-abc12345-20250101-120001.zip.partial"), "a Job's, running").unwrap();
+        fs::write(backups.join("workspace-abc12345-20250101-120002.json.tmp"), "{}").unwrap();
+        // This replica's own, from before its crash (its name is not a file name as it is).
+        let own = "workspace-abc12345-20250102-120000";
+        fs::write(backups.join(format!("{own}.zip.replica_a_0.partial")), "half").unwrap();
+        fs::write(backups.join(format!("{own}.json")), "{}").unwrap();
+        // A writer that died long ago.
+        let dead = "workspace-abc12345-20250103-120000";
+        fs::write(backups.join(format!("{dead}.zip.partial")), "half").unwrap();
+        fs::write(backups.join(format!("{dead}.json")), "{}").unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        age(&backups, &format!("{dead}.zip.partial"), 2 * hour);
+        age(&backups, &format!("{dead}.json"), 2 * hour);
+
+        let catalog = Catalog::new(backups.clone(), u64::MAX);
+        let rule = Leftovers {
+            sole_writer: false,
+            writer: "replica a/0".into(),
+            stale_before: std::time::SystemTime::now() - hour,
+        };
+        let mut removed = catalog.clean_leftovers(&rule);
+        removed.sort();
+        assert_eq!(
+            removed,
+            [
+                format!("{own}.json"),
+                format!("{own}.zip.replica_a_0.partial"),
+                format!("{dead}.json"),
+                format!("{dead}.zip.partial"),
+            ]
+        );
+        for left in [
+            format!("{busy}.zip.replica-b.partial"),
+            format!("{busy}.json"),
+            "workspace-abc12345-20250101-120001.zip.partial".into(),
+            "workspace-abc12345-20250101-120002.json.tmp".into(),
+        ] {
+            assert!(backups.join(&left).exists(), "{left}: another writer's, in use");
+        }
+    }
+
+    #[test]
+    fn a_backup_whose_record_cannot_be_read_is_never_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let unreadable = "workspace-abc12345-20200101-000000";
+        let unrecorded = "workspace-abc12345-20200102-000000";
+        for id in [unreadable, unrecorded] {
+            backup(dir.path(), id);
+        }
+        let catalog = Catalog::new(dir.path().join("backups"), u64::MAX);
+        catalog.set_keep(unreadable, true, Utc::now(), &nobody).unwrap();
+        let sidecar = sidecar_path(&catalog.zip_path(unreadable));
+        fs::write(&sidecar, "{\"keep\": tr").unwrap();
+        fs::remove_file(sidecar_path(&catalog.zip_path(unrecorded))).unwrap();
+
+        let mut pruned = catalog.prune(Utc::now(), &HashSet::new());
+        pruned.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(pruned.len(), 2, "{pruned:?}");
+        assert_eq!(pruned[0].0, unreadable);
+        let why = pruned[0].1.as_ref().unwrap_err().to_string();
+        assert!(why.contains("kept: its record") && why.contains("cannot be read"), "{why}");
+        assert!(catalog.zip_path(unreadable).exists(), "a zip that may be kept stays");
+        assert_eq!(pruned[1].0, unrecorded);
+        assert!(pruned[1].1.is_ok() && !catalog.zip_path(unrecorded).exists(), "never recorded: never kept");
     }
 }

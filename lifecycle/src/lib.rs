@@ -250,6 +250,7 @@ pub async fn build(
                 stop_grace: config.stop_grace,
                 uids: if plan.isolated { config.local.uid_range() } else { None },
                 env: config.local.env.clone(),
+                writer: manager::replica_name(&config.replica_id),
             };
             let paths = backend::local::LocalPaths::new(&config.data_dir, backups);
             backend::LocalBackend::new(settings, paths, tx)?

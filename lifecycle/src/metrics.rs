@@ -26,6 +26,7 @@ pub struct Metrics {
     pub api_requests: IntCounterVec,
     pub acme_orders: IntCounterVec,
     pub sweep_seconds: HistogramVec,
+    pub background_restarts: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -78,6 +79,11 @@ impl Metrics {
                 "wakeway_deletes_total",
                 "Workspaces deleted after a verified backup, by trigger (policy, api).",
                 &["trigger"],
+            ),
+            background_restarts: counter(
+                "wakeway_background_restarts_total",
+                "Background tasks (sweep, checkpoint, events) restarted after a panic.",
+                &["task"],
             ),
             backups_pruned: counter(
                 "wakeway_backups_pruned_total",

@@ -65,8 +65,15 @@ pub enum Warning {
     Delete(DateTime<Utc>),
 }
 
-fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+/// `t + d`, saturating at the last representable time: a deadline never overflows (config bounds
+/// every duration, but a per-session override or a stored time may still be extreme).
+pub fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d).ok().and_then(|d| t.checked_add_signed(d)).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// `t - d`, saturating at the first representable time.
+pub fn before(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d).ok().and_then(|d| t.checked_sub_signed(d)).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 impl Policy {
@@ -116,7 +123,7 @@ impl Policy {
         if !lead.is_zero()
             && let Some(at) = self.sleeps_at(s, seen)
             && now < at
-            && now >= at - chrono::Duration::from_std(lead).unwrap_or_default()
+            && now >= before(at, lead)
             && s.warned_sleep_for != Some(at)
         {
             return Some(Warning::Sleep(at));
@@ -126,7 +133,7 @@ impl Policy {
             && s.state == State::Sleeping
             && let Some(at) = self.deletes_at(s)
             && now < at
-            && now >= at - chrono::Duration::from_std(before_delete).unwrap_or(chrono::Duration::MAX)
+            && now >= before(at, before_delete)
             && s.warned_delete_for != Some(at)
         {
             return Some(Warning::Delete(at));
@@ -170,6 +177,23 @@ mod tests {
         let mut s = Session::new(&SessionId::parse("abc12345").unwrap(), "u", "small", t0);
         s.state = state;
         s
+    }
+
+    #[test]
+    fn extreme_durations_saturate_instead_of_overflowing() {
+        let t0 = Utc::now();
+        let mut p = policy();
+        p.backup_retention = Duration::MAX;
+        p.sleep_to_delete = Duration::MAX;
+        let mut deleted = session(State::Deleted, t0);
+        deleted.deleted_at = Some(t0);
+        assert_eq!(p.decide(&deleted, seen(t0), DateTime::<Utc>::MAX_UTC - chrono::Duration::days(1)), Action::Nothing);
+        let mut asleep = session(State::Sleeping, t0);
+        asleep.slept_at = Some(t0);
+        assert_eq!(p.deletes_at(&asleep), Some(DateTime::<Utc>::MAX_UTC));
+        let warning = p.warning(&asleep, seen(t0), t0, 60 * MIN, 60 * MIN);
+        assert_eq!(warning, None, "no warning for a deadline that never comes");
+        assert_eq!(before(t0, Duration::MAX), DateTime::<Utc>::MIN_UTC);
     }
 
     #[test]

@@ -226,6 +226,18 @@ pub struct PolicyOverrides {
     pub keep: bool,
 }
 
+/// What must outlive the loss of a session's store record (Redis emptied): its policy and the
+/// operation it has pending. The backend keeps a copy where the workspace cannot write it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Durable {
+    #[serde(default)]
+    pub policy: PolicyOverrides,
+    #[serde(default)]
+    pub delete_requested: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreOp>,
+}
+
 /// A restore in flight, persisted before the workspace folder is touched so a crash resumes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreOp {
@@ -316,6 +328,11 @@ pub struct Session {
 pub type SessionIdString = String;
 
 impl Session {
+    /// The part of this record that must survive its loss (see [`Durable`]).
+    pub fn durable(&self) -> Durable {
+        Durable { policy: self.policy.clone(), delete_requested: self.delete_requested, restore: self.restore.clone() }
+    }
+
     pub fn new(id: &SessionId, user_id: &str, tier: &str, now: DateTime<Utc>) -> Session {
         Session {
             uuid: id.to_string(),

@@ -5,8 +5,11 @@
 //! under `webhook_secret` (`X-Wakeway-Signature: sha256=<hex>`), and retries connection errors,
 //! 408, 429 and 5xx answers after `webhook_retry`, doubling up to 5 min, at most
 //! `webhook_max_attempts` times. Every retry carries the same `X-Wakeway-Delivery` id, so a
-//! receiver can drop duplicates. Deliveries are not persisted: events queued when wakeway exits
-//! are lost (they describe state that `GET /session/{uuid}/status` still shows).
+//! receiver can drop duplicates. Each event is kept in the store (`webhook:<id>`) before its first
+//! attempt until it is delivered or given up, and a start delivers what an earlier run left:
+//! every event is delivered at least once, with its `id`, across restarts (with several replicas
+//! sharing a store, a replica that starts while another still delivers an event may deliver it
+//! too — the same `id`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +25,10 @@ use tokio::sync::{Semaphore, mpsc};
 use wakeway_config::Config;
 
 use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Store key prefix of an event not delivered (nor given up) yet.
+const PENDING: &str = "webhook:";
 
 /// Events waiting for delivery at most; more are dropped (and counted).
 const QUEUE: usize = 4096;
@@ -40,8 +47,10 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 
 struct Delivery {
     id: String,
-    event: &'static str,
+    event: String,
     body: Vec<u8>,
+    /// Already in the store (left by an earlier run): not written again.
+    kept: bool,
 }
 
 struct Inner {
@@ -54,6 +63,7 @@ struct Inner {
     seq: AtomicU64,
     events: IntCounterVec,
     attempts: IntCounterVec,
+    store: Arc<dyn Store>,
 }
 
 /// Sends events to the webhook, if one is configured. Cheap to clone.
@@ -69,7 +79,12 @@ impl Notifier {
     }
 
     /// A notifier for `config.webhook_url` (disabled when empty), delivering on `rt`.
-    pub fn new(config: &Config, metrics: &Metrics, rt: &tokio::runtime::Handle) -> Result<Self, String> {
+    pub fn new(
+        config: &Config,
+        metrics: &Metrics,
+        store: Arc<dyn Store>,
+        rt: &tokio::runtime::Handle,
+    ) -> Result<Self, String> {
         if config.webhook_url.is_empty() {
             return Ok(Notifier::disabled());
         }
@@ -92,7 +107,9 @@ impl Notifier {
             seq: AtomicU64::new(0),
             events: metrics.webhooks.clone(),
             attempts: metrics.webhook_attempts.clone(),
+            store,
         });
+        rt.spawn(resend_pending(inner.clone()));
         rt.spawn(run(inner.clone(), rx));
         Ok(Notifier { inner: Some(inner) })
     }
@@ -116,9 +133,27 @@ impl Notifier {
             body.extend(extra);
         }
         let body = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
-        if inner.tx.try_send(Delivery { id, event, body }).is_err() {
+        if inner.tx.try_send(Delivery { id, event: event.into(), body, kept: false }).is_err() {
             inner.events.with_label_values(&[event, "dropped"]).inc();
             tracing::warn!(event, session, "webhook queue full: event dropped");
+        }
+    }
+}
+
+/// Queue again the events an earlier run kept in the store and did not deliver.
+async fn resend_pending(inner: Arc<Inner>) {
+    let keys = match inner.store.list_blobs(PENDING).await {
+        Ok(keys) => keys,
+        Err(e) => return tracing::warn!(error = %e, "cannot read the webhook events an earlier run left"),
+    };
+    for key in keys {
+        let Ok(Some(body)) = inner.store.get_blob(&key).await else { continue };
+        let event = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["event"].as_str().map(String::from));
+        let (Some(id), Some(event)) = (key.strip_prefix(PENDING), event) else { continue };
+        tracing::info!(event, delivery = id, "delivering a webhook event an earlier run left");
+        let delivery = Delivery { id: id.to_string(), event, body, kept: true };
+        if inner.tx.send(delivery).await.is_err() {
+            return;
         }
     }
 }
@@ -126,10 +161,21 @@ impl Notifier {
 async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Delivery>) {
     let slots = Arc::new(Semaphore::new(CONCURRENCY));
     while let Some(delivery) = rx.recv().await {
+        // Kept before the first attempt: from here on a restart delivers it if this run cannot.
+        let key = format!("{PENDING}{}", delivery.id);
+        if !delivery.kept
+            && let Err(e) = inner.store.put_blob(&key, &delivery.body).await
+        {
+            tracing::warn!(event = %delivery.event, delivery = %delivery.id, error = %e, "webhook event not kept in the store: lost if wakeway stops before it is delivered");
+        }
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let inner = inner.clone();
         tokio::spawn(async move {
             deliver(&inner, &delivery).await;
+            // Delivered or given up: nothing is left to resend.
+            if let Err(e) = inner.store.take_blob(&key).await {
+                tracing::warn!(delivery = %delivery.id, error = %e, "could not drop a finished webhook event from the store");
+            }
             drop(permit);
         });
     }
@@ -142,7 +188,7 @@ async fn deliver(inner: &Inner, d: &Delivery) {
             .client
             .post(&inner.url)
             .header("content-type", "application/json")
-            .header("x-wakeway-event", d.event)
+            .header("x-wakeway-event", &d.event)
             .header("x-wakeway-delivery", &d.id)
             .header("x-wakeway-signature", &signature)
             .body(d.body.clone())
@@ -151,8 +197,8 @@ async fn deliver(inner: &Inner, d: &Delivery) {
         let (retry, why) = match result {
             Ok(r) if r.status().is_success() => {
                 inner.attempts.with_label_values(&["ok"]).inc();
-                inner.events.with_label_values(&[d.event, "delivered"]).inc();
-                tracing::debug!(event = d.event, delivery = %d.id, attempt, "webhook delivered");
+                inner.events.with_label_values(&[&d.event, "delivered"]).inc();
+                tracing::debug!(event = %d.event, delivery = %d.id, attempt, "webhook delivered");
                 return;
             }
             Ok(r) => {
@@ -164,12 +210,12 @@ async fn deliver(inner: &Inner, d: &Delivery) {
         };
         inner.attempts.with_label_values(&["failed"]).inc();
         if !retry || attempt == inner.max_attempts {
-            inner.events.with_label_values(&[d.event, "failed"]).inc();
-            tracing::warn!(event = d.event, delivery = %d.id, attempt, error = %why, "webhook delivery given up");
+            inner.events.with_label_values(&[&d.event, "failed"]).inc();
+            tracing::warn!(event = %d.event, delivery = %d.id, attempt, error = %why, "webhook delivery given up");
             return;
         }
         let backoff = inner.retry.saturating_mul(1 << (attempt - 1).min(16)).min(MAX_BACKOFF);
-        tracing::debug!(event = d.event, delivery = %d.id, attempt, error = %why, retry_in = ?backoff, "webhook delivery failed; retrying");
+        tracing::debug!(event = %d.event, delivery = %d.id, attempt, error = %why, retry_in = ?backoff, "webhook delivery failed; retrying");
         tokio::time::sleep(backoff).await;
     }
 }

@@ -68,6 +68,18 @@ impl Drop for Redis {
     }
 }
 
+impl Redis {
+    /// Empty the database (`FLUSHALL`) while it keeps running: every record is lost at once.
+    async fn flush_all(&self) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
+        conn.write_all(b"*1\r\n$8\r\nFLUSHALL\r\n").await.unwrap();
+        let mut reply = [0u8; 5];
+        conn.read_exact(&mut reply).await.unwrap();
+        assert_eq!(&reply, b"+OK\r\n");
+    }
+}
+
 fn replica<'a>(name: &'a str, url: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut env = vec![
         ("WAKEWAY_REDIS_URL", url),
@@ -78,6 +90,19 @@ fn replica<'a>(name: &'a str, url: &'a str, extra: &[(&'a str, &'a str)]) -> Vec
     ];
     env.extend_from_slice(extra);
     env
+}
+
+/// The status of `id` once its record, lost with Redis' data, is rebuilt (404 until then).
+async fn rebuilt_status(w: &Wakeway, id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let r = w.api(Method::GET, &format!("/session/{id}/status")).send().await.unwrap();
+        if r.status() == 200 {
+            return r.json::<Value>().await.unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the session was not rebuilt:\n{}", w.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn state(w: &Wakeway, id: &str) -> String {
@@ -186,15 +211,7 @@ async fn a_redis_restart_loses_nothing() {
     assert_eq!(a.ws(Method::GET, &id, "/files/keep.txt").send().await.unwrap().status(), 200);
 
     redis.restart().await; // empty: no persistence
-    let deadline = tokio::time::Instant::now() + LONG;
-    let status = loop {
-        let r = a.api(Method::GET, &format!("/session/{id}/status")).send().await.unwrap();
-        if r.status() == 200 {
-            break r.json::<Value>().await.unwrap();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the session was not rebuilt:\n{}", a.log());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let status = rebuilt_status(&a, &id).await;
     assert_eq!(status["session"]["user_id"], "user@example.com", "rebuilt from the workspace's sidecar");
     let log = a.log();
     let rebuilt = log.lines().find(|l| l.contains("session record rebuilt from its workspace"));
@@ -243,4 +260,80 @@ async fn a_sign_in_link_minted_on_one_replica_works_on_another_once() {
         assert!(tokio::time::Instant::now() < deadline, "replica B still takes a revoked cookie:\n{}", b.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A session's policy survives the loss of its record: after `FLUSHALL` a kept session is
+/// rebuilt kept, with its overrides, and is not deleted after `sleep_to_delete`; one that was not
+/// kept is (the policy does run on rebuilt records).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_session_stays_kept_after_redis_loses_its_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = Redis::start(tmp.path()).await;
+    let url = redis.url();
+    let a = Wakeway::start_in(tmp.path(), &replica("a", &url, &[("WAKEWAY_SLEEP_TO_DELETE", "5s")])).await;
+    let (kept, other) = (a.create().await, a.create().await);
+    a.wait_state(&kept, "running", LONG).await;
+    a.wait_state(&other, "running", LONG).await;
+    let body = r#"{"idle_timeout": "30m", "keep": true}"#;
+    let r = a.api(Method::PATCH, &format!("/session/{kept}/policy")).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    a.ws(Method::PUT, &kept, "/files/keep.txt").body("still here").send().await.unwrap();
+    a.sleep(&kept).await;
+    a.sleep(&other).await;
+
+    redis.flush_all().await;
+    let status = rebuilt_status(&a, &kept).await;
+    assert_eq!(status["session"]["policy"]["keep"], true, "rebuilt kept: {status}");
+    assert_eq!(status["session"]["policy"]["idle_timeout"], "30m", "with its overrides: {status}");
+
+    // The one that was not kept is rebuilt asleep and deleted after sleep_to_delete; the kept one,
+    // rebuilt at the same time, is past that deadline too and stays.
+    a.wait_state(&other, "deleted", LONG).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(state(&a, &kept).await, "sleeping", "kept: never deleted by the policy\n{}", a.log());
+    assert!(a.workspace_dir(&kept).join("keep.txt").exists());
+}
+
+/// A restore holds the session's operation lease on the replica running it. That replica dies
+/// mid-restore (failpoint): the other replica's sweep and a user's request through it wait for
+/// the lease to expire, then finish the restore (the folder holds the backup, what it replaced is
+/// in the pre-restore backup) and wake the workspace for that request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_whose_replica_died_is_finished_by_the_other_once_its_lease_expires() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = Redis::start(tmp.path()).await;
+    let url = redis.url();
+    let b = Wakeway::start_in(tmp.path(), &replica("b", &url, &[])).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // b takes the sweep lease first
+    let mut a = Wakeway::start_armed(tmp.path(), &replica("a", &url, &[]), "restore.after_safety_backup").await;
+
+    // A verified backup of one session, and another session (asleep) to restore it into.
+    let source = b.create().await;
+    b.wait_state(&source, "running", LONG).await;
+    b.ws(Method::PUT, &source, "/files/restored.txt").body("from the backup").send().await.unwrap();
+    let r = b.api(Method::DELETE, &format!("/session/{source}")).send().await.unwrap();
+    let deleted: Value = r.json().await.unwrap();
+    let backup = deleted["backup"]["file"].as_str().unwrap().trim_end_matches(".zip").to_string();
+    let target = b.create().await;
+    b.wait_state(&target, "running", LONG).await;
+    b.ws(Method::PUT, &target, "/files/replaced.txt").body("before the restore").send().await.unwrap();
+    b.sleep(&target).await;
+    a.wait_state(&target, "sleeping", LONG).await;
+
+    // The restore runs on A, which dies in the middle of it, holding the lease.
+    let body = serde_json::json!({ "backup": backup }).to_string();
+    let _ = a.api(Method::POST, &format!("/session/{target}/restore")).body(body).send().await;
+    a.wait_abort(LONG);
+    assert!(a.log().contains("failpoint restore.after_safety_backup reached"));
+
+    // A user's request through B: answered once B has finished A's restore and woken it.
+    let r = b.ws(Method::GET, &target, "/files/restored.txt").send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", b.log());
+    assert_eq!(r.text().await.unwrap(), "from the backup");
+    let s = b.wait_state(&target, "running", LONG).await;
+    assert_eq!(s["session"]["restored_from"], backup.as_str(), "{s}");
+    assert!(!b.workspace_dir(&target).join("replaced.txt").exists(), "the folder holds the backup");
+    let safety = s["session"]["pre_restore_backup"].as_str().expect("what it replaced was backed up first");
+    let zip = std::fs::read(b.backup_dir().join(format!("{safety}.zip"))).unwrap();
+    assert!(zip.windows(18).any(|w| w == b"before the restore"), "the replaced file is in the pre-restore backup");
 }

@@ -167,3 +167,73 @@ async fn an_unreachable_receiver_does_not_hold_up_the_lifecycle() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// What a receiver that can be down saw: attempts (delivery id, event, session) and accepted ids.
+#[derive(Default)]
+struct Outage {
+    down: bool,
+    attempts: Vec<(String, String, String)>,
+    accepted: Vec<(String, Value)>,
+}
+
+/// Answer 503 while down; accept (once signed) when up.
+async fn receive_unless_down(State(log): State<Arc<Mutex<Outage>>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut log = log.lock().unwrap();
+    let session = value["session"].as_str().unwrap_or("").to_string();
+    log.attempts.push((header("x-wakeway-delivery"), header("x-wakeway-event"), session));
+    if log.down {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    log.accepted.push((header("x-wakeway-delivery"), value));
+    StatusCode::NO_CONTENT
+}
+
+/// Events queued while the receiver is down and wakeway stops are delivered by the next start,
+/// with the id they were first sent with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_queued_while_the_receiver_is_down_are_delivered_after_a_restart() {
+    let log = Arc::new(Mutex::new(Outage { down: true, ..Outage::default() }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/wakeway", listener.local_addr().unwrap());
+    let app = Router::new().route("/hooks/wakeway", post(receive_unless_down)).with_state(log.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let env = [
+        ("WAKEWAY_WEBHOOK_URL", url.as_str()),
+        ("WAKEWAY_WEBHOOK_SECRET", SECRET),
+        // One attempt, then a retry long after this run has stopped.
+        ("WAKEWAY_WEBHOOK_RETRY", "1h"),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = Wakeway::start_in(tmp.path(), &env).await;
+    let id = w.create().await;
+    let first_attempt = || {
+        let log = log.lock().unwrap();
+        log.attempts.iter().find(|(_, event, session)| event == "created" && *session == id).map(|(d, _, _)| d.clone())
+    };
+    let deadline = tokio::time::Instant::now() + LONG;
+    let delivery = loop {
+        if let Some(delivery) = first_attempt() {
+            break delivery;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no attempt to deliver `created`:\n{}", w.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    w.stop();
+    log.lock().unwrap().down = false;
+
+    let w = Wakeway::start_in(tmp.path(), &env).await;
+    let deadline = tokio::time::Instant::now() + LONG;
+    let body = loop {
+        let found = log.lock().unwrap().accepted.iter().find(|(d, _)| *d == delivery).map(|(_, v)| v.clone());
+        if let Some(body) = found {
+            break body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "`created` was not delivered after the restart:\n{}", w.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((body["event"].as_str(), body["session"].as_str()), (Some("created"), Some(id.as_str())));
+    assert_eq!(body["id"], delivery.as_str(), "the id it was first sent with");
+    assert!(w.log().contains("delivering a webhook event an earlier run left"));
+}

@@ -25,7 +25,6 @@ use crate::session::Session;
 
 /// The JSON of one backup.
 pub(super) fn record_json(manager: &Manager, r: &BackupRecord) -> Value {
-    let retention = chrono::Duration::from_std(manager.config().backup_retention).unwrap_or(chrono::Duration::MAX);
     json!({
         "id": r.id,
         "file": r.file,
@@ -45,7 +44,7 @@ pub(super) fn record_json(manager: &Manager, r: &BackupRecord) -> Value {
         "verified_at": rfc3339(r.verified_at),
         "reason": r.reason,
         "keep": r.keep,
-        "expires_at": if r.keep { None } else { r.created_at.checked_add_signed(retention).map(rfc3339) },
+        "expires_at": (!r.keep).then(|| rfc3339(crate::policy::after(r.created_at, manager.config().backup_retention))),
         "download": format!("/backups/{}/download", r.id),
     })
 }

@@ -54,6 +54,12 @@ impl From<LifecycleError> for ApiError {
                 format!("Session {id} was deleted after a verified backup."),
             ),
             LifecycleError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "invalid_state", message),
+            LifecycleError::Busy { retry_after, .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "operation_in_progress",
+                format!("{message}. Retry shortly."),
+            )
+            .retry_after(retry_after),
             LifecycleError::Invalid(_) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message),
             LifecycleError::Store(StoreError::Unavailable(_)) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

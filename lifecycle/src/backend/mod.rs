@@ -13,7 +13,7 @@ use wakeway_proxy::Upstream;
 
 use crate::backup::BackupError;
 use crate::restore::{Limits, Options, Report, RestoreError};
-use crate::session::{BackupInfo, ObjectUids, Placement, Session};
+use crate::session::{BackupInfo, Durable, ObjectUids, Placement, Session};
 
 pub use kubernetes::KubernetesBackend;
 pub use local::LocalBackend;
@@ -34,6 +34,8 @@ pub struct Discovered {
     pub user_id: String,
     pub tier: String,
     pub created_at: Option<DateTime<Utc>>,
+    /// The session's policy and pending operation as last saved with [`Backend::save_durable`].
+    pub durable: Durable,
 }
 
 /// Something the backend noticed on its own.
@@ -162,6 +164,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Finish or undo the folder swap of a restore a crash interrupted (before it is redone).
     async fn clean_interrupted_restore(&self, session: &Session) -> Result<(), BackendError>;
+
+    /// Keep `session`'s [`Durable`] part where the workspace cannot write it, so a record the
+    /// store loses is rebuilt with it (`discover`). Called whenever it changes.
+    async fn save_durable(&self, _session: &Session) -> Result<(), BackendError> {
+        Ok(())
+    }
 
     /// Every workspace this backend holds, with what it knows of its session (labels and
     /// annotations, a sidecar file…). Used when the store lost records: nothing is deleted because

@@ -82,7 +82,7 @@ impl Manager {
             .backup_retry
             .saturating_mul(1 << (s.backup_failures - 1).min(10))
             .min(Duration::from_secs(3600));
-        s.next_backup_attempt = Some(self.now() + chrono::Duration::from_std(backoff).unwrap_or_default());
+        s.next_backup_attempt = Some(crate::policy::after(self.now(), backoff));
         s.last_error = Some(format!("backup failed (attempt {}): {e}", s.backup_failures));
         tracing::error!(session = %s.uuid, attempt = s.backup_failures, retry_in = ?backoff, error = %e, "backup failed; the workspace is kept");
         let fields = json!({

@@ -28,6 +28,10 @@ pub enum LifecycleError {
     SafetyBackupFailed { id: String, why: String },
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// Another replica holds this session's operation lease (a backup, deletion, restore, scale or
+    /// start is running there): nothing here touches the session until it ends or expires.
+    #[error("session {id} is busy: another replica is running an operation on it")]
+    Busy { id: String, retry_after: u64 },
     /// A lifecycle task ended without an answer (it panicked, or the runtime is shutting down):
     /// wakeway's fault, never the client's. The cause is logged, not sent to clients.
     #[error("the {what} task failed before it answered")]

@@ -6,6 +6,7 @@
 //! ([`Manager::run_locked`]) and each persisted step is a compare-and-set, so a crash between
 //! steps leaves a state the next start (or sweep) resumes. One concern per file:
 //! - `runtime`: the per-session in-memory state, publishing phases, running under the lock;
+//! - `lease`: the per-session operation lease across replicas (shared store);
 //! - `transitions`: load, save (compare-and-set) and state transitions;
 //! - `create`, `wake`, `sleep` (sleep and scale), `delete`, `backups` (catalog, restores,
 //!   per-session policy): the operations;
@@ -19,6 +20,7 @@ mod checkpoints;
 mod create;
 mod delete;
 mod error;
+mod lease;
 mod recovery;
 mod runtime;
 mod sleep;
@@ -108,7 +110,7 @@ impl Manager {
         rt: tokio::runtime::Handle,
     ) -> Self {
         let metrics = Metrics::new();
-        let notifier = Notifier::new(&config, &metrics, &rt).unwrap_or_else(|e| {
+        let notifier = Notifier::new(&config, &metrics, store.clone(), &rt).unwrap_or_else(|e| {
             tracing::error!(error = %e, "webhooks are off");
             Notifier::disabled()
         });
@@ -170,7 +172,7 @@ impl Manager {
 }
 
 /// The replica's name: configured, or hostname and process id.
-fn replica_name(configured: &str) -> String {
+pub fn replica_name(configured: &str) -> String {
     if !configured.is_empty() {
         return configured.to_string();
     }

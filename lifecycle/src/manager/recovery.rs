@@ -4,21 +4,46 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
 
+use wakeway_config::BackendKind;
 use wakeway_proxy::SessionId;
 
 use super::runtime::SessionRuntime;
 use super::{DISCOVERY_SAFETY_NET, LifecycleError, Manager, Result, SleepReason};
 use crate::backend::{BackendEvent, Discovered, ReconcileReport};
+use crate::catalog::Leftovers;
+
+/// How long another replica's local backup may go without writing before its leftovers count as
+/// abandoned (a live backup writes continuously; the longest pause is its final fsync).
+pub const LOCAL_WRITER_SILENCE: Duration = Duration::from_secs(3600);
 use crate::session::{Session, State};
 
 impl Manager {
+    /// Which leftovers in the backup folder this start may remove: all of them when nothing else
+    /// writes there (the local backend on its own store); otherwise this replica's own, and those
+    /// nobody has written to for longer than a live writer can be silent (`[kubernetes]
+    /// job_timeout` for backup Jobs, [`LOCAL_WRITER_SILENCE`] for other replicas' local backups).
+    fn leftovers_rule(&self) -> Leftovers {
+        let config = &self.inner.config;
+        let local = config.backend == BackendKind::Local;
+        let silence = if local { LOCAL_WRITER_SILENCE } else { config.kubernetes.job_timeout };
+        // Compared with files' modification times: the real clock, not the policy's.
+        let now = SystemTime::now();
+        Leftovers {
+            sole_writer: local && !self.inner.shared,
+            writer: self.inner.replica.clone(),
+            stale_before: now.checked_sub(silence).unwrap_or(SystemTime::UNIX_EPOCH),
+        }
+    }
+
     /// Load every session and bring it to a consistent state after a (possibly unclean) stop:
     /// running workspaces that still answer are adopted, others are marked asleep; interrupted
     /// stops are finished; interrupted backups and deletions are left for the sweep to resume.
     pub async fn recover(&self) -> Result<()> {
         let catalog = self.inner.catalog.clone();
-        if let Ok(removed) = tokio::task::spawn_blocking(move || catalog.clean_leftovers()).await {
+        let rule = self.leftovers_rule();
+        if let Ok(removed) = tokio::task::spawn_blocking(move || catalog.clean_leftovers(&rule)).await {
             for name in removed {
                 tracing::warn!(file = %name, "removed what an interrupted backup left (never trusted)");
             }
@@ -172,6 +197,11 @@ impl Manager {
         s.state = State::Sleeping;
         s.slept_at = Some(now);
         s.last_error = Some("rebuilt from the workspace after the store lost its record".into());
+        // Its policy (`keep`, overrides, a requested deletion) and a restore in flight, as kept
+        // with the workspace: a kept session stays kept, an interrupted restore is finished.
+        s.policy = d.durable.policy;
+        s.delete_requested = d.durable.delete_requested;
+        s.restore = d.durable.restore;
         // Adopted if this replica still routes to it and it is still that workspace.
         s.placement = self.runtime(&id).and_then(|rt| rt.routed_placement());
         if s.placement.is_some() && self.inner.backend.is_alive(&s) {
@@ -180,6 +210,9 @@ impl Manager {
             s.awake_since = Some(now);
         } else {
             s.placement = None;
+            if s.restore.is_some() {
+                s.state = State::Restoring;
+            }
         }
         match self.inner.store.put(&s).await {
             Ok(stored) => {

@@ -5,11 +5,12 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use wakeway_proxy::{Phase, SessionHandle, SessionId};
 
 use super::{LifecycleError, Manager, Result};
-use crate::session::{Placement, Session, State};
+use crate::session::{Durable, Placement, Session, State};
 
 /// One session's in-memory state on this replica: the proxy's handle, the lock that serializes
 /// operations on the session, and what the last persisted record said.
@@ -29,6 +30,9 @@ pub(super) struct SessionRuntime {
     /// Kept to rebuild a lost record of a running workspace (the local backend's identity check
     /// needs pid and start time, which the proxy's address alone does not give).
     placement: std::sync::Mutex<Option<Placement>>,
+    /// The policy and pending operation this replica last gave the backend to keep (None: not
+    /// yet since it started), so they are written only when they change.
+    pub(super) durable_saved: std::sync::Mutex<Option<Durable>>,
 }
 
 impl SessionRuntime {
@@ -45,6 +49,7 @@ impl SessionRuntime {
             persisted_activity_ms: AtomicI64::new(ms),
             open_everywhere: AtomicUsize::new(0),
             placement: std::sync::Mutex::new(None),
+            durable_saved: std::sync::Mutex::new(None),
         }
     }
 
@@ -117,8 +122,11 @@ impl Manager {
         }
     }
 
-    /// Run `op` on the lifecycle runtime with session `id`'s operation lock held. It runs to its
-    /// end even if the caller stops waiting: an API client hanging up never cuts a step in half.
+    /// Run `op` on the lifecycle runtime with session `id`'s operation lock held — and, with a
+    /// shared store, its operation lease across replicas (see `lease`): while another replica
+    /// holds it, a wake waits up to `hold_timeout` and anything else is refused at once
+    /// ([`LifecycleError::Busy`], 503 with Retry-After). It runs to its end even if the caller
+    /// stops waiting: an API client hanging up never cuts a step in half.
     pub(super) async fn run_locked<T, F, Fut>(&self, id: &SessionId, what: &'static str, op: F) -> Result<T>
     where
         T: Send + 'static,
@@ -129,7 +137,11 @@ impl Manager {
         let this = self.clone();
         self.run_task(what, async move {
             let _op = rt.op.lock().await;
-            op(this, rt.clone()).await
+            let patience = if what == "wake" { this.inner.config.hold_timeout } else { Duration::ZERO };
+            match this.take_op_lease(&rt.handle.id, patience).await? {
+                Some(lease) => this.holding(lease, op(this.clone(), rt.clone())).await,
+                None => op(this, rt.clone()).await,
+            }
         })
         .await
     }

@@ -63,7 +63,7 @@ impl Manager {
     /// interval to arrive when the store is shared.
     pub(super) fn decide(&self, rt: &SessionRuntime, s: &Session) -> Action {
         let grace = if self.inner.shared { self.inner.config.checkpoint_interval } else { Duration::ZERO };
-        let at = self.now() - chrono::Duration::from_std(grace).unwrap_or_default();
+        let at = crate::policy::before(self.now(), grace);
         self.inner.policy.decide(s, self.seen(rt, s), at)
     }
 

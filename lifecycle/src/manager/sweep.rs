@@ -1,14 +1,19 @@
-//! The background loop (sweep, checkpoints, backend and store events) and the sweep: the idle
-//! policy applied to every session by the one replica holding the sweep lease, and backups
-//! pruned after `backup_retention`.
+//! The background loop (sweep, checkpoints, backend and store events), supervised so a panic in
+//! one step is logged, counted and followed by the next, and the sweep: the idle policy applied
+//! to every session by the one replica holding the sweep lease, and backups pruned after
+//! `backup_retention`.
 
 use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::FutureExt;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
-use super::{Manager, Result, SleepReason};
+use super::{LifecycleError, Manager, Result, SleepReason};
 use crate::backend::BackendEvent;
 use crate::policy::Action;
 use crate::session::{Session, State};
@@ -25,18 +30,19 @@ impl Manager {
         let mut checkpoint = tokio::time::interval(self.inner.config.checkpoint_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut restarts = Restarts::default();
         loop {
             tokio::select! {
-                _ = sweep.tick() => { let _ = self.sweep().await; }
-                _ = checkpoint.tick() => self.checkpoint().await,
-                Some(event) = events.recv() => self.on_event(event).await,
+                _ = sweep.tick() => restarts.run(self, "sweep", async { let _ = self.sweep().await; }).await,
+                _ = checkpoint.tick() => restarts.run(self, "checkpoint", self.checkpoint()).await,
+                Some(event) = events.recv() => restarts.run(self, "backend_events", self.on_event(event)).await,
                 Some(id) = async { match store_events.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
-                    self.on_store_event(&id).await
+                    restarts.run(self, "store_events", self.on_store_event(&id)).await
                 }
                 _ = shutdown.changed() => break,
             }
         }
-        self.checkpoint().await;
+        restarts.run(self, "checkpoint", self.checkpoint()).await;
     }
 
     /// Apply the policy to every session once. Skips everything if the store cannot be read
@@ -137,16 +143,18 @@ impl Manager {
             Action::Forget => self.forget(&id).await,
             Action::FinishRestore => self.finish_restore(&id).await.map(drop),
         };
-        if let Err(e) = result {
-            tracing::warn!(session = %id, ?action, error = %e, "sweep action failed");
+        match result {
+            // Another replica runs an operation on it; its lease expires if that replica dies.
+            Err(LifecycleError::Busy { .. }) => tracing::debug!(session = %id, ?action, "sweep action deferred: busy"),
+            Err(e) => tracing::warn!(session = %id, ?action, error = %e, "sweep action failed"),
+            Ok(()) => {}
         }
     }
 
     /// Delete backups older than `backup_retention` (by the time in their name), except those
     /// marked `keep` and those a session still needs (a restore or a deletion in flight).
     async fn prune_backups(&self, now: DateTime<Utc>, sessions: &[Session]) {
-        let cutoff =
-            now - chrono::Duration::from_std(self.inner.config.backup_retention).unwrap_or(chrono::Duration::MAX);
+        let cutoff = crate::policy::before(now, self.inner.config.backup_retention);
         let protected = backups_in_use(sessions);
         let catalog = self.inner.catalog.clone();
         let Ok(pruned) = tokio::task::spawn_blocking(move || catalog.prune(cutoff, &protected)).await else { return };
@@ -180,4 +188,35 @@ fn backups_in_use(sessions: &[Session]) -> HashSet<String> {
         }
     }
     protected
+}
+
+/// The background loop's supervision: a step that panics (a bug) is logged at error and counted
+/// in `wakeway_background_restarts_total{task}`, and the loop goes on after a pause that doubles
+/// while steps keep panicking (so a step that always panics neither spins nor stops every sweep).
+#[derive(Default)]
+struct Restarts {
+    consecutive: u32,
+}
+
+/// The first pause after a panic; the longest is [`MAX_RESTART_BACKOFF`].
+const RESTART_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Restarts {
+    async fn run(&mut self, manager: &Manager, task: &'static str, step: impl Future<Output = ()>) {
+        let Err(panic) = AssertUnwindSafe(step).catch_unwind().await else {
+            self.consecutive = 0;
+            return;
+        };
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        manager.inner.metrics.background_restarts.with_label_values(&[task]).inc();
+        let backoff = RESTART_BACKOFF.saturating_mul(1 << self.consecutive.min(16)).min(MAX_RESTART_BACKOFF);
+        self.consecutive += 1;
+        tracing::error!(task, panic = %why, restart_in = ?backoff, "a background task panicked (a bug in wakeway); restarting it");
+        tokio::time::sleep(backoff).await;
+    }
 }

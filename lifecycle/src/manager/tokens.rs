@@ -25,7 +25,7 @@ impl Manager {
         let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let now = self.now();
         let ttl = self.inner.config.access_token_ttl;
-        let expires = now + chrono::Duration::from_std(ttl).unwrap_or_default();
+        let expires = crate::policy::after(now, ttl);
         // In the store (only a digest): whichever replica the browser reaches redeems it, once.
         let record =
             json!({ "session": id.as_str(), "expires_ms": expires.timestamp_millis(), "generation": generation });

@@ -29,7 +29,25 @@ impl Manager {
         rt.persisted_activity_ms.fetch_max(stored.last_activity.timestamp_millis(), Ordering::Relaxed);
         *s = stored;
         self.publish(rt, s);
+        self.save_durable(rt, s).await;
         Ok(())
+    }
+
+    /// Give the backend the record's policy and pending operation when they changed, so a record
+    /// the store loses is rebuilt with them. After the store's write: the backend's copy never
+    /// says what the store refused. A failure is logged; the next save tries again.
+    async fn save_durable(&self, rt: &SessionRuntime, s: &Session) {
+        let durable = s.durable();
+        let unchanged = rt.durable_saved.lock().unwrap_or_else(|p| p.into_inner()).as_ref() == Some(&durable);
+        if unchanged || s.state == State::Deleted {
+            return;
+        }
+        match self.inner.backend.save_durable(s).await {
+            Ok(()) => *rt.durable_saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(durable),
+            Err(e) => {
+                tracing::warn!(session = %s.uuid, error = %e, "could not keep the session's policy with its workspace")
+            }
+        }
     }
 
     /// Activity merged from the record and the proxy's counters.

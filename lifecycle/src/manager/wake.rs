@@ -37,8 +37,18 @@ impl Manager {
         self.inner.tasks.spawn(async move {
             let woken =
                 this.run_locked(&id, "wake", move |this, rt| async move { this.wake_attempt(&rt, source).await });
-            if let Err(e) = woken.await {
-                tracing::debug!(session = %id, error = %e, "wake did not happen");
+            match woken.await {
+                // Another replica's operation held the session for all of `hold_timeout`: the
+                // attempt never ran. Held requests got their 503; the next request asks again,
+                // and that replica's writes publish where the session ends up.
+                Err(LifecycleError::Busy { .. }) => {
+                    if let Some(rt) = this.runtime(&id) {
+                        rt.wake_queued.store(false, Ordering::Release);
+                    }
+                    tracing::debug!(session = %id, "wake waited for another replica's operation; not woken yet");
+                }
+                Err(e) => tracing::debug!(session = %id, error = %e, "wake did not happen"),
+                Ok(_) => {}
             }
         });
     }

@@ -114,6 +114,12 @@ pub trait Store: Send + Sync + 'static {
         Ok(true)
     }
 
+    /// Give up the lease `name` if `holder` still has it (compare-and-delete: a lease that
+    /// expired and was taken by another holder stays theirs).
+    async fn release(&self, _name: &str, _holder: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Ids of sessions other replicas changed, as they change (an empty id: resync everything).
     async fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<String>> {
         None

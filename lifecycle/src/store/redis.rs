@@ -86,6 +86,12 @@ if not cur then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); return 1 end
 return 0
 "#;
 
+/// Release a lease if still held: KEYS = [lease key]; ARGV = [holder].
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"#;
+
 /// A [`Store`] in Redis.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -95,6 +101,7 @@ pub struct RedisStore {
     remove: redis::Script,
     merge: redis::Script,
     lease: redis::Script,
+    release: redis::Script,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -123,6 +130,7 @@ impl RedisStore {
             remove: redis::Script::new(REMOVE),
             merge: redis::Script::new(MERGE_ACTIVITY),
             lease: redis::Script::new(LEASE),
+            release: redis::Script::new(RELEASE),
         })
     }
 
@@ -297,6 +305,17 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(held == 1)
+    }
+
+    async fn release(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let _: i64 = self
+            .release
+            .key(key("lease", name))
+            .arg(holder)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<String>> {

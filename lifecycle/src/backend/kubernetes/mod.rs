@@ -707,6 +707,7 @@ impl Backend for KubernetesBackend {
                         .as_ref()
                         .and_then(|t| DateTime::from_timestamp_millis(t.0.as_millisecond())),
                     id,
+                    durable: Default::default(),
                 })
             })
             .collect();

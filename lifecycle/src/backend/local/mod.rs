@@ -120,6 +120,8 @@ pub struct LocalSettings {
     pub uids: Option<std::ops::RangeInclusive<u32>>,
     /// `[local] env`: extra variables of every workspace.
     pub env: BTreeMap<String, String>,
+    /// This replica's name: its backups' `.partial` files carry it (see `catalog::Leftovers`).
+    pub writer: String,
 }
 
 /// Runs workspaces as local processes.
@@ -206,6 +208,20 @@ impl LocalBackend {
 
     fn session_record_path(&self, id: &str) -> PathBuf {
         self.paths.sessions.join(format!("{id}.json"))
+    }
+
+    /// Who this workspace belongs to and its [`crate::session::Durable`] part, where wakeway alone can write
+    /// (`sessions/`, 0700): a record the store loses is rebuilt from it. Replaced atomically.
+    async fn write_session_record(&self, session: &Session) -> Result<(), BackendError> {
+        let json = serde_json::json!({
+            "uuid": session.uuid, "user_id": session.user_id, "tier": session.tier, "created_at": session.created_at,
+            "durable": session.durable(),
+        });
+        let path = self.session_record_path(&session.uuid);
+        let tmp = path.with_extension("json.tmp");
+        let io = |e: std::io::Error| BackendError::Io(format!("cannot write {}: {e}", path.display()));
+        tokio::fs::write(&tmp, json.to_string()).await.map_err(io)?;
+        tokio::fs::rename(&tmp, &path).await.map_err(io)
     }
 
     fn run_path(&self, id: &str) -> PathBuf {
@@ -570,16 +586,15 @@ impl Backend for LocalBackend {
         })
         .await
         .map_err(|e| BackendError::Io(format!("workspace preparation failed: {e}")))??;
-        // Who this workspace belongs to, where wakeway alone can write: the store can be rebuilt
-        // from it.
-        let json = serde_json::json!({
-            "uuid": session.uuid, "user_id": session.user_id, "tier": session.tier, "created_at": session.created_at,
-        });
-        let path = self.session_record_path(&id);
-        tokio::fs::write(&path, json.to_string())
-            .await
-            .map_err(|e| BackendError::Io(format!("cannot write {}: {e}", path.display())))?;
+        self.write_session_record(session).await?;
         Ok(None)
+    }
+
+    async fn save_durable(&self, session: &Session) -> Result<(), BackendError> {
+        if !self.paths.workspace(&session.uuid).is_dir() {
+            return Ok(()); // destroyed (or never created): nothing to rebuild
+        }
+        self.write_session_record(session).await
     }
 
     async fn discover(&self) -> Result<Vec<Discovered>, BackendError> {
@@ -604,6 +619,7 @@ impl Backend for LocalBackend {
                 user_id: meta["user_id"].as_str().unwrap_or("unknown").to_string(),
                 tier: meta["tier"].as_str().unwrap_or("small").to_string(),
                 created_at: meta["created_at"].as_str().and_then(|t| t.parse().ok()),
+                durable: serde_json::from_value(meta["durable"].clone()).unwrap_or_default(),
             });
         }
         found.sort_by(|a, b| a.id.cmp(&b.id));
@@ -711,7 +727,7 @@ impl Backend for LocalBackend {
             }
             dest = self.paths.backups.join(backup_file_name(&session.uuid, now + chrono::Duration::seconds(later)));
         }
-        let origin = Origin::new(&session.uuid, &session.user_id, reason);
+        let origin = Origin::new(&session.uuid, &session.user_id, reason).by(&self.settings.writer);
         tokio::task::spawn_blocking(move || {
             write_verified_backup(&Sources { workspace: &src, home: home.as_deref() }, &dest, now, &origin)
         })
@@ -826,6 +842,7 @@ socketserver.UnixStreamServer(sys.argv[1], H).serve_forever()' {socket}"#;
             stop_grace: Duration::from_secs(2),
             uids,
             env: BTreeMap::new(),
+            writer: "test-replica".into(),
         }
     }
 

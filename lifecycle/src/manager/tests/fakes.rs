@@ -26,6 +26,10 @@ pub struct FakeStore {
     blobs: Mutex<HashMap<String, Vec<u8>>>,
     /// While set, every call answers `Unavailable` (Redis gone).
     pub down: AtomicBool,
+    /// `list` panics this many more times (a bug in a step of the background loop).
+    pub list_panics: AtomicU32,
+    /// Leases by name → holder (they never expire on their own: [`FakeStore::expire`] does it).
+    leases: Mutex<HashMap<String, String>>,
     /// Applied to the stored record just before the next write of it lands: another replica
     /// wrote first, so that write is a compare-and-set conflict.
     interleaved: Mutex<Option<Interleaved>>,
@@ -38,6 +42,8 @@ impl FakeStore {
             records: Mutex::default(),
             blobs: Mutex::default(),
             down: AtomicBool::new(false),
+            list_panics: AtomicU32::new(0),
+            leases: Mutex::default(),
             interleaved: Mutex::default(),
         }
     }
@@ -56,6 +62,21 @@ impl FakeStore {
     pub fn seed(&self, mut s: Session) {
         s.version = 1;
         self.records.lock().unwrap().insert(s.uuid.clone(), s);
+    }
+
+    /// Another replica (`holder`) takes the lease `name`.
+    pub fn hold(&self, name: &str, holder: &str) {
+        self.leases.lock().unwrap().insert(name.into(), holder.into());
+    }
+
+    /// The lease `name` expires (its holder died).
+    pub fn expire(&self, name: &str) {
+        self.leases.lock().unwrap().remove(name);
+    }
+
+    /// Who holds the lease `name`.
+    pub fn holder(&self, name: &str) -> Option<String> {
+        self.leases.lock().unwrap().get(name).cloned()
     }
 
     fn up(&self) -> Result<(), StoreError> {
@@ -79,6 +100,9 @@ impl Store for FakeStore {
 
     async fn list(&self) -> Result<Vec<Session>, StoreError> {
         self.up()?;
+        if self.list_panics.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            panic!("the fake store's list panicked");
+        }
         Ok(self.records.lock().unwrap().values().cloned().collect())
     }
 
@@ -135,6 +159,21 @@ impl Store for FakeStore {
 
     fn shared(&self) -> bool {
         self.shared
+    }
+
+    async fn lease(&self, name: &str, holder: &str, _ttl: std::time::Duration) -> Result<bool, StoreError> {
+        self.up()?;
+        let mut leases = self.leases.lock().unwrap();
+        Ok(leases.entry(name.into()).or_insert_with(|| holder.into()) == holder)
+    }
+
+    async fn release(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.up()?;
+        let mut leases = self.leases.lock().unwrap();
+        if leases.get(name).is_some_and(|h| h == holder) {
+            leases.remove(name);
+        }
+        Ok(())
     }
 
     async fn health(&self) -> Result<(), StoreError> {

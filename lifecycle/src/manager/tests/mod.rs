@@ -35,11 +35,17 @@ struct Rig {
 
 /// A manager over the fakes; `shared`: the store is shared with other replicas (like Redis).
 fn rig(shared: bool) -> Rig {
+    rig_with(shared, |_| {})
+}
+
+/// [`rig`] with `configure` applied to its configuration.
+fn rig_with(shared: bool, configure: impl FnOnce(&mut Config)) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.data_dir = dir.path().to_owned();
     // Bounds how long a hung start lasts (real time: the fake's start sleeps until its deadline).
     config.start_timeout = Duration::from_millis(200);
+    configure(&mut config);
     let store = Arc::new(FakeStore::new(shared));
     let backend = Arc::new(ScriptedBackend::default());
     let clock = Arc::new(ManualClock::new(1_760_000_000_000));
@@ -259,4 +265,55 @@ async fn a_hung_start_is_one_wake_however_many_ask_and_ends_at_start_timeout() {
     rig.manager.request_wake(&handle, ActivitySource::Http);
     eventually("the next wake", || matches!(handle.phase(), Phase::Ready(_))).await;
     assert_eq!(rig.backend.count("start"), 2);
+}
+
+#[tokio::test]
+async fn a_panic_in_the_sweep_is_counted_and_the_next_sweep_still_runs() {
+    let rig = rig_with(false, |c| c.sweep_interval = Duration::from_millis(100));
+    let id = rig.session(State::Sleeping, None).await;
+    rig.manager.wake(&id, ActivitySource::ApiWake).await.unwrap();
+    rig.clock.advance(rig.manager.config().idle_timeout + Duration::from_secs(60));
+    rig.store.list_panics.store(1, Ordering::SeqCst);
+
+    let (_events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+    let manager = rig.manager.clone();
+    let background = tokio::spawn(async move { manager.run_background(events, shutdown).await });
+
+    eventually("the sweep after the panicked one", || rig.store.record(id.as_str()).state == State::Sleeping).await;
+    assert_eq!(rig.store.list_panics.load(Ordering::SeqCst), 0, "the first sweep panicked");
+    let metrics = rig.manager.render_metrics();
+    assert!(metrics.contains("wakeway_background_restarts_total{task=\"sweep\"} 1"), "{metrics}");
+    assert_eq!(rig.backend.count("stop"), 1);
+
+    shutdown_tx.send(true).unwrap();
+    background.await.expect("the background loop ends on shutdown, it did not die of the panic");
+}
+
+#[tokio::test]
+async fn another_replicas_operation_lease_keeps_every_step_here_off_the_session_until_it_expires() {
+    let rig = rig_with(true, |c| c.hold_timeout = Duration::from_millis(300));
+    let id = rig.session(State::BackingUp, None).await;
+    let lease = format!("op:{id}");
+    // Replica "b" is backing it up right now (for deletion).
+    rig.store.hold(&lease, "b");
+
+    let (status, body) = rig.api("POST", &format!("/session/{id}/wake?wait=true")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("operation_in_progress"))
+    );
+    let (status, _) = rig.api("DELETE", &format!("/session/{id}")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    rig.manager.sweep().await.unwrap();
+    assert_eq!(rig.backend.calls(), Vec::<String>::new(), "nothing here touched its data");
+    assert_eq!(rig.store.record(id.as_str()).state, State::BackingUp, "b's backup is not turned into a wake");
+
+    // b dies: its lease expires, and this replica's sweep finishes the deletion.
+    rig.store.expire(&lease);
+    rig.manager.sweep().await.unwrap();
+    assert_eq!(rig.store.record(id.as_str()).state, State::Deleted);
+    assert_eq!(rig.backend.count("backup"), 1);
+    assert_eq!(rig.backend.count("destroy"), 1);
+    assert_eq!(rig.store.holder(&lease), None, "released when the step ended");
 }

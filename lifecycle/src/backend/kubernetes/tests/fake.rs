@@ -861,6 +861,7 @@ async fn run_job(shared: Shared, name: String) {
                 session: crate::catalog::session_of(file.trim_end_matches(".zip")).map(String::from),
                 user_id: Some(arg("--user-id")),
                 reason: arg("--reason"),
+                writer: None,
             };
             let written = tokio::task::spawn_blocking(move || {
                 let sources = crate::backup::Sources { workspace: &src, home: Some(&home) };
