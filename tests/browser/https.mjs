@@ -28,11 +28,17 @@ try {
   const title = await page.title();
   const result = await page.evaluate(async () => {
     const ws = new WebSocket(`wss://${location.host}/ws`);
+    // Ends on what the socket does: the echo, an error, or a close before the echo (a socket
+    // closed after it opened fires no error event: code 1006 is a tunnel torn down). The timer
+    // only guards against a hang, as the other steps' 60 s.
     return await new Promise((resolve) => {
-      const timer = setTimeout(() => resolve({ echo: null, error: 'timeout' }), 15_000);
-      ws.onopen = () => ws.send('hello over wss');
-      ws.onmessage = (m) => { clearTimeout(timer); resolve({ echo: m.data }); ws.close(); };
-      ws.onerror = () => { clearTimeout(timer); resolve({ echo: null, error: 'websocket error' }); };
+      let opened = false;
+      const done = (result) => { clearTimeout(timer); resolve(result); };
+      const timer = setTimeout(() => resolve({ echo: null, error: `no echo within 60 s (opened: ${opened})` }), 60_000);
+      ws.onopen = () => { opened = true; ws.send('hello over wss'); };
+      ws.onmessage = (m) => { done({ echo: m.data }); ws.close(); };
+      ws.onerror = () => done({ echo: null, error: 'websocket error' });
+      ws.onclose = (e) => done({ echo: null, error: `closed before the echo (code ${e.code}, opened: ${opened})` });
     });
   });
   const protocol = await page.evaluate(() => location.protocol);

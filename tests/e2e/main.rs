@@ -106,6 +106,46 @@ async fn the_seed_flow_end_to_end() {
     assert!(metrics.contains("wakeway_sessions{state=\"deleted\"} 1"));
 }
 
+/// Every upgrade carries both ways, however the proxy's halves interleave: pingora 0.9.1 tore a
+/// WebSocket down right after its 101 whenever it read the upstream's 101 before it had passed on
+/// the end of the upgrade request's own empty body (cloudflare/pingora#946; wakeway builds a
+/// patched pingora-proxy, see vendor/README.md). The client saw the 101, then EOF — what failed
+/// `tls::chromium_trusts_the_issued_certificate_and_speaks_wss` under load. Many upgrades at once,
+/// each on a pooled upstream connection (no connect: the 101 comes back at once), make that
+/// interleaving common (without the patch this fails every run, idle machine or not); each one
+/// must echo, and a torn-down one fails at once (EOF), not on a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_websocket_upgrades_at_once_all_carry_both_ways() {
+    let w = Wakeway::start(&[]).await;
+    let id = w.create().await;
+    w.wait_state(&id, "running", LONG).await;
+    let one = |n: usize| {
+        let mut req = format!("ws://127.0.0.1:{}/ws", w.port).into_client_request().unwrap();
+        req.headers_mut().insert("host", w.host(&id).parse().unwrap());
+        req.headers_mut().insert("origin", format!("http://{}", w.host(&id)).parse().unwrap());
+        let plain = w.client.get(w.url("/")).header("host", w.host(&id));
+        async move {
+            // A plain request first: its upstream connection goes back to the pool, and the
+            // upgrade reuses it (no connect between sending the upgrade and the 101 coming back).
+            assert_eq!(plain.send().await.unwrap().status(), 200);
+            let (mut socket, response) = tokio_tungstenite::connect_async(req).await.unwrap();
+            assert_eq!(response.status(), 101);
+            let text = format!("upgrade {n}");
+            // A torn-down tunnel: the send may still succeed (buffered), the read sees the end.
+            let _ = socket.send(Message::text(text.clone())).await;
+            let answer = socket.next().await;
+            assert!(
+                matches!(&answer, Some(Ok(m)) if *m == Message::text(text.clone())),
+                "upgrade {n} was closed right after its 101 instead of echoing: {answer:?}"
+            );
+            let _ = socket.close(None).await;
+        }
+    };
+    for round in 0..25 {
+        futures::future::join_all((0..16).map(|i| one(round * 16 + i))).await;
+    }
+}
+
 /// WebSocket frames go both ways through the proxy; open connections show in status and do not
 /// count once closed. Forwarding headers are ours, the API key never reaches the workspace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

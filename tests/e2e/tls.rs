@@ -251,9 +251,9 @@ async fn http01_issues_a_certificate_per_workspace_host_and_a_restart_reuses_it(
     assert!(!w.metrics().await.contains("wakeway_acme_orders_total{result=\"ok\"}"), "nothing issued again");
     drop(w);
 
-    // Renewal: with renew_before longer than the certificate's life, every check renews it, and
-    // the new certificate replaces the old one without a restart.
-    let env_renew = env("100000d");
+    // Renewal: with renew_before longer than the certificate's life (36500d, the longest duration
+    // allowed), every check renews it, and the new certificate replaces the old one without a restart.
+    let env_renew = env("36500d");
     let w = Wakeway::start_in(tmp.path(), &as_refs(&env_renew)).await;
     let deadline = tokio::time::Instant::now() + LONG;
     loop {

@@ -179,6 +179,11 @@ impl KubernetesBackend {
     }
 
     /// Wait for a Ready pod of the session built for its tier, or a reason it will not come.
+    ///
+    /// The watcher's cache lags behind the API server: it can still hold a pod deleted before
+    /// this start (its deletion not delivered yet), Ready and of the same template as the one the
+    /// scale just asked for. So a candidate is confirmed with a fresh read before it is used, and
+    /// one the API server no longer has is passed over.
     async fn wait_for_ready_pod(
         &self,
         session: &Session,
@@ -186,13 +191,20 @@ impl KubernetesBackend {
     ) -> Result<Arc<Pod>, BackendError> {
         let id = &session.uuid;
         let mut changes = self.pods.subscribe();
+        let mut gone: Vec<String> = Vec::new();
         loop {
             changes.borrow_and_update();
-            let found = self.pods.of_session(id);
+            let mut found = self.pods.of_session(id);
+            found.retain(|p| p.metadata.uid.as_ref().is_none_or(|uid| !gone.contains(uid)));
             if let Some(pod) =
                 found.iter().find(|p| pods::is_ready(p) && pods::tier_of(p) == Some(session.tier.as_str()))
             {
-                return Ok(pod.clone());
+                if self.still_exists(pod).await? {
+                    return Ok(pod.clone());
+                }
+                tracing::debug!(session = %id, pod = %pod.name_any(), "the pod watcher still had a deleted pod; waiting for the new one");
+                gone.push(pod.metadata.uid.clone().unwrap_or_default());
+                continue;
             }
             if let Some(why) = found.iter().find_map(|p| pods::fatal_reason(p)) {
                 return Err(BackendError::Start(why));
@@ -215,6 +227,15 @@ impl KubernetesBackend {
                 }
             }
         }
+    }
+
+    /// Whether the API server (not the watcher's cache) has `pod` (same UID), not terminating. A
+    /// list by name: a consistent read with the `list` permission the watcher needs anyway.
+    async fn still_exists(&self, pod: &Pod) -> Result<bool, BackendError> {
+        let name = pod.name_any();
+        let params = ListParams::default().fields(&format!("metadata.name={name}"));
+        let found = self.pod_api.list(&params).await.map_err(|e| BackendError::Api(format!("get pod {name}: {e}")))?;
+        Ok(found.items.iter().any(|p| p.metadata.uid == pod.metadata.uid && !pods::is_terminating(p)))
     }
 
     /// Resolves once pod `name` (with `uid`) is gone or terminating.

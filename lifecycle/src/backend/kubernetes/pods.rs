@@ -1,6 +1,7 @@
 //! The pod watcher: one kube-runtime reflector over the namespace's workspace pods
 //! (`managed-by=wakeway,name=workspace`), shared by every session. Starts and stops wait on its
-//! change signal instead of polling the API per session; `is_alive` is a cache lookup.
+//! change signal instead of polling the API per session; `is_alive` is a cache lookup. The cache
+//! lags behind the API server, so a start confirms the pod it found there with one fresh read.
 
 use std::pin::pin;
 use std::sync::Arc;

@@ -7,7 +7,8 @@
 //! init container for real on the folder standing for its PVC, and a Job controller that really
 //! runs the init container and then `wakeway backup` / `wakeway restore` (the library calls they
 //! make) and serves the JSON line as the pod log.
-//! Every request is recorded for assertions.
+//! Every request is recorded for assertions, and a test can hold back watch events (a watcher
+//! that lags behind the API server, as a real one can).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -109,6 +110,7 @@ pub struct Fake {
     pub url: String,
     state: Arc<Mutex<State>>,
     events: broadcast::Sender<Event>,
+    hold: Arc<tokio::sync::watch::Sender<Option<u64>>>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -122,6 +124,8 @@ impl Drop for Fake {
 struct Shared {
     state: Arc<Mutex<State>>,
     events: broadcast::Sender<Event>,
+    /// Watch streams deliver no event with a resourceVersion above this (until it is raised).
+    hold: Arc<tokio::sync::watch::Sender<Option<u64>>>,
 }
 
 const NAMESPACE: &str = "wakeway";
@@ -361,14 +365,26 @@ impl Fake {
             migrations: Vec::new(),
             extra_rbac: Vec::new(),
         }));
-        let shared = Shared { state: state.clone(), events: events.clone() };
+        let hold = Arc::new(tokio::sync::watch::Sender::new(None));
+        let shared = Shared { state: state.clone(), events: events.clone(), hold: hold.clone() };
         let app = axum::Router::new().fallback(handle).with_state(shared);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Fake { url, state, events, server }
+        Fake { url, state, events, hold, server }
+    }
+
+    /// The resourceVersion of the last change.
+    pub fn resource_version(&self) -> u64 {
+        self.with(|s| s.rv)
+    }
+
+    /// Watch streams deliver events up to resourceVersion `rv` only, and the rest once it is
+    /// raised (`None`: everything). Lists and writes are not held: the watcher lags behind them.
+    pub fn hold_watches_after(&self, rv: Option<u64>) {
+        self.hold.send_replace(rv);
     }
 
     pub fn client(&self) -> kube::Client {
@@ -589,13 +605,13 @@ fn watch_stream(shared: &Shared, resource: &str, query: &BTreeMap<String, String
     let line = |e: Event| {
         Ok::<_, std::convert::Infallible>(Bytes::from(format!("{}\n", json!({"type": e.kind, "object": e.object}))))
     };
-    let replayed = futures::stream::iter(replay.into_iter().filter(keep).map(line));
+    let replayed = futures::stream::iter(replay.into_iter().filter(keep));
     let following = futures::stream::unfold(live, move |mut rx| {
         let keep = keep_live.clone();
         async move {
             loop {
                 match rx.recv().await {
-                    Ok(e) if keep(&e) => return Some((line(e), rx)),
+                    Ok(e) if keep(&e) => return Some((e, rx)),
                     Ok(_) => continue,
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => return None,
@@ -603,10 +619,16 @@ fn watch_stream(shared: &Shared, resource: &str, query: &BTreeMap<String, String
             }
         }
     });
-    Response::builder()
-        .header("content-type", "application/json")
-        .body(Body::from_stream(replayed.chain(following)))
-        .unwrap()
+    let hold = shared.hold.subscribe();
+    let released = replayed.chain(following).then(move |e| {
+        let mut hold = hold.clone();
+        async move {
+            // A dropped sender (the fake is going away) holds nothing.
+            let _ = hold.wait_for(|h| h.is_none_or(|h| e.rv <= h)).await;
+            line(e)
+        }
+    });
+    Response::builder().header("content-type", "application/json").body(Body::from_stream(released)).unwrap()
 }
 
 fn api_group(resource: &str) -> String {

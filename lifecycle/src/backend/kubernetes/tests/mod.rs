@@ -305,6 +305,57 @@ async fn a_new_replica_adopts_a_running_pod_and_reports_its_exit() {
     assert_eq!(again.find_running(&s).await, None);
 }
 
+/// The pod watcher lags behind the API server: a start right after a stop can find the pod of
+/// before the stop still cached, Ready, of the same template (its deletion not delivered yet).
+/// The start must not settle on it (its address may even answer: here every pod's does) but on
+/// the pod the scale created. The race behind a flaky `home_lives_on_the_volume_…`, made
+/// deterministic by holding the watch events back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_never_settles_on_a_deleted_pod_the_watcher_still_has() {
+    let rig = rig(true).await;
+    let fake = &rig.fake;
+    assert!(rig.backend.pods.wait_synced(deadline(10)).await, "the pod watcher lists pods");
+    // From here on the watcher sees nothing until the test says so.
+    fake.hold_watches_after(Some(fake.resource_version()));
+    let mut s = session(ID, "small");
+    s.objects = rig.backend.create(&s).await.unwrap();
+    let old = fake.workspace_pods_of(ID).pop().expect("the Deployment is created at 1 replica");
+    let old_name = old["metadata"]["name"].as_str().unwrap().to_string();
+    rig.backend.stop(&s).await.unwrap();
+    assert!(fake.workspace_pods_of(ID).is_empty(), "scaled to 0: the pod is gone");
+    // The watcher delivers the old pod's creation, not yet its deletion.
+    let mut changes = rig.backend.pods.subscribe();
+    fake.hold_watches_after(Some(old["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap()));
+    while rig.backend.pods.get(&old_name).is_none() {
+        tokio::time::timeout_at(deadline(10), changes.changed()).await.expect("the old pod reaches the cache").unwrap();
+    }
+
+    // Start; the rest of the watch events flow once the start has asked the API server about the
+    // old pod (or has settled on it without asking: the bug).
+    let start = rig.start(&s);
+    tokio::pin!(start);
+    let asked = async {
+        let by_name = format!("metadata.name={old_name}");
+        while !fake.calls("GET", "/pods").iter().any(|r| r.query.get("fieldSelector") == Some(&by_name)) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let early = tokio::select! {
+        started = &mut start => Some(started),
+        () = asked => None,
+    };
+    fake.hold_watches_after(None);
+    let started = match early {
+        Some(started) => started,
+        None => start.await,
+    }
+    .unwrap();
+    let crate::session::Placement::Kubernetes { pod, pod_uid, .. } = &started.placement else { unreachable!() };
+    assert_ne!(pod, &old_name, "the start settled on the pod deleted by the stop");
+    let new = fake.workspace_pods_of(ID).pop().expect("the scale created a pod");
+    assert_eq!((pod.as_str(), pod_uid.as_str()), (new["metadata"]["name"].as_str().unwrap(), uid(&new).as_str()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashing_workspace_fails_the_start_with_its_reason_and_is_scaled_back() {
     let rig = rig(true).await;
