@@ -217,14 +217,10 @@ pub async fn build(
     rt: tokio::runtime::Handle,
 ) -> Result<Built, String> {
     secure_data_dir(&config.data_dir)?;
+    // The local backend prepares backup_dir as it lays out its folders (`lay_out`). On Kubernetes
+    // it is the shared backup volume, which backup Jobs (another uid) write to: the backend checks
+    // it (mounted, readable, writable), never creates or chmods it.
     let backups = config.backup_dir();
-    // On Kubernetes backup_dir is the shared backup volume, which backup Jobs (another uid) write
-    // to: it is checked by the backend (mounted, readable, writable), never created or chmodded.
-    if config.backend == BackendKind::Local
-        && let Err(e) = backend::local::isolation::ensure_dir(&backups, 0o700)
-    {
-        tracing::error!(dir = %backups.display(), error = %e, "the backup folder cannot be prepared: deletions will fail (and keep the data) until it can");
-    }
     let store: Arc<dyn store::Store> = match config.store_kind() {
         wakeway_config::StoreKind::Redis => Arc::new(
             store::RedisStore::connect(&config.redis_url)

@@ -131,21 +131,47 @@ fn has_account(uid: u32) -> bool {
     matches!(nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)), Ok(Some(_)))
 }
 
-/// Every process whose real or effective uid is `uid` (from `/proc`).
+/// What `/proc/<pid>/stat` says of a process, as far as stopping workspaces needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcStat {
+    pub zombie: bool,
+    /// Its process group.
+    pub pgrp: u32,
+    /// Start time in clock ticks since boot (field 22): tells a reused pid from the original.
+    pub start_ticks: u64,
+}
+
+/// `/proc/<pid>/stat`, read past the command name (which may hold spaces and parentheses).
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the closing parenthesis: field 3 (state), 4 (ppid), 5 (pgrp) … 22 (starttime).
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let zombie = fields.next()? == "Z";
+    let pgrp = fields.nth(1)?.parse().ok()?;
+    let start_ticks = fields.nth(16)?.parse().ok()?;
+    Some(ProcStat { zombie, pgrp, start_ticks })
+}
+
+/// Every pid in `/proc`.
+fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc").into_iter().flatten().flatten().filter_map(|e| e.file_name().to_str()?.parse().ok())
+}
+
+/// Whether some process of group `pgid` runs (zombies do not count).
+pub fn group_runs(pgid: u32) -> bool {
+    pids().filter_map(proc_stat).any(|s| !s.zombie && s.pgrp == pgid)
+}
+
+/// Every running process (not a zombie) whose real or effective uid is `uid`.
 pub fn processes_of(uid: u32) -> Vec<i32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else { continue };
+    let owned_by = |pid: u32| {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
         let uids = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap_or_default();
         let mut ids = uids.split_whitespace().filter_map(|u| u.parse::<u32>().ok());
         let (real, effective) = (ids.next(), ids.next());
-        let zombie = status.lines().any(|l| l.starts_with("State:") && l.contains('Z'));
-        if !zombie && (real == Some(uid) || effective == Some(uid)) {
-            found.push(pid);
-        }
-    }
-    found
+        real == Some(uid) || effective == Some(uid)
+    };
+    pids().filter(|pid| owned_by(*pid) && proc_stat(*pid).is_some_and(|s| !s.zombie)).map(|pid| pid as i32).collect()
 }
 
 /// Send `signal` to every process of `uid`.

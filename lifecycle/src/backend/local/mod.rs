@@ -304,34 +304,16 @@ fn free_port(range: &std::ops::RangeInclusive<u16>, taken: &DashMap<u16, String>
     Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, format!("every port in {range:?} is in use")))
 }
 
-/// Start time of `pid` in clock ticks since boot, from `/proc/<pid>/stat` (None: no such process,
-/// or a zombie).
+/// Start time of `pid` in clock ticks since boot (None: no such process, or a zombie).
 fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state); field 22 (starttime) is index 19.
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
+    isolation::proc_stat(pid).filter(|s| !s.zombie).map(|s| s.start_ticks)
 }
 
 /// Whether the process group `pgid` still has a member that runs. A group of zombies does not
 /// count: once wakeway is not their parent (after a restart) nobody may reap them soon — a
 /// container's PID 1 often does not — and a dead workspace must not look alive.
 fn group_exists(pgid: u32) -> bool {
-    if matches!(killpg(Pid::from_raw(pgid as i32), None), Err(Errno::ESRCH)) {
-        return false;
-    }
-    std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|entry| {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { return false };
-        // After the command's closing parenthesis: state, ppid, pgrp.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return false };
-        let mut fields = rest.split_whitespace();
-        let (state, _ppid, pgrp) = (fields.next(), fields.next(), fields.next());
-        state != Some("Z") && pgrp == Some(pgid.to_string().as_str())
-    })
+    !matches!(killpg(Pid::from_raw(pgid as i32), None), Err(Errno::ESRCH)) && isolation::group_runs(pgid)
 }
 
 impl LocalBackend {
@@ -537,6 +519,8 @@ impl LocalBackend {
     /// under a uid of its own, every process of that uid (whatever it detached); SIGKILL what is
     /// left after `stop_grace`.
     async fn stop_processes(&self, id: &str, pgid: Option<u32>, uid: Option<u32>) -> Result<(), BackendError> {
+        // One grace for the group and the uid's other processes together, not one after the other.
+        let deadline = tokio::time::Instant::now() + self.settings.stop_grace;
         if let Some(uid) = uid {
             isolation::signal_all(uid, Signal::SIGTERM);
         }
@@ -544,7 +528,6 @@ impl LocalBackend {
             self.stop_group(pgid).await?;
         }
         let Some(uid) = uid else { return Ok(()) };
-        let deadline = tokio::time::Instant::now() + self.settings.stop_grace;
         while !isolation::processes_of(uid).is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
