@@ -9,6 +9,8 @@
 //! `kubectl scale` owning it would wake or sleep sessions behind wakeway's back (reconciliation
 //! reports such Deployments).
 
+mod discover;
+mod jobs;
 pub mod objects;
 mod pods;
 pub mod reconcile;
@@ -28,7 +30,7 @@ use dashmap::DashMap;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
-use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams, Preconditions, PropagationPolicy};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions, PropagationPolicy};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -41,9 +43,10 @@ use super::{Backend, BackendError, BackendEvent, ReconcileReport, Started};
 use crate::backup::backup_file_name;
 use crate::probe;
 use crate::session::{BackupInfo, ObjectUids, Placement, Session};
-use objects::{FIELD_MANAGER, JOB, NAME, UUID, WORKSPACE_SELECTOR, deployment_name, pvc_name, service_name};
+use objects::{FIELD_MANAGER, NAME, UUID, WORKSPACE_SELECTOR, deployment_name, pvc_name, service_name};
 use pods::PodWatch;
 
+pub use jobs::{parse_backup_result, parse_restore_result};
 pub use objects::{backup_job, restore_job};
 
 /// Runs each workspace as a Deployment in one namespace.
@@ -283,42 +286,6 @@ impl KubernetesBackend {
         Ok((addr, placement))
     }
 
-    /// The last JSON line a Job's pod printed.
-    async fn job_log(&self, job: &str, container: &str) -> Result<String, String> {
-        let params = ListParams::default().labels(&format!("{JOB}={job}"));
-        let found = self.pod_api.list(&params).await.map_err(|e| format!("cannot list the Job's pods: {e}"))?;
-        let Some(pod) = found.items.iter().max_by_key(|p| p.metadata.creation_timestamp.clone()) else {
-            return Err("the Job has no pod to read the result from".into());
-        };
-        let params = LogParams { container: Some(container.into()), ..LogParams::default() };
-        self.pod_api.logs(&pod.name_any(), &params).await.map_err(|e| format!("cannot read the log of its pod: {e}"))
-    }
-
-    /// Start `job` and wait for the API server's verdict on it ([`Self::finished_job`]). Returns whether it succeeded, the reason if not, and its pod's log (`container`).
-    async fn run_job(&self, job: Job, container: &str) -> Result<(bool, String, Result<String, String>), BackendError> {
-        let name = job.name_any();
-        self.apply(&self.jobs, job).await?;
-        let job = self.finished_job(&name).await?;
-        let (succeeded, reason) = job_outcome(&job).unwrap_or((false, "unknown".into()));
-        Ok((succeeded, reason, self.job_log(&name, container).await))
-    }
-
-    /// Job `name` once the API server has given its verdict. Its own `activeDeadlineSeconds` is
-    /// `job_timeout`; we wait a little longer to see that verdict, then give up on our own.
-    async fn finished_job(&self, name: &str) -> Result<Job, BackendError> {
-        let failed = |why: String| BackendError::Job { job: name.to_string(), why };
-        let timeout = self.config.kubernetes.job_timeout;
-        let finished = kube::runtime::wait::await_condition(self.jobs.clone(), name, |job: Option<&Job>| {
-            job.is_none_or(|j| job_outcome(j).is_some())
-        });
-        match tokio::time::timeout(timeout + timeout.min(Duration::from_secs(60)), finished).await {
-            Err(_) => Err(failed(format!("it did not finish within {}", wakeway_config::format_duration(timeout)))),
-            Ok(Err(e)) => Err(BackendError::Api(format!("watch Job {name}: {e}"))),
-            Ok(Ok(None)) => Err(failed("it was deleted before it finished".into())),
-            Ok(Ok(Some(job))) => Ok(job),
-        }
-    }
-
     /// The session's objects, found by their `uuid` label (for sessions with no recorded UIDs).
     async fn labelled_objects(&self, id: &str) -> Result<Vec<String>, BackendError> {
         let params = ListParams::default().labels(&format!("{WORKSPACE_SELECTOR},uuid={id}"));
@@ -357,70 +324,6 @@ fn report_exits(
             let _ = events.send(BackendEvent::Exited { id, placement, detail });
         }
     }
-}
-
-/// The result a `wakeway backup` Job printed: the last JSON line of its log,
-/// `{"ok":true,"path":…,"backup":{file,size,sha256,entries,content_bytes,verified_at,skipped}}`.
-pub fn parse_backup_result(log: &str, expected_file: &str) -> Result<BackupInfo, String> {
-    let line = result_line(log)?;
-    if line["ok"] != serde_json::Value::Bool(true) {
-        return Err(line["error"].as_str().unwrap_or("it reported a failure without a reason").to_string());
-    }
-    let info: BackupInfo = serde_json::from_value(line["backup"].clone())
-        .map_err(|e| format!("its result line is not a backup description: {e}"))?;
-    if info.file != expected_file {
-        return Err(format!("it reported {} instead of {expected_file}", info.file));
-    }
-    if info.size == 0 || info.sha256.len() != 64 {
-        return Err(format!("it reported an implausible backup ({} bytes, sha256 {:?})", info.size, info.sha256));
-    }
-    Ok(info)
-}
-
-/// The result line `wakeway restore` prints (the last JSON line with `ok`): the report, or the
-/// command's own refusal as a [`RestoreError`]. `Err` when the log holds no such line.
-pub fn parse_restore_result(log: &str) -> Result<Result<crate::restore::Report, crate::restore::RestoreError>, String> {
-    use crate::restore::RestoreError;
-    let line = result_line(log)?;
-    if line["ok"] == serde_json::Value::Bool(true) {
-        return serde_json::from_value(line["restore"].clone())
-            .map(Ok)
-            .map_err(|e| format!("its result line is not a restore report: {e}"));
-    }
-    let why = line["error"].as_str().unwrap_or("it reported a failure without a reason").to_string();
-    Ok(Err(match line["kind"].as_str() {
-        Some("rejected") => RestoreError::Rejected(why),
-        Some("corrupt") => RestoreError::Corrupt(why),
-        _ => RestoreError::Io { path: objects::DATA_MOUNT.into(), source: std::io::Error::other(why) },
-    }))
-}
-
-/// The result a `wakeway backup`/`restore` Job printed: the last JSON line of its log with `ok`
-/// (whatever else the pod logged before it).
-fn result_line(log: &str) -> Result<serde_json::Value, String> {
-    log.lines()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
-        .find(|v| v.get("ok").is_some())
-        .ok_or_else(|| format!("no result line in its log (last lines: {})", tail(log)))
-}
-
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().rev().take(3).collect();
-    if lines.is_empty() { "empty".into() } else { lines.into_iter().rev().collect::<Vec<_>>().join(" | ") }
-}
-
-/// `Some((succeeded, reason))` once a Job finished.
-fn job_outcome(job: &Job) -> Option<(bool, String)> {
-    let conditions = job.status.as_ref()?.conditions.as_ref()?;
-    conditions.iter().filter(|c| c.status == "True").find_map(|c| match c.type_.as_str() {
-        "Complete" => Some((true, String::new())),
-        "Failed" => Some((
-            false,
-            format!("{}: {}", c.reason.as_deref().unwrap_or("Failed"), c.message.as_deref().unwrap_or("")),
-        )),
-        _ => None,
-    })
 }
 
 #[async_trait]
@@ -539,7 +442,7 @@ impl Backend for KubernetesBackend {
         let name = job.name_any();
         let failed = |why: String| BackendError::Job { job: name.clone(), why };
         tracing::info!(session = %session.uuid, job = %name, %file, "backup Job starting");
-        let (succeeded, reason, log) = self.run_job(job, "backup").await?;
+        let jobs::JobRun { succeeded, reason, log } = self.run_job(job, "backup").await?;
         if !succeeded {
             let detail = match log.as_deref().map(|l| parse_backup_result(l, &file)) {
                 Ok(Err(why)) => format!("{reason}; {why}"),
@@ -581,7 +484,7 @@ impl Backend for KubernetesBackend {
             objects::restore_job(&self.config, session, file, Utc::now(), &limits, options.skip_escaping_symlinks);
         let name = job.name_any();
         tracing::info!(session = %session.uuid, job = %name, %file, "restore Job starting");
-        let (succeeded, reason, log) = self.run_job(job, "restore").await?;
+        let jobs::JobRun { succeeded, reason, log } = self.run_job(job, "restore").await?;
         match log.as_deref().map(parse_restore_result).map_err(String::clone) {
             Ok(Ok(Ok(report))) if succeeded => {
                 tracing::info!(session = %session.uuid, job = %name, files = report.files, "restore Job succeeded");
@@ -606,7 +509,7 @@ impl Backend for KubernetesBackend {
     async fn clean_interrupted_restore(&self, session: &Session) -> Result<(), BackendError> {
         let params = ListParams::default().labels(&format!("{UUID}={},{NAME}=restore", session.uuid));
         let jobs = self.jobs.list(&params).await.map_err(|e| BackendError::Api(format!("list Jobs: {e}")))?;
-        for job in jobs.items.iter().filter(|j| job_outcome(j).is_none()) {
+        for job in jobs.items.iter().filter(|j| jobs::job_outcome(j).is_none()) {
             let name = job.name_any();
             tracing::warn!(session = %session.uuid, job = %name, "a restore Job from before a restart is still running; waiting for it");
             self.finished_job(&name).await?;
@@ -697,43 +600,12 @@ impl Backend for KubernetesBackend {
         Ok(())
     }
 
-    /// Sessions as the cluster knows them: one per workspace PVC (the data), with the user id from
-    /// its annotation and the tier from its Deployment's pod template. Used to rebuild records a
-    /// store lost; nothing is deleted because a record vanished.
+    async fn save_durable(&self, session: &Session) -> Result<(), BackendError> {
+        self.annotate_durable(session).await
+    }
+
     async fn discover(&self) -> Result<Vec<crate::backend::Discovered>, BackendError> {
-        let params = ListParams::default().labels(WORKSPACE_SELECTOR);
-        let err = |e: kube::Error| BackendError::Api(format!("list workspace objects: {e}"));
-        let pvcs = self.pvcs.list(&params).await.map_err(err)?.items;
-        let deployments = self.deployments.list(&params).await.map_err(err)?.items;
-        let label = |meta: &kube::api::ObjectMeta| meta.labels.as_ref().and_then(|l| l.get(objects::UUID)).cloned();
-        let mut found: Vec<crate::backend::Discovered> = pvcs
-            .iter()
-            .filter_map(|pvc| {
-                let id = label(&pvc.metadata)?;
-                crate::session::SessionId::parse(&id)?;
-                let annotations = pvc.metadata.annotations.clone().unwrap_or_default();
-                let tier = deployments
-                    .iter()
-                    .find(|d| label(&d.metadata).as_deref() == Some(id.as_str()))
-                    .and_then(|d| {
-                        d.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()?.get(objects::TIER).cloned()
-                    })
-                    .unwrap_or_else(|| "small".into());
-                Some(crate::backend::Discovered {
-                    user_id: annotations.get(objects::USER_ID).cloned().unwrap_or_else(|| "unknown".into()),
-                    tier,
-                    created_at: pvc
-                        .metadata
-                        .creation_timestamp
-                        .as_ref()
-                        .and_then(|t| DateTime::from_timestamp_millis(t.0.as_millisecond())),
-                    id,
-                    durable: Default::default(),
-                })
-            })
-            .collect();
-        found.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(found)
+        self.discovered().await
     }
 
     async fn reconcile(&self, sessions: &[Session]) -> Result<ReconcileReport, BackendError> {

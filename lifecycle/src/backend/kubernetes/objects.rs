@@ -21,8 +21,15 @@ use wakeway_config::{Config, KubernetesConfig, Tier};
 use super::volume;
 use crate::session::Session;
 
-/// The field manager of every write (server-side apply and the scale subresource).
+/// The field manager of every write (server-side apply and the scale subresource) but one.
 pub const FIELD_MANAGER: &str = "wakeway";
+/// The field manager of [`DURABLE`] alone. Its own, so the applies of the objects (which never
+/// carry that annotation) leave it in place: server-side apply removes only what the same manager
+/// applied before and left out now.
+pub const DURABLE_MANAGER: &str = "wakeway-durable";
+/// On the session's PVC: its [`crate::session::Durable`] part as JSON (policy, a requested
+/// deletion, a restore in flight), read back when the store lost the session's record.
+pub const DURABLE: &str = "wakeway.dev/durable";
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const NAME: &str = "app.kubernetes.io/name";
 pub const UUID: &str = "uuid";
@@ -121,6 +128,20 @@ pub fn pvc(config: &Config, session: &Session) -> PersistentVolumeClaim {
         }),
         ..PersistentVolumeClaim::default()
     }
+}
+
+/// The apply configuration that sets the PVC's [`DURABLE`] annotation (field manager
+/// [`DURABLE_MANAGER`]): name and that annotation only, so it owns nothing else.
+pub fn durable_annotation(config: &Config, session: &Session) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": pvc_name(&session.uuid),
+            "namespace": config.kubernetes.namespace,
+            "annotations": { DURABLE: serde_json::to_string(&session.durable()).unwrap_or_default() },
+        },
+    })
 }
 
 fn pod_security(k8s: &KubernetesConfig) -> PodSecurityContext {

@@ -1,6 +1,6 @@
 //! An in-process fake Kubernetes API server (axum on an ephemeral port) serving exactly what the
 //! backend uses, with the API server's semantics that matter to it: server-side apply (field
-//! manager and force required), resourceVersions and watch streams that resume from one, label
+//! manager and force required; a second manager's annotations kept by the first's applies), resourceVersions and watch streams that resume from one, label
 //! and field selectors, the `scale` subresource, delete preconditions (409 on a UID mismatch,
 //! dry runs), and small stand-ins for the controllers and the kubelet: a Deployment controller
 //! (Recreate: pods of an old template go first) that runs a new pod's `wakeway migrate-volume`
@@ -22,6 +22,8 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
+
+use super::super::objects::{DURABLE_MANAGER, FIELD_MANAGER};
 
 /// What a backup Job that reports success did to its zip behind wakeway's back.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -650,11 +652,15 @@ fn apply(
             format!("apply needs application/apply-patch+yaml, got {content_type}"),
         );
     }
-    if query.get("fieldManager").map(String::as_str) != Some("wakeway") {
-        return status(400, "BadRequest", "fieldManager is required for apply requests".into());
-    }
+    let manager = match query.get("fieldManager").map(String::as_str) {
+        Some(m @ (FIELD_MANAGER | DURABLE_MANAGER)) => m,
+        _ => return status(400, "BadRequest", "fieldManager is required for apply requests".into()),
+    };
     if query.get("force").map(String::as_str) != Some("true") {
         return status(409, "Conflict", "Apply failed with conflicts (use force)".into());
+    }
+    if manager == DURABLE_MANAGER {
+        return apply_annotations(shared, resource, name, manager, body);
     }
     if body["metadata"]["name"] != name || body["kind"] != kind_of(resource).1 {
         return status(400, "BadRequest", format!("the applied object does not match {resource}/{name}"));
@@ -671,6 +677,12 @@ fn apply(
         Some(old) => {
             for key in ["uid", "creationTimestamp", "managedFields"] {
                 object["metadata"][key] = old["metadata"][key].clone();
+            }
+            // Annotations another field manager applied stay: this manager never owned them.
+            for key in annotations_owned(old, FIELD_MANAGER, false) {
+                if object["metadata"]["annotations"].get(&key).is_none() {
+                    object["metadata"]["annotations"][&key] = old["metadata"]["annotations"][&key].clone();
+                }
             }
             // Fields the applier does not own are kept (replicas belongs to the scale subresource).
             if object["spec"]["replicas"].is_null() && !old["spec"]["replicas"].is_null() {
@@ -723,6 +735,58 @@ fn apply(
     if resource == "jobs" && existing.is_none() {
         tokio::spawn(run_job(shared.clone(), name.to_string()));
     }
+    axum::Json(stored).into_response()
+}
+
+/// The annotation keys the `managedFields` entries of `manager` (`by_it`) or of every other
+/// manager (`!by_it`) hold.
+fn annotations_owned(object: &Value, manager: &str, by_it: bool) -> Vec<String> {
+    let entries = object["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
+    entries
+        .iter()
+        .filter(|e| (e["manager"] == manager) == by_it)
+        .filter_map(|e| e["fieldsV1"]["f:metadata"]["f:annotations"].as_object())
+        .flat_map(|owned| owned.keys().filter_map(|k| k.strip_prefix("f:").map(str::to_string)))
+        .collect()
+}
+
+/// Server-side apply by a field manager that owns annotations only (the fake models no other
+/// partial apply): its annotations are set, the ones it applied before and left out now are
+/// removed, everything else stays. Like the API server, an apply that would create the object
+/// from such a partial configuration is invalid.
+fn apply_annotations(shared: &Shared, resource: &str, name: &str, manager: &str, body: Value) -> Response {
+    let metadata_keys: BTreeSet<&str> =
+        body["metadata"].as_object().map(|m| m.keys().map(String::as_str).collect()).unwrap_or_default();
+    let top_keys: BTreeSet<&str> = body.as_object().map(|m| m.keys().map(String::as_str).collect()).unwrap_or_default();
+    if !top_keys.is_subset(&BTreeSet::from(["apiVersion", "kind", "metadata"]))
+        || !metadata_keys.is_subset(&BTreeSet::from(["name", "namespace", "annotations"]))
+    {
+        return status(400, "BadRequest", format!("{manager} may apply annotations only, got {body}"));
+    }
+    let events = shared.events.clone();
+    let mut state = shared.state.lock().unwrap();
+    let Some(mut object) = state.get(resource, name) else {
+        return status(422, "Invalid", format!("{resource} \"{name}\" is invalid: spec: Required value"));
+    };
+    let applied = body["metadata"]["annotations"].as_object().cloned().unwrap_or_default();
+    let before = annotations_owned(&object, manager, true);
+    let entries = object["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
+    let annotations = &mut object["metadata"]["annotations"];
+    if annotations.is_null() {
+        *annotations = json!({});
+    }
+    for key in before.iter().filter(|k| !applied.contains_key(*k)) {
+        annotations.as_object_mut().unwrap().remove(key);
+    }
+    for (key, value) in &applied {
+        annotations[key] = value.clone();
+    }
+    let owned: serde_json::Map<String, Value> = applied.keys().map(|k| (format!("f:{k}"), json!({}))).collect();
+    let mut entries: Vec<Value> = entries.into_iter().filter(|e| e["manager"] != manager).collect();
+    entries.push(json!({"manager": manager, "operation": "Apply", "fieldsType": "FieldsV1",
+        "fieldsV1": {"f:metadata": {"f:annotations": owned}}}));
+    object["metadata"]["managedFields"] = json!(entries);
+    let stored = state.put(&events, resource, object);
     axum::Json(stored).into_response()
 }
 

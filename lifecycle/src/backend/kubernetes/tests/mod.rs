@@ -744,6 +744,74 @@ async fn the_sweep_leader_lists_the_cluster_only_when_a_record_may_be_missing() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_policy_is_kept_on_its_volume_and_survives_the_loss_of_its_record() {
+    use crate::manager::{Manager, PolicyPatch};
+    use crate::store::Store;
+    use wakeway_proxy::{ProxyStats, SystemClock};
+
+    let rig = rig(true).await;
+    let data = tempfile::tempdir().unwrap();
+    let store = Arc::new(SharedStore {
+        inner: crate::store::EmbeddedStore::open(&data.path().join("wakeway.redb")).unwrap(),
+        leader: std::sync::atomic::AtomicBool::new(true),
+    });
+    let (tx, _events) = mpsc::unbounded_channel();
+    let backend = KubernetesBackend::new(rig.fake.client(), rig.config.clone(), tx);
+    let manager = Manager::new(
+        rig.config.clone(),
+        store.clone(),
+        backend,
+        Arc::new(SystemClock),
+        Arc::new(ProxyStats::default()),
+        tokio::runtime::Handle::current(),
+    );
+    let id = manager.create("grace@example.com").await.unwrap().id();
+    let pvc = format!("pvc-{id}");
+    let durable = || -> Value {
+        let object = rig.fake.object("persistentvolumeclaims", &pvc).unwrap();
+        serde_json::from_str(object["metadata"]["annotations"][objects::DURABLE].as_str().expect("annotated")).unwrap()
+    };
+    assert_eq!(durable()["policy"]["keep"], false, "the creation saves the defaults once the PVC exists");
+
+    let patch =
+        PolicyPatch { keep: Some(true), idle_timeout: Some(Some(Duration::from_secs(7200))), ..PolicyPatch::default() };
+    manager.set_policy(&id, patch).await.unwrap();
+    assert_eq!(durable()["policy"], json!({"idle_timeout_ms": 7_200_000, "keep": true}));
+    // Written by its own field manager, holding that annotation only.
+    let applies = rig.fake.calls("PATCH", &format!("/persistentvolumeclaims/{pvc}"));
+    let last = applies.last().unwrap();
+    assert_eq!(last.query.get("fieldManager").map(String::as_str), Some(objects::DURABLE_MANAGER));
+    assert_eq!(
+        last.body["metadata"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["name", "namespace", "annotations"]
+    );
+    assert_eq!(last.body.as_object().unwrap().len(), 3, "apiVersion, kind, metadata: nothing else is claimed");
+
+    // The objects' own apply (field manager `wakeway`) leaves it in place.
+    let record = store.get(id.as_str()).await.unwrap().unwrap();
+    rig.backend.create(&record).await.unwrap();
+    assert_eq!(durable()["policy"]["keep"], true, "another manager's annotation survives the objects' apply");
+
+    // The store loses the record (once the creation's wake settled): rebuilt from the cluster
+    // with its policy.
+    manager.wake(&id, wakeway_proxy::ActivitySource::Http).await.unwrap();
+    let record = store.get(id.as_str()).await.unwrap().unwrap();
+    store.remove(id.as_str(), record.version).await.unwrap();
+    manager.sweep().await.unwrap();
+    let rebuilt = store.get(id.as_str()).await.unwrap().expect("rebuilt");
+    assert!(rebuilt.policy.keep, "a kept session stays kept");
+    assert_eq!(rebuilt.policy.idle_timeout_ms, Some(7_200_000));
+
+    // An unreadable annotation rebuilds with the defaults rather than failing discovery.
+    let mut object = rig.fake.object("persistentvolumeclaims", &pvc).unwrap();
+    object["metadata"]["annotations"][objects::DURABLE] = json!("{not json");
+    rig.fake.insert("persistentvolumeclaims", object);
+    let found = rig.backend.discover().await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert!(!found[0].durable.policy.keep);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_runs_as_a_job_inside_the_volume_after_a_backup_of_it() {
     use crate::manager::{LifecycleError, Manager, RestoreRequest, SleepReason};
     use crate::restore::RestoreError;
