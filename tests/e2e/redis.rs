@@ -337,3 +337,81 @@ async fn a_restore_whose_replica_died_is_finished_by_the_other_once_its_lease_ex
     let zip = std::fs::read(b.backup_dir().join(format!("{safety}.zip"))).unwrap();
     assert!(zip.windows(18).any(|w| w == b"before the restore"), "the replaced file is in the pre-restore backup");
 }
+
+/// A delete decided on A while the workspace runs under B (B woke it) and users keep coming
+/// through B: A takes the operation lease, stops B's workspace, backs it up and deletes it; B's
+/// requests during the delete wait for the lease or are refused, never restart the workspace,
+/// and end in `410 gone`. Every file is in the verified backup, none is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_on_one_replica_while_the_other_serves_the_workspace_keeps_every_file() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = Redis::start(tmp.path()).await;
+    let url = redis.url();
+    let a = Wakeway::start_in(tmp.path(), &replica("a", &url, &[])).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // a takes the sweep lease first
+    let b = Wakeway::start_in(tmp.path(), &replica("b", &url, &[])).await;
+
+    // Woken through B: B started the workspace process and routes to it.
+    let id = b.create().await;
+    b.wait_state(&id, "running", LONG).await;
+    a.wait_state(&id, "running", LONG).await;
+    let r = b.ws(Method::PUT, &id, "/files/notes.txt").body("written through B").send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    // Incompressible bytes make the backup take a while: the requests below meet it.
+    let dir = b.workspace_dir(&id);
+    let owner = std::fs::metadata(&dir).unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let big: Vec<u8> = (0..48u32 << 17)
+        .flat_map(|_| {
+            (x ^= x << 13, x ^= x >> 7, x ^= x << 17);
+            x.to_le_bytes()
+        })
+        .collect();
+    std::fs::write(dir.join("big.bin"), &big).unwrap();
+    std::os::unix::fs::chown(dir.join("big.bin"), Some(owner.uid()), Some(owner.gid())).unwrap();
+    let pids = crate::harness::processes_in(&dir);
+    assert!(!pids.is_empty(), "the workspace runs");
+    let starts = a.starts();
+
+    let deleting = {
+        let req = a.api(Method::DELETE, &format!("/session/{id}"));
+        tokio::spawn(async move { req.send().await.unwrap().json::<Value>().await.unwrap() })
+    };
+    let deadline = tokio::time::Instant::now() + LONG;
+    while state(&b, &id).await == "running" {
+        assert!(tokio::time::Instant::now() < deadline, "the delete never began:\n{}", a.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Users keep coming through B while A stops, backs up and deletes.
+    let mut seen = Vec::new();
+    while !deleting.is_finished() {
+        let r = b.ws(Method::GET, &id, "/files/notes.txt").send().await.unwrap();
+        seen.push(r.status().as_u16());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deleted = deleting.await.unwrap();
+    assert_eq!(deleted["status"], "deleted", "{deleted}\n{}", a.log());
+    assert!(
+        seen.iter().all(|s| [200, 410, 503].contains(s)),
+        "requests during the delete are served, held or refused, never a proxy error: {seen:?}\n{}",
+        b.log()
+    );
+
+    // B converges: gone, and nothing started again.
+    let r = b.ws(Method::GET, &id, "/files/notes.txt").send().await.unwrap();
+    assert_eq!(r.status(), 410, "{}", b.log());
+    b.wait_state(&id, "deleted", LONG).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(a.starts(), starts, "no replica restarted the workspace\n{}\n{}", a.log(), b.log());
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(stat.is_empty() || stat.contains(") Z "), "workspace process {pid} still runs: {stat}");
+    }
+    assert!(!dir.exists(), "the folder is gone");
+    // Every file is in the backup the delete made, verified.
+    let file = deleted["backup"]["file"].as_str().expect("deleted after a backup");
+    let files = crate::tree::zip_root_files(&b.backup_dir().join(file), "workspace");
+    assert_eq!(files["notes.txt"], b"written through B");
+    assert!(files["big.bin"] == big, "the large file is whole in the backup");
+}
