@@ -347,11 +347,7 @@ fn chrono_now() -> chrono::DateTime<chrono::Utc> {
 }
 
 fn serve(mut config: Config) -> anyhow::Result<()> {
-    // Workspace processes run in their own folders: every path we hand them must be absolute.
-    config.data_dir = std::path::absolute(&config.data_dir).context("data_dir")?;
-    if !config.backup_dir.as_os_str().is_empty() {
-        config.backup_dir = std::path::absolute(&config.backup_dir).context("backup_dir")?;
-    }
+    make_paths_absolute(&mut config)?;
     // Fail with a clear message instead of a panic deep in the listener.
     drop(std::net::TcpListener::bind(config.listen).with_context(|| {
         format!("cannot listen on {} (in use? set WAKEWAY_LISTEN or `listen` in the config)", config.listen)
@@ -372,24 +368,12 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
     let manager = built.wakeway.manager.clone();
     lifecycle_rt.block_on(manager.recover()).context("cannot load sessions from the store")?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let shutdown_rx_tls = shutdown_rx.clone();
     let background = {
-        let manager = manager.clone();
+        let (manager, shutdown_rx) = (manager.clone(), shutdown_rx.clone());
         lifecycle_rt.spawn(async move { manager.run_background(built.events, shutdown_rx).await })
     };
 
-    let mut conf = ServerConf::default();
-    conf.threads =
-        if config.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { config.threads };
-    // One single-threaded runtime per proxy thread (a connection stays on the thread that accepted
-    // it) instead of one work-stealing pool: +10% requests/s through one thread in benches/ab.py,
-    // lower p99. Nothing on the proxy path blocks; lifecycle work runs on its own runtime.
-    conf.work_stealing = false;
-    conf.grace_period_seconds = Some(config.shutdown_grace.as_secs());
-    conf.graceful_shutdown_timeout_seconds = Some(5);
-    conf.pid_file = config.data_dir.join("wakeway.pid").to_string_lossy().into_owned();
-    conf.upgrade_sock = config.data_dir.join("wakeway-upgrade.sock").to_string_lossy().into_owned();
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     server.bootstrap();
     let settings = ProxySettings::from(config.as_ref());
     let mut proxy = WakewayProxy::new(settings, &built.cookie_secret, Arc::new(built.wakeway), clock, stats.clone());
@@ -397,7 +381,7 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
     if config.tls_addr().is_some() {
         let certificates = Certificates::new(config.clone(), built.store.clone(), certs.clone(), manager.clone());
         lifecycle_rt.block_on(certificates.load()).map_err(anyhow::Error::msg)?;
-        lifecycle_rt.spawn(certificates.run(shutdown_rx_tls));
+        lifecycle_rt.spawn(certificates.run(shutdown_rx));
         proxy = proxy.with_certs(certs.clone());
     }
     let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
@@ -407,36 +391,9 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
     app.server_options = Some(options);
     // Connection cap, request-head deadline and framing checks before pingora parses a request.
     let front = Front::new(app, FrontSettings::from(config.as_ref()), stats.clone());
-    let mut service = pingora::services::listening::Service::new("wakeway".to_string(), front);
-    service.add_listener(ListenerConfig::tcp(config.listen.to_string()).l4_buffer(client_buffers()));
-    if let Some(addr) = config.tls_addr() {
-        let mut tls = TlsSettings::with_callbacks(Box::new(NoHandshakeCallbacks)).context("TLS settings")?;
-        tls.set_cert_resolver(Arc::new(Resolver(certs)));
-        tls.enable_h2();
-        service.add_listener(ListenerConfig::tcp(addr.to_string()).tls(tls).l4_buffer(client_buffers()));
-        tracing::info!(%addr, acme = ?config.acme, "TLS listener");
-    }
-    server.add_service(service);
+    server.add_service(listening_service(&config, front, certs)?);
 
-    let base = format!("http://{}", config.listen);
-    tracing::info!(listen = %config.listen, domain = %config.domain, data_dir = %config.data_dir.display(), "wakeway serving");
-    eprintln!(
-        "wakeway {} is serving the API at {base} and workspaces at {}",
-        env!("CARGO_PKG_VERSION"),
-        config.workspace_url("<id>")
-    );
-    if let Some(key) = &built.new_api_key {
-        eprintln!(
-            "A new API key was generated (shown once; kept in {}):\n\n    {key}\n",
-            config.data_dir.join("api-key").display()
-        );
-        eprintln!(
-            "Create a session:  curl -X POST {base}/session/create -H 'X-API-Key: {key}' -d '{{\"user_id\":\"me@example.com\"}}'"
-        );
-    } else if config.api_keys.is_empty() {
-        eprintln!("API key: see {}", config.data_dir.join("api-key").display());
-    }
-
+    print_banner(&config, built.new_api_key.as_deref());
     server.run(RunArgs::default());
 
     tracing::info!("shutting down");
@@ -452,4 +409,73 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
     });
     lifecycle_rt.shutdown_timeout(Duration::from_secs(2));
     Ok(())
+}
+
+/// Workspace processes run in their own folders: every path we hand them must be absolute.
+fn make_paths_absolute(config: &mut Config) -> anyhow::Result<()> {
+    config.data_dir = std::path::absolute(&config.data_dir).context("data_dir")?;
+    if !config.backup_dir.as_os_str().is_empty() {
+        config.backup_dir = std::path::absolute(&config.backup_dir).context("backup_dir")?;
+    }
+    Ok(())
+}
+
+/// pingora's server settings: threads, one runtime per thread, shutdown grace, its files.
+fn server_conf(config: &Config) -> ServerConf {
+    let mut conf = ServerConf::default();
+    conf.threads =
+        if config.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { config.threads };
+    // One single-threaded runtime per proxy thread (a connection stays on the thread that accepted
+    // it) instead of one work-stealing pool: +10% requests/s through one thread in benches/ab.py,
+    // lower p99. Nothing on the proxy path blocks; lifecycle work runs on its own runtime.
+    conf.work_stealing = false;
+    conf.grace_period_seconds = Some(config.shutdown_grace.as_secs());
+    conf.graceful_shutdown_timeout_seconds = Some(5);
+    conf.pid_file = config.data_dir.join("wakeway.pid").to_string_lossy().into_owned();
+    conf.upgrade_sock = config.data_dir.join("wakeway-upgrade.sock").to_string_lossy().into_owned();
+    conf
+}
+
+/// The listening service: `listen` in plain HTTP, and `tls_listen` with certificates from
+/// `certs` (chosen per SNI) when TLS is on.
+fn listening_service<A>(
+    config: &Config,
+    front: A,
+    certs: Arc<CertStore>,
+) -> anyhow::Result<pingora::services::listening::Service<A>>
+where
+    A: pingora::apps::ServerApp + Send + Sync + 'static,
+{
+    let mut service = pingora::services::listening::Service::new("wakeway".to_string(), front);
+    service.add_listener(ListenerConfig::tcp(config.listen.to_string()).l4_buffer(client_buffers()));
+    if let Some(addr) = config.tls_addr() {
+        let mut tls = TlsSettings::with_callbacks(Box::new(NoHandshakeCallbacks)).context("TLS settings")?;
+        tls.set_cert_resolver(Arc::new(Resolver(certs)));
+        tls.enable_h2();
+        service.add_listener(ListenerConfig::tcp(addr.to_string()).tls(tls).l4_buffer(client_buffers()));
+        tracing::info!(%addr, acme = ?config.acme, "TLS listener");
+    }
+    Ok(service)
+}
+
+/// Where wakeway serves, and the API key to use (shown once, when it was just generated).
+fn print_banner(config: &Config, new_api_key: Option<&str>) {
+    let base = format!("http://{}", config.listen);
+    tracing::info!(listen = %config.listen, domain = %config.domain, data_dir = %config.data_dir.display(), "wakeway serving");
+    eprintln!(
+        "wakeway {} is serving the API at {base} and workspaces at {}",
+        env!("CARGO_PKG_VERSION"),
+        config.workspace_url("<id>")
+    );
+    if let Some(key) = new_api_key {
+        eprintln!(
+            "A new API key was generated (shown once; kept in {}):\n\n    {key}\n",
+            config.data_dir.join("api-key").display()
+        );
+        eprintln!(
+            "Create a session:  curl -X POST {base}/session/create -H 'X-API-Key: {key}' -d '{{\"user_id\":\"me@example.com\"}}'"
+        );
+    } else if config.api_keys.is_empty() {
+        eprintln!("API key: see {}", config.data_dir.join("api-key").display());
+    }
 }

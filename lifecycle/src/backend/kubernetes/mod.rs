@@ -9,6 +9,7 @@
 //! `kubectl scale` owning it would wake or sleep sessions behind wakeway's back (reconciliation
 //! reports such Deployments).
 
+mod destroy;
 mod discover;
 mod jobs;
 pub mod objects;
@@ -30,7 +31,7 @@ use dashmap::DashMap;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions, PropagationPolicy};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -43,7 +44,7 @@ use super::{Backend, BackendError, BackendEvent, ReconcileReport, Started};
 use crate::backup::backup_file_name;
 use crate::probe;
 use crate::session::{BackupInfo, ObjectUids, Placement, Session};
-use objects::{FIELD_MANAGER, NAME, UUID, WORKSPACE_SELECTOR, deployment_name, pvc_name, service_name};
+use objects::{FIELD_MANAGER, NAME, UUID, WORKSPACE_SELECTOR, deployment_name, pvc_name};
 use pods::PodWatch;
 
 pub use jobs::{parse_backup_result, parse_restore_result};
@@ -518,86 +519,7 @@ impl Backend for KubernetesBackend {
     }
 
     async fn destroy(&self, session: &Session) -> Result<(), BackendError> {
-        let id = &session.uuid;
-        let Some(backup) = &session.backup else {
-            return Err(BackendError::Refused(format!("session {id} has no verified backup")));
-        };
-        if verify::zip_path(&self.config.backup_dir(), id, &backup.file).is_err() {
-            return Err(BackendError::Refused(format!("the backup {} is not of session {id}", backup.file)));
-        }
-        if self.pods.synced() && !self.pods.of_session(id).is_empty() {
-            return Err(BackendError::Refused(format!("session {id} still has pods; put it to sleep first")));
-        }
-        let Some(uids) = &session.objects else {
-            // Nothing was recorded: only proceed if nothing exists (never delete by name).
-            let found = self.labelled_objects(id).await?;
-            if found.is_empty() {
-                return Ok(());
-            }
-            return Err(BackendError::Refused(format!(
-                "no UIDs were recorded for session {id}, yet {found:?} exist; delete them by hand after checking"
-            )));
-        };
-        let targets = [
-            ("Deployment", deployment_name(id), uids.deployment.as_str()),
-            ("Service", service_name(id), uids.service.as_str()),
-            ("PersistentVolumeClaim", pvc_name(id), uids.pvc.as_str()),
-        ];
-        let params = |uid: &str, dry_run: bool| DeleteParams {
-            dry_run,
-            propagation_policy: Some(PropagationPolicy::Background),
-            preconditions: Some(Preconditions { uid: Some(uid.to_string()), resource_version: None }),
-            ..DeleteParams::default()
-        };
-        // First a dry run of all three: the API server checks each UID precondition, so a
-        // replaced object (409) stops the whole deletion before anything is deleted.
-        let mut present = Vec::new();
-        for (kind, name, uid) in &targets {
-            let result = match *kind {
-                "Deployment" => self.deployments.delete(name, &params(uid, true)).await.map(drop),
-                "Service" => self.services.delete(name, &params(uid, true)).await.map(drop),
-                _ => self.pvcs.delete(name, &params(uid, true)).await.map(drop),
-            };
-            match result {
-                Ok(()) => present.push((*kind, name.clone(), *uid)),
-                Err(e) if status_code(&e) == Some(404) => {}
-                Err(e) if status_code(&e) == Some(409) => {
-                    return Err(BackendError::Refused(format!(
-                        "{kind} {name} is not the object created for session {id} (uid {uid}): {e}; nothing was deleted"
-                    )));
-                }
-                Err(e) => return Err(BackendError::Api(format!("delete (dry run) {kind} {name}: {e}"))),
-            }
-        }
-        // The zip wakeway verified when its Job finished must still be there, whole, on the
-        // backup volume it reads itself.
-        if !present.is_empty() {
-            let (dir, session_id, recorded) = (self.config.backup_dir(), id.clone(), backup.clone());
-            tokio::task::spawn_blocking(move || verify::recorded_zip(&dir, &session_id, &recorded))
-                .await
-                .map_err(|e| BackendError::Refused(format!("the backup check failed: {e}; nothing was deleted")))?
-                .map_err(|why| BackendError::Refused(format!("session {id}: {why}; nothing was deleted")))?;
-        }
-        // The PVC (the data) goes last.
-        for (kind, name, uid) in present {
-            let result = match kind {
-                "Deployment" => self.deployments.delete(&name, &params(uid, false)).await.map(drop),
-                "Service" => self.services.delete(&name, &params(uid, false)).await.map(drop),
-                _ => self.pvcs.delete(&name, &params(uid, false)).await.map(drop),
-            };
-            match result {
-                Ok(()) => tracing::info!(session = %id, kind, %name, %uid, "deleted"),
-                Err(e) if status_code(&e) == Some(404) => {}
-                Err(e) if status_code(&e) == Some(409) => {
-                    return Err(BackendError::Refused(format!(
-                        "{kind} {name} was replaced while deleting (uid {uid} expected): {e}"
-                    )));
-                }
-                Err(e) => return Err(BackendError::Api(format!("delete {kind} {name}: {e}"))),
-            }
-        }
-        self.running.remove(id);
-        Ok(())
+        self.destroy_objects(session).await
     }
 
     async fn save_durable(&self, session: &Session) -> Result<(), BackendError> {

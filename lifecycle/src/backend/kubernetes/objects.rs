@@ -233,28 +233,21 @@ fn env(name: &str, value: impl ToString) -> EnvVar {
     EnvVar { name: name.into(), value: Some(value.to_string()), ..EnvVar::default() }
 }
 
-/// `user-<id>`: one code-server pod with the tier's resources and both of the session's folders
-/// on its PVC: `workspace/` at `/workspace` and `home/` at `kubernetes.home_path` (also its
-/// `HOME`), after the migration init container made sure the volume has them. `spec.replicas` is deliberately absent: it defaults to 1 when the Deployment is
-/// created and from then on only wakeway sets it, through the `scale` subresource (0 asleep, 1
-/// awake). Applying this object again (a resize) therefore never wakes or sleeps a session.
-pub fn deployment(config: &Config, session: &Session, tier: &Tier) -> Deployment {
-    let k8s = &config.kubernetes;
-    let id = &session.uuid;
-    let selector = labels(id, "workspace");
-    let port = i32::from(k8s.port);
+/// The workspace container: code-server (the configured image) on the `http` port with the
+/// tier's resources, the environment spelled out, HOME and the workspace from the PVC.
+fn workspace_container(k8s: &KubernetesConfig, id: &str, tier: &Tier) -> Container {
     let resources = BTreeMap::from([
         ("cpu".to_string(), cpu_quantity(tier.cpu)),
         ("memory".to_string(), memory_quantity(tier.memory_mib)),
     ]);
-    let container = Container {
+    Container {
         name: CONTAINER.into(),
         image: Some(k8s.image.clone()),
         image_pull_policy: Some(k8s.image_pull_policy.clone()),
         args: Some(k8s.args.iter().map(|a| a.replace("{port}", &k8s.port.to_string())).collect()),
         ports: Some(vec![ContainerPort {
             name: Some(PORT_NAME.into()),
-            container_port: port,
+            container_port: i32::from(k8s.port),
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
@@ -295,7 +288,19 @@ pub fn deployment(config: &Config, session: &Session, tier: &Tier) -> Deployment
             folder_mount(DATA_VOLUME, volume::HOME_DIR, &k8s.home_path),
         ]),
         ..Container::default()
-    };
+    }
+}
+
+/// `user-<id>`: one code-server pod with the tier's resources and both of the session's folders
+/// on its PVC: `workspace/` at `/workspace` and `home/` at `kubernetes.home_path` (also its
+/// `HOME`), after the migration init container made sure the volume has them. `spec.replicas` is deliberately absent: it defaults to 1 when the Deployment is
+/// created and from then on only wakeway sets it, through the `scale` subresource (0 asleep, 1
+/// awake). Applying this object again (a resize) therefore never wakes or sleeps a session.
+pub fn deployment(config: &Config, session: &Session, tier: &Tier) -> Deployment {
+    let k8s = &config.kubernetes;
+    let id = &session.uuid;
+    let selector = labels(id, "workspace");
+    let container = workspace_container(k8s, id, tier);
     let mut template_annotations = BTreeMap::from([(USER_ID.to_string(), session.user_id.clone())]);
     template_annotations.insert(TIER.into(), session.tier.clone());
     Deployment {
