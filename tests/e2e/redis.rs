@@ -364,7 +364,9 @@ async fn a_delete_on_one_replica_while_the_other_serves_the_workspace_keeps_ever
     let mut x = 0x9e37_79b9_7f4a_7c15_u64;
     let big: Vec<u8> = (0..48u32 << 17)
         .flat_map(|_| {
-            (x ^= x << 13, x ^= x >> 7, x ^= x << 17);
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
             x.to_le_bytes()
         })
         .collect();
