@@ -15,6 +15,7 @@ pub mod pages;
 #[cfg(test)]
 mod proptests;
 pub mod ratelimit;
+pub mod refusal;
 pub mod service;
 pub mod stats;
 pub mod tls;
