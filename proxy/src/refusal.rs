@@ -249,3 +249,31 @@ impl From<Framing> for Refusal {
         Reason::BadFraming(framing).refusal()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_keeps_its_wire_shapes() {
+        let asleep = Reason::Asleep { state: "sleeping", request: "HEAD request" }.refusal();
+        assert_eq!(
+            (asleep.status, asleep.code, asleep.retry_after),
+            (StatusCode::SERVICE_UNAVAILABLE, "workspace_asleep", Some(5))
+        );
+        assert_eq!((asleep.state, asleep.page), (Some("sleeping"), Some(Page::Unavailable)));
+        assert_eq!(asleep.message, "The workspace is sleeping; a HEAD request does not wake it.");
+        let wakes = Reason::TooManyWakes { wait: 42 }.refusal();
+        assert_eq!((wakes.status, wakes.retry_after, wakes.closes), (StatusCode::TOO_MANY_REQUESTS, Some(42), false));
+        let large = Reason::HeadersTooLarge { max: 100 }.refusal();
+        assert!(large.closes && large.page.is_none(), "431 is JSON for everyone and closes the connection");
+        let framing: Refusal = Framing::InvalidContentLength { value: "+4".into() }.into();
+        assert_eq!((framing.status, framing.code), (StatusCode::BAD_REQUEST, "invalid_content_length"));
+        assert_eq!(framing.message, "Content-Length \"+4\" is not a number.");
+        let gone = Reason::Gone.refusal();
+        assert_eq!(
+            (gone.status, gone.code, gone.page, gone.retry_after),
+            (StatusCode::GONE, "session_deleted", Some(Page::Gone), None)
+        );
+    }
+}
