@@ -7,8 +7,3 @@ pub fn error_body(code: &str, message: &str) -> Bytes {
     let body = serde_json::json!({ "error": { "code": code, "message": message } });
     Bytes::from(body.to_string())
 }
-
-/// The 431 message, the same whether the front door or the proxy finds the headers too large.
-pub(crate) fn headers_too_large(max: usize) -> String {
-    format!("The request headers are larger than {max} bytes.")
-}

@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use wakeway_config::Config;
 
 use crate::error::error_body;
+use crate::refusal::{Framing, Reason, Refusal};
 use crate::stats::ProxyStats;
 
 /// The front door's settings, taken from [`Config`] once at start.
@@ -95,14 +96,10 @@ where
                 Some(slot) => Some(slot),
                 None => {
                     ProxyStats::bump(&self.stats.connections_over_limit);
-                    let message = format!(
-                        "This address already has {} connections open; close some and retry.",
-                        self.settings.max_connections_per_address
-                    );
-                    let refusal = Refusal::new(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", message);
+                    let max = self.settings.max_connections_per_address;
                     // An HTTP/2 client would not understand an HTTP/1 answer: it only sees the close.
                     if !matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-                        refuse(&mut stream, &refusal, &[("retry-after", "10")]).await;
+                        refuse(&mut stream, &Reason::TooManyConnections { max }.refusal()).await;
                     }
                     return None;
                 }
@@ -143,7 +140,7 @@ where
             Err(_) => {
                 // Fewer bytes than a preface in `header_timeout`: a slow head (or nothing at all).
                 ProxyStats::bump(&self.stats.header_timeouts);
-                refuse(stream, &Refusal::timeout(self.settings.header_timeout), &[]).await;
+                refuse(stream, &Reason::HeaderTimeout { limit: self.settings.header_timeout }.refusal()).await;
                 None
             }
         }
@@ -166,7 +163,7 @@ where
                             StatusCode::BAD_REQUEST => ProxyStats::bump(&self.stats.bad_framing),
                             _ => {}
                         }
-                        refuse(&mut stream, &refusal, &[]).await;
+                        refuse(&mut stream, &refusal).await;
                         return;
                     }
                 };
@@ -226,32 +223,6 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// A request refused at the front door: status, stable error code, message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl Refusal {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Refusal { status, code, message: message.into() }
-    }
-
-    fn bad(code: &'static str, message: impl Into<String>) -> Self {
-        Refusal::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    fn timeout(limit: Duration) -> Self {
-        Refusal::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "header_timeout",
-            format!("The request head did not arrive within {} s.", limit.as_secs_f64()),
-        )
-    }
-}
-
 /// The result of reading one request head.
 enum HeadRead {
     /// The head (and whatever followed it in the same reads), checked.
@@ -289,7 +260,7 @@ async fn read_head(
         match read.await {
             None => return HeadRead::Closed,
             Some(Err(_)) if waiting_idle => return HeadRead::Closed,
-            Some(Err(_)) => return HeadRead::Refused(Refusal::timeout(header_timeout)),
+            Some(Err(_)) => return HeadRead::Refused(Reason::HeaderTimeout { limit: header_timeout }.refusal()),
             Some(Ok(Ok(0) | Err(_))) => return HeadRead::Closed,
             Some(Ok(Ok(_))) => {}
         }
@@ -304,12 +275,7 @@ async fn read_head(
                 };
             }
             Ok(None) if buf.len() > limit => {
-                let message = crate::error::headers_too_large(limit - HEAD_SLACK);
-                return HeadRead::Refused(Refusal::new(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "headers_too_large",
-                    message,
-                ));
+                return HeadRead::Refused(Reason::HeadersTooLarge { max: limit - HEAD_SLACK }.refusal());
             }
             Ok(None) => {}
             Err(refusal) => return HeadRead::Refused(refusal),
@@ -339,7 +305,7 @@ impl HeadScanner {
                     // Needs the next byte to judge.
                     let Some(&next) = buf.get(i + 1) else { return Ok(None) };
                     if next != b'\n' {
-                        return Err(bare_line_ending());
+                        return Err(Framing::BareLineEnding.into());
                     }
                     self.scanned = i + 2;
                     if !self.begun {
@@ -349,7 +315,7 @@ impl HeadScanner {
                         return Ok(Some(i + 2));
                     }
                 }
-                b'\n' => return Err(bare_line_ending()),
+                b'\n' => return Err(Framing::BareLineEnding.into()),
                 _ => {
                     self.begun = true;
                     self.scanned = i + 1;
@@ -358,13 +324,6 @@ impl HeadScanner {
         }
         Ok(None)
     }
-}
-
-fn bare_line_ending() -> Refusal {
-    Refusal::bad(
-        "bare_line_ending",
-        "Lines of a request head must end with CRLF: a bare LF or CR is refused, because servers disagree on it (request smuggling).",
-    )
 }
 
 /// The framing checks: every header line well formed (no obs-fold), one unambiguous body length.
@@ -378,33 +337,13 @@ fn check_head(head: &[u8]) -> Result<(), Refusal> {
     } else if request_line.ends_with(b" HTTP/1.0") {
         true
     } else {
-        return Err(Refusal::bad("invalid_request_line", "The request line must read `METHOD TARGET HTTP/1.1`."));
+        return Err(Framing::InvalidRequestLine.into());
     };
     let mut lengths: Vec<&[u8]> = Vec::new();
     let mut codings: Vec<&[u8]> = Vec::new();
     let mut chunked_headers = 0;
     for line in lines {
-        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
-            return Err(Refusal::bad(
-                "obsolete_line_folding",
-                "A header line starts with whitespace (obs-fold): folded headers are refused (RFC 9112 5.2).",
-            ));
-        }
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            return Err(Refusal::bad("invalid_header", "A header line has no colon."));
-        };
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        if name.is_empty() || !name.iter().all(|b| is_tchar(*b)) {
-            let shown = String::from_utf8_lossy(name);
-            return Err(Refusal::bad(
-                "invalid_header",
-                format!("Header name {shown:?} is not a token (no spaces before the colon)."),
-            ));
-        }
-        if !value.iter().all(|b| *b == b'\t' || *b >= b' ' && *b != 0x7f) {
-            let shown = String::from_utf8_lossy(name);
-            return Err(Refusal::bad("invalid_header", format!("Header {shown} holds control characters.")));
-        }
+        let (name, value) = header_line(line)?;
         if name.eq_ignore_ascii_case(b"content-length") {
             lengths.extend(value.split(|b| *b == b',').map(<[u8]>::trim_ascii));
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
@@ -413,37 +352,42 @@ fn check_head(head: &[u8]) -> Result<(), Refusal> {
         }
     }
     if let Some(bad) = lengths.iter().find(|l| l.is_empty() || l.len() > 18 || !l.iter().all(u8::is_ascii_digit)) {
-        let shown = String::from_utf8_lossy(bad);
-        return Err(Refusal::bad("invalid_content_length", format!("Content-Length {shown:?} is not a number.")));
+        return Err(Framing::InvalidContentLength { value: String::from_utf8_lossy(bad).into() }.into());
     }
     if lengths.iter().any(|l| parse_digits(l) != parse_digits(lengths[0])) {
-        return Err(Refusal::bad(
-            "conflicting_content_length",
-            "The request has several different Content-Length values (request smuggling).",
-        ));
+        return Err(Framing::ConflictingContentLength.into());
     }
     if chunked_headers > 0 {
         if !lengths.is_empty() {
-            return Err(Refusal::bad(
-                "ambiguous_length",
-                "The request has both Content-Length and Transfer-Encoding (request smuggling).",
-            ));
+            return Err(Framing::AmbiguousLength.into());
         }
         if http10 {
-            return Err(Refusal::bad(
-                "invalid_transfer_encoding",
-                "HTTP/1.0 requests cannot use Transfer-Encoding (RFC 9112 6.1).",
-            ));
+            return Err(Framing::ChunkedOverHttp10.into());
         }
         if codings.len() != 1 || !codings[0].eq_ignore_ascii_case(b"chunked") {
             let shown: Vec<_> = codings.iter().map(|c| String::from_utf8_lossy(c)).collect();
-            return Err(Refusal::bad(
-                "invalid_transfer_encoding",
-                format!("Transfer-Encoding must be exactly `chunked`, not {:?}.", shown.join(", ")),
-            ));
+            return Err(Framing::InvalidTransferEncoding { codings: shown.join(", ") }.into());
         }
     }
     Ok(())
+}
+
+/// One header line, checked: its name (a token) and its trimmed value (no control characters).
+fn header_line(line: &[u8]) -> Result<(&[u8], &[u8]), Framing> {
+    if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+        return Err(Framing::ObsoleteLineFolding);
+    }
+    let Some(colon) = line.iter().position(|b| *b == b':') else {
+        return Err(Framing::HeaderWithoutColon);
+    };
+    let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+    if name.is_empty() || !name.iter().all(|b| is_tchar(*b)) {
+        return Err(Framing::HeaderNameNotToken { name: String::from_utf8_lossy(name).into() });
+    }
+    if !value.iter().all(|b| *b == b'\t' || *b >= b' ' && *b != 0x7f) {
+        return Err(Framing::HeaderControlCharacters { name: String::from_utf8_lossy(name).into() });
+    }
+    Ok((name, value))
 }
 
 /// A checked run of at most 18 ASCII digits as a number.
@@ -458,7 +402,7 @@ fn is_tchar(b: u8) -> bool {
 
 /// Answer `refusal` as JSON, close the connection, and read what the client still sends for a
 /// moment (see [`LINGER`]).
-async fn refuse(stream: &mut Stream, refusal: &Refusal, extra: &[(&str, &str)]) {
+async fn refuse(stream: &mut Stream, refusal: &Refusal) {
     let body = error_body(refusal.code, &refusal.message);
     let mut head = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n",
@@ -466,8 +410,8 @@ async fn refuse(stream: &mut Stream, refusal: &Refusal, extra: &[(&str, &str)]) 
         refusal.status.canonical_reason().unwrap_or(""),
         body.len()
     );
-    for (name, value) in extra {
-        head.push_str(&format!("{name}: {value}\r\n"));
+    if let Some(seconds) = refusal.retry_after {
+        head.push_str(&format!("retry-after: {seconds}\r\n"));
     }
     head.push_str("\r\n");
     let written = async {

@@ -1,6 +1,8 @@
 //! wakeway's pingora proxy: routes `vs-code-<id>.<domain>` hosts to their workspace, records
 //! activity, wakes sleeping workspaces and holds or answers requests while they start. Everything
 //! else goes to the management API. It knows the lifecycle only through the [`Lifecycle`] trait.
+//! It never blocks on the file system: `proxy/clippy.toml` denies `std::fs` and `Path` calls that
+//! touch the disk, since every request runs on pingora's async runtimes.
 #![forbid(unsafe_code)]
 
 pub mod activity;
@@ -15,6 +17,7 @@ pub mod pages;
 #[cfg(test)]
 mod proptests;
 pub mod ratelimit;
+pub mod refusal;
 pub mod service;
 pub mod stats;
 pub mod tls;

@@ -1,31 +1,126 @@
 //! The HTML pages the proxy answers with itself: waiting, gone (410), unavailable (503), not
 //! found (404), sign-in needed (401) and "open this link in your browser" (a sign-in link seen by
-//! a link preview). Templates live in `proxy/assets/` and are filled with escaped values.
+//! a link preview). One shell (`proxy/assets/page.html`: head, shared stylesheet, brand, card)
+//! holds each page's own parts (its card, styles and script, files in `proxy/assets/`), filled
+//! with escaped values per request.
 
 use bytes::Bytes;
 
 use std::sync::LazyLock;
 
+/// Head, stylesheet, brand and card frame of every page; each page fills its slots.
+const SHELL: &str = include_str!("../assets/page.html");
 const BASE_CSS: &str = include_str!("../assets/base.css");
 
-/// A page template with the shared stylesheet inlined (once, at first use).
+/// What one page puts into the shell. Its card, styles and script are files in `proxy/assets/`.
+struct Layout {
+    /// The `<title>`, before ` · wakeway`.
+    title: &'static str,
+    /// Seconds (or a placeholder) after which the page reloads without JavaScript.
+    refresh: Option<&'static str>,
+    /// Attributes of `<body>` (the tone) and of `<main>` (what the page's script reads).
+    body: &'static str,
+    main: &'static str,
+    /// The card's content (badge, heading, text), what follows the card, the page's own styles
+    /// and script.
+    card: &'static str,
+    after_card: &'static str,
+    css: &'static str,
+    script: &'static str,
+}
+
+impl Layout {
+    /// The page with the shell's slots filled; the request's values are filled by [`render`].
+    fn compose(&self) -> String {
+        let head =
+            self.refresh.map(|s| format!("<noscript><meta http-equiv=\"refresh\" content=\"{s}\"></noscript>\n"));
+        let script =
+            if self.script.is_empty() { String::new() } else { format!("<script>\n{}</script>\n", self.script) };
+        SHELL
+            .replace("{{HEAD}}", &head.unwrap_or_default())
+            .replace("{{TITLE}}", self.title)
+            .replace("{{BASE_CSS}}", BASE_CSS)
+            .replace("{{CSS}}", self.css)
+            .replace("{{BODY}}", self.body)
+            .replace("{{MAIN}}", self.main)
+            .replace("{{CARD}}", self.card)
+            .replace("{{AFTER_CARD}}", self.after_card)
+            .replace("{{SCRIPT}}", &script)
+    }
+
+    /// No refresh, no attributes, nothing beyond the card.
+    const PLAIN: Layout =
+        Layout { title: "", refresh: None, body: "", main: "", card: "", after_card: "", css: "", script: "" };
+}
+
+/// A composed page (once, at first use).
 struct Template(LazyLock<String>);
 
-macro_rules! template {
-    ($file:literal) => {
-        Template(LazyLock::new(|| include_str!($file).replace("{{BASE_CSS}}", BASE_CSS)))
+macro_rules! page {
+    ($($field:ident: $value:expr),* $(,)?) => {
+        Template(LazyLock::new(|| {
+            Layout { $($field: $value,)* ..Layout::PLAIN }.compose()
+        }))
     };
 }
 
-static WAITING: Template = template!("../assets/waiting.html");
-static GONE: Template = template!("../assets/gone.html");
-static UNAVAILABLE: Template = template!("../assets/unavailable.html");
-static NOT_FOUND: Template = template!("../assets/not_found.html");
-static UNAUTHORIZED: Template = template!("../assets/unauthorized.html");
-static OPEN_IN_BROWSER: Template = template!("../assets/open_in_browser.html");
+static GONE: Template =
+    page!(title: "Workspace deleted", body: r#" class="t-gone""#, card: include_str!("../assets/gone.html"));
+static NOT_FOUND: Template =
+    page!(title: "No workspace here", body: r#" class="t-none""#, card: include_str!("../assets/not_found.html"));
+static UNAUTHORIZED: Template =
+    page!(title: "Sign-in needed", body: r#" class="t-gone""#, card: include_str!("../assets/unauthorized.html"));
+static OPEN_IN_BROWSER: Template = page!(
+    title: "Open this link in your browser",
+    body: r#" class="t-info""#,
+    card: include_str!("../assets/open_in_browser.html"),
+);
+static UNAVAILABLE: Template = page!(
+    title: "Workspace unavailable",
+    refresh: Some("{{RETRY_AFTER}}"),
+    body: r#" class="t-warn""#,
+    main: r#" id="app" data-retry="{{RETRY_AFTER}}""#,
+    card: include_str!("../assets/unavailable.html"),
+    css: include_str!("../assets/unavailable.css"),
+    script: include_str!("../assets/unavailable.js"),
+);
+static WAITING: Template = page!(
+    title: "Waking your workspace",
+    refresh: Some("3"),
+    main: r#" id="app" data-status-url="{{STATUS_URL}}""#,
+    card: include_str!("../assets/waiting.html"),
+    after_card: include_str!("../assets/waiting_foot.html"),
+    css: include_str!("../assets/waiting.css"),
+    script: include_str!("../assets/waiting.js"),
+);
 
 /// The path (on every workspace host) that the waiting page polls. It never reaches the workspace.
 pub const STATUS_PATH: &str = "/.wakeway/status";
+
+/// The page a refusal shows browsers (programs get its JSON body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// 404: no workspace at this address.
+    NotFound,
+    /// 401: a sign-in link is needed.
+    Unauthorized,
+    /// 429/502/503: retried after the refusal's `Retry-After`.
+    Unavailable,
+    /// 410: deleted.
+    Gone,
+}
+
+impl Page {
+    /// The page for session `id` (empty when the request named none) saying `message`.
+    pub fn render(self, id: &str, message: &str, retry_after: u64) -> Bytes {
+        match self {
+            Page::NotFound => not_found(message),
+            Page::Unauthorized => unauthorized(id, message),
+            Page::Unavailable => unavailable(id, message, retry_after),
+            Page::Gone => gone(id, message),
+        }
+    }
+}
 
 /// The waiting page for session `id`.
 pub fn waiting(id: &str) -> Bytes {
