@@ -6,6 +6,8 @@ pub mod auth;
 mod backups;
 pub mod error;
 #[cfg(test)]
+mod snapshots;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;

@@ -14,16 +14,16 @@ use wakeway_proxy::{ManualClock, ProxyStats};
 
 use super::*;
 
-const KEY: &str = "test-key-0123456789abcdef";
+pub(super) const KEY: &str = "test-key-0123456789abcdef";
 
-struct Harness {
-    router: Router,
-    manager: Manager,
-    clock: Arc<ManualClock>,
-    _dir: tempfile::TempDir,
+pub(super) struct Harness {
+    pub(super) router: Router,
+    pub(super) manager: Manager,
+    pub(super) clock: Arc<ManualClock>,
+    pub(super) _dir: tempfile::TempDir,
 }
 
-async fn harness(per_minute: u32) -> Harness {
+pub(super) async fn harness(per_minute: u32) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.data_dir = dir.path().to_owned();
@@ -49,7 +49,7 @@ async fn harness(per_minute: u32) -> Harness {
     Harness { router: router(state), manager: built.wakeway.manager, clock, _dir: dir }
 }
 
-async fn call(
+pub(super) async fn call(
     router: &Router,
     method: &str,
     path: &str,
