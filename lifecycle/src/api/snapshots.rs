@@ -110,8 +110,9 @@ async fn every_answer_keeps_its_shape() {
     t.send("PATCH", &format!("/backups/{backup}"), r#"{"keep":true}"#).await;
     t.send("GET", &format!("/backups/{backup}/download"), "").await;
     h.clock.advance(Duration::from_secs(60));
-    let restored =
-        t.send("POST", "/session/create", &format!(r#"{{"user_id":"user@example.com","restore_from":"{backup}"}}"#)).await;
+    let restored = t
+        .send("POST", "/session/create", &format!(r#"{{"user_id":"user@example.com","restore_from":"{backup}"}}"#))
+        .await;
     let second = restored["uuid"].as_str().unwrap().to_string();
     t.name(&second, "{uuid2}");
     t.send("POST", &format!("/session/{second}/wake?wait=true"), "").await;
@@ -156,8 +157,12 @@ async fn every_answer_keeps_its_shape() {
     t.send("POST", &format!("/session/{second}/restore"), r#"{"backup":7}"#).await;
     t.send("POST", &format!("/session/{second}/restore"), r#"{"backup":"nope"}"#).await;
     t.send("POST", &format!("/session/{second}/restore"), &format!(r#"{{"backup":"{backup}","force":true}}"#)).await;
-    t.send("POST", &format!("/session/{second}/restore"), &format!(r#"{{"backup":"{backup}","skip_escaping_symlinks":"yes"}}"#))
-        .await;
+    t.send(
+        "POST",
+        &format!("/session/{second}/restore"),
+        &format!(r#"{{"backup":"{backup}","skip_escaping_symlinks":"yes"}}"#),
+    )
+    .await;
     t.send("PATCH", &format!("/session/{second}/policy"), "{}").await;
     t.send("PATCH", &format!("/session/{second}/policy"), r#"{"idle_timeout":"99d"}"#).await;
     t.send("PATCH", &format!("/session/{second}/policy"), r#"{"idle_timeout":"soon"}"#).await;
