@@ -235,6 +235,7 @@ pub(super) struct Token<'a> {
 #[derive(Serialize)]
 pub(super) struct Revoked<'a> {
     pub uuid: &'a str,
+    /// Always true: the answer confirms what was done.
     pub revoked: bool,
     pub cookie_generation: u64,
     pub message: &'static str,
@@ -245,6 +246,7 @@ pub(super) struct Revoked<'a> {
 pub(super) struct Power<'a> {
     pub uuid: &'a str,
     pub status: &'static str,
+    /// What the seed answered: 0 asleep, 1 awake or waking.
     pub replicas: u8,
     pub message: &'static str,
 }

@@ -14,47 +14,145 @@ use super::tests::{Harness, KEY, call, harness};
 /// by their JSON type, so the field and its type stay pinned.
 const VOLATILE: &[&str] = &["pid", "version", "access_url", "sha256", "size"];
 
+/// One request: method, path, body. `{uuid}` is the first session created, `{uuid2}` the second,
+/// `{backup}` the backup the first one's deletion made, filled in as they become known. `WAIT`: a
+/// minute passes (so backups get names of their own); `NOKEY` / `BADKEY`: sent without the key /
+/// with a wrong one.
+type Step = (&'static str, &'static str, &'static str);
+
+/// v3.1.0's endpoints (create, status, sleep, wake, scale, delete, list, health) and wakeway's.
+const ANSWERS: &[Step] = &[
+    ("NOKEY GET", "/health", ""),
+    ("NOKEY GET", "/metrics", ""),
+    ("POST", "/session/create", r#"{"user_id":"user@example.com"}"#),
+    ("POST", "/session/{uuid}/wake?wait=true", ""),
+    ("GET", "/session/{uuid}/status", ""),
+    ("POST", "/session/{uuid}/scale", r#"{"scale":"up"}"#),
+    ("POST", "/session/{uuid}/sleep", ""),
+    ("WAIT", "", ""),
+    ("POST", "/session/{uuid}/wake", ""),
+    ("POST", "/session/{uuid}/wake?wait=true", ""),
+    ("POST", "/session/{uuid}/scale", r#"{"scale":"down"}"#),
+    ("POST", "/session/{uuid}/token", ""),
+    ("POST", "/session/{uuid}/revoke", ""),
+    ("PATCH", "/session/{uuid}/policy", r#"{"idle_timeout":"30m","keep":true}"#),
+    ("PATCH", "/session/{uuid}/policy", r#"{"idle_timeout":null,"keep":false}"#),
+    ("GET", "/sessions", ""),
+    ("WAIT", "", ""),
+    ("DELETE", "/session/{uuid}", ""),
+    ("GET", "/sessions?include_deleted=true", ""),
+    ("GET", "/backups", ""),
+    ("GET", "/backups/{backup}?verify=true", ""),
+    ("PATCH", "/backups/{backup}", r#"{"keep":true}"#),
+    ("GET", "/backups/{backup}/download", ""),
+    ("WAIT", "", ""),
+    ("POST", "/session/create", r#"{"user_id":"user@example.com","restore_from":"{backup}"}"#),
+    ("POST", "/session/{uuid2}/wake?wait=true", ""),
+    ("POST", "/session/{uuid2}/sleep", ""),
+    ("WAIT", "", ""),
+    ("POST", "/session/{uuid2}/restore", r#"{"backup":"{backup}"}"#),
+];
+
+/// Errors, endpoint by endpoint (after [`ANSWERS`]: `{uuid}` is deleted, `{uuid2}` asleep).
+const ERRORS: &[Step] = &[
+    ("NOKEY GET", "/sessions", ""),
+    ("BADKEY GET", "/sessions", ""),
+    ("GET", "/nope", ""),
+    ("GET", "/session/create", ""),
+    ("POST", "/session/create", ""),
+    ("POST", "/session/create", "{\"user_id\":"),
+    ("POST", "/session/create", "[1]"),
+    ("POST", "/session/create", "{}"),
+    ("POST", "/session/create", r#"{"user_id":null}"#),
+    ("POST", "/session/create", r#"{"user_id":42}"#),
+    ("POST", "/session/create", r#"{"user_id":" "}"#),
+    ("POST", "/session/create", r#"{"user_id":"a","restore_from":7}"#),
+    ("POST", "/session/create", r#"{"user_id":"a","restore_from":"../x"}"#),
+    ("GET", "/session/abc/status", ""),
+    ("GET", "/session/0badc0de/status", ""),
+    ("POST", "/session/0badc0de/sleep", ""),
+    ("POST", "/session/{uuid}/wake", ""),
+    ("POST", "/session/0badc0de/wake?wait=maybe", ""),
+    ("POST", "/session/{uuid2}/scale", r#"{"scale":"sideways"}"#),
+    ("POST", "/session/{uuid2}/scale", r#"{"scale":1}"#),
+    ("POST", "/session/{uuid2}/scale", "{}"),
+    ("DELETE", "/session/0badc0de", ""),
+    ("GET", "/sessions?include_deleted=maybe", ""),
+    ("POST", "/session/0badc0de/token", ""),
+    ("POST", "/session/0badc0de/revoke", ""),
+    ("GET", "/backups?uuid=zz", ""),
+    ("GET", "/backups/nope", ""),
+    ("GET", "/backups/workspace-abc12345-20250101-120000", ""),
+    ("GET", "/backups/workspace-abc12345-20250101-120000/download", ""),
+    ("PATCH", "/backups/{backup}", "{}"),
+    ("PATCH", "/backups/{backup}", r#"{"keep":1}"#),
+    ("PATCH", "/backups/{backup}", r#"{"keep":true,"why":"x"}"#),
+    ("POST", "/session/{uuid2}/restore", "{}"),
+    ("POST", "/session/{uuid2}/restore", r#"{"backup":7}"#),
+    ("POST", "/session/{uuid2}/restore", r#"{"backup":"nope"}"#),
+    ("POST", "/session/{uuid2}/restore", r#"{"backup":"{backup}","force":true}"#),
+    ("POST", "/session/{uuid2}/restore", r#"{"backup":"{backup}","skip_escaping_symlinks":"yes"}"#),
+    ("PATCH", "/session/{uuid2}/policy", "{}"),
+    ("PATCH", "/session/{uuid2}/policy", r#"{"idle_timeout":"99d"}"#),
+    ("PATCH", "/session/{uuid2}/policy", r#"{"idle_timeout":"soon"}"#),
+    ("PATCH", "/session/{uuid2}/policy", r#"{"idle_timeout":5}"#),
+    ("PATCH", "/session/{uuid2}/policy", r#"{"keep":"yes"}"#),
+    ("PATCH", "/session/{uuid2}/policy", r#"{"idle":"5m"}"#),
+];
+
 /// The transcript being written: one block per request.
 struct Transcript<'a> {
     h: &'a Harness,
     text: String,
-    /// Session ids and what they are written as (`{uuid}`, `{uuid2}`).
-    ids: Vec<(String, String)>,
+    /// What the placeholders stand for, as they become known.
+    known: Vec<(&'static str, String)>,
 }
 
 impl Transcript<'_> {
-    /// Send a request and write it and its answer down; the answer's JSON is returned.
-    async fn send(&mut self, method: &str, path: &str, body: &str) -> Value {
-        self.send_with(method, path, Some(KEY), body).await
+    fn fill(&self, template: &str) -> String {
+        self.known.iter().fold(template.to_string(), |text, (name, value)| text.replace(name, value))
     }
 
-    async fn send_with(&mut self, method: &str, path: &str, key: Option<&str>, body: &str) -> Value {
-        let (status, json, headers) = call(&self.h.router, method, path, key, body).await;
-        let mut shown = json.clone();
+    /// Send a step and write it and its answer down (with the placeholders, not their values).
+    async fn run(&mut self, (method, path, body): Step) {
+        if method == "WAIT" {
+            self.h.clock.advance(Duration::from_secs(60));
+            return;
+        }
+        let (key, method) = match method.split_once(' ') {
+            Some(("NOKEY", method)) => (None, method),
+            Some((_, method)) => (Some("wrong-key-0123456789"), method),
+            None => (Some(KEY), method),
+        };
+        let (status, json, headers) = call(&self.h.router, method, &self.fill(path), key, &self.fill(body)).await;
+        self.learn(path, &json);
+        let mut shown = json;
         mask(&mut shown);
-        let mut block = format!("### {method} {path}");
-        if !body.is_empty() {
-            block.push(' ');
-            block.push_str(body);
-        }
         let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        block.push_str(&format!("\n{} {content_type}\n", status.as_u16()));
+        let body = if body.is_empty() { String::new() } else { format!(" {body}") };
+        self.text.push_str(&format!("### {method} {path}{body}\n{} {content_type}\n", status.as_u16()));
         if content_type.starts_with("application/json") {
-            block.push_str(&serde_json::to_string_pretty(&shown).unwrap());
-            block.push('\n');
+            self.text.push_str(&serde_json::to_string_pretty(&shown).unwrap());
+            self.text.push('\n');
         }
-        self.text.push_str(&block);
         self.text.push('\n');
-        json
     }
 
-    fn name(&mut self, id: &str, name: &str) {
-        self.ids.push((id.to_string(), name.to_string()));
+    /// The ids an answer makes known: a created session's, a deletion's backup.
+    fn learn(&mut self, path: &str, json: &Value) {
+        if path == "/session/create" && json["uuid"].is_string() {
+            let name = if self.known.iter().any(|(n, _)| *n == "{uuid}") { "{uuid2}" } else { "{uuid}" };
+            self.known.push((name, json["uuid"].as_str().unwrap().to_string()));
+        }
+        if let Some(file) = json["backup"]["file"].as_str() {
+            self.known.insert(0, ("{backup}", file.trim_end_matches(".zip").to_string()));
+        }
     }
 
     /// The transcript, with session ids written as their names.
     fn finish(self) -> String {
-        self.ids.iter().fold(self.text, |text, (id, name)| text.replace(id.as_str(), name))
+        let ids = self.known.iter().filter(|(name, _)| name.starts_with("{uuid"));
+        ids.fold(self.text, |text, (name, id)| text.replace(id.as_str(), name))
     }
 }
 
@@ -78,97 +176,10 @@ fn mask(v: &mut Value) {
 #[tokio::test]
 async fn every_answer_keeps_its_shape() {
     let h = harness(1000).await;
-    let mut t = Transcript { h: &h, text: String::new(), ids: Vec::new() };
-    t.send_with("GET", "/health", None, "").await;
-    t.send_with("GET", "/metrics", None, "").await;
-
-    // v3.1.0: create, status, sleep, wake, scale, delete, list; then their errors.
-    let created = t.send("POST", "/session/create", r#"{"user_id":"user@example.com"}"#).await;
-    let id = created["uuid"].as_str().unwrap().to_string();
-    t.name(&id, "{uuid}");
-    t.send("POST", &format!("/session/{id}/wake?wait=true"), "").await;
-    t.send("GET", &format!("/session/{id}/status"), "").await;
-    t.send("POST", &format!("/session/{id}/scale"), r#"{"scale":"up"}"#).await;
-    t.send("POST", &format!("/session/{id}/sleep"), "").await;
-    h.clock.advance(Duration::from_secs(60));
-    t.send("POST", &format!("/session/{id}/wake"), "").await;
-    t.send("POST", &format!("/session/{id}/wake?wait=true"), "").await;
-    t.send("POST", &format!("/session/{id}/scale"), r#"{"scale":"down"}"#).await;
-    t.send("POST", &format!("/session/{id}/token"), "").await;
-    t.send("POST", &format!("/session/{id}/revoke"), "").await;
-    t.send("PATCH", &format!("/session/{id}/policy"), r#"{"idle_timeout":"30m","keep":true}"#).await;
-    t.send("PATCH", &format!("/session/{id}/policy"), r#"{"idle_timeout":null,"keep":false}"#).await;
-    t.send("GET", "/sessions", "").await;
-    h.clock.advance(Duration::from_secs(60));
-    let deleted = t.send("DELETE", &format!("/session/{id}"), "").await;
-    let backup = deleted["backup"]["file"].as_str().unwrap().trim_end_matches(".zip").to_string();
-    t.send("GET", "/sessions?include_deleted=true", "").await;
-
-    // The backup catalog and restores.
-    t.send("GET", "/backups", "").await;
-    t.send("GET", &format!("/backups/{backup}?verify=true"), "").await;
-    t.send("PATCH", &format!("/backups/{backup}"), r#"{"keep":true}"#).await;
-    t.send("GET", &format!("/backups/{backup}/download"), "").await;
-    h.clock.advance(Duration::from_secs(60));
-    let restored = t
-        .send("POST", "/session/create", &format!(r#"{{"user_id":"user@example.com","restore_from":"{backup}"}}"#))
-        .await;
-    let second = restored["uuid"].as_str().unwrap().to_string();
-    t.name(&second, "{uuid2}");
-    t.send("POST", &format!("/session/{second}/wake?wait=true"), "").await;
-    t.send("POST", &format!("/session/{second}/sleep"), "").await;
-    h.clock.advance(Duration::from_secs(60));
-    t.send("POST", &format!("/session/{second}/restore"), &format!(r#"{{"backup":"{backup}"}}"#)).await;
-
-    // Errors, endpoint by endpoint.
-    t.send_with("GET", "/sessions", None, "").await;
-    t.send_with("GET", "/sessions", Some("wrong-key-0123456789"), "").await;
-    t.send("GET", "/nope", "").await;
-    t.send("GET", "/session/create", "").await;
-    t.send("POST", "/session/create", "").await;
-    t.send("POST", "/session/create", "{\"user_id\":").await;
-    t.send("POST", "/session/create", "[1]").await;
-    t.send("POST", "/session/create", "{}").await;
-    t.send("POST", "/session/create", r#"{"user_id":null}"#).await;
-    t.send("POST", "/session/create", r#"{"user_id":42}"#).await;
-    t.send("POST", "/session/create", r#"{"user_id":" "}"#).await;
-    t.send("POST", "/session/create", r#"{"user_id":"a","restore_from":7}"#).await;
-    t.send("POST", "/session/create", r#"{"user_id":"a","restore_from":"../x"}"#).await;
-    t.send("GET", "/session/abc/status", "").await;
-    t.send("GET", "/session/0badc0de/status", "").await;
-    t.send("POST", "/session/0badc0de/sleep", "").await;
-    t.send("POST", &format!("/session/{id}/wake"), "").await;
-    t.send("POST", "/session/0badc0de/wake?wait=maybe", "").await;
-    t.send("POST", &format!("/session/{second}/scale"), r#"{"scale":"sideways"}"#).await;
-    t.send("POST", &format!("/session/{second}/scale"), r#"{"scale":1}"#).await;
-    t.send("POST", &format!("/session/{second}/scale"), "{}").await;
-    t.send("DELETE", "/session/0badc0de", "").await;
-    t.send("GET", "/sessions?include_deleted=maybe", "").await;
-    t.send("POST", "/session/0badc0de/token", "").await;
-    t.send("POST", "/session/0badc0de/revoke", "").await;
-    t.send("GET", "/backups?uuid=zz", "").await;
-    t.send("GET", "/backups/nope", "").await;
-    t.send("GET", "/backups/workspace-abc12345-20250101-120000", "").await;
-    t.send("GET", "/backups/workspace-abc12345-20250101-120000/download", "").await;
-    t.send("PATCH", &format!("/backups/{backup}"), "{}").await;
-    t.send("PATCH", &format!("/backups/{backup}"), r#"{"keep":1}"#).await;
-    t.send("PATCH", &format!("/backups/{backup}"), r#"{"keep":true,"why":"x"}"#).await;
-    t.send("POST", &format!("/session/{second}/restore"), "{}").await;
-    t.send("POST", &format!("/session/{second}/restore"), r#"{"backup":7}"#).await;
-    t.send("POST", &format!("/session/{second}/restore"), r#"{"backup":"nope"}"#).await;
-    t.send("POST", &format!("/session/{second}/restore"), &format!(r#"{{"backup":"{backup}","force":true}}"#)).await;
-    t.send(
-        "POST",
-        &format!("/session/{second}/restore"),
-        &format!(r#"{{"backup":"{backup}","skip_escaping_symlinks":"yes"}}"#),
-    )
-    .await;
-    t.send("PATCH", &format!("/session/{second}/policy"), "{}").await;
-    t.send("PATCH", &format!("/session/{second}/policy"), r#"{"idle_timeout":"99d"}"#).await;
-    t.send("PATCH", &format!("/session/{second}/policy"), r#"{"idle_timeout":"soon"}"#).await;
-    t.send("PATCH", &format!("/session/{second}/policy"), r#"{"idle_timeout":5}"#).await;
-    t.send("PATCH", &format!("/session/{second}/policy"), r#"{"keep":"yes"}"#).await;
-    t.send("PATCH", &format!("/session/{second}/policy"), r#"{"idle":"5m"}"#).await;
+    let mut t = Transcript { h: &h, text: String::new(), known: Vec::new() };
+    for step in ANSWERS.iter().chain(ERRORS) {
+        t.run(*step).await;
+    }
     h.manager.stop_all().await;
     let text = t.finish();
 
@@ -178,16 +189,21 @@ async fn every_answer_keeps_its_shape() {
         return;
     }
     let expected = std::fs::read_to_string(path).unwrap_or_default();
-    if expected != text {
-        let first = expected.lines().zip(text.lines()).position(|(a, b)| a != b);
-        let line = first.unwrap_or(expected.lines().count().min(text.lines().count()));
-        let actual: Vec<&str> = text.lines().skip(line.saturating_sub(3)).take(8).collect();
-        let wanted: Vec<&str> = expected.lines().skip(line.saturating_sub(3)).take(8).collect();
+    if let Some(line) = first_difference(&expected, &text) {
+        let around = |t: &str| t.lines().skip(line.saturating_sub(3)).take(8).collect::<Vec<_>>().join("\n");
         panic!(
             "the API's answers changed at line {} of snapshots.txt\nexpected:\n{}\nactual:\n{}",
             line + 1,
-            wanted.join("\n"),
-            actual.join("\n")
+            around(&expected),
+            around(&text)
         );
     }
+}
+
+/// The first line (from 0) where `a` and `b` differ.
+fn first_difference(a: &str, b: &str) -> Option<usize> {
+    if a == b {
+        return None;
+    }
+    Some(a.lines().zip(b.lines()).position(|(x, y)| x != y).unwrap_or(a.lines().count().min(b.lines().count())))
 }
