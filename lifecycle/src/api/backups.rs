@@ -20,6 +20,7 @@ use super::extract::{
     BACKUP_EXAMPLE, BACKUP_ID, BackupPath, Body, Field, JsonBody, SessionPath, check_backup_id, present,
 };
 use super::{ApiError, ApiState, answer, bad_query, parse_id};
+use crate::catalog::BackupRecord;
 use crate::manager::{BackupFilter, PolicyPatch, RestoreRequest};
 
 #[derive(Deserialize)]
@@ -87,59 +88,91 @@ pub(super) async fn download(
     let (path, record) = state.manager.backup_download(&id).await?;
     let etag = format!("\"{}\"", record.sha256);
     let etag_value = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\""));
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*"))
-    {
+    let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    if header(header::IF_NONE_MATCH).is_some_and(|v| v.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*")) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
     }
-    let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "backup_unreadable", format!("Cannot open backup {id}: {e}."))
-    })?;
-    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let unreadable = |what: &str, e: io::Error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "backup_unreadable",
+            format!("Cannot {what} backup {id}: {e}."),
+        )
+    };
+    let (mut file, len) = open_zip(&path).await.map_err(|e| unreadable("open", e))?;
     if len != record.size {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "backup_unverified",
-            format!(
-                "Backup {id} is {len} bytes on disk, {} were verified; check it with GET /backups/{id}?verify=true.",
-                record.size
-            ),
-        ));
+        return Err(size_changed(&record, len));
     }
     // A resumed download asks for the rest: one byte range, honoured only for this very zip.
-    let same_zip = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()).is_none_or(|tag| tag.trim() == etag);
-    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+    let same_zip = header(header::IF_RANGE).is_none_or(|tag| tag.trim() == etag);
+    let range = match header(header::RANGE) {
         Some(spec) if same_zip => byte_range(spec, len),
         _ => ByteRange::Whole,
     };
     let (status, start, end) = match range {
         ByteRange::Whole => (StatusCode::OK, 0, len),
         ByteRange::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
-        ByteRange::Unsatisfiable => {
-            let mut response = ApiError::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "range_not_satisfiable",
-                format!("Backup {id} is {len} bytes: ask for a range within it (bytes=0-{}).", len.saturating_sub(1)),
-            )
-            .into_response();
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
-                response.headers_mut().insert(header::CONTENT_RANGE, v);
-            }
-            return Ok(response);
-        }
+        ByteRange::Unsatisfiable => return Ok(unsatisfiable(&id, len)),
     };
     if start > 0 {
-        file.seek(io::SeekFrom::Start(start)).await.map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "backup_unreadable",
-                format!("Cannot read backup {id}: {e}."),
-            )
-        })?;
+        file.seek(io::SeekFrom::Start(start)).await.map_err(|e| unreadable("read", e))?;
     }
-    let chunks = futures::stream::unfold((file, end - start), |(mut file, left)| async move {
+    let response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/zip")
+        .header(header::CONTENT_LENGTH, end - start)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::ETAG, etag_value)
+        .header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{}\"", record.file))
+        .header(header::CACHE_CONTROL, "no-store");
+    let response = match status {
+        StatusCode::PARTIAL_CONTENT => {
+            response.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", end - 1))
+        }
+        _ => response,
+    };
+    response
+        .body(ResponseBody::from_stream(chunks(file, end - start)))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+/// The zip and its length on disk.
+async fn open_zip(path: &std::path::Path) -> io::Result<(tokio::fs::File, u64)> {
+    let file = tokio::fs::File::open(path).await?;
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    Ok((file, len))
+}
+
+/// 409 for a zip whose size is not the one verified.
+fn size_changed(record: &BackupRecord, len: u64) -> ApiError {
+    let id = &record.id;
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "backup_unverified",
+        format!(
+            "Backup {id} is {len} bytes on disk, {} were verified; check it with GET /backups/{id}?verify=true.",
+            record.size
+        ),
+    )
+}
+
+/// 416 for a range past the end of a zip of `len` bytes, with the `Content-Range` RFC 9110 asks for.
+fn unsatisfiable(id: &str, len: u64) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "range_not_satisfiable",
+        format!("Backup {id} is {len} bytes: ask for a range within it (bytes=0-{}).", len.saturating_sub(1)),
+    )
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+        response.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    response
+}
+
+/// The next `left` bytes of `file`, in chunks of at most 256 KiB; an error if it ends before.
+fn chunks(file: tokio::fs::File, left: u64) -> impl futures::Stream<Item = io::Result<bytes::Bytes>> {
+    futures::stream::unfold((file, left), |(mut file, left)| async move {
         if left == 0 {
             return None;
         }
@@ -154,22 +187,7 @@ pub(super) async fn download(
             }
             Err(e) => Some((Err(e), (file, 0))),
         }
-    });
-    let disposition = format!("attachment; filename=\"{}\"", record.file);
-    let mut response = Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/zip")
-        .header(header::CONTENT_LENGTH, end - start)
-        .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::ETAG, etag_value)
-        .header(header::CONTENT_DISPOSITION, disposition)
-        .header(header::CACHE_CONTROL, "no-store");
-    if status == StatusCode::PARTIAL_CONTENT {
-        response = response.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", end - 1));
-    }
-    response
-        .body(ResponseBody::from_stream(chunks))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+    })
 }
 
 /// What a `Range` header asks of a file of `len` bytes.
@@ -254,10 +272,10 @@ pub(super) async fn restore(
 #[serde(deny_unknown_fields)]
 pub(super) struct PolicyBody {
     #[serde(default, deserialize_with = "present")]
-    idle_timeout: Option<Option<String>>,
+    pub(super) idle_timeout: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    sleep_to_delete: Option<Option<String>>,
-    keep: Option<bool>,
+    pub(super) sleep_to_delete: Option<Option<String>>,
+    pub(super) keep: Option<bool>,
 }
 
 const DURATION: &str = "a duration such as \"30m\" or \"3d\", or null";

@@ -254,3 +254,66 @@ impl<'de> MapAccess<'de> for Fields {
 pub(super) fn present<'de, D: de::Deserializer<'de>, T: serde::Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
     T::deserialize(d).map(Some)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::CreateBody;
+    use crate::api::backups::{KeepBody, PolicyBody, RestoreBody};
+
+    fn refusal<T: Body>(json: &str) -> (u16, &'static str, String) {
+        match read::<T>(json.as_bytes()).and_then(|body| body.check().map(|()| body)) {
+            Ok(_) => panic!("{json} was accepted"),
+            Err(e) => (e.status.as_u16(), e.code, e.message),
+        }
+    }
+
+    #[test]
+    fn v3_bodies_keep_accepting_fields_they_do_not_know() {
+        let body = read::<CreateBody>(br#"{"user_id":"u@example.com","team":"x","size":3}"#).unwrap();
+        assert_eq!(body.user_id, "u@example.com");
+    }
+
+    #[test]
+    fn strict_bodies_refuse_unknown_fields_before_anything_else() {
+        let (status, code, message) = refusal::<KeepBody>(r#"{"keep":"no","why":1}"#);
+        assert_eq!((status, code), (422, "invalid_field"));
+        assert_eq!(message, "Unknown field \"why\"; the fields are keep.");
+        let (_, _, message) = refusal::<RestoreBody>(r#"{"extra":1,"backup":7}"#);
+        assert!(message.starts_with("Unknown field \"extra\""), "{message}");
+    }
+
+    #[test]
+    fn the_first_fault_does_not_depend_on_the_order_fields_are_written_in() {
+        let a = refusal::<RestoreBody>(r#"{"backup":7,"skip_escaping_symlinks":"x"}"#);
+        let b = refusal::<RestoreBody>(r#"{"skip_escaping_symlinks":"x","backup":7}"#);
+        assert_eq!(a, b);
+        assert!(a.2.contains("\"backup\""), "{a:?}");
+    }
+
+    #[test]
+    fn null_is_absent_and_absent_is_missing_where_a_value_is_required() {
+        for json in [r#"{}"#, r#"{"keep":null}"#] {
+            let (status, code, message) = refusal::<KeepBody>(json);
+            assert_eq!((status, code), (422, "missing_field"), "{json}");
+            assert_eq!(message, "The field \"keep\" is required, e.g. {\"keep\": true}.");
+        }
+    }
+
+    #[test]
+    fn a_policy_tells_null_from_absent() {
+        let body = read::<PolicyBody>(br#"{"idle_timeout":null,"keep":true}"#).unwrap();
+        assert_eq!((body.idle_timeout, body.sleep_to_delete, body.keep), (Some(None), None, Some(true)));
+        let body = read::<PolicyBody>(br#"{"sleep_to_delete":"3d"}"#).unwrap();
+        assert_eq!(body.sleep_to_delete, Some(Some("3d".to_string())));
+        assert_eq!(refusal::<PolicyBody>("{}").1, "missing_field");
+    }
+
+    #[test]
+    fn values_are_checked_after_types() {
+        let (status, code, _) = refusal::<CreateBody>(r#"{"user_id":"a","restore_from":"../x"}"#);
+        assert_eq!((status, code), (400, "invalid_backup_id"));
+        let (status, code, _) = refusal::<CreateBody>(r#"{"user_id":""}"#);
+        assert_eq!((status, code), (422, "invalid_user_id"));
+    }
+}

@@ -142,6 +142,16 @@ async fn bad_input_gets_a_precise_error() {
     }
 }
 
+/// The router holds `max_api_body_bytes` itself (the proxy does before it), in the same words.
+#[tokio::test]
+async fn an_oversized_body_is_refused_as_json() {
+    let h = harness(100).await;
+    let huge = format!(r#"{{"user_id":"{}"}}"#, "x".repeat(70 * 1024));
+    let (status, json, _) = call(&h.router, "POST", "/session/create", Some(KEY), &huge).await;
+    assert_eq!((status.as_u16(), code(&json)), (413, "body_too_large"), "{json}");
+    assert_eq!(json["error"]["message"], "request body is larger than 65536 bytes");
+}
+
 #[tokio::test]
 async fn health_and_metrics_need_no_key() {
     let h = harness(100).await;
