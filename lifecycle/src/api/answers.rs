@@ -241,16 +241,6 @@ pub(super) struct Revoked<'a> {
     pub message: &'static str,
 }
 
-/// `POST /session/{uuid}/sleep` and `/wake`: where the workspace is, and what happens next.
-#[derive(Serialize)]
-pub(super) struct Power<'a> {
-    pub uuid: &'a str,
-    pub status: &'static str,
-    /// What the seed answered: 0 asleep, 1 awake or waking.
-    pub replicas: u8,
-    pub message: &'static str,
-}
-
 /// `POST /session/{uuid}/scale`.
 #[derive(Serialize)]
 pub(super) struct Scaled<'a> {
@@ -268,6 +258,16 @@ pub(super) struct Deleted<'a> {
     pub uuid: &'a str,
     pub status: &'static str,
     pub backup: Option<Backup<'a>>,
+    pub message: &'static str,
+}
+
+/// `POST /session/{uuid}/sleep` and `/wake`: where the workspace is, and what happens next.
+#[derive(Serialize)]
+pub(super) struct Power<'a> {
+    pub uuid: &'a str,
+    pub status: &'static str,
+    /// What the seed answered: 0 asleep, 1 awake or waking.
+    pub replicas: u8,
     pub message: &'static str,
 }
 

@@ -22,7 +22,7 @@ use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use http::{HeaderValue, StatusCode, header};
 use serde::Deserialize;
-use wakeway_proxy::{ActivitySource, SessionId};
+use wakeway_proxy::ActivitySource;
 
 use crate::manager::{LifecycleError, Manager, RestoreRequest, ScaleDirection, SleepReason};
 use crate::session::{Session, seed_timestamp};

@@ -14,91 +14,13 @@ use super::tests::{Harness, KEY, call, harness};
 /// by their JSON type, so the field and its type stay pinned.
 const VOLATILE: &[&str] = &["pid", "version", "access_url", "sha256", "size"];
 
-/// One request: method, path, body. `{uuid}` is the first session created, `{uuid2}` the second,
-/// `{backup}` the backup the first one's deletion made, filled in as they become known. `WAIT`: a
-/// minute passes (so backups get names of their own); `NOKEY` / `BADKEY`: sent without the key /
-/// with a wrong one.
-type Step = (&'static str, &'static str, &'static str);
-
-/// v3.1.0's endpoints (create, status, sleep, wake, scale, delete, list, health) and wakeway's.
-const ANSWERS: &[Step] = &[
-    ("NOKEY GET", "/health", ""),
-    ("NOKEY GET", "/metrics", ""),
-    ("POST", "/session/create", r#"{"user_id":"user@example.com"}"#),
-    ("POST", "/session/{uuid}/wake?wait=true", ""),
-    ("GET", "/session/{uuid}/status", ""),
-    ("POST", "/session/{uuid}/scale", r#"{"scale":"up"}"#),
-    ("POST", "/session/{uuid}/sleep", ""),
-    ("WAIT", "", ""),
-    ("POST", "/session/{uuid}/wake", ""),
-    ("POST", "/session/{uuid}/wake?wait=true", ""),
-    ("POST", "/session/{uuid}/scale", r#"{"scale":"down"}"#),
-    ("POST", "/session/{uuid}/token", ""),
-    ("POST", "/session/{uuid}/revoke", ""),
-    ("PATCH", "/session/{uuid}/policy", r#"{"idle_timeout":"30m","keep":true}"#),
-    ("PATCH", "/session/{uuid}/policy", r#"{"idle_timeout":null,"keep":false}"#),
-    ("GET", "/sessions", ""),
-    ("WAIT", "", ""),
-    ("DELETE", "/session/{uuid}", ""),
-    ("GET", "/sessions?include_deleted=true", ""),
-    ("GET", "/backups", ""),
-    ("GET", "/backups/{backup}?verify=true", ""),
-    ("PATCH", "/backups/{backup}", r#"{"keep":true}"#),
-    ("GET", "/backups/{backup}/download", ""),
-    ("WAIT", "", ""),
-    ("POST", "/session/create", r#"{"user_id":"user@example.com","restore_from":"{backup}"}"#),
-    ("POST", "/session/{uuid2}/wake?wait=true", ""),
-    ("POST", "/session/{uuid2}/sleep", ""),
-    ("WAIT", "", ""),
-    ("POST", "/session/{uuid2}/restore", r#"{"backup":"{backup}"}"#),
-];
-
-/// Errors, endpoint by endpoint (after [`ANSWERS`]: `{uuid}` is deleted, `{uuid2}` asleep).
-const ERRORS: &[Step] = &[
-    ("NOKEY GET", "/sessions", ""),
-    ("BADKEY GET", "/sessions", ""),
-    ("GET", "/nope", ""),
-    ("GET", "/session/create", ""),
-    ("POST", "/session/create", ""),
-    ("POST", "/session/create", "{\"user_id\":"),
-    ("POST", "/session/create", "[1]"),
-    ("POST", "/session/create", "{}"),
-    ("POST", "/session/create", r#"{"user_id":null}"#),
-    ("POST", "/session/create", r#"{"user_id":42}"#),
-    ("POST", "/session/create", r#"{"user_id":" "}"#),
-    ("POST", "/session/create", r#"{"user_id":"a","restore_from":7}"#),
-    ("POST", "/session/create", r#"{"user_id":"a","restore_from":"../x"}"#),
-    ("GET", "/session/abc/status", ""),
-    ("GET", "/session/0badc0de/status", ""),
-    ("POST", "/session/0badc0de/sleep", ""),
-    ("POST", "/session/{uuid}/wake", ""),
-    ("POST", "/session/0badc0de/wake?wait=maybe", ""),
-    ("POST", "/session/{uuid2}/scale", r#"{"scale":"sideways"}"#),
-    ("POST", "/session/{uuid2}/scale", r#"{"scale":1}"#),
-    ("POST", "/session/{uuid2}/scale", "{}"),
-    ("DELETE", "/session/0badc0de", ""),
-    ("GET", "/sessions?include_deleted=maybe", ""),
-    ("POST", "/session/0badc0de/token", ""),
-    ("POST", "/session/0badc0de/revoke", ""),
-    ("GET", "/backups?uuid=zz", ""),
-    ("GET", "/backups/nope", ""),
-    ("GET", "/backups/workspace-abc12345-20250101-120000", ""),
-    ("GET", "/backups/workspace-abc12345-20250101-120000/download", ""),
-    ("PATCH", "/backups/{backup}", "{}"),
-    ("PATCH", "/backups/{backup}", r#"{"keep":1}"#),
-    ("PATCH", "/backups/{backup}", r#"{"keep":true,"why":"x"}"#),
-    ("POST", "/session/{uuid2}/restore", "{}"),
-    ("POST", "/session/{uuid2}/restore", r#"{"backup":7}"#),
-    ("POST", "/session/{uuid2}/restore", r#"{"backup":"nope"}"#),
-    ("POST", "/session/{uuid2}/restore", r#"{"backup":"{backup}","force":true}"#),
-    ("POST", "/session/{uuid2}/restore", r#"{"backup":"{backup}","skip_escaping_symlinks":"yes"}"#),
-    ("PATCH", "/session/{uuid2}/policy", "{}"),
-    ("PATCH", "/session/{uuid2}/policy", r#"{"idle_timeout":"99d"}"#),
-    ("PATCH", "/session/{uuid2}/policy", r#"{"idle_timeout":"soon"}"#),
-    ("PATCH", "/session/{uuid2}/policy", r#"{"idle_timeout":5}"#),
-    ("PATCH", "/session/{uuid2}/policy", r#"{"keep":"yes"}"#),
-    ("PATCH", "/session/{uuid2}/policy", r#"{"idle":"5m"}"#),
-];
+/// The pinned transcript, and the script it was written by: each block's `### ` line is a
+/// request, sent in order: `[NOKEY |BADKEY ]METHOD PATH[ BODY]` (without the key / with a wrong
+/// one), or `WAIT` (a minute passes, so backups get names of their own). `{uuid}` is the first
+/// session created, `{uuid2}` the second, `{backup}` the backup the first one's deletion made,
+/// filled in as they become known. The v3.1.0 endpoints come first, then wakeway's, then the
+/// errors endpoint by endpoint.
+const SNAPSHOTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/api/snapshots.txt");
 
 /// The transcript being written: one block per request.
 struct Transcript<'a> {
@@ -114,23 +36,31 @@ impl Transcript<'_> {
     }
 
     /// Send a step and write it and its answer down (with the placeholders, not their values).
-    async fn run(&mut self, (method, path, body): Step) {
-        if method == "WAIT" {
+    async fn run(&mut self, step: &str) {
+        if step == "WAIT" {
             self.h.clock.advance(Duration::from_secs(60));
+            self.text.push_str("### WAIT\n\n");
             return;
         }
-        let (key, method) = match method.split_once(' ') {
-            Some(("NOKEY", method)) => (None, method),
-            Some((_, method)) => (Some("wrong-key-0123456789"), method),
-            None => (Some(KEY), method),
+        let (key, step) = match step.split_once(' ') {
+            Some(("NOKEY", rest)) => (None, rest),
+            Some(("BADKEY", rest)) => (Some("wrong-key-0123456789"), rest),
+            _ => (Some(KEY), step),
         };
+        let mut words = step.splitn(3, ' ');
+        let (method, path, body) = (words.next().unwrap(), words.next().unwrap(), words.next().unwrap_or(""));
         let (status, json, headers) = call(&self.h.router, method, &self.fill(path), key, &self.fill(body)).await;
         self.learn(path, &json);
         let mut shown = json;
         mask(&mut shown);
         let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let body = if body.is_empty() { String::new() } else { format!(" {body}") };
-        self.text.push_str(&format!("### {method} {path}{body}\n{} {content_type}\n", status.as_u16()));
+        let key = match key {
+            None => "NOKEY ",
+            Some(KEY) => "",
+            Some(_) => "BADKEY ",
+        };
+        self.text.push_str(&format!("### {key}{method} {path}{body}\n{} {content_type}\n", status.as_u16()));
         if content_type.starts_with("application/json") {
             self.text.push_str(&serde_json::to_string_pretty(&shown).unwrap());
             self.text.push('\n');
@@ -175,20 +105,18 @@ fn mask(v: &mut Value) {
 
 #[tokio::test]
 async fn every_answer_keeps_its_shape() {
+    let expected = std::fs::read_to_string(SNAPSHOTS).unwrap();
     let h = harness(1000).await;
     let mut t = Transcript { h: &h, text: String::new(), known: Vec::new() };
-    for step in ANSWERS.iter().chain(ERRORS) {
-        t.run(*step).await;
+    for step in expected.lines().filter_map(|line| line.strip_prefix("### ")) {
+        t.run(step).await;
     }
     h.manager.stop_all().await;
     let text = t.finish();
-
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/api/snapshots.txt");
     if std::env::var_os("WAKEWAY_UPDATE_SNAPSHOTS").is_some() {
-        std::fs::write(path, &text).unwrap();
+        std::fs::write(SNAPSHOTS, &text).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(path).unwrap_or_default();
     if let Some(line) = first_difference(&expected, &text) {
         let around = |t: &str| t.lines().skip(line.saturating_sub(3)).take(8).collect::<Vec<_>>().join("\n");
         panic!(

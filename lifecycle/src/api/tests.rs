@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
 use wakeway_config::Config;
-use wakeway_proxy::{ManualClock, ProxyStats};
+use wakeway_proxy::{ManualClock, ProxyStats, SessionId};
 
 use super::*;
 
