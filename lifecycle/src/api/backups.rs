@@ -5,128 +5,23 @@
 use std::io;
 use std::time::Duration;
 
-use axum::Json;
-use axum::body::Body;
+use axum::body::Body as ResponseBody;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use wakeway_config::{format_duration, parse_duration};
 
-use super::{ApiError, ApiState, bad_query, json_object, parse_id, rfc3339};
-use crate::catalog::{BackupRecord, valid_id};
-use crate::manager::{BackupFilter, Manager, PolicyPatch, RestoreRequest};
-use crate::restore::Report;
-use crate::session::Session;
-
-/// The JSON of one backup.
-pub(super) fn record_json(manager: &Manager, r: &BackupRecord) -> Value {
-    json!({
-        "id": r.id,
-        "file": r.file,
-        "session": r.session,
-        "user_id": r.user_id,
-        "created_at": rfc3339(r.created_at),
-        "size": r.size,
-        "sha256": r.sha256,
-        "entries": r.entries,
-        "content_bytes": r.content_bytes,
-        "skipped": r.skipped,
-        "layout": r.layout,
-        "roots": r.roots,
-        "verified": r.verified,
-        "verification": if r.verified { "ok" } else { "failed" },
-        "error": r.error,
-        "verified_at": rfc3339(r.verified_at),
-        "reason": r.reason,
-        "keep": r.keep,
-        "expires_at": (!r.keep).then(|| rfc3339(crate::policy::after(r.created_at, manager.config().backup_retention))),
-        "download": format!("/backups/{}/download", r.id),
-    })
-}
-
-pub(super) fn report_json(r: &Report) -> Value {
-    json!({
-        "files": r.files, "dirs": r.dirs, "symlinks": r.symlinks, "bytes": r.bytes, "skipped": r.skipped,
-        "roots": r.roots, "left_out": r.left_out,
-    })
-}
-
-/// The session's effective policy, its overrides and the admin's bounds.
-pub(super) fn policy_json(manager: &Manager, s: &Session) -> Value {
-    let policy = manager.policy();
-    let config = manager.config();
-    let ms = |v: Option<u64>| v.map(|ms| format_duration(Duration::from_millis(ms)));
-    json!({
-        "idle_timeout": format_duration(policy.idle_timeout(s)),
-        "sleep_to_delete": format_duration(policy.sleep_to_delete(s)),
-        "keep": s.policy.keep,
-        "overrides": {
-            "idle_timeout": ms(s.policy.idle_timeout_ms),
-            "sleep_to_delete": ms(s.policy.sleep_to_delete_ms),
-        },
-        "bounds": {
-            "max_idle_timeout": format_duration(config.max_idle_timeout),
-            "max_sleep_to_delete": format_duration(config.max_sleep_to_delete),
-        },
-    })
-}
-
-fn check_backup_id(id: &str) -> Result<(), ApiError> {
-    if valid_id(id) {
-        return Ok(());
-    }
-    Err(ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_backup_id",
-        format!("{id:?} is not a backup id (e.g. \"workspace-abc12345-20250101-120000\"; see GET /backups)."),
-    ))
-}
-
-fn optional_bool(map: &Map<String, Value>, name: &str) -> Result<Option<bool>, ApiError> {
-    match map.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_field",
-            format!("The field {name:?} must be true or false."),
-        )),
-    }
-}
-
-fn only_fields(map: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
-    match map.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(unknown) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_field",
-            format!("Unknown field {unknown:?}; the fields are {}.", allowed.join(", ")),
-        )),
-        None => Ok(()),
-    }
-}
-
-/// `{"backup": id, "skip_escaping_symlinks": bool}` (or `restore_from` at create).
-pub(super) fn restore_request(map: &Map<String, Value>, field: &str) -> Result<Option<RestoreRequest>, ApiError> {
-    let backup = match map.get(field) {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(id)) => id.clone(),
-        Some(_) => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_field",
-                format!("The field {field:?} must be a backup id (a string; see GET /backups)."),
-            ));
-        }
-    };
-    check_backup_id(&backup)?;
-    let skip_escaping_symlinks = optional_bool(map, "skip_escaping_symlinks")?.unwrap_or(false);
-    Ok(Some(RestoreRequest { backup, skip_escaping_symlinks }))
-}
+use super::answers::{Backups, PolicySet, Record, RestoreDone, RestoreReport};
+use super::extract::{
+    BACKUP_EXAMPLE, BACKUP_ID, BackupPath, Body, Field, JsonBody, SessionPath, check_backup_id, present,
+};
+use super::{ApiError, ApiState, answer, bad_query, parse_id};
+use crate::catalog::BackupRecord;
+use crate::manager::{BackupFilter, PolicyPatch, RestoreRequest};
 
 #[derive(Deserialize)]
 pub(super) struct BackupsQuery {
@@ -137,14 +32,14 @@ pub(super) struct BackupsQuery {
 pub(super) async fn list(
     State(state): State<ApiState>,
     query: Result<Query<BackupsQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(BackupsQuery { user_id, uuid }) = query.map_err(bad_query)?;
     if let Some(id) = &uuid {
         parse_id(id)?;
     }
     let records = state.manager.backups(BackupFilter { user_id, session: uuid }).await?;
-    let backups: Vec<Value> = records.iter().map(|r| record_json(&state.manager, r)).collect();
-    Ok(Json(json!({ "count": backups.len(), "backups": backups })))
+    let backups: Vec<Record> = records.iter().map(|r| Record::of(&state.manager, r)).collect();
+    Ok(answer(Backups { count: backups.len(), backups }))
 }
 
 #[derive(Deserialize)]
@@ -155,98 +50,129 @@ pub(super) struct DetailQuery {
 
 pub(super) async fn detail(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    BackupPath(id): BackupPath,
     query: Result<Query<DetailQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    check_backup_id(&id)?;
+) -> Result<Response, ApiError> {
     let verify = query.map_err(bad_query)?.verify;
     let record = state.manager.backup_record(&id, verify).await?;
-    Ok(Json(record_json(&state.manager, &record)))
+    Ok(answer(Record::of(&state.manager, &record)))
+}
+
+/// `PATCH /backups/{id}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KeepBody {
+    keep: bool,
+}
+
+impl Body for KeepBody {
+    const FIELDS: &'static [Field] = &[Field { name: "keep", must_be: "true or false", example: "true" }];
 }
 
 pub(super) async fn patch(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    check_backup_id(&id)?;
-    let map = json_object(&body)?;
-    only_fields(&map, &["keep"])?;
-    let Some(keep) = optional_bool(&map, "keep")? else {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "missing_field",
-            "The field \"keep\" is required, e.g. {\"keep\": true}.",
-        ));
-    };
-    let record = state.manager.set_backup_keep(&id, keep).await?;
-    Ok(Json(record_json(&state.manager, &record)))
+    BackupPath(id): BackupPath,
+    JsonBody(body): JsonBody<KeepBody>,
+) -> Result<Response, ApiError> {
+    let record = state.manager.set_backup_keep(&id, body.keep).await?;
+    Ok(answer(Record::of(&state.manager, &record)))
 }
 
 /// The zip, streamed from disk in 256 KiB chunks (never buffered whole), with its size and its
 /// SHA-256 as the ETag.
 pub(super) async fn download(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    BackupPath(id): BackupPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    check_backup_id(&id)?;
     let (path, record) = state.manager.backup_download(&id).await?;
     let etag = format!("\"{}\"", record.sha256);
     let etag_value = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\""));
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*"))
-    {
+    let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    if header(header::IF_NONE_MATCH).is_some_and(|v| v.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*")) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
     }
-    let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "backup_unreadable", format!("Cannot open backup {id}: {e}."))
-    })?;
-    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let unreadable = |what: &str, e: io::Error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "backup_unreadable",
+            format!("Cannot {what} backup {id}: {e}."),
+        )
+    };
+    let (mut file, len) = open_zip(&path).await.map_err(|e| unreadable("open", e))?;
     if len != record.size {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "backup_unverified",
-            format!(
-                "Backup {id} is {len} bytes on disk, {} were verified; check it with GET /backups/{id}?verify=true.",
-                record.size
-            ),
-        ));
+        return Err(size_changed(&record, len));
     }
     // A resumed download asks for the rest: one byte range, honoured only for this very zip.
-    let same_zip = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()).is_none_or(|tag| tag.trim() == etag);
-    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+    let same_zip = header(header::IF_RANGE).is_none_or(|tag| tag.trim() == etag);
+    let range = match header(header::RANGE) {
         Some(spec) if same_zip => byte_range(spec, len),
         _ => ByteRange::Whole,
     };
     let (status, start, end) = match range {
         ByteRange::Whole => (StatusCode::OK, 0, len),
         ByteRange::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
-        ByteRange::Unsatisfiable => {
-            let mut response = ApiError::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "range_not_satisfiable",
-                format!("Backup {id} is {len} bytes: ask for a range within it (bytes=0-{}).", len.saturating_sub(1)),
-            )
-            .into_response();
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
-                response.headers_mut().insert(header::CONTENT_RANGE, v);
-            }
-            return Ok(response);
-        }
+        ByteRange::Unsatisfiable => return Ok(unsatisfiable(&id, len)),
     };
     if start > 0 {
-        file.seek(io::SeekFrom::Start(start)).await.map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "backup_unreadable",
-                format!("Cannot read backup {id}: {e}."),
-            )
-        })?;
+        file.seek(io::SeekFrom::Start(start)).await.map_err(|e| unreadable("read", e))?;
     }
-    let chunks = futures::stream::unfold((file, end - start), |(mut file, left)| async move {
+    let response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/zip")
+        .header(header::CONTENT_LENGTH, end - start)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::ETAG, etag_value)
+        .header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{}\"", record.file))
+        .header(header::CACHE_CONTROL, "no-store");
+    let response = match status {
+        StatusCode::PARTIAL_CONTENT => {
+            response.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", end - 1))
+        }
+        _ => response,
+    };
+    response
+        .body(ResponseBody::from_stream(chunks(file, end - start)))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+/// The zip and its length on disk.
+async fn open_zip(path: &std::path::Path) -> io::Result<(tokio::fs::File, u64)> {
+    let file = tokio::fs::File::open(path).await?;
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    Ok((file, len))
+}
+
+/// 409 for a zip whose size is not the one verified.
+fn size_changed(record: &BackupRecord, len: u64) -> ApiError {
+    let id = &record.id;
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "backup_unverified",
+        format!(
+            "Backup {id} is {len} bytes on disk, {} were verified; check it with GET /backups/{id}?verify=true.",
+            record.size
+        ),
+    )
+}
+
+/// 416 for a range past the end of a zip of `len` bytes, with the `Content-Range` RFC 9110 asks for.
+fn unsatisfiable(id: &str, len: u64) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "range_not_satisfiable",
+        format!("Backup {id} is {len} bytes: ask for a range within it (bytes=0-{}).", len.saturating_sub(1)),
+    )
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+        response.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    response
+}
+
+/// The next `left` bytes of `file`, in chunks of at most 256 KiB; an error if it ends before.
+fn chunks(file: tokio::fs::File, left: u64) -> impl futures::Stream<Item = io::Result<bytes::Bytes>> {
+    futures::stream::unfold((file, left), |(mut file, left)| async move {
         if left == 0 {
             return None;
         }
@@ -261,22 +187,7 @@ pub(super) async fn download(
             }
             Err(e) => Some((Err(e), (file, 0))),
         }
-    });
-    let disposition = format!("attachment; filename=\"{}\"", record.file);
-    let mut response = Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/zip")
-        .header(header::CONTENT_LENGTH, end - start)
-        .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::ETAG, etag_value)
-        .header(header::CONTENT_DISPOSITION, disposition)
-        .header(header::CACHE_CONTROL, "no-store");
-    if status == StatusCode::PARTIAL_CONTENT {
-        response = response.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", end - 1));
-    }
-    response
-        .body(Body::from_stream(chunks))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+    })
 }
 
 /// What a `Range` header asks of a file of `len` bytes.
@@ -319,87 +230,105 @@ pub(super) fn byte_range(spec: &str, len: u64) -> ByteRange {
     }
 }
 
+/// `POST /session/{uuid}/restore`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RestoreBody {
+    backup: String,
+    skip_escaping_symlinks: Option<bool>,
+}
+
+impl Body for RestoreBody {
+    const FIELDS: &'static [Field] = &[
+        Field { name: "backup", must_be: BACKUP_ID, example: BACKUP_EXAMPLE },
+        Field { name: "skip_escaping_symlinks", must_be: "true or false", example: "true" },
+    ];
+
+    fn check(&self) -> Result<(), ApiError> {
+        check_backup_id(&self.backup)
+    }
+}
+
 pub(super) async fn restore(
     State(state): State<ApiState>,
-    Path(uuid): Path<String>,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&uuid)?;
-    let map = json_object(&body)?;
-    only_fields(&map, &["backup", "skip_escaping_symlinks"])?;
-    let Some(request) = restore_request(&map, "backup")? else {
+    SessionPath(id): SessionPath,
+    JsonBody(body): JsonBody<RestoreBody>,
+) -> Result<Response, ApiError> {
+    let request =
+        RestoreRequest { backup: body.backup, skip_escaping_symlinks: body.skip_escaping_symlinks.unwrap_or(false) };
+    let (s, report) = state.manager.restore(&id, request).await?;
+    Ok(answer(RestoreDone {
+        uuid: &s.uuid,
+        status: s.state.as_str(),
+        restored_from: s.restored_from.as_deref(),
+        pre_restore_backup: s.pre_restore_backup.as_deref(),
+        restore: RestoreReport::of(&report),
+        message: "The backup was restored; the content it replaced is in pre_restore_backup. The next request wakes the workspace.",
+    }))
+}
+
+/// `PATCH /session/{uuid}/policy`: each field absent (unchanged), `null` (the default) or a value.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PolicyBody {
+    #[serde(default, deserialize_with = "present")]
+    pub(super) idle_timeout: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub(super) sleep_to_delete: Option<Option<String>>,
+    pub(super) keep: Option<bool>,
+}
+
+const DURATION: &str = "a duration such as \"30m\" or \"3d\", or null";
+
+impl Body for PolicyBody {
+    const FIELDS: &'static [Field] = &[
+        Field { name: "idle_timeout", must_be: DURATION, example: "\"30m\"" },
+        Field { name: "sleep_to_delete", must_be: DURATION, example: "\"3d\"" },
+        Field { name: "keep", must_be: "true or false", example: "true" },
+    ];
+
+    fn check(&self) -> Result<(), ApiError> {
+        if self.idle_timeout.is_none() && self.sleep_to_delete.is_none() && self.keep.is_none() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "missing_field",
+                "Send at least one of idle_timeout, sleep_to_delete (a duration such as \"30m\", or null for the \
+                 default) and keep (true or false).",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An override as sent (`Some(None)`: back to the default), read within `max`.
+fn override_of(name: &str, sent: Option<Option<String>>, max: Duration) -> Result<Option<Option<Duration>>, ApiError> {
+    let Some(Some(text)) = sent else { return Ok(sent.map(|_| None)) };
+    let d = parse_duration(&text)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_duration", format!("{name}: {e}.")))?;
+    if d < Duration::from_secs(1) || d > max {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "missing_field",
-            "The field \"backup\" is required, e.g. {\"backup\": \"workspace-abc12345-20250101-120000\"}.",
+            "policy_out_of_bounds",
+            format!("{name} must be between 1s and {} (max_{name}); {text:?} is not.", format_duration(max)),
         ));
-    };
-    let (s, report) = state.manager.restore(&id, request).await?;
-    Ok(Json(json!({
-        "uuid": s.uuid,
-        "status": s.state.as_str(),
-        "restored_from": s.restored_from,
-        "pre_restore_backup": s.pre_restore_backup,
-        "restore": report_json(&report),
-        "message": "The backup was restored; the content it replaced is in pre_restore_backup. The next request wakes the workspace.",
-    })))
+    }
+    Ok(Some(Some(d)))
 }
 
 pub(super) async fn set_policy(
     State(state): State<ApiState>,
-    Path(uuid): Path<String>,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&uuid)?;
-    let map = json_object(&body)?;
-    only_fields(&map, &["idle_timeout", "sleep_to_delete", "keep"])?;
-    if map.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "missing_field",
-            "Send at least one of idle_timeout, sleep_to_delete (a duration such as \"30m\", or null for the default) \
-             and keep (true or false).",
-        ));
-    }
+    SessionPath(id): SessionPath,
+    JsonBody(body): JsonBody<PolicyBody>,
+) -> Result<Response, ApiError> {
     let config = state.manager.config();
-    let duration = |name: &str, max: Duration| -> Result<Option<Option<Duration>>, ApiError> {
-        let text = match map.get(name) {
-            None => return Ok(None),
-            Some(Value::Null) => return Ok(Some(None)),
-            Some(Value::String(text)) => text,
-            Some(_) => {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_field",
-                    format!("The field {name:?} must be a duration such as \"30m\" or \"3d\", or null."),
-                ));
-            }
-        };
-        let d = parse_duration(text).map_err(|e| {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_duration", format!("{name}: {e}."))
-        })?;
-        if d < Duration::from_secs(1) || d > max {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "policy_out_of_bounds",
-                format!("{name} must be between 1s and {} (max_{name}); {text:?} is not.", format_duration(max)),
-            ));
-        }
-        Ok(Some(Some(d)))
-    };
     let patch = PolicyPatch {
-        idle_timeout: duration("idle_timeout", config.max_idle_timeout)?,
-        sleep_to_delete: duration("sleep_to_delete", config.max_sleep_to_delete)?,
-        keep: optional_bool(&map, "keep")?,
+        idle_timeout: override_of("idle_timeout", body.idle_timeout, config.max_idle_timeout)?,
+        sleep_to_delete: override_of("sleep_to_delete", body.sleep_to_delete, config.max_sleep_to_delete)?,
+        keep: body.keep,
     };
     state.manager.set_policy(&id, patch).await?;
     let v = state.manager.view(&id).await?;
-    Ok(Json(json!({
-        "uuid": v.session.uuid,
-        "policy": policy_json(&state.manager, &v.session),
-        "sleeps_at": v.sleeps_at.map(rfc3339),
-        "deletes_at": v.deletes_at.map(rfc3339),
-    })))
+    Ok(answer(PolicySet::of(&state.manager, &v)))
 }
 
 #[cfg(test)]

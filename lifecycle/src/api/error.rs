@@ -4,7 +4,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 
 use crate::backend::BackendError;
-use crate::manager::LifecycleError;
+use crate::manager::{Fault, LifecycleError};
 use crate::restore::RestoreError;
 use crate::store::StoreError;
 
@@ -40,91 +40,159 @@ impl IntoResponse for ApiError {
 }
 
 impl From<LifecycleError> for ApiError {
+    /// The answer to a failed operation; a server's fault is logged with its causes (a client's
+    /// is not: it is the client's to read).
     fn from(e: LifecycleError) -> Self {
-        let message = e.to_string();
-        match e {
-            LifecycleError::NotFound(id) => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "session_not_found",
-                format!("No session {id}. List sessions with GET /sessions."),
-            ),
-            LifecycleError::Deleted(id) => ApiError::new(
-                StatusCode::GONE,
-                "session_deleted",
-                format!("Session {id} was deleted after a verified backup."),
-            ),
-            LifecycleError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "invalid_state", message),
-            LifecycleError::Busy { retry_after, .. } => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "operation_in_progress",
-                format!("{message}. Retry shortly."),
-            )
-            .retry_after(retry_after),
-            LifecycleError::Invalid(_) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message),
-            LifecycleError::Store(StoreError::Unavailable(_)) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                format!("{message}. Retry shortly."),
-            )
-            .retry_after(5),
-            LifecycleError::Store(StoreError::Conflict { .. }) => {
-                ApiError::new(StatusCode::CONFLICT, "concurrent_update", format!("{message}. Retry the request."))
-                    .retry_after(1)
-            }
-            LifecycleError::Store(StoreError::Corrupt { .. }) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_corrupt", message)
-            }
-            LifecycleError::BackupFailed(_) => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "backup_failed",
-                format!(
-                    "{message}. The workspace is kept (state backup_failed) and the deletion is retried automatically."
-                ),
-            ),
-            LifecycleError::BackupNotFound(id) => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "backup_not_found",
-                format!("No backup {id:?}. List backups with GET /backups."),
-            ),
-            LifecycleError::BackupUnverified { .. } => ApiError::new(
-                StatusCode::CONFLICT,
-                "backup_unverified",
-                format!("{message}. A backup that fails verification never counts as one; choose another."),
-            ),
-            LifecycleError::SafetyBackupFailed { .. } => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "backup_failed", message)
-            }
-            LifecycleError::Backend(BackendError::Restore(e)) => match e {
-                RestoreError::Rejected(_) => ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "restore_rejected",
-                    format!("{message}. Nothing was written; the workspace is unchanged."),
-                ),
-                RestoreError::Corrupt(_) => ApiError::new(
-                    StatusCode::CONFLICT,
-                    "backup_unverified",
-                    format!("{message}. The backup is now marked as failed; the workspace is unchanged."),
-                ),
-                RestoreError::NoSpace { .. } => ApiError::new(
-                    StatusCode::INSUFFICIENT_STORAGE,
-                    "insufficient_storage",
-                    format!("{message}. The workspace is unchanged."),
-                ),
-                RestoreError::Io { .. } => ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "restore_failed",
-                    format!("{message}. The workspace is unchanged."),
-                ),
-            },
-            LifecycleError::Backend(BackendError::Start(_)) => {
-                ApiError::new(StatusCode::BAD_GATEWAY, "workspace_start_failed", message)
-            }
-            LifecycleError::Backend(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "backend_error", message),
-            LifecycleError::TaskFailed { .. } => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                format!("{message}: a bug in wakeway, logged with its cause. Retry the request."),
-            ),
+        let (status, code, message, retry_after) = answer(&e);
+        if e.fault() == Fault::Server {
+            tracing::error!(status = status.as_u16(), code, error = %with_causes(&e), "an API request failed");
         }
+        ApiError { status, code, message, retry_after }
+    }
+}
+
+/// Said after a passing failure.
+const RETRY_SHORTLY: &str = ". Retry shortly.";
+/// Said after a restore that changed nothing.
+const UNCHANGED: &str = ". The workspace is unchanged.";
+
+/// The table: each failure's status, code, message (the error's own words and what to do next)
+/// and `Retry-After`.
+fn answer(e: &LifecycleError) -> (StatusCode, &'static str, String, Option<u64>) {
+    use BackendError::Restore;
+    use LifecycleError as L;
+    use RestoreError as R;
+    use StatusCode as S;
+    let then = |next: &str| format!("{e}{next}");
+    match e {
+        L::NotFound(id) => {
+            (S::NOT_FOUND, "session_not_found", format!("No session {id}. List sessions with GET /sessions."), None)
+        }
+        L::Deleted(id) => {
+            (S::GONE, "session_deleted", format!("Session {id} was deleted after a verified backup."), None)
+        }
+        L::Conflict { .. } => (S::CONFLICT, "invalid_state", then(""), None),
+        L::Busy { retry_after, .. } => {
+            (S::SERVICE_UNAVAILABLE, "operation_in_progress", then(RETRY_SHORTLY), Some(*retry_after))
+        }
+        L::Store(StoreError::Unavailable(_)) => {
+            (S::SERVICE_UNAVAILABLE, "store_unavailable", then(RETRY_SHORTLY), Some(5))
+        }
+        L::Store(StoreError::Conflict { .. }) => {
+            (S::CONFLICT, "concurrent_update", then(". Retry the request."), Some(1))
+        }
+        L::Store(StoreError::Corrupt { .. }) => (S::INTERNAL_SERVER_ERROR, "store_corrupt", then(""), None),
+        L::BackupFailed(_) => (S::INTERNAL_SERVER_ERROR, "backup_failed", then(KEPT_AND_RETRIED), None),
+        L::BackupNotFound(id) => {
+            (S::NOT_FOUND, "backup_not_found", format!("No backup {id:?}. List backups with GET /backups."), None)
+        }
+        L::BackupUnverified { .. } => (S::CONFLICT, "backup_unverified", then(NEVER_COUNTS), None),
+        L::SafetyBackupFailed { .. } => (S::INTERNAL_SERVER_ERROR, "backup_failed", then(""), None),
+        L::Backend(Restore(R::Rejected(_))) => {
+            (S::UNPROCESSABLE_ENTITY, "restore_rejected", then(NOTHING_WRITTEN), None)
+        }
+        L::Backend(Restore(R::Corrupt(_))) => (S::CONFLICT, "backup_unverified", then(MARKED_FAILED), None),
+        L::Backend(Restore(R::NoSpace { .. })) => {
+            (S::INSUFFICIENT_STORAGE, "insufficient_storage", then(UNCHANGED), None)
+        }
+        L::Backend(Restore(R::Io { .. })) => (S::INTERNAL_SERVER_ERROR, "restore_failed", then(UNCHANGED), None),
+        L::Backend(BackendError::Start(_)) => (S::BAD_GATEWAY, "workspace_start_failed", then(""), None),
+        L::Backend(_) => (S::INTERNAL_SERVER_ERROR, "backend_error", then(""), None),
+        L::TaskFailed { .. } => (S::INTERNAL_SERVER_ERROR, "internal_error", then(A_BUG), None),
+    }
+}
+
+const KEPT_AND_RETRIED: &str =
+    ". The workspace is kept (state backup_failed) and the deletion is retried automatically.";
+const NEVER_COUNTS: &str = ". A backup that fails verification never counts as one; choose another.";
+const NOTHING_WRITTEN: &str = ". Nothing was written; the workspace is unchanged.";
+const MARKED_FAILED: &str = ". The backup is now marked as failed; the workspace is unchanged.";
+/// The cause (a panic's message) is logged where the task failed, never sent.
+const A_BUG: &str = ": a bug in wakeway, logged with its cause. Retry the request.";
+
+/// `e` and its causes, each written once (most messages already quote their cause).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// One error of every kind the API maps, as the manager makes them.
+    async fn every_error() -> Vec<LifecycleError> {
+        let panicked = tokio::spawn(async { panic!("a bug") }).await.unwrap_err();
+        let id = || "abc12345".to_string();
+        let restore = |e: RestoreError| LifecycleError::Backend(BackendError::Restore(e));
+        vec![
+            LifecycleError::NotFound(id()),
+            LifecycleError::Deleted(id()),
+            LifecycleError::Conflict { id: id(), state: "running", what: "put it to sleep first".into() },
+            LifecycleError::Busy { id: id(), retry_after: 7 },
+            LifecycleError::Store(StoreError::Unavailable("connection refused".into())),
+            LifecycleError::Store(StoreError::Conflict { id: id(), expected: 3, found: Some(4) }),
+            LifecycleError::Store(StoreError::Corrupt { id: id(), message: "not JSON".into() }),
+            LifecycleError::BackupFailed(BackendError::Io("the zip is short".into())),
+            LifecycleError::BackupNotFound("workspace-abc12345-20250101-120000".into()),
+            LifecycleError::BackupUnverified { id: "b".into(), why: "CRC mismatch".into() },
+            LifecycleError::SafetyBackupFailed { id: id(), source: BackendError::Io("disk full".into()) },
+            restore(RestoreError::Rejected("../etc/passwd".into())),
+            restore(RestoreError::Corrupt("CRC mismatch".into())),
+            restore(RestoreError::NoSpace { path: PathBuf::from("/w"), needed: 10, available: 5 }),
+            restore(RestoreError::Io { path: PathBuf::from("/w"), source: std::io::Error::other("EIO") }),
+            LifecycleError::Backend(BackendError::Start("exited with 1".into())),
+            LifecycleError::Backend(BackendError::Api("403 forbidden".into())),
+            LifecycleError::TaskFailed { what: "wake", source: panicked },
+        ]
+    }
+
+    /// Today's answers, pinned: status, code, Retry-After, message.
+    const ANSWERS: &str = include_str!("error_answers.txt");
+
+    #[tokio::test]
+    async fn every_lifecycle_error_has_its_status_code_and_message() {
+        let got: Vec<String> = every_error()
+            .await
+            .into_iter()
+            .map(ApiError::from)
+            .map(|e| format!("{} {} {:?} {}", e.status.as_u16(), e.code, e.retry_after, e.message))
+            .collect();
+        assert_eq!(got.join("\n"), ANSWERS.trim_end());
+    }
+
+    /// The status says whose fault it is: the client's is a 4xx without Retry-After, a passing
+    /// failure has Retry-After, wakeway's is a 5xx.
+    #[tokio::test]
+    async fn the_status_follows_whose_fault_it_is() {
+        for e in every_error().await {
+            let (fault, text) = (e.fault(), e.to_string());
+            let answer = ApiError::from(e);
+            match fault {
+                Fault::Client => assert!(answer.status.is_client_error() && answer.retry_after.is_none(), "{text}"),
+                Fault::Unavailable => assert!(answer.retry_after.is_some(), "{text}"),
+                Fault::Server => assert!(answer.status.is_server_error() && answer.retry_after.is_none(), "{text}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_keep_their_cause() {
+        let e = LifecycleError::BackupFailed(BackendError::Io("the zip is short".into()));
+        let cause = std::error::Error::source(&e).expect("a backup failure keeps its cause");
+        assert_eq!(cause.to_string(), "the zip is short");
+        let panicked = tokio::spawn(async { panic!("a bug") }).await.unwrap_err();
+        let e = LifecycleError::TaskFailed { what: "wake", source: panicked };
+        assert!(with_causes(&e).contains("panicked"), "{}", with_causes(&e));
+        assert!(!ApiError::from(e).message.contains("panicked"), "the panic is logged, not sent");
     }
 }

@@ -2,31 +2,37 @@
 //! the fields its users asked for. `router(state)` is separate from any socket: tests call it with
 //! `oneshot`, the proxy hands it requests for non-workspace hosts.
 
+mod answers;
 pub mod auth;
 mod backups;
 pub mod error;
+mod extract;
+#[cfg(test)]
+mod snapshots;
 #[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::extract::{MatchedPath, Query, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
-use bytes::Bytes;
-use chrono::{DateTime, SecondsFormat, Utc};
 use http::{HeaderValue, StatusCode, header};
 use serde::Deserialize;
-use serde_json::{Value, json};
-use wakeway_proxy::{ActivitySource, SessionId};
+use wakeway_proxy::ActivitySource;
 
-use crate::manager::{LifecycleError, Manager, ScaleDirection, SessionView, SleepReason};
-use crate::session::{BackupInfo, seed_timestamp};
+use crate::manager::{LifecycleError, Manager, RestoreRequest, ScaleDirection, SleepReason};
+use crate::session::{Session, seed_timestamp};
+use answers::{
+    Backup, Created, Deleted, Health, Power, Resources, RestoreReport, Restored, Revoked, Scaled, SessionJson,
+    Sessions, Status, StoreHealth, Time, Token,
+};
 pub use auth::{ApiKeys, load_or_generate_secret};
 pub use error::ApiError;
+use extract::{BACKUP_EXAMPLE, BACKUP_ID, Body, Field, JsonBody, SessionPath, check_backup_id, parse_id};
 pub use wakeway_proxy::ratelimit::{FailureBudget, RateLimiter};
 
 /// What the handlers share.
@@ -68,6 +74,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(keyed)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(extract::limit(&state))
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
 }
@@ -177,46 +184,6 @@ fn bad_query(e: QueryRejection) -> ApiError {
     )
 }
 
-fn parse_id(text: &str) -> Result<SessionId, ApiError> {
-    SessionId::parse(text).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_uuid",
-            format!("{text:?} is not a session id (8 hex digits, e.g. \"abc12345\")."),
-        )
-    })
-}
-
-/// Parse a JSON object body with precise errors: 400 for broken JSON, 422 for a wrong shape.
-fn json_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
-    if body.is_empty() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", "The request needs a JSON body."));
-    }
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("The body is not valid JSON: {e}."))
-    })?;
-    match value {
-        Value::Object(map) => Ok(map),
-        _ => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", "The body must be a JSON object.")),
-    }
-}
-
-fn string_field<'a>(map: &'a serde_json::Map<String, Value>, name: &str, example: &str) -> Result<&'a str, ApiError> {
-    match map.get(name) {
-        None | Some(Value::Null) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "missing_field",
-            format!("The field {name:?} is required, e.g. {{\"{name}\": \"{example}\"}}."),
-        )),
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_field",
-            format!("The field {name:?} must be a string."),
-        )),
-    }
-}
-
 fn valid_user_id(user_id: &str) -> Result<(), ApiError> {
     let bad =
         |why: &str| Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_user_id", format!("user_id {why}.")));
@@ -232,149 +199,103 @@ fn valid_user_id(user_id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-// ---- responses ------------------------------------------------------------------------------
-
-fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-fn backup_json(b: &BackupInfo) -> Value {
-    json!({
-        "file": b.file,
-        "size": b.size,
-        "sha256": b.sha256,
-        "entries": b.entries,
-        "content_bytes": b.content_bytes,
-        "verified_at": rfc3339(b.verified_at),
-        "skipped": b.skipped,
-    })
-}
-
-/// The `session` object: the seed's fields first, then ours.
-fn session_json(manager: &Manager, v: &SessionView) -> Value {
-    let s = &v.session;
-    let tier = manager.config().tiers.get(&s.tier);
-    json!({
-        "uuid": s.uuid,
-        "user_id": s.user_id,
-        "status": s.state.as_str(),
-        "created_at": seed_timestamp(s.created_at),
-        "workspace_url": manager.config().workspace_url(&s.uuid),
-        "state": s.state.as_str(),
-        "tier": s.tier,
-        "resources": tier.map(|t| json!({ "cpu": t.cpu, "memory_mib": t.memory_mib })),
-        "replicas": v.replicas,
-        "last_activity": rfc3339(v.last_activity),
-        "activity_source": v.activity_source,
-        "last_interaction": s.last_interaction.map(rfc3339),
-        "sleeps_at": v.sleeps_at.map(rfc3339),
-        "deletes_at": v.deletes_at.map(rfc3339),
-        "awake_since": s.awake_since.map(rfc3339),
-        "slept_at": s.slept_at.map(rfc3339),
-        "deleted_at": s.deleted_at.map(rfc3339),
-        "open_connections": v.open_connections,
-        "queue_length": v.queue_length,
-        "delete_requested": s.delete_requested,
-        "backup": s.backup.as_ref().map(backup_json),
-        "backup_failures": s.backup_failures,
-        "next_backup_attempt": s.next_backup_attempt.map(rfc3339),
-        "last_error": s.last_error,
-        "policy": backups::policy_json(manager, s),
-        "restored_from": s.restored_from,
-        "restored_at": s.restored_at.map(rfc3339),
-        "pre_restore_backup": s.pre_restore_backup,
-        "restoring": s.restore.as_ref().map(|op| op.backup.clone()),
-    })
-}
-
 // ---- handlers ---------------------------------------------------------------------------------
 
-async fn create(State(state): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let map = json_object(&body)?;
-    let user_id = string_field(&map, "user_id", "user@example.com")?;
-    valid_user_id(user_id)?;
-    let (s, restored) = match backups::restore_request(&map, "restore_from")? {
+/// `POST /session/create`. Unknown fields are accepted (no `deny_unknown_fields`): v3.1.0 never
+/// refused them, and its clients may send more than `user_id`.
+#[derive(Deserialize)]
+struct CreateBody {
+    user_id: String,
+    restore_from: Option<String>,
+    skip_escaping_symlinks: Option<bool>,
+}
+
+impl Body for CreateBody {
+    const FIELDS: &'static [Field] = &[
+        Field { name: "user_id", must_be: "a string", example: "\"user@example.com\"" },
+        Field { name: "restore_from", must_be: BACKUP_ID, example: BACKUP_EXAMPLE },
+        Field { name: "skip_escaping_symlinks", must_be: "true or false", example: "true" },
+    ];
+
+    fn check(&self) -> Result<(), ApiError> {
+        valid_user_id(&self.user_id)?;
+        self.restore_from.as_deref().map_or(Ok(()), check_backup_id)
+    }
+}
+
+async fn create(State(state): State<ApiState>, JsonBody(body): JsonBody<CreateBody>) -> Result<Response, ApiError> {
+    let user_id = body.user_id.as_str();
+    let (s, report) = match body.restore_from {
         None => (state.manager.create(user_id).await?, None),
-        Some(request) => {
+        Some(backup) => {
+            let request =
+                RestoreRequest { backup, skip_escaping_symlinks: body.skip_escaping_symlinks.unwrap_or(false) };
             let (s, result) = state.manager.create_restored(user_id, request).await?;
             match result {
                 Ok(report) => (s, Some(report)),
-                Err(e) => {
-                    let mut error = ApiError::from(e);
-                    error.message = format!(
-                        "Session {} was created, asleep with an empty workspace, but the restore failed: {} \
-                         Retry with POST /session/{}/restore.",
-                        s.uuid, error.message, s.uuid
-                    );
-                    return Err(error);
-                }
+                Err(e) => return Err(restore_after_create_failed(&s, e)),
             }
         }
     };
     let (access_url, expires) = state.manager.mint_token(&s.id()).await?;
-    let config = state.manager.config();
-    let mut body = json!({
-        "uuid": s.uuid,
-        "user_id": s.user_id,
-        "status": "created",
-        "created_at": seed_timestamp(s.created_at),
-        "workspace_url": config.workspace_url(&s.uuid),
-        "state": s.state.as_str(),
-        "tier": s.tier,
-        "access_url": access_url,
-        "access_url_expires_at": rfc3339(expires),
-    });
-    if let Some(report) = restored {
-        body["restored_from"] = json!(s.restored_from);
-        body["restore"] = backups::report_json(&report);
-    }
-    Ok(Json(body))
+    Ok(answer(Created {
+        uuid: &s.uuid,
+        user_id: &s.user_id,
+        status: "created",
+        created_at: seed_timestamp(s.created_at),
+        workspace_url: state.manager.config().workspace_url(&s.uuid),
+        state: s.state.as_str(),
+        tier: &s.tier,
+        access_url,
+        access_url_expires_at: Time(expires),
+        restored: report
+            .as_ref()
+            .map(|r| Restored { restored_from: s.restored_from.as_deref(), restore: RestoreReport::of(r) }),
+    }))
+}
+
+/// The session exists (asleep, empty) though its restore failed: the error says so.
+fn restore_after_create_failed(s: &Session, e: LifecycleError) -> ApiError {
+    let mut error = ApiError::from(e);
+    error.message = format!(
+        "Session {} was created, asleep with an empty workspace, but the restore failed: {} \
+         Retry with POST /session/{}/restore.",
+        s.uuid, error.message, s.uuid
+    );
+    error
+}
+
+/// A JSON answer.
+fn answer(body: impl serde::Serialize) -> Response {
+    Json(body).into_response()
 }
 
 /// A new one-time sign-in link for the session (for the client's backend to hand to its user).
-async fn token(State(state): State<ApiState>, Path(uuid): Path<String>) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&uuid)?;
+async fn token(State(state): State<ApiState>, SessionPath(id): SessionPath) -> Result<Response, ApiError> {
     let (access_url, expires) = state.manager.mint_token(&id).await?;
-    Ok(Json(json!({ "uuid": id.as_str(), "access_url": access_url, "expires_at": rfc3339(expires) })))
+    Ok(answer(Token { uuid: id.as_str(), access_url, expires_at: Time(expires) }))
 }
 
 /// End every cookie issued for the session (its user signs in again with a new link).
-async fn revoke(State(state): State<ApiState>, Path(uuid): Path<String>) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&uuid)?;
+async fn revoke(State(state): State<ApiState>, SessionPath(id): SessionPath) -> Result<Response, ApiError> {
     let s = state.manager.revoke_cookies(&id).await?;
-    Ok(Json(json!({
-        "uuid": s.uuid,
-        "revoked": true,
-        "cookie_generation": s.cookie_generation,
-        "message": "Every cookie and unused sign-in link issued for this workspace is refused from now on; mint a new link with POST /session/{uuid}/token.",
-    })))
+    Ok(answer(Revoked {
+        uuid: &s.uuid,
+        revoked: true,
+        cookie_generation: s.cookie_generation,
+        message: "Every cookie and unused sign-in link issued for this workspace is refused from now on; mint a new link with POST /session/{uuid}/token.",
+    }))
 }
 
-async fn status(State(state): State<ApiState>, Path(uuid): Path<String>) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&uuid)?;
+async fn status(State(state): State<ApiState>, SessionPath(id): SessionPath) -> Result<Response, ApiError> {
     let v = state.manager.view(&id).await?;
-    let session = session_json(&state.manager, &v);
-    Ok(Json(json!({
-        "uuid": v.session.uuid,
-        "replicas": v.replicas,
-        "queue_length": v.queue_length,
-        "session": session,
-        "state": v.session.state.as_str(),
-        "tier": v.session.tier,
-        "last_activity": rfc3339(v.last_activity),
-        "activity_source": v.activity_source,
-        "sleeps_at": v.sleeps_at.map(rfc3339),
-        "deletes_at": v.deletes_at.map(rfc3339),
-        "open_connections": v.open_connections,
-    })))
+    Ok(answer(Status::of(&state.manager, &v)))
 }
 
-async fn sleep(State(state): State<ApiState>, Path(uuid): Path<String>) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&uuid)?;
+async fn sleep(State(state): State<ApiState>, SessionPath(id): SessionPath) -> Result<Response, ApiError> {
     let s = state.manager.sleep(&id, SleepReason::Api).await?;
-    Ok(Json(
-        json!({ "uuid": s.uuid, "status": s.state.as_str(), "replicas": 0, "message": "The workspace is asleep; the next request wakes it." }),
-    ))
+    let message = "The workspace is asleep; the next request wakes it.";
+    Ok(answer(Power { uuid: &s.uuid, status: s.state.as_str(), replicas: 0, message }))
 }
 
 #[derive(Deserialize)]
@@ -385,16 +306,14 @@ struct WakeQuery {
 
 async fn wake(
     State(state): State<ApiState>,
-    Path(uuid): Path<String>,
+    SessionPath(id): SessionPath,
     query: Result<Query<WakeQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&uuid)?;
+) -> Result<Response, ApiError> {
     let wait = query.map_err(bad_query)?.wait;
     if wait {
         let s = state.manager.wake(&id, ActivitySource::ApiWake).await?;
-        return Ok(Json(
-            json!({ "uuid": s.uuid, "status": s.state.as_str(), "replicas": 1, "message": "The workspace is awake." }),
-        ));
+        let message = "The workspace is awake.";
+        return Ok(answer(Power { uuid: &s.uuid, status: s.state.as_str(), replicas: 1, message }));
     }
     let handle = state.manager.handle(&id).ok_or_else(|| LifecycleError::NotFound(id.to_string()))?;
     let v = state.manager.view(&id).await?;
@@ -404,46 +323,63 @@ async fn wake(
     handle.activity.touch(state.manager.now().timestamp_millis(), ActivitySource::ApiWake);
     state.manager.request_wake(&handle, ActivitySource::ApiWake);
     let status = if v.replicas == 1 { "running" } else { "waking" };
-    Ok(Json(
-        json!({ "uuid": v.session.uuid, "status": status, "replicas": 1, "message": "The workspace is waking; poll GET /session/{uuid}/status or pass ?wait=true." }),
-    ))
+    let message = "The workspace is waking; poll GET /session/{uuid}/status or pass ?wait=true.";
+    Ok(answer(Power { uuid: &v.session.uuid, status, replicas: 1, message }))
 }
 
-async fn scale(State(state): State<ApiState>, Path(uuid): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&uuid)?;
-    let map = json_object(&body)?;
-    let direction = match string_field(&map, "scale", "up")? {
-        "up" => ScaleDirection::Up,
-        "down" => ScaleDirection::Down,
-        other => {
-            return Err(ApiError::new(
+/// `POST /session/{uuid}/scale`. Unknown fields are accepted, as v3.1.0 did.
+#[derive(Deserialize)]
+struct ScaleBody {
+    scale: String,
+}
+
+impl Body for ScaleBody {
+    const FIELDS: &'static [Field] = &[Field { name: "scale", must_be: "a string", example: "\"up\"" }];
+
+    fn check(&self) -> Result<(), ApiError> {
+        self.direction().map(drop)
+    }
+}
+
+impl ScaleBody {
+    fn direction(&self) -> Result<ScaleDirection, ApiError> {
+        match self.scale.as_str() {
+            "up" => Ok(ScaleDirection::Up),
+            "down" => Ok(ScaleDirection::Down),
+            other => Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_scale",
                 format!("scale must be \"up\" or \"down\", not {other:?}."),
-            ));
+            )),
         }
-    };
-    let s = state.manager.scale(&id, direction).await?;
-    let tier = state.manager.config().tiers.get(&s.tier);
-    Ok(Json(json!({
-        "uuid": s.uuid,
-        "scale": if direction == ScaleDirection::Up { "up" } else { "down" },
-        "tier": s.tier,
-        "resources": tier.map(|t| json!({ "cpu": t.cpu, "memory_mib": t.memory_mib })),
-        "status": s.state.as_str(),
-        "replicas": u8::from(s.state.is_awake()),
-    })))
+    }
 }
 
-async fn remove(State(state): State<ApiState>, Path(uuid): Path<String>) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&uuid)?;
+async fn scale(
+    State(state): State<ApiState>,
+    SessionPath(id): SessionPath,
+    JsonBody(body): JsonBody<ScaleBody>,
+) -> Result<Response, ApiError> {
+    let direction = body.direction()?;
+    let s = state.manager.scale(&id, direction).await?;
+    Ok(answer(Scaled {
+        uuid: &s.uuid,
+        scale: if direction == ScaleDirection::Up { "up" } else { "down" },
+        tier: &s.tier,
+        resources: Resources::of(&state.manager, &s.tier),
+        status: s.state.as_str(),
+        replicas: u8::from(s.state.is_awake()),
+    }))
+}
+
+async fn remove(State(state): State<ApiState>, SessionPath(id): SessionPath) -> Result<Response, ApiError> {
     let s = state.manager.delete(&id, true).await?;
-    Ok(Json(json!({
-        "uuid": s.uuid,
-        "status": s.state.as_str(),
-        "backup": s.backup.as_ref().map(backup_json),
-        "message": "The workspace was backed up to a verified zip, then deleted.",
-    })))
+    Ok(answer(Deleted {
+        uuid: &s.uuid,
+        status: s.state.as_str(),
+        backup: s.backup.as_ref().map(Backup::of),
+        message: "The workspace was backed up to a verified zip, then deleted.",
+    }))
 }
 
 #[derive(Deserialize)]
@@ -456,36 +392,36 @@ struct ListQuery {
 async fn list(
     State(state): State<ApiState>,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(ListQuery { include_deleted, user_id: user }) = query.map_err(bad_query)?;
     let views = state.manager.list(include_deleted).await?;
-    let sessions: Vec<Value> = views
+    let sessions: Vec<SessionJson> = views
         .iter()
         .filter(|v| user.as_deref().is_none_or(|u| v.session.user_id == u))
-        .map(|v| session_json(&state.manager, v))
+        .map(|v| SessionJson::of(&state.manager, v))
         .collect();
-    Ok(Json(json!({ "count": sessions.len(), "sessions": sessions })))
+    Ok(answer(Sessions { count: sessions.len(), sessions }))
 }
 
 async fn health(State(state): State<ApiState>) -> Response {
     let store = state.manager.store_health().await;
     let healthy = store.is_ok();
-    let body = json!({
-        "status": if healthy { "healthy" } else { "degraded" },
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "store": {
-            "kind": state.manager.store_kind(),
-            "status": if healthy { "healthy" } else { "unhealthy" },
-            "error": store.err().map(|e| e.to_string()),
+    let body = Health {
+        status: if healthy { "healthy" } else { "degraded" },
+        version: env!("CARGO_PKG_VERSION"),
+        pid: std::process::id(),
+        store: StoreHealth {
+            kind: state.manager.store_kind(),
+            status: if healthy { "healthy" } else { "unhealthy" },
+            error: store.err().map(|e| e.to_string()),
         },
-        "backend": state.manager.backend_kind(),
-        "problems": state.manager.problems().into_iter().map(|(k, v)| (k.to_string(), Value::String(v))).collect::<serde_json::Map<_, _>>(),
-        "sessions": state.manager.state_counts().iter().map(|(_, n)| n).sum::<usize>(),
-    });
+        backend: state.manager.backend_kind(),
+        problems: state.manager.problems(),
+        sessions: state.manager.state_counts().iter().map(|(_, n)| n).sum::<usize>(),
+    };
     // Still 200 when the store is down: running workspaces keep being proxied from memory, and a
     // load balancer must not take every replica out because Redis restarts.
-    (StatusCode::OK, Json(body)).into_response()
+    answer(body)
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {

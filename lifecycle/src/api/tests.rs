@@ -10,20 +10,20 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
 use wakeway_config::Config;
-use wakeway_proxy::{ManualClock, ProxyStats};
+use wakeway_proxy::{ManualClock, ProxyStats, SessionId};
 
 use super::*;
 
-const KEY: &str = "test-key-0123456789abcdef";
+pub(super) const KEY: &str = "test-key-0123456789abcdef";
 
-struct Harness {
-    router: Router,
-    manager: Manager,
-    clock: Arc<ManualClock>,
-    _dir: tempfile::TempDir,
+pub(super) struct Harness {
+    pub(super) router: Router,
+    pub(super) manager: Manager,
+    pub(super) clock: Arc<ManualClock>,
+    pub(super) _dir: tempfile::TempDir,
 }
 
-async fn harness(per_minute: u32) -> Harness {
+pub(super) async fn harness(per_minute: u32) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.data_dir = dir.path().to_owned();
@@ -49,7 +49,7 @@ async fn harness(per_minute: u32) -> Harness {
     Harness { router: router(state), manager: built.wakeway.manager, clock, _dir: dir }
 }
 
-async fn call(
+pub(super) async fn call(
     router: &Router,
     method: &str,
     path: &str,
@@ -140,6 +140,16 @@ async fn bad_input_gets_a_precise_error() {
         assert_eq!(code(&json), *expected, "{method} {path} {body}");
         assert!(!json["error"]["message"].as_str().unwrap().is_empty());
     }
+}
+
+/// The router holds `max_api_body_bytes` itself (the proxy does before it), in the same words.
+#[tokio::test]
+async fn an_oversized_body_is_refused_as_json() {
+    let h = harness(100).await;
+    let huge = format!(r#"{{"user_id":"{}"}}"#, "x".repeat(70 * 1024));
+    let (status, json, _) = call(&h.router, "POST", "/session/create", Some(KEY), &huge).await;
+    assert_eq!((status.as_u16(), code(&json)), (413, "body_too_large"), "{json}");
+    assert_eq!(json["error"]["message"], "request body is larger than 65536 bytes");
 }
 
 #[tokio::test]

@@ -338,7 +338,7 @@ impl Manager {
             self.inner.backend.clean_interrupted_restore(s).await?;
             let info = self.inner.backend.backup(s, self.now(), "pre_restore").await.map_err(|e| {
                 self.inner.metrics.backups.with_label_values(&["failed"]).inc();
-                LifecycleError::SafetyBackupFailed { id: s.uuid.clone(), why: e.to_string() }
+                LifecycleError::SafetyBackupFailed { id: s.uuid.clone(), source: e }
             })?;
             self.inner.metrics.backups.with_label_values(&["ok"]).inc();
             tracing::info!(session = %s.uuid, file = %info.file, "backup of the content being replaced written and verified");

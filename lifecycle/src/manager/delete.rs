@@ -68,7 +68,7 @@ impl Manager {
             Err(e) => {
                 self.record_backup_failure(s, &e);
                 self.transition(rt, s, State::BackupFailed).await?;
-                Err(LifecycleError::BackupFailed(e.to_string()))
+                Err(LifecycleError::BackupFailed(e))
             }
         }
     }

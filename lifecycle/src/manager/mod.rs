@@ -51,8 +51,8 @@ use crate::webhook::Notifier;
 use runtime::SessionRuntime;
 
 pub use backups::{BackupFilter, PolicyPatch, RestoreRequest};
-pub use error::LifecycleError;
 use error::Result;
+pub use error::{Fault, LifecycleError};
 pub use sleep::{ScaleDirection, SleepReason};
 pub use views::SessionView;
 

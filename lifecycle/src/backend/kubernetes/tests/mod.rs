@@ -1048,7 +1048,7 @@ async fn a_job_whose_zip_does_not_verify_deletes_nothing() {
         rig.fake.with(|st| st.job_mode = JobMode::Tamper(how));
         let err = manager.delete(&id, true).await.unwrap_err();
         assert!(
-            matches!(&err, LifecycleError::BackupFailed(m) if m.contains("wakeway's own check") && m.contains(says)),
+            matches!(&err, LifecycleError::BackupFailed(m) if m.to_string().contains("wakeway's own check") && m.to_string().contains(says)),
             "{how:?}: {err}"
         );
         let s = manager.view(&id).await.unwrap().session;
