@@ -26,21 +26,34 @@ use serde::{Deserialize, Serialize};
 use crate::backup;
 use crate::session::{BackupInfo, SessionId, Skipped};
 
+crate::names::named! {
+    /// Why a backup was written: recorded with it, sent in `backup_verified` events, and passed to
+    /// a backup Job (`wakeway backup --reason`).
+    pub enum BackupReason {
+        /// Before a deletion: nothing is deleted without it.
+        Delete => "delete",
+        /// What the folder held before a restore replaced it.
+        PreRestore => "pre_restore",
+        /// `wakeway backup` run by hand.
+        Command => "command",
+        /// A zip found in the backup folder without a record.
+        Found => "found",
+    }
+}
+
 /// Where a backup came from (recorded with it).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
     pub session: Option<String>,
     pub user_id: Option<String>,
-    /// `delete` (before a deletion), `pre_restore` (the folder's content before a restore),
-    /// `command` (`wakeway backup`), `found` (a zip found without a record).
-    pub reason: String,
+    pub reason: BackupReason,
     /// The replica writing the backup (its `.partial` is named after it, so only that replica's
     /// start, or age, removes it). `None`: a backup Job or the `backup` command.
     pub writer: Option<String>,
 }
 
 impl Origin {
-    pub fn new(session: &str, user_id: &str, reason: &str) -> Self {
+    pub fn new(session: &str, user_id: &str, reason: impl Into<BackupReason>) -> Self {
         Origin { session: Some(session.into()), user_id: Some(user_id.into()), reason: reason.into(), writer: None }
     }
 
@@ -109,7 +122,7 @@ pub struct BackupRecord {
     /// Exempt from `backup_retention`.
     #[serde(default)]
     pub keep: bool,
-    pub reason: String,
+    pub reason: BackupReason,
     pub stamp: FileStamp,
 }
 
@@ -342,7 +355,7 @@ impl Catalog {
             verified_at: now,
             error: None,
             keep: false,
-            reason: "found".into(),
+            reason: BackupReason::Found,
             stamp: FileStamp::of(&meta),
         });
         record.verified_at = now;

@@ -39,7 +39,7 @@ use wakeway_proxy::Upstream;
 
 use super::{Backend, BackendError, BackendEvent, Discovered, Started};
 use crate::backup::{Sources, backup_file_name, write_verified_backup};
-use crate::catalog::Origin;
+use crate::catalog::{BackupReason, Origin};
 use crate::probe;
 use crate::restore::{self, Limits, Options, Report, Targets};
 use crate::session::{BackupInfo, Placement, Session};
@@ -697,7 +697,12 @@ impl Backend for LocalBackend {
         session.placement.as_ref().is_some_and(|p| self.placement_alive(p))
     }
 
-    async fn backup(&self, session: &Session, now: DateTime<Utc>, reason: &str) -> Result<BackupInfo, BackendError> {
+    async fn backup(
+        &self,
+        session: &Session,
+        now: DateTime<Utc>,
+        reason: BackupReason,
+    ) -> Result<BackupInfo, BackendError> {
         let src = self.paths.workspace(&session.uuid);
         // HOME is backed up with the workspace (a session created before HOME existed has none).
         let home = Some(self.paths.home(&session.uuid)).filter(|home| home.is_dir());
