@@ -274,17 +274,22 @@ pub struct Session {
     /// When the workspace last became ready.
     #[serde(default)]
     pub awake_since: Option<DateTime<Utc>>,
+    /// When it last went to sleep (the `sleep_to_delete` clock starts here).
     #[serde(default)]
     pub slept_at: Option<DateTime<Utc>>,
+    /// When its data was deleted (the record stays, in state `deleted`).
     #[serde(default)]
     pub deleted_at: Option<DateTime<Utc>>,
     /// Set by `DELETE /session/{uuid}`: delete as soon as a verified backup exists.
     #[serde(default)]
     pub delete_requested: bool,
+    /// The verified backup taken before deletion: nothing is deleted without it.
     #[serde(default)]
     pub backup: Option<BackupInfo>,
+    /// Backups that failed in a row since it was last woken; the next attempt backs off with it.
     #[serde(default)]
     pub backup_failures: u32,
+    /// When the backup that failed last is tried again.
     #[serde(default)]
     pub next_backup_attempt: Option<DateTime<Utc>>,
     /// The latest error (start failure, crash, backup failure), for status and logs.
@@ -303,6 +308,7 @@ pub struct Session {
     /// The backup last restored into this workspace, and when.
     #[serde(default)]
     pub restored_from: Option<String>,
+    /// When `restored_from` was restored.
     #[serde(default)]
     pub restored_at: Option<DateTime<Utc>>,
     /// The verified backup of what the last restore replaced (restore it to undo).
