@@ -9,8 +9,11 @@ use wakeway_proxy::ProxyStats;
 
 use crate::session::State;
 
+/// Where a proxy counter is counted.
+type Counted = fn(&ProxyStats) -> &AtomicU64;
+
 /// The proxy's counters, rendered at scrape time: name, help, and the atomic that counts it.
-const PROXY_COUNTERS: [(&str, &str, fn(&ProxyStats) -> &AtomicU64); 17] = [
+const PROXY_COUNTERS: [(&str, &str, Counted); 17] = [
     ("wakeway_proxy_requests_total", "Requests proxied to workspaces.", |s| &s.requests),
     ("wakeway_proxy_request_bytes_total", "Request body bytes sent to workspaces.", |s| &s.bytes_in),
     ("wakeway_proxy_response_bytes_total", "Response body bytes sent to clients.", |s| &s.bytes_out),
