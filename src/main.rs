@@ -247,7 +247,7 @@ fn backup(
     let origin = wakeway_lifecycle::catalog::Origin {
         session: wakeway_lifecycle::catalog::session_of(name.trim_end_matches(".zip")).map(String::from),
         user_id,
-        reason,
+        reason: reason.into(),
         writer: None,
     };
     let sources = wakeway_lifecycle::backup::Sources { workspace: src, home };

@@ -124,13 +124,13 @@ impl Certificates {
         match result {
             Ok(info) => {
                 tracing::info!(file = %cert.display(), names = ?info.names, "TLS certificate files loaded");
-                self.manager.set_problem("tls_files", None);
+                self.manager.set_problem(crate::manager::Component::TlsFiles, None);
                 None
             }
             Err(e) => {
                 let message = format!("cannot use {} / {}: {e}", cert.display(), key.display());
                 tracing::error!(error = %message, "TLS certificate files rejected; the previous certificate stays");
-                self.manager.set_problem("tls_files", Some(message.clone()));
+                self.manager.set_problem(crate::manager::Component::TlsFiles, Some(message.clone()));
                 Some(message)
             }
         }
@@ -192,7 +192,7 @@ impl Certificates {
         }
         let errors: Vec<String> =
             self.attempts.iter().filter_map(|a| a.last_error.as_ref().map(|e| format!("{}: {e}", a.key()))).collect();
-        self.manager.set_problem("acme", (!errors.is_empty()).then(|| errors.join("; ")));
+        self.manager.set_problem(crate::manager::Component::Acme, (!errors.is_empty()).then(|| errors.join("; ")));
     }
 
     async fn account(&self) -> Result<&Account, AcmeError> {

@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod failpoint;
 pub mod manager;
 pub mod metrics;
+mod names;
 pub mod policy;
 pub mod probe;
 pub mod restore;
@@ -238,7 +239,7 @@ pub async fn build(
             let plan = local_plan(&config)?;
             if let Some(why) = plan.not_isolated {
                 tracing::warn!("{why}");
-                problems.push(("isolation", why));
+                problems.push((manager::Component::Isolation, why));
             }
             let settings = backend::local::LocalSettings {
                 command: plan.command,

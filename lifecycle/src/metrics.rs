@@ -2,12 +2,84 @@
 //! and per-state session counts rendered at scrape time (no I/O on scrape).
 
 use std::fmt::Write;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 use wakeway_proxy::ProxyStats;
 
 use crate::session::State;
+
+/// Where a proxy counter is counted.
+type Counted = fn(&ProxyStats) -> &AtomicU64;
+
+/// The proxy's counters, rendered at scrape time: name, help, and the atomic that counts it.
+const PROXY_COUNTERS: [(&str, &str, Counted); 17] = [
+    ("wakeway_proxy_requests_total", "Requests proxied to workspaces.", |s| &s.requests),
+    ("wakeway_proxy_request_bytes_total", "Request body bytes sent to workspaces.", |s| &s.bytes_in),
+    ("wakeway_proxy_response_bytes_total", "Response body bytes sent to clients.", |s| &s.bytes_out),
+    ("wakeway_held_released_total", "Held requests released by a wake.", |s| &s.held_released),
+    ("wakeway_held_timed_out_total", "Held requests answered 503 after hold_timeout.", |s| &s.held_timed_out),
+    ("wakeway_held_rejected_total", "Requests answered 503 because too many were held.", |s| &s.held_rejected),
+    ("wakeway_waiting_pages_total", "Waiting pages served to browser navigations.", |s| &s.waiting_pages),
+    ("wakeway_unknown_host_total", "Requests for workspace hosts with no session.", |s| &s.unknown_host),
+    ("wakeway_unauthorized_total", "Workspace requests refused by the sign-in check (401/429).", |s| &s.unauthorized),
+    ("wakeway_signed_in_total", "Sign-in tokens exchanged for a workspace cookie.", |s| &s.signed_in),
+    ("wakeway_wakes_refused_total", "Wakes refused by wake_attempts_per_minute.", |s| &s.wakes_refused),
+    ("wakeway_not_woken_total", "Requests answered without waking (HEAD, OPTIONS, prefetch, bots, health).", |s| {
+        &s.not_woken
+    }),
+    (
+        "wakeway_sign_in_previews_total",
+        "Sign-in links opened by something other than a browser navigation (link previews, HEAD), left unused.",
+        |s| &s.sign_in_previews,
+    ),
+    (
+        "wakeway_failures_limited_total",
+        "Workspace requests answered 429 because their client address spent unauthenticated_per_minute on failed sign-ins or unknown hosts (API key failures show as wakeway_api_requests_total status 429).",
+        |s| &s.failures_limited,
+    ),
+    (
+        "wakeway_connections_over_limit_total",
+        "Connections refused (429) because their address had max_connections_per_address open.",
+        |s| &s.connections_over_limit,
+    ),
+    ("wakeway_header_timeouts_total", "Request heads not complete within header_timeout (408).", |s| {
+        &s.header_timeouts
+    }),
+    (
+        "wakeway_bad_framing_total",
+        "Requests refused (400) for ambiguous framing: Content-Length with Transfer-Encoding, differing Content-Lengths, obs-fold, bare LF, invalid Transfer-Encoding.",
+        |s| &s.bad_framing,
+    ),
+];
+
+/// Makes metrics, each registered in one registry.
+struct Registrar(Registry);
+
+impl Registrar {
+    fn counter(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+        self.0.register(Box::new(c.clone())).expect("unique metric");
+        c
+    }
+
+    /// A counter by result (`ok`, `failed`, …).
+    fn results(&self, name: &str, help: &str) -> IntCounterVec {
+        self.counter(name, help, &["result"])
+    }
+
+    /// A histogram by result.
+    fn histogram(&self, name: &str, help: &str, buckets: Vec<f64>) -> HistogramVec {
+        let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["result"]).expect("valid metric");
+        self.0.register(Box::new(h.clone())).expect("unique metric");
+        h
+    }
+
+    /// A histogram of durations by result, from 10 ms to 2 min.
+    fn seconds(&self, name: &str, help: &str) -> HistogramVec {
+        self.histogram(name, help, vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0])
+    }
+}
 
 /// Lifecycle metrics.
 pub struct Metrics {
@@ -37,91 +109,54 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
-            c
-        };
-        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
-            registry.register(Box::new(h.clone())).expect("unique metric");
-            h
-        };
-        let secs = vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+        let r = Registrar(Registry::new());
         Metrics {
-            sweep_seconds: histogram(
+            sweep_seconds: r.histogram(
                 "wakeway_sweep_duration_seconds",
                 "Time of one lifecycle sweep over every session, with the sleeps, backups and deletions it carries out (the sweep leader's), by result (ok, failed).",
-                &["result"],
                 vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
             ),
-            wakes: counter("wakeway_wakes_total", "Workspace starts by result (ok, failed).", &["result"]),
-            wake_seconds: histogram(
-                "wakeway_wake_duration_seconds",
-                "Time from wake request to a workspace answering HTTP.",
-                &["result"],
-                secs.clone(),
-            ),
-            sleeps: counter(
+            wakes: r.results("wakeway_wakes_total", "Workspace starts by result (ok, failed)."),
+            wake_seconds: r.seconds("wakeway_wake_duration_seconds", "Time from wake request to a workspace answering HTTP."),
+            sleeps: r.counter(
                 "wakeway_sleeps_total",
                 "Workspaces put to sleep, by reason (idle, api, crashed, shutdown).",
                 &["reason"],
             ),
-            backups: counter("wakeway_backups_total", "Backups by result (ok, failed).", &["result"]),
-            backup_seconds: histogram(
-                "wakeway_backup_duration_seconds",
-                "Time to write and verify a backup.",
-                &["result"],
-                secs.clone(),
-            ),
-            deletes: counter(
+            backups: r.results("wakeway_backups_total", "Backups by result (ok, failed)."),
+            backup_seconds: r.seconds("wakeway_backup_duration_seconds", "Time to write and verify a backup."),
+            deletes: r.counter(
                 "wakeway_deletes_total",
                 "Workspaces deleted after a verified backup, by trigger (policy, api).",
                 &["trigger"],
             ),
-            background_restarts: counter(
+            background_restarts: r.counter(
                 "wakeway_background_restarts_total",
                 "Background tasks (sweep, checkpoint, events) restarted after a panic.",
                 &["task"],
             ),
-            backups_pruned: counter(
-                "wakeway_backups_pruned_total",
-                "Backups deleted after backup_retention.",
-                &["result"],
-            ),
-            acme_orders: counter(
-                "wakeway_acme_orders_total",
-                "ACME certificate orders by result (ok, failed).",
-                &["result"],
-            ),
-            restores: counter(
+            backups_pruned: r.results("wakeway_backups_pruned_total", "Backups deleted after backup_retention."),
+            acme_orders: r.results("wakeway_acme_orders_total", "ACME certificate orders by result (ok, failed)."),
+            restores: r.results(
                 "wakeway_restores_total",
                 "Restores of a backup into a workspace, by result (ok, rejected, failed).",
-                &["result"],
             ),
-            restore_seconds: histogram(
+            restore_seconds: r.seconds(
                 "wakeway_restore_duration_seconds",
                 "Time to check, extract and swap in a backup (with the safety backup before it).",
-                &["result"],
-                secs,
             ),
-            webhooks: counter(
+            webhooks: r.counter(
                 "wakeway_webhooks_total",
                 "Webhook events by event and result (delivered, failed, dropped).",
                 &["event", "result"],
             ),
-            webhook_attempts: counter(
-                "wakeway_webhook_attempts_total",
-                "Webhook delivery attempts by result (ok, failed).",
-                &["result"],
-            ),
-            api_requests: counter(
+            webhook_attempts: r.results("wakeway_webhook_attempts_total", "Webhook delivery attempts by result (ok, failed)."),
+            api_requests: r.counter(
                 "wakeway_api_requests_total",
                 "Management API requests by endpoint and status.",
                 &["endpoint", "status"],
             ),
-            registry,
+            registry: r.0,
         }
     }
 
@@ -139,90 +174,8 @@ impl Metrics {
             "# HELP wakeway_store_up Whether the session store answers (1) or not (0).\n# TYPE wakeway_store_up gauge"
         );
         let _ = writeln!(text, "wakeway_store_up {}", u8::from(store_up));
-        let counters: [(&str, &str, u64); 17] = [
-            ("wakeway_proxy_requests_total", "Requests proxied to workspaces.", stats.requests.load(Ordering::Relaxed)),
-            (
-                "wakeway_proxy_request_bytes_total",
-                "Request body bytes sent to workspaces.",
-                stats.bytes_in.load(Ordering::Relaxed),
-            ),
-            (
-                "wakeway_proxy_response_bytes_total",
-                "Response body bytes sent to clients.",
-                stats.bytes_out.load(Ordering::Relaxed),
-            ),
-            (
-                "wakeway_held_released_total",
-                "Held requests released by a wake.",
-                stats.held_released.load(Ordering::Relaxed),
-            ),
-            (
-                "wakeway_held_timed_out_total",
-                "Held requests answered 503 after hold_timeout.",
-                stats.held_timed_out.load(Ordering::Relaxed),
-            ),
-            (
-                "wakeway_held_rejected_total",
-                "Requests answered 503 because too many were held.",
-                stats.held_rejected.load(Ordering::Relaxed),
-            ),
-            (
-                "wakeway_waiting_pages_total",
-                "Waiting pages served to browser navigations.",
-                stats.waiting_pages.load(Ordering::Relaxed),
-            ),
-            (
-                "wakeway_unknown_host_total",
-                "Requests for workspace hosts with no session.",
-                stats.unknown_host.load(Ordering::Relaxed),
-            ),
-            (
-                "wakeway_unauthorized_total",
-                "Workspace requests refused by the sign-in check (401/429).",
-                stats.unauthorized.load(Ordering::Relaxed),
-            ),
-            (
-                "wakeway_signed_in_total",
-                "Sign-in tokens exchanged for a workspace cookie.",
-                stats.signed_in.load(Ordering::Relaxed),
-            ),
-            (
-                "wakeway_wakes_refused_total",
-                "Wakes refused by wake_attempts_per_minute.",
-                stats.wakes_refused.load(Ordering::Relaxed),
-            ),
-            (
-                "wakeway_not_woken_total",
-                "Requests answered without waking (HEAD, OPTIONS, prefetch, bots, health).",
-                stats.not_woken.load(Ordering::Relaxed),
-            ),
-            (
-                "wakeway_sign_in_previews_total",
-                "Sign-in links opened by something other than a browser navigation (link previews, HEAD), left unused.",
-                stats.sign_in_previews.load(Ordering::Relaxed),
-            ),
-            (
-                "wakeway_failures_limited_total",
-                "Workspace requests answered 429 because their client address spent unauthenticated_per_minute on failed sign-ins or unknown hosts (API key failures show as wakeway_api_requests_total status 429).",
-                stats.failures_limited.load(Ordering::Relaxed),
-            ),
-            (
-                "wakeway_connections_over_limit_total",
-                "Connections refused (429) because their address had max_connections_per_address open.",
-                stats.connections_over_limit.load(Ordering::Relaxed),
-            ),
-            (
-                "wakeway_header_timeouts_total",
-                "Request heads not complete within header_timeout (408).",
-                stats.header_timeouts.load(Ordering::Relaxed),
-            ),
-            (
-                "wakeway_bad_framing_total",
-                "Requests refused (400) for ambiguous framing: Content-Length with Transfer-Encoding, differing Content-Lengths, obs-fold, bare LF, invalid Transfer-Encoding.",
-                stats.bad_framing.load(Ordering::Relaxed),
-            ),
-        ];
-        for (name, help, value) in counters {
+        for (name, help, counted) in PROXY_COUNTERS {
+            let value = counted(stats).load(Ordering::Relaxed);
             let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
         }
         let held = stats.held_now.load(Ordering::Relaxed);

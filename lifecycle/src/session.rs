@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use wakeway_proxy::SessionId;
+pub use wakeway_proxy::{ActivitySource, SessionId};
 
 /// A session's lifecycle state (persisted; shown in status as `state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -266,7 +266,7 @@ pub struct Session {
     pub updated_at: DateTime<Utc>,
     /// Latest user activity (checkpointed from the proxy's counters).
     pub last_activity: DateTime<Utc>,
-    pub activity_source: String,
+    pub activity_source: RecordedSource,
     /// Latest interaction (HTTP request, editor input, API wake): raw WebSocket traffic alone
     /// keeps a session awake at most `max_awake_with_open_tab` past this.
     #[serde(default)]
@@ -274,17 +274,22 @@ pub struct Session {
     /// When the workspace last became ready.
     #[serde(default)]
     pub awake_since: Option<DateTime<Utc>>,
+    /// When it last went to sleep (the `sleep_to_delete` clock starts here).
     #[serde(default)]
     pub slept_at: Option<DateTime<Utc>>,
+    /// When its data was deleted (the record stays, in state `deleted`).
     #[serde(default)]
     pub deleted_at: Option<DateTime<Utc>>,
     /// Set by `DELETE /session/{uuid}`: delete as soon as a verified backup exists.
     #[serde(default)]
     pub delete_requested: bool,
+    /// The verified backup taken before deletion: nothing is deleted without it.
     #[serde(default)]
     pub backup: Option<BackupInfo>,
+    /// Backups that failed in a row since it was last woken; the next attempt backs off with it.
     #[serde(default)]
     pub backup_failures: u32,
+    /// When the backup that failed last is tried again.
     #[serde(default)]
     pub next_backup_attempt: Option<DateTime<Utc>>,
     /// The latest error (start failure, crash, backup failure), for status and logs.
@@ -303,6 +308,7 @@ pub struct Session {
     /// The backup last restored into this workspace, and when.
     #[serde(default)]
     pub restored_from: Option<String>,
+    /// When `restored_from` was restored.
     #[serde(default)]
     pub restored_at: Option<DateTime<Utc>>,
     /// The verified backup of what the last restore replaced (restore it to undo).
@@ -324,6 +330,54 @@ pub struct Session {
     pub version: u64,
 }
 
+/// What caused a session's latest activity as its record (and status) says: one of the proxy's
+/// [`ActivitySource`]s, or a name this version does not know (another version wrote it), kept.
+/// Stored and shown as the source's name (`http`, `api-wake`, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordedSource {
+    Known(ActivitySource),
+    Other(String),
+}
+
+impl RecordedSource {
+    pub fn as_str(&self) -> &str {
+        match self {
+            RecordedSource::Known(source) => source.as_str(),
+            RecordedSource::Other(name) => name,
+        }
+    }
+}
+
+impl From<ActivitySource> for RecordedSource {
+    fn from(source: ActivitySource) -> Self {
+        RecordedSource::Known(source)
+    }
+}
+
+impl From<&str> for RecordedSource {
+    fn from(name: &str) -> Self {
+        ActivitySource::parse(name).map_or_else(|| RecordedSource::Other(name.into()), RecordedSource::Known)
+    }
+}
+
+impl std::fmt::Display for RecordedSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for RecordedSource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordedSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|name| RecordedSource::from(name.as_str()))
+    }
+}
+
 /// The id as stored (a plain string; validated as [`SessionId`] on the way in).
 pub type SessionIdString = String;
 
@@ -342,7 +396,7 @@ impl Session {
             created_at: now,
             updated_at: now,
             last_activity: now,
-            activity_source: "created".into(),
+            activity_source: ActivitySource::Created.into(),
             last_interaction: Some(now),
             awake_since: None,
             slept_at: None,
@@ -474,6 +528,19 @@ mod tests {
         assert_eq!(s.awake_since, None);
         let err = s.transition(State::Deleted, t1).unwrap_err();
         assert_eq!(err.to_string(), "a session cannot go from sleeping to deleted");
+    }
+
+    #[test]
+    fn activity_sources_are_stored_by_name_and_unknown_names_still_load() {
+        let mut s = Session::new(&SessionId::parse("abc12345").unwrap(), "u", "small", Utc::now());
+        s.activity_source = ActivitySource::ApiWake.into();
+        let mut json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["activity_source"], "api-wake");
+        assert_eq!(serde_json::from_value::<Session>(json.clone()).unwrap().activity_source, s.activity_source);
+        json["activity_source"] = "telepathy".into();
+        let read: Session = serde_json::from_value(json).unwrap();
+        assert_eq!(read.activity_source, RecordedSource::Other("telepathy".into()));
+        assert_eq!(serde_json::to_value(&read).unwrap()["activity_source"], "telepathy");
     }
 
     #[test]

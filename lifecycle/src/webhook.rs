@@ -36,6 +36,23 @@ const QUEUE: usize = 4096;
 const CONCURRENCY: usize = 16;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
+crate::names::named! {
+    /// A lifecycle event: `event` in the webhook's body, its `X-Wakeway-Event` header, and the
+    /// `event` label of `wakeway_webhooks_total`.
+    pub enum Event {
+        Created => "created",
+        Woke => "woke",
+        Slept => "slept",
+        SleepWarning => "sleep_warning",
+        DeleteWarning => "delete_warning",
+        BackupVerified => "backup_verified",
+        BackupFailed => "backup_failed",
+        Deleted => "deleted",
+        Restored => "restored",
+        RestoreFailed => "restore_failed",
+    }
+}
+
 /// `sha256=<hex>`: the HMAC-SHA256 of `body` under `secret`, as sent in `X-Wakeway-Signature`.
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
@@ -47,7 +64,7 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 
 struct Delivery {
     id: String,
-    event: String,
+    event: Event,
     body: Vec<u8>,
     /// Already in the store (left by an earlier run): not written again.
     kept: bool,
@@ -119,7 +136,7 @@ impl Notifier {
     }
 
     /// Queue `event` about `session` (of `user_id`) with `fields` added to the body. Never waits.
-    pub fn send(&self, event: &'static str, session: &str, user_id: &str, at: DateTime<Utc>, fields: Value) {
+    pub fn send(&self, event: Event, session: &str, user_id: &str, at: DateTime<Utc>, fields: Value) {
         let Some(inner) = &self.inner else { return };
         let id: String = rand::rng().random::<[u8; 12]>().iter().map(|b| format!("{b:02x}")).collect();
         let mut body = Map::new();
@@ -133,9 +150,10 @@ impl Notifier {
             body.extend(extra);
         }
         let body = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
-        if inner.tx.try_send(Delivery { id, event: event.into(), body, kept: false }).is_err() {
-            inner.events.with_label_values(&[event, "dropped"]).inc();
-            tracing::warn!(event, session, "webhook queue full: event dropped");
+        if let Err(full) = inner.tx.try_send(Delivery { id, event, body, kept: false }) {
+            let event = &full.into_inner().event;
+            inner.events.with_label_values(&[event.as_str(), "dropped"]).inc();
+            tracing::warn!(%event, session, "webhook queue full: event dropped");
         }
     }
 }
@@ -148,9 +166,9 @@ async fn resend_pending(inner: Arc<Inner>) {
     };
     for key in keys {
         let Ok(Some(body)) = inner.store.get_blob(&key).await else { continue };
-        let event = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["event"].as_str().map(String::from));
+        let event = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["event"].as_str().map(Event::from));
         let (Some(id), Some(event)) = (key.strip_prefix(PENDING), event) else { continue };
-        tracing::info!(event, delivery = id, "delivering a webhook event an earlier run left");
+        tracing::info!(%event, delivery = id, "delivering a webhook event an earlier run left");
         let delivery = Delivery { id: id.to_string(), event, body, kept: true };
         if inner.tx.send(delivery).await.is_err() {
             return;
@@ -188,7 +206,7 @@ async fn deliver(inner: &Inner, d: &Delivery) {
             .client
             .post(&inner.url)
             .header("content-type", "application/json")
-            .header("x-wakeway-event", &d.event)
+            .header("x-wakeway-event", d.event.as_str())
             .header("x-wakeway-delivery", &d.id)
             .header("x-wakeway-signature", &signature)
             .body(d.body.clone())
@@ -197,7 +215,7 @@ async fn deliver(inner: &Inner, d: &Delivery) {
         let (retry, why) = match result {
             Ok(r) if r.status().is_success() => {
                 inner.attempts.with_label_values(&["ok"]).inc();
-                inner.events.with_label_values(&[&d.event, "delivered"]).inc();
+                inner.events.with_label_values(&[d.event.as_str(), "delivered"]).inc();
                 tracing::debug!(event = %d.event, delivery = %d.id, attempt, "webhook delivered");
                 return;
             }
@@ -210,7 +228,7 @@ async fn deliver(inner: &Inner, d: &Delivery) {
         };
         inner.attempts.with_label_values(&["failed"]).inc();
         if !retry || attempt == inner.max_attempts {
-            inner.events.with_label_values(&[&d.event, "failed"]).inc();
+            inner.events.with_label_values(&[d.event.as_str(), "failed"]).inc();
             tracing::warn!(event = %d.event, delivery = %d.id, attempt, error = %why, "webhook delivery given up");
             return;
         }

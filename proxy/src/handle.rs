@@ -74,6 +74,11 @@ impl ActivitySource {
         }
     }
 
+    /// The source named `text` (as [`as_str`](Self::as_str) writes it).
+    pub fn parse(text: &str) -> Option<ActivitySource> {
+        (0..=5).map(ActivitySource::from_u8).find(|source| source.as_str() == text)
+    }
+
     /// Whether this source is a person interacting (HTTP request, editor input, API wake), as
     /// opposed to raw WebSocket traffic counted by the fallback rule. `max_awake_with_open_tab`
     /// caps how long the latter alone keeps a session awake.

@@ -12,6 +12,7 @@ use wakeway_config::Tier;
 use wakeway_proxy::Upstream;
 
 use crate::backup::BackupError;
+use crate::catalog::BackupReason;
 use crate::restore::{Limits, Options, Report, RestoreError};
 use crate::session::{BackupInfo, Durable, ObjectUids, Placement, Session};
 
@@ -148,8 +149,13 @@ pub trait Backend: Send + Sync + 'static {
     fn is_alive(&self, session: &Session) -> bool;
 
     /// Zip the (stopped) workspace into a verified backup named for `now`, recorded in the catalog
-    /// with `reason` (`delete`, `pre_restore`).
-    async fn backup(&self, session: &Session, now: DateTime<Utc>, reason: &str) -> Result<BackupInfo, BackendError>;
+    /// with `reason`.
+    async fn backup(
+        &self,
+        session: &Session,
+        now: DateTime<Utc>,
+        reason: BackupReason,
+    ) -> Result<BackupInfo, BackendError>;
 
     /// Replace the (stopped) workspace's content with the backup `zip`: every entry checked first,
     /// extracted beside it (or inside it, for a volume's mount point), flushed, swapped in, within

@@ -40,39 +40,36 @@ pub(super) fn copy_hashing(
     to: &mut impl Write,
     hasher: &mut crc32fast::Hasher,
 ) -> io::Result<u64> {
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        to.write_all(&buf[..n])?;
-        total += n as u64;
-    }
-    Ok(total)
+    each_chunk(from, |chunk| {
+        hasher.update(chunk);
+        to.write_all(chunk)
+    })
 }
 
 /// SHA-256 (hex) and length of a file.
 pub fn sha256_file(path: &Path) -> io::Result<(String, u64)> {
-    let mut file = File::open(path)?;
     let mut hasher = Sha256::new();
+    let size = each_chunk(&mut File::open(path)?, |chunk| {
+        hasher.update(chunk);
+        Ok(())
+    })?;
+    Ok((format!("{:x}", hasher.finalize()), size))
+}
+
+/// Read `from` to its end in 256 KiB chunks, handing each to `take`; returns the bytes read.
+fn each_chunk(from: &mut impl Read, mut take: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<u64> {
     let mut buf = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
+    let mut total = 0u64;
     loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        hasher.update(&buf[..n]);
-        size += n as u64;
+        take(&buf[..n])?;
+        total += n as u64;
     }
-    Ok((format!("{:x}", hasher.finalize()), size))
 }
 
 /// Reopen the zip and check every entry against what was written. Returns (sha256, size).

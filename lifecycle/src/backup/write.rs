@@ -2,10 +2,12 @@
 //! threads, appended in order; large files (and files whose name is not UTF-8) streamed by the
 //! writing thread; every name written as its raw bytes.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex, mpsc};
 
 use zip::write::{FullFileOptions, PreparedZipFile};
 use zip::{CompressionMethod, ZipWriter};
@@ -107,98 +109,152 @@ pub(super) fn add_all(
 ) -> Result<(Vec<Entry>, Vec<Skipped>), BackupError> {
     let options: Vec<FullFileOptions<'static, 'static>> =
         found.iter().map(|f| options_for(&f.meta, partial)).collect::<Result<_, _>>()?;
-    fn small_name(f: &Found) -> Option<&str> {
-        (matches!(f.kind, FoundKind::File) && f.meta.len() <= SMALL_FILE).then(|| std::str::from_utf8(&f.name).ok())?
-    }
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
-    let zip_err = |source| BackupError::Zip { path: partial.to_owned(), source };
-    let options = &options;
-    let mut entries = Vec::with_capacity(found.len());
-    let mut skipped = Vec::new();
-    std::thread::scope(|scope| -> Result<(), BackupError> {
-        let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<usize>();
-        let jobs_rx = std::sync::Arc::new(std::sync::Mutex::new(jobs_rx));
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, Prepared)>();
+    std::thread::scope(|scope| {
+        let (jobs_tx, jobs_rx) = mpsc::channel::<usize>();
+        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+        let (done_tx, done_rx) = mpsc::channel::<(usize, Prepared)>();
         for _ in 0..workers {
-            let (jobs_rx, done_tx) = (jobs_rx.clone(), done_tx.clone());
-            scope.spawn(move || {
-                loop {
-                    let job = jobs_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                    let Ok(i) = job else { return };
-                    let name = small_name(&found[i]).expect("only small files are sent");
-                    if done_tx.send((i, prepare(&found[i], name, options[i].clone()))).is_err() {
-                        return;
-                    }
-                }
-            });
+            let (jobs_rx, done_tx, options) = (jobs_rx.clone(), done_tx.clone(), &options);
+            scope.spawn(move || compress(found, options, &jobs_rx, &done_tx));
         }
         drop(done_tx);
-        let mut next_job = 0;
-        let mut in_flight = 0u64;
-        let mut ready = std::collections::BTreeMap::new();
-        let mut files = 0;
-        let result = (|| -> Result<(), BackupError> {
-            for (i, f) in found.iter().enumerate() {
-                // Keep the workers fed, ahead of the writer, within the read-ahead bound.
-                next_job = next_job.max(i);
-                while next_job < found.len() && (in_flight < READ_AHEAD || next_job == i) {
-                    if small_name(&found[next_job]).is_some() {
-                        in_flight += found[next_job].meta.len();
-                        let _ = jobs_tx.send(next_job);
-                    }
-                    next_job += 1;
-                }
-                let mode = f.meta.mode() & 0o7777;
-                let mtime = mtime_of(&f.meta);
-                let kind = match &f.kind {
-                    FoundKind::Dir => {
-                        add_plain(zip, f, options[i].clone(), b"", partial)?;
-                        Kind::Dir
-                    }
-                    FoundKind::Symlink(target) => {
-                        add_plain(zip, f, options[i].clone(), target, partial)?;
-                        Kind::Symlink { target: target.clone() }
-                    }
-                    FoundKind::File => {
-                        let written = if small_name(f).is_some() {
-                            let prepared = loop {
-                                if let Some(p) = ready.remove(&i) {
-                                    break p;
-                                }
-                                let (j, p) = done_rx.recv().map_err(|_| BackupError::Verify {
-                                    path: partial.to_owned(),
-                                    why: "a compression worker stopped".into(),
-                                })?;
-                                ready.insert(j, p);
-                            };
-                            in_flight = in_flight.saturating_sub(f.meta.len());
-                            match prepared? {
-                                Some((prepared, size, crc)) => {
-                                    zip.add_prepared_file(prepared).map_err(zip_err)?;
-                                    Some((size, crc))
-                                }
-                                None => None,
-                            }
-                        } else {
-                            add_streamed(zip, f, options[i].clone(), partial)?
-                        };
-                        let Some((size, crc)) = written else {
-                            skipped.push(Skipped::new(&f.name, "unreadable"));
-                            continue;
-                        };
-                        files += 1;
-                        if files == 2 {
-                            failpoint::hit("backup.mid_zip");
-                        }
-                        Kind::File { size, crc }
-                    }
-                };
-                entries.push(Entry { name: f.name.clone(), kind, mode, mtime });
-            }
-            Ok(())
-        })();
-        drop(jobs_tx);
+        let mut appender = Appender {
+            zip,
+            found,
+            options: &options,
+            partial,
+            jobs: jobs_tx,
+            done: done_rx,
+            next_job: 0,
+            in_flight: 0,
+            ready: BTreeMap::new(),
+            files: 0,
+        };
+        let result = appender.append_all();
+        // Its end of the jobs channel closes: the workers stop.
+        drop(appender);
         result
-    })?;
-    Ok((entries, skipped))
+    })
+}
+
+/// A small file to read whole and compress off the writing thread.
+fn small_name(f: &Found) -> Option<&str> {
+    (matches!(f.kind, FoundKind::File) && f.meta.len() <= SMALL_FILE).then(|| std::str::from_utf8(&f.name).ok())?
+}
+
+/// A compression worker: prepares the small files whose indexes it receives, until the jobs end
+/// (or nobody takes its results).
+fn compress(
+    found: &[Found],
+    options: &[FullFileOptions<'static, 'static>],
+    jobs: &Mutex<mpsc::Receiver<usize>>,
+    done: &mpsc::Sender<(usize, Prepared)>,
+) {
+    loop {
+        let job = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok(i) = job else { return };
+        let name = small_name(&found[i]).expect("only small files are sent");
+        if done.send((i, prepare(&found[i], name, options[i].clone()))).is_err() {
+            return;
+        }
+    }
+}
+
+/// The writing side of [`add_all`]: appends the entries in order, keeping the compression
+/// workers fed ahead of it within [`READ_AHEAD`].
+struct Appender<'a> {
+    zip: &'a mut Zip,
+    found: &'a [Found],
+    options: &'a [FullFileOptions<'static, 'static>],
+    partial: &'a Path,
+    jobs: mpsc::Sender<usize>,
+    done: mpsc::Receiver<(usize, Prepared)>,
+    /// The next entry to hand to a worker (if it is a small file).
+    next_job: usize,
+    /// Bytes of small files handed out and not appended yet.
+    in_flight: u64,
+    /// Prepared files that came back before their turn.
+    ready: BTreeMap<usize, Prepared>,
+    /// Files written so far.
+    files: u32,
+}
+
+impl Appender<'_> {
+    fn append_all(&mut self) -> Result<(Vec<Entry>, Vec<Skipped>), BackupError> {
+        let found = self.found;
+        let mut entries = Vec::with_capacity(found.len());
+        let mut skipped = Vec::new();
+        for (i, f) in found.iter().enumerate() {
+            self.feed(i);
+            let kind = match &f.kind {
+                FoundKind::Dir => {
+                    add_plain(self.zip, f, self.options[i].clone(), b"", self.partial)?;
+                    Kind::Dir
+                }
+                FoundKind::Symlink(target) => {
+                    add_plain(self.zip, f, self.options[i].clone(), target, self.partial)?;
+                    Kind::Symlink { target: target.clone() }
+                }
+                FoundKind::File => {
+                    let Some((size, crc)) = self.add_file(i)? else {
+                        skipped.push(Skipped::new(&f.name, "unreadable"));
+                        continue;
+                    };
+                    Kind::File { size, crc }
+                }
+            };
+            entries.push(Entry { name: f.name.clone(), kind, mode: f.meta.mode() & 0o7777, mtime: mtime_of(&f.meta) });
+        }
+        Ok((entries, skipped))
+    }
+
+    /// Keep the workers fed, ahead of the writer (at entry `i`), within the read-ahead bound.
+    fn feed(&mut self, i: usize) {
+        self.next_job = self.next_job.max(i);
+        while self.next_job < self.found.len() && (self.in_flight < READ_AHEAD || self.next_job == i) {
+            if small_name(&self.found[self.next_job]).is_some() {
+                self.in_flight += self.found[self.next_job].meta.len();
+                let _ = self.jobs.send(self.next_job);
+            }
+            self.next_job += 1;
+        }
+    }
+
+    /// Write file `i`: prepared by a worker if small, else streamed. `None`: it may not be read.
+    fn add_file(&mut self, i: usize) -> Result<Option<(u64, u32)>, BackupError> {
+        let f = &self.found[i];
+        let written = if small_name(f).is_some() {
+            self.add_prepared(i)?
+        } else {
+            add_streamed(self.zip, f, self.options[i].clone(), self.partial)?
+        };
+        if written.is_some() {
+            self.files += 1;
+            if self.files == 2 {
+                failpoint::hit("backup.mid_zip");
+            }
+        }
+        Ok(written)
+    }
+
+    /// Append small file `i` once its worker prepared it.
+    fn add_prepared(&mut self, i: usize) -> Result<Option<(u64, u32)>, BackupError> {
+        let prepared = loop {
+            if let Some(p) = self.ready.remove(&i) {
+                break p;
+            }
+            let (j, p) = self.done.recv().map_err(|_| BackupError::Verify {
+                path: self.partial.to_owned(),
+                why: "a compression worker stopped".into(),
+            })?;
+            self.ready.insert(j, p);
+        };
+        self.in_flight = self.in_flight.saturating_sub(self.found[i].meta.len());
+        let Some((prepared, size, crc)) = prepared? else { return Ok(None) };
+        self.zip
+            .add_prepared_file(prepared)
+            .map_err(|source| BackupError::Zip { path: self.partial.to_owned(), source })?;
+        Ok(Some((size, crc)))
+    }
 }

@@ -18,10 +18,11 @@ use super::checkpoints::backup_fields;
 use super::runtime::SessionRuntime;
 use super::{LifecycleError, Manager, Result};
 use crate::backend::BackendError;
-use crate::catalog::{BackupRecord, CatalogError};
+use crate::catalog::{BackupReason, BackupRecord, CatalogError};
 use crate::failpoint;
 use crate::restore::{self, Options, Report, RestoreError};
 use crate::session::{RestoreOp, Session, State};
+use crate::webhook::Event;
 
 /// What to restore, and how.
 #[derive(Debug, Clone)]
@@ -184,7 +185,7 @@ impl Manager {
                 started_at: this.now(),
             });
             this.transition(&rt, &mut s, State::Restoring).await?;
-            this.event("created", &s, json!({ "tier": s.tier, "restore_from": req.backup }));
+            this.event(Event::Created, &s, json!({ "tier": s.tier, "restore_from": req.backup }));
             let result = this.run_restore(&rt, &mut s).await;
             drop(_op);
             if result.is_ok() {
@@ -299,7 +300,7 @@ impl Manager {
             "bytes": report.bytes,
             "skipped": report.skipped,
         });
-        self.event("restored", s, fields);
+        self.event(Event::Restored, s, fields);
         Ok(())
     }
 
@@ -328,7 +329,7 @@ impl Manager {
         if let Err(save) = self.transition(rt, s, State::Sleeping).await {
             tracing::error!(session = %s.uuid, error = %save, "cannot record the failed restore; the sweep retries");
         }
-        self.event("restore_failed", s, json!({ "backup": op.backup, "error": e.to_string() }));
+        self.event(Event::RestoreFailed, s, json!({ "backup": op.backup, "error": e.to_string() }));
     }
 
     async fn restore_steps(&self, rt: &SessionRuntime, s: &mut Session, op: &RestoreOp) -> Result<Report> {
@@ -336,13 +337,13 @@ impl Manager {
         if !op.fresh && op.safety_backup.is_none() {
             // The folder must hold the old content (a crash mid-swap is finished first).
             self.inner.backend.clean_interrupted_restore(s).await?;
-            let info = self.inner.backend.backup(s, self.now(), "pre_restore").await.map_err(|e| {
+            let info = self.inner.backend.backup(s, self.now(), BackupReason::PreRestore).await.map_err(|e| {
                 self.inner.metrics.backups.with_label_values(&["failed"]).inc();
                 LifecycleError::SafetyBackupFailed { id: s.uuid.clone(), source: e }
             })?;
             self.inner.metrics.backups.with_label_values(&["ok"]).inc();
             tracing::info!(session = %s.uuid, file = %info.file, "backup of the content being replaced written and verified");
-            self.event("backup_verified", s, backup_fields(&info, "pre_restore"));
+            self.event(Event::BackupVerified, s, backup_fields(&info, &BackupReason::PreRestore));
             if let Some(op) = s.restore.as_mut() {
                 op.safety_backup = Some(info.file.trim_end_matches(".zip").to_string());
             }

@@ -11,13 +11,15 @@ use wakeway_proxy::SessionId;
 
 use super::Manager;
 use super::runtime::SessionRuntime;
+use crate::catalog::BackupReason;
 use crate::policy::{Seen, Warning};
 use crate::session::{BackupInfo, Session, State};
 use crate::store::ActivityCheckpoint;
+use crate::webhook::Event;
 
 impl Manager {
     /// Send a lifecycle event to the webhook (if any). Never waits.
-    pub(super) fn event(&self, kind: &'static str, s: &Session, fields: Value) {
+    pub(super) fn event(&self, kind: Event, s: &Session, fields: Value) {
         self.inner.notifier.send(kind, &s.uuid, &s.user_id, self.now(), fields);
     }
 
@@ -89,11 +91,11 @@ impl Manager {
         let (kind, field, at) = match warning {
             Warning::Sleep(at) => {
                 s.warned_sleep_for = Some(at);
-                ("sleep_warning", "sleeps_at", at)
+                (Event::SleepWarning, "sleeps_at", at)
             }
             Warning::Delete(at) => {
                 s.warned_delete_for = Some(at);
-                ("delete_warning", "deletes_at", at)
+                (Event::DeleteWarning, "deletes_at", at)
             }
         };
         // Recorded first: a warning is sent once per deadline, even across restarts.
@@ -104,7 +106,7 @@ impl Manager {
         let mut fields = serde_json::Map::new();
         fields.insert(field.into(), json!(rfc3339(at)));
         fields.insert("in_seconds".into(), json!((at - now).num_milliseconds().max(0) as f64 / 1000.0));
-        tracing::info!(session = %s.uuid, warning = kind, at = %rfc3339(at), "warning sent");
+        tracing::info!(session = %s.uuid, warning = %kind, at = %rfc3339(at), "warning sent");
         self.event(kind, s, Value::Object(fields));
     }
 }
@@ -115,7 +117,7 @@ pub(super) fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 /// An event's fields for a verified backup written for `reason`.
-pub(super) fn backup_fields(info: &BackupInfo, reason: &str) -> Value {
+pub(super) fn backup_fields(info: &BackupInfo, reason: &BackupReason) -> Value {
     json!({
         "backup": info.file.trim_end_matches(".zip"),
         "reason": reason,

@@ -12,12 +12,13 @@ use super::runtime::SessionRuntime;
 use super::{Manager, Result};
 use crate::session::{Session, State};
 use crate::store::StoreError;
+use crate::webhook::Event;
 
 impl Manager {
     /// Create a session and start its workspace in the background. Returns the stored record.
     pub async fn create(&self, user_id: &str) -> Result<Session> {
         let (rt, s) = self.create_record(user_id).await?;
-        self.event("created", &s, json!({ "tier": s.tier }));
+        self.event(Event::Created, &s, json!({ "tier": s.tier }));
         self.request_wake(&rt.handle, ActivitySource::Created);
         Ok(s)
     }

@@ -12,8 +12,10 @@ use super::runtime::SessionRuntime;
 use super::tokens::end_cookies;
 use super::{LifecycleError, Manager, Result, SleepReason};
 use crate::backend::BackendError;
+use crate::catalog::BackupReason;
 use crate::failpoint;
 use crate::session::{Session, State};
+use crate::webhook::Event;
 
 impl Manager {
     /// Back up (verified) and delete. `requested` marks an API delete (kept across failures and
@@ -51,7 +53,7 @@ impl Manager {
     async fn back_up_for_deletion(&self, rt: &SessionRuntime, s: &mut Session) -> Result<()> {
         self.transition(rt, s, State::BackingUp).await?;
         let started = Instant::now();
-        let result = self.inner.backend.backup(s, self.now(), "delete").await;
+        let result = self.inner.backend.backup(s, self.now(), BackupReason::Delete).await;
         let secs = started.elapsed().as_secs_f64();
         let label = if result.is_ok() { "ok" } else { "failed" };
         self.inner.metrics.backups.with_label_values(&[label]).inc();
@@ -60,7 +62,7 @@ impl Manager {
             Ok(info) => {
                 failpoint::hit("backup.after_rename");
                 tracing::info!(session = %s.uuid, file = %info.file, bytes = info.size, entries = info.entries, sha256 = %info.sha256, "backup written and verified");
-                self.event("backup_verified", s, backup_fields(&info, "delete"));
+                self.event(Event::BackupVerified, s, backup_fields(&info, &BackupReason::Delete));
                 s.backup = Some(info);
                 s.last_error = None;
                 self.transition(rt, s, State::Deleting).await
@@ -90,7 +92,7 @@ impl Manager {
             "attempt": s.backup_failures,
             "next_attempt": s.next_backup_attempt.map(rfc3339),
         });
-        self.event("backup_failed", s, fields);
+        self.event(Event::BackupFailed, s, fields);
     }
 
     /// Delete the data of a session in `deleting` (its verified backup is recorded) and record it
@@ -110,7 +112,7 @@ impl Manager {
         self.inner.changed.notify_one();
         tracing::info!(session = %s.uuid, trigger, backup = ?s.backup.as_ref().map(|b| &b.file), "workspace deleted");
         let backup = s.backup.as_ref().map(|b| b.file.trim_end_matches(".zip").to_string());
-        self.event("deleted", s, json!({ "trigger": trigger, "backup": backup }));
+        self.event(Event::Deleted, s, json!({ "trigger": trigger, "backup": backup }));
         Ok(())
     }
 

@@ -54,7 +54,7 @@ pub use backups::{BackupFilter, PolicyPatch, RestoreRequest};
 use error::Result;
 pub use error::{Fault, LifecycleError};
 pub use sleep::{ScaleDirection, SleepReason};
-pub use views::SessionView;
+pub use views::{Component, SessionView};
 
 /// The sweep leader asks the backend for its workspaces at least this often (shared store).
 pub const DISCOVERY_SAFETY_NET: Duration = Duration::from_secs(600);
@@ -71,7 +71,7 @@ struct Inner {
     stats: Arc<ProxyStats>,
     store_up: AtomicBool,
     /// Problems worth showing in `/health` (component → message), e.g. ACME failures.
-    problems: DashMap<&'static str, String>,
+    problems: DashMap<Component, String>,
     /// Notified when a session is created or deleted (certificates follow sessions).
     changed: Arc<tokio::sync::Notify>,
     /// Several replicas share the store: activity, the sweep lease and events go through it.

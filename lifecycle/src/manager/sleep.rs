@@ -11,6 +11,7 @@ use super::{LifecycleError, Manager, Result};
 use crate::failpoint;
 use crate::policy::Action;
 use crate::session::{Session, State};
+use crate::webhook::Event;
 
 /// Which way to scale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +99,7 @@ impl Manager {
         self.transition(rt, s, State::Sleeping).await?;
         self.inner.metrics.sleeps.with_label_values(&[reason.as_str()]).inc();
         tracing::info!(session = %s.uuid, reason = reason.as_str(), "workspace asleep");
-        self.event("slept", s, json!({ "reason": reason.as_str() }));
+        self.event(Event::Slept, s, json!({ "reason": reason.as_str() }));
         Ok(())
     }
 

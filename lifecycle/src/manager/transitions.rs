@@ -19,7 +19,7 @@ impl Manager {
         let seen = self.seen(rt, s);
         if seen.last_activity > s.last_activity {
             s.last_activity = seen.last_activity;
-            s.activity_source = rt.handle.activity.source().as_str().to_string();
+            s.activity_source = rt.handle.activity.source().into();
         }
         s.last_interaction = Some(seen.last_interaction);
         // A revocation this replica applied before it could write it (see `revoke_cookies`).

@@ -9,7 +9,7 @@ use wakeway_proxy::SessionId;
 use super::runtime::state_index;
 use super::{Manager, Result};
 use crate::policy::Seen;
-use crate::session::{Session, State};
+use crate::session::{RecordedSource, Session, State};
 use crate::store::StoreError;
 
 /// A live view of one session for status answers.
@@ -17,7 +17,7 @@ use crate::store::StoreError;
 pub struct SessionView {
     pub session: Session,
     pub last_activity: DateTime<Utc>,
-    pub activity_source: String,
+    pub activity_source: RecordedSource,
     pub sleeps_at: Option<DateTime<Utc>>,
     pub deletes_at: Option<DateTime<Utc>>,
     pub replicas: u8,
@@ -38,7 +38,7 @@ impl Manager {
                 let seen = self.seen(&rt, &s);
                 let activity = &rt.handle.activity;
                 let source = if seen.last_activity > s.last_activity {
-                    activity.source().as_str().to_string()
+                    activity.source().into()
                 } else {
                     s.activity_source.clone()
                 };
@@ -92,21 +92,48 @@ impl Manager {
     }
 
     /// Record (or clear) a problem of a component, shown in `/health`.
-    pub fn set_problem(&self, component: &'static str, problem: Option<String>) {
+    pub fn set_problem(&self, component: Component, problem: Option<String>) {
         match problem {
             Some(p) => {
                 self.inner.problems.insert(component, p);
             }
             None => {
-                self.inner.problems.remove(component);
+                self.inner.problems.remove(&component);
             }
         }
     }
 
-    /// Current problems by component.
-    pub fn problems(&self) -> Vec<(&'static str, String)> {
+    /// Current problems by component (by its name).
+    pub fn problems(&self) -> Vec<(Component, String)> {
         let mut all: Vec<_> = self.inner.problems.iter().map(|p| (*p.key(), p.value().clone())).collect();
-        all.sort();
+        all.sort_by_key(|(component, _)| component.as_str());
         all
+    }
+}
+
+/// A part of wakeway whose problem `/health` reports, under its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Component {
+    /// Workspaces do not run under uids of their own (local backend).
+    Isolation,
+    /// The certificate files cannot be loaded.
+    TlsFiles,
+    /// ACME orders fail.
+    Acme,
+}
+
+impl Component {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::Isolation => "isolation",
+            Component::TlsFiles => "tls_files",
+            Component::Acme => "acme",
+        }
+    }
+}
+
+impl std::fmt::Display for Component {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }

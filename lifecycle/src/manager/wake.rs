@@ -16,6 +16,7 @@ use crate::backend::{BackendError, Started};
 use crate::failpoint;
 use crate::session::{Session, State};
 use crate::store::StoreError;
+use crate::webhook::Event;
 
 impl Manager {
     /// Ask for a wake without waiting (single-flight; see [`wakeway_proxy::Lifecycle`]).
@@ -115,7 +116,7 @@ impl Manager {
                 metrics.wakes.with_label_values(&["ok"]).inc();
                 metrics.wake_seconds.with_label_values(&["ok"]).observe(elapsed);
                 tracing::info!(session = %s.uuid, addr = %started.addr, seconds = elapsed, source = source.as_str(), "workspace awake");
-                self.event("woke", &s, json!({ "source": source.as_str(), "seconds": elapsed }));
+                self.event(Event::Woke, &s, json!({ "source": source.as_str(), "seconds": elapsed }));
                 Ok(s)
             }
             Err(e) => {

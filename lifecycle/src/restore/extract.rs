@@ -95,6 +95,36 @@ fn extract_inner(zip: &Path, plan: &Plan, root: Root, into: &Path) -> Result<Rep
     fs::create_dir(into).map_err(io_err(into))?;
     fs::set_permissions(into, fs::Permissions::from_mode(0o700)).map_err(io_err(into))?;
     // Folders first (parents come before children in zip order), so files can go in parallel.
+    create_dirs(plan, root, into)?;
+    extract_files(zip, plan, root, into)?;
+    for e in plan.of(root) {
+        if let Kind::Symlink { target } = &e.kind {
+            let path = under(into, &e.path);
+            symlink(OsStr::from_bytes(target), &path).map_err(io_err(&path))?;
+            set_mtime(&path, e.mtime).map_err(io_err(&path))?;
+        }
+    }
+    let mut dirs: Vec<&Planned> = plan.of(root).filter(|e| e.kind == Kind::Dir && !e.path.is_empty()).collect();
+    dirs.sort_by_key(|e| std::cmp::Reverse(e.path.iter().filter(|b| **b == b'/').count()));
+    for e in dirs {
+        let path = under(into, &e.path);
+        let mode = e.mode.unwrap_or(0o755);
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io_err(&path))?;
+        set_mtime(&path, e.mtime).map_err(io_err(&path))?;
+    }
+    // The root keeps its time; its mode is the target's to decide (0755, or the workspace's own).
+    fs::set_permissions(into, fs::Permissions::from_mode(0o755)).map_err(io_err(into))?;
+    if let Some(own) = plan.of(root).find(|e| e.path.is_empty()) {
+        set_mtime(into, own.mtime).map_err(io_err(into))?;
+    }
+    // One flush for the whole tree instead of an fsync per file.
+    let flush = File::open(into).map_err(io_err(into))?;
+    nix::unistd::syncfs(&flush).map_err(|e| RestoreError::Io { path: into.to_owned(), source: e.into() })?;
+    Ok(plan.report_for(&[root]))
+}
+
+/// Every folder of `root` in `into`: the ones paths imply, then the ones the zip holds.
+fn create_dirs(plan: &Plan, root: Root, into: &Path) -> Result<(), RestoreError> {
     for (_, dir) in plan.implied_dirs.iter().filter(|(r, _)| *r == root) {
         let path = under(into, dir);
         fs::create_dir_all(&path).map_err(io_err(&path))?;
@@ -107,7 +137,12 @@ fn extract_inner(zip: &Path, plan: &Plan, root: Root, into: &Path) -> Result<Rep
             Err(err) => return Err(RestoreError::Io { path, source: err }),
         }
     }
-    // Files: contiguous runs of entries per worker, each with its own reader of the zip.
+    Ok(())
+}
+
+/// Every file of `root` into `into`: contiguous runs of entries per worker thread, each with its
+/// own reader of the zip.
+fn extract_files(zip: &Path, plan: &Plan, root: Root, into: &Path) -> Result<(), RestoreError> {
     let files: Vec<(&Planned, u64)> = plan
         .of(root)
         .filter_map(|e| match e.kind {
@@ -141,28 +176,5 @@ fn extract_inner(zip: &Path, plan: &Plan, root: Root, into: &Path) -> Result<Rep
             .map(|h| h.join().unwrap_or_else(|_| Err(RestoreError::Corrupt("an extraction thread failed".into()))))
             .collect::<Result<Vec<()>, _>>()
     })?;
-    for e in plan.of(root) {
-        if let Kind::Symlink { target } = &e.kind {
-            let path = under(into, &e.path);
-            symlink(OsStr::from_bytes(target), &path).map_err(io_err(&path))?;
-            set_mtime(&path, e.mtime).map_err(io_err(&path))?;
-        }
-    }
-    let mut dirs: Vec<&Planned> = plan.of(root).filter(|e| e.kind == Kind::Dir && !e.path.is_empty()).collect();
-    dirs.sort_by_key(|e| std::cmp::Reverse(e.path.iter().filter(|b| **b == b'/').count()));
-    for e in dirs {
-        let path = under(into, &e.path);
-        let mode = e.mode.unwrap_or(0o755);
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io_err(&path))?;
-        set_mtime(&path, e.mtime).map_err(io_err(&path))?;
-    }
-    // The root keeps its time; its mode is the target's to decide (0755, or the workspace's own).
-    fs::set_permissions(into, fs::Permissions::from_mode(0o755)).map_err(io_err(into))?;
-    if let Some(own) = plan.of(root).find(|e| e.path.is_empty()) {
-        set_mtime(into, own.mtime).map_err(io_err(into))?;
-    }
-    // One flush for the whole tree instead of an fsync per file.
-    let flush = File::open(into).map_err(io_err(into))?;
-    nix::unistd::syncfs(&flush).map_err(|e| RestoreError::Io { path: into.to_owned(), source: e.into() })?;
-    Ok(plan.report_for(&[root]))
+    Ok(())
 }

@@ -184,20 +184,15 @@ pub fn inspect(zip: &Path, limits: &Limits, options: &Options) -> Result<Plan, R
     if let Some(expected) = &options.expected_sha256 {
         check_sha256(zip, expected)?;
     }
-    let file = File::open(zip).map_err(io_err(zip))?;
-    let mut archive = ZipArchive::new(io::BufReader::new(file))
-        .map_err(|e| RestoreError::Corrupt(format!("not a readable zip: {e}")))?;
-    let layout = Layout::of_comment(archive.comment()).map_err(rejected)?;
-    if archive.len() as u64 > limits.max_entries {
-        return Err(rejected(format!(
-            "it holds {} entries, more than restore_max_entries ({})",
-            archive.len(),
-            limits.max_entries
-        )));
-    }
-    let mut entries = Vec::with_capacity(archive.len());
-    let mut skipped = Vec::new();
-    let mut bytes = 0u64;
+    let (mut archive, layout) = open_archive(zip, limits)?;
+    let mut plan = Plan {
+        entries: Vec::with_capacity(archive.len()),
+        implied_dirs: Vec::new(),
+        roots: Vec::new(),
+        layout,
+        bytes: 0,
+        skipped: Vec::new(),
+    };
     let mut roots = BTreeSet::new();
     for index in 0..archive.len() {
         let mut entry = archive.by_index(index).map_err(|e| RestoreError::Corrupt(format!("entry {index}: {e}")))?;
@@ -216,36 +211,8 @@ pub fn inspect(zip: &Path, limits: &Limits, options: &Options) -> Result<Plan, R
             return Err(rejected(format!("entry \"{}\" is encrypted", shown(&name))));
         }
         let raw_mode = entry_mode(&entry).filter(|m| *m != 0);
-        let mode = raw_mode.unwrap_or(0);
-        let file_type = mode & S_IFMT;
-        let kind = if entry.is_dir() || file_type == S_IFDIR {
-            Kind::Dir
-        } else if file_type == S_IFLNK {
-            if entry.size() > 4096 {
-                return Err(rejected(format!("symlink \"{}\": its target is longer than 4096 bytes", shown(&name))));
-            }
-            let mut target = Vec::new();
-            entry
-                .by_ref()
-                .take(4097)
-                .read_to_end(&mut target)
-                .map_err(|e| RestoreError::Corrupt(format!("symlink \"{}\": {e}", shown(&name))))?;
-            if target.is_empty() || target.contains(&0) {
-                return Err(rejected(format!("symlink \"{}\": empty target or a NUL byte in it", shown(&name))));
-            }
-            Kind::Symlink { target }
-        } else if file_type == S_IFREG || file_type == 0 {
-            let size = entry.size();
-            bytes = bytes.saturating_add(size);
-            if bytes > limits.max_bytes {
-                return Err(rejected(format!(
-                    "it expands to more than restore_max_bytes ({} bytes)",
-                    limits.max_bytes
-                )));
-            }
-            Kind::File { size }
-        } else {
-            skipped.push(String::from_utf8_lossy(&name).into_owned());
+        let Some(kind) = entry_kind(&mut entry, &name, raw_mode.unwrap_or(0), limits, &mut plan.bytes)? else {
+            plan.skipped.push(String::from_utf8_lossy(&name).into_owned());
             continue;
         };
         if is_root_entry && kind != Kind::Dir {
@@ -255,8 +222,72 @@ pub fn inspect(zip: &Path, limits: &Limits, options: &Options) -> Result<Plan, R
         // Never create a setuid or setgid file: wakeway (or a restore Job) may run as root, and
         // the restored file would be root's. Folders keep setgid (group inheritance).
         let mode = raw_mode.map(|m| if matches!(kind, Kind::File { .. }) { m & 0o1777 } else { m & 0o7777 });
-        entries.push(Planned { index, root, path, kind, mode, mtime });
+        plan.entries.push(Planned { index, root, path, kind, mode, mtime });
     }
+    check_ratio(plan.bytes, zip_len, limits)?;
+    plan.roots = roots.into_iter().collect();
+    check_roots(&mut plan, options)?;
+    Ok(plan)
+}
+
+/// Open `zip` as a zip archive, read its layout, and check its entry count.
+fn open_archive(zip: &Path, limits: &Limits) -> Result<(ZipArchive<io::BufReader<File>>, Layout), RestoreError> {
+    let file = File::open(zip).map_err(io_err(zip))?;
+    let archive = ZipArchive::new(io::BufReader::new(file))
+        .map_err(|e| RestoreError::Corrupt(format!("not a readable zip: {e}")))?;
+    let layout = Layout::of_comment(archive.comment()).map_err(rejected)?;
+    if archive.len() as u64 > limits.max_entries {
+        return Err(rejected(format!(
+            "it holds {} entries, more than restore_max_entries ({})",
+            archive.len(),
+            limits.max_entries
+        )));
+    }
+    Ok((archive, layout))
+}
+
+/// What entry `name` (of Unix `mode`) is: a folder, a symlink (its target read and checked) or
+/// a file (its size added to `bytes`, within `restore_max_bytes`). `None`: something a restore
+/// does not create (a device, a FIFO, a socket), skipped.
+fn entry_kind(
+    entry: &mut zip::read::ZipFile<'_, io::BufReader<File>>,
+    name: &[u8],
+    mode: u32,
+    limits: &Limits,
+    bytes: &mut u64,
+) -> Result<Option<Kind>, RestoreError> {
+    let file_type = mode & S_IFMT;
+    if entry.is_dir() || file_type == S_IFDIR {
+        return Ok(Some(Kind::Dir));
+    }
+    if file_type == S_IFLNK {
+        if entry.size() > 4096 {
+            return Err(rejected(format!("symlink \"{}\": its target is longer than 4096 bytes", shown(name))));
+        }
+        let mut target = Vec::new();
+        entry
+            .by_ref()
+            .take(4097)
+            .read_to_end(&mut target)
+            .map_err(|e| RestoreError::Corrupt(format!("symlink \"{}\": {e}", shown(name))))?;
+        if target.is_empty() || target.contains(&0) {
+            return Err(rejected(format!("symlink \"{}\": empty target or a NUL byte in it", shown(name))));
+        }
+        return Ok(Some(Kind::Symlink { target }));
+    }
+    if file_type != S_IFREG && file_type != 0 {
+        return Ok(None);
+    }
+    let size = entry.size();
+    *bytes = bytes.saturating_add(size);
+    if *bytes > limits.max_bytes {
+        return Err(rejected(format!("it expands to more than restore_max_bytes ({} bytes)", limits.max_bytes)));
+    }
+    Ok(Some(Kind::File { size }))
+}
+
+/// Refuse a zip bomb: content that expands more than `restore_max_ratio` times the zip's size.
+fn check_ratio(bytes: u64, zip_len: u64, limits: &Limits) -> Result<(), RestoreError> {
     if bytes > RATIO_FLOOR && bytes / zip_len.max(1) > limits.max_ratio {
         return Err(rejected(format!(
             "it expands {}-fold ({bytes} bytes from a {zip_len}-byte zip), more than restore_max_ratio ({}): a zip bomb",
@@ -264,25 +295,29 @@ pub fn inspect(zip: &Path, limits: &Limits, options: &Options) -> Result<Plan, R
             limits.max_ratio
         )));
     }
-    let mut implied_dirs = Vec::new();
+    Ok(())
+}
+
+/// Check each root's tree (see [`check_tree`]): note the folders implied by paths, and leave out
+/// (listed as skipped) the symlinks pointing outside their root, if the options allow it.
+fn check_roots(plan: &mut Plan, options: &Options) -> Result<(), RestoreError> {
     let mut escaping = HashSet::new();
-    for root in &roots {
-        let (implied, escapes) = check_tree(entries.iter().filter(|e| e.root == *root), options)?;
-        implied_dirs.extend(implied.into_iter().map(|p| (*root, p)));
+    for root in &plan.roots {
+        let (implied, escapes) = check_tree(plan.entries.iter().filter(|e| e.root == *root), options)?;
+        plan.implied_dirs.extend(implied.into_iter().map(|p| (*root, p)));
         escaping.extend(escapes.into_iter().map(|p| (*root, p)));
     }
-    let entries: Vec<Planned> = if escaping.is_empty() {
-        entries
-    } else {
+    if !escaping.is_empty() {
+        let layout = plan.layout;
         let prefix = |root: Root| if layout == Layout::V2 { root.prefix().to_vec() } else { Vec::new() };
-        skipped.extend(
+        plan.skipped.extend(
             escaping.iter().map(|(root, p)| String::from_utf8_lossy(&[prefix(*root), p.clone()].concat()).into_owned()),
         );
-        entries.into_iter().filter(|e| !escaping.contains(&(e.root, e.path.clone()))).collect()
-    };
-    implied_dirs.sort();
-    skipped.sort();
-    Ok(Plan { entries, implied_dirs, roots: roots.into_iter().collect(), layout, bytes, skipped })
+        plan.entries.retain(|e| !escaping.contains(&(e.root, e.path.clone())));
+    }
+    plan.implied_dirs.sort();
+    plan.skipped.sort();
+    Ok(())
 }
 
 /// Folders implied by paths, and symlinks pointing outside the root.

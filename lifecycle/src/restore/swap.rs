@@ -87,33 +87,29 @@ impl Swap {
     /// Finish or undo what an interrupted restore left. Returns true when its swap had already
     /// happened (the target holds the restored tree), false when it must be redone.
     pub fn recover(&self) -> Result<bool, RestoreError> {
-        let exists = |p: &Path| fs::symlink_metadata(p).is_ok();
-        if exists(&self.replaced) {
-            if !exists(&self.target) {
-                // Between the two renames: the staged tree was complete before the first one.
-                if exists(&self.staged) {
-                    fs::rename(&self.staged, &self.target).map_err(io_err(&self.target))?;
-                } else {
-                    fs::rename(&self.replaced, &self.target).map_err(io_err(&self.target))?;
-                    sync_parent(&self.target)?;
-                    return Ok(false);
-                }
+        if !exists(&self.replaced) {
+            return drop_staged(&self.staged);
+        }
+        if !exists(&self.target) {
+            // Between the two renames: the staged tree was complete before the first one.
+            if exists(&self.staged) {
+                fs::rename(&self.staged, &self.target).map_err(io_err(&self.target))?;
+            } else {
+                fs::rename(&self.replaced, &self.target).map_err(io_err(&self.target))?;
                 sync_parent(&self.target)?;
+                return Ok(false);
             }
-            remove_tree(&self.replaced).map_err(io_err(&self.replaced))?;
-            return Ok(true);
+            sync_parent(&self.target)?;
         }
-        if exists(&self.staged) {
-            remove_tree(&self.staged).map_err(io_err(&self.staged))?;
-        }
-        Ok(false)
+        remove_tree(&self.replaced).map_err(io_err(&self.replaced))?;
+        Ok(true)
     }
 
     /// Move the staged tree into place: target → replaced, staged → target, then drop the old
     /// tree. The caller has made sure the old tree is backed up (or empty).
     pub fn swap(&self) -> Result<(), RestoreError> {
         failpoint::hit("restore.before_swap");
-        let had_target = fs::symlink_metadata(&self.target).is_ok();
+        let had_target = exists(&self.target);
         if had_target {
             fs::rename(&self.target, &self.replaced).map_err(io_err(&self.target))?;
             failpoint::hit("restore.mid_swap");
@@ -125,6 +121,20 @@ impl Swap {
         }
         Ok(())
     }
+}
+
+/// Whether anything (a symlink included) is at `path`.
+fn exists(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok()
+}
+
+/// Drop the extraction an interrupted restore left at `staged` before its swap began: the
+/// restore is redone (returns false, as `recover` does then).
+fn drop_staged(staged: &Path) -> Result<bool, RestoreError> {
+    if exists(staged) {
+        remove_tree(staged).map_err(io_err(staged))?;
+    }
+    Ok(false)
 }
 
 fn sync_parent(path: &Path) -> Result<(), RestoreError> {
@@ -173,16 +183,12 @@ impl InPlace {
     /// Finish or undo what an interrupted restore left. Returns true when the restored tree is in
     /// place, false when the restore must be redone (the old tree is in place).
     pub fn recover(&self) -> Result<bool, RestoreError> {
-        let exists = |p: &Path| fs::symlink_metadata(p).is_ok();
         if exists(&self.moved_out) || exists(&self.replaced) {
             // The swap had started, so the staged tree was complete: finish it.
             self.finish_swap()?;
             return Ok(true);
         }
-        if exists(&self.staged) {
-            remove_tree(&self.staged).map_err(io_err(&self.staged))?;
-        }
-        Ok(false)
+        drop_staged(&self.staged)
     }
 
     /// Swap the staged tree in (the caller has made sure the old tree is backed up, or empty).

@@ -433,13 +433,18 @@ impl Backend for KubernetesBackend {
             .is_some_and(|p| p.metadata.uid.as_deref() == Some(pod_uid.as_str()) && !pods::is_terminating(&p))
     }
 
-    async fn backup(&self, session: &Session, now: DateTime<Utc>, reason: &str) -> Result<BackupInfo, BackendError> {
+    async fn backup(
+        &self,
+        session: &Session,
+        now: DateTime<Utc>,
+        reason: crate::catalog::BackupReason,
+    ) -> Result<BackupInfo, BackendError> {
         // The Deployment stays at 0 while the Job runs: the volume is ReadWriteOnce, and a zip of
         // a folder being written to is not a backup. (A wake waits: the manager holds the
         // session's lock for the whole backup.)
         self.stop(session).await?;
         let file = backup_file_name(&session.uuid, now);
-        let job = objects::backup_job(&self.config, session, &file, now, reason);
+        let job = objects::backup_job(&self.config, session, &file, now, reason.as_str());
         let name = job.name_any();
         let failed = |why: String| BackendError::Job { job: name.clone(), why };
         tracing::info!(session = %session.uuid, job = %name, %file, "backup Job starting");

@@ -13,6 +13,7 @@ use wakeway_config::Tier;
 use wakeway_proxy::Upstream;
 
 use crate::backend::{Backend, BackendError, Started};
+use crate::catalog::BackupReason;
 use crate::restore::{Limits, Options, Report};
 use crate::session::{BackupInfo, ObjectUids, Placement, Session};
 use crate::store::{Store, StoreError};
@@ -276,10 +277,10 @@ impl Backend for ScriptedBackend {
         session.placement.is_some() && self.running.lock().unwrap().get(&session.uuid) == session.placement.as_ref()
     }
 
-    async fn backup(&self, session: &Session, now: DateTime<Utc>, reason: &str) -> Result<BackupInfo, BackendError> {
-        self.call(format!("backup {} {reason}", session.uuid));
+    async fn backup(&self, s: &Session, now: DateTime<Utc>, why: BackupReason) -> Result<BackupInfo, BackendError> {
+        self.call(format!("backup {} {why}", s.uuid));
         Ok(BackupInfo {
-            file: crate::backup::backup_file_name(&session.uuid, now),
+            file: crate::backup::backup_file_name(&s.uuid, now),
             size: 22,
             sha256: "0".repeat(64),
             entries: 0,

@@ -946,7 +946,7 @@ async fn run_job(shared: Shared, name: String) {
             let origin = crate::catalog::Origin {
                 session: crate::catalog::session_of(file.trim_end_matches(".zip")).map(String::from),
                 user_id: Some(arg("--user-id")),
-                reason: arg("--reason"),
+                reason: arg("--reason").into(),
                 writer: None,
             };
             let written = tokio::task::spawn_blocking(move || {

@@ -198,7 +198,7 @@ async fn a_session_lives_and_dies_through_the_api() {
 
     // ---- backup: a Job runs `wakeway backup` (for real, in the fake) while the Deployment is at 0.
     let now: DateTime<Utc> = "2026-03-04T05:06:07Z".parse().unwrap();
-    let info = rig.backend.backup(&s, now, "delete").await.unwrap();
+    let info = rig.backend.backup(&s, now, "delete".into()).await.unwrap();
     assert_eq!(info.file, "workspace-abc12345-20260304-050607.zip");
     let zip = rig.backups.path().join(&info.file);
     let bytes = std::fs::read(&zip).unwrap();
@@ -404,18 +404,18 @@ async fn failed_and_timed_out_backup_jobs_keep_everything() {
     rig.fake.with(|st| {
         st.job_mode = JobMode::Fail("cannot write the backup /backups/x.zip.partial: No space left on device".into())
     });
-    let err = rig.backend.backup(&s, t0, "delete").await.unwrap_err();
+    let err = rig.backend.backup(&s, t0, "delete".into()).await.unwrap_err();
     assert!(
         matches!(&err, BackendError::Job { job, why } if job == "backup-abc12345-20260304-050607" && why.contains("No space left")),
         "{err}"
     );
 
     rig.fake.with(|st| st.job_mode = JobMode::Hang);
-    let err = rig.backend.backup(&s, t0 + chrono::Duration::seconds(1), "delete").await.unwrap_err();
+    let err = rig.backend.backup(&s, t0 + chrono::Duration::seconds(1), "delete".into()).await.unwrap_err();
     assert!(matches!(&err, BackendError::Job { why, .. } if why.contains("DeadlineExceeded")), "{err}");
 
     rig.fake.with(|st| st.job_mode = JobMode::Stuck);
-    let err = rig.backend.backup(&s, t0 + chrono::Duration::seconds(2), "delete").await.unwrap_err();
+    let err = rig.backend.backup(&s, t0 + chrono::Duration::seconds(2), "delete".into()).await.unwrap_err();
     assert!(matches!(&err, BackendError::Job { why, .. } if why.contains("did not finish within 1s")), "{err}");
 
     assert!(std::fs::read_dir(rig.backups.path()).unwrap().next().is_none(), "no zip was claimed");
@@ -1010,7 +1010,7 @@ async fn home_lives_on_the_volume_and_an_old_volume_is_migrated_before_anything_
     old.objects = rig.backend.create(&old).await.unwrap();
     rig.fill_volume("0123abcd");
     let now: DateTime<Utc> = "2026-03-04T05:06:07Z".parse().unwrap();
-    let info = rig.backend.backup(&old, now, "delete").await.unwrap();
+    let info = rig.backend.backup(&old, now, "delete".into()).await.unwrap();
     assert_eq!(info.entries, 3, "README.md, src/, src/main.rs");
     let job = fake.object("jobs", "backup-0123abcd-20260304-050607").unwrap();
     let command = &job["spec"]["template"]["spec"]["containers"][0]["command"];
@@ -1077,7 +1077,7 @@ async fn a_job_whose_zip_does_not_verify_deletes_nothing() {
     let mut s = session(ID, "small");
     s.objects = rig.backend.create(&s).await.unwrap();
     rig.fill_volume(ID);
-    let info = rig.backend.backup(&s, "2026-03-04T05:06:07Z".parse().unwrap(), "delete").await.unwrap();
+    let info = rig.backend.backup(&s, "2026-03-04T05:06:07Z".parse().unwrap(), "delete".into()).await.unwrap();
     let zip = rig.backups.path().join(&info.file);
     std::fs::OpenOptions::new().write(true).open(&zip).unwrap().set_len(info.size - 1).unwrap();
     s.backup = Some(info);
