@@ -7,10 +7,10 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Serialize, Serializer};
 use wakeway_config::format_duration;
 
-use crate::catalog::BackupRecord;
-use crate::manager::{Manager, SessionView};
+use crate::catalog::{BackupReason, BackupRecord};
+use crate::manager::{Component, Manager, SessionView};
 use crate::restore::Report;
-use crate::session::{BackupInfo, Session, Skipped, seed_timestamp};
+use crate::session::{BackupInfo, RecordedSource, Session, Skipped, seed_timestamp};
 
 /// A time in RFC 3339 with milliseconds (`2025-11-15T04:21:36.058Z`), the added fields' format
 /// (the seed's `created_at` keeps its own, [`seed_timestamp`]).
@@ -80,7 +80,7 @@ pub(super) struct SessionJson<'a> {
     resources: Option<Resources>,
     replicas: u8,
     last_activity: Time,
-    activity_source: &'a str,
+    activity_source: &'a RecordedSource,
     last_interaction: Option<Time>,
     sleeps_at: Option<Time>,
     deletes_at: Option<Time>,
@@ -148,7 +148,7 @@ pub(super) struct Status<'a> {
     state: &'static str,
     tier: &'a str,
     last_activity: Time,
-    activity_source: &'a str,
+    activity_source: &'a RecordedSource,
     sleeps_at: Option<Time>,
     deletes_at: Option<Time>,
     open_connections: usize,
@@ -288,7 +288,7 @@ pub(super) struct Health {
     pub backend: &'static str,
     /// Problem by kind, in the manager's (sorted) order.
     #[serde(serialize_with = "as_map")]
-    pub problems: Vec<(&'static str, String)>,
+    pub problems: Vec<(Component, String)>,
     pub sessions: usize,
 }
 
@@ -300,8 +300,8 @@ pub(super) struct StoreHealth {
     pub error: Option<String>,
 }
 
-fn as_map<S: Serializer>(pairs: &[(&'static str, String)], serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_map(pairs.iter().map(|(k, v)| (k, v)))
+fn as_map<S: Serializer>(pairs: &[(Component, String)], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(pairs.iter().map(|(k, v)| (k.as_str(), v)))
 }
 
 /// The session's effective policy, its overrides and the admin's bounds.
@@ -399,7 +399,7 @@ pub(super) struct Record<'a> {
     verification: &'static str,
     error: Option<&'a str>,
     verified_at: Time,
-    reason: &'a str,
+    reason: &'a BackupReason,
     keep: bool,
     /// When retention prunes it; `null` for a kept backup.
     expires_at: Option<Time>,
