@@ -190,7 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig => {
             let config = Config::load(cli.config.as_deref(), &ProcessEnv)?;
             print!("{}", config.to_masked_toml());
-            if config.backend == wakeway_config::BackendKind::Local {
+            if config.workspaces.backend == wakeway_config::BackendKind::Local {
                 match wakeway_lifecycle::local_plan(&config) {
                     Ok(plan) => {
                         eprintln!("# workspace command: {}", plan.command);
@@ -211,12 +211,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => {
             let mut config = Config::load(cli.config.as_deref(), &ProcessEnv)?;
             if let Some(format) = cli.log_format {
-                config.log_format = match format {
+                config.server.log_format = match format {
                     LogFormatArg::Text => LogFormat::Text,
                     LogFormatArg::Json => LogFormat::Json,
                 };
             }
-            init_logging(config.log_format);
+            init_logging(config.server.log_format);
             // Everything wakeway writes (store, keys, backups, logs, records) is its own alone;
             // workspaces get the usual 022 back in their own shell.
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
@@ -293,9 +293,9 @@ fn render(
     let Some(id) = wakeway_proxy::SessionId::parse(id) else {
         bail!("{id:?} is not a session id (8 to 32 hex digits, e.g. abc12345)")
     };
-    let tier = tier.unwrap_or_else(|| config.default_tier.clone());
-    if !config.tiers.contains_key(&tier) {
-        bail!("no tier {tier:?} (the tiers are {:?})", config.tiers.keys().collect::<Vec<_>>());
+    let tier = tier.unwrap_or_else(|| config.workspaces.default_tier.clone());
+    if !config.workspaces.tiers.contains_key(&tier) {
+        bail!("no tier {tier:?} (the tiers are {:?})", config.workspaces.tiers.keys().collect::<Vec<_>>());
     }
     let now = chrono_now();
     let session = wakeway_lifecycle::session::Session::new(&id, user, &tier, now);
@@ -349,8 +349,8 @@ fn chrono_now() -> chrono::DateTime<chrono::Utc> {
 fn serve(mut config: Config) -> anyhow::Result<()> {
     make_paths_absolute(&mut config)?;
     // Fail with a clear message instead of a panic deep in the listener.
-    drop(std::net::TcpListener::bind(config.listen).with_context(|| {
-        format!("cannot listen on {} (in use? set WAKEWAY_LISTEN or `listen` in the config)", config.listen)
+    drop(std::net::TcpListener::bind(config.server.listen).with_context(|| {
+        format!("cannot listen on {} (in use? set WAKEWAY_LISTEN or `listen` in the config)", config.server.listen)
     })?);
     let config = Arc::new(config);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -378,7 +378,7 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
     let settings = ProxySettings::from(config.as_ref());
     let mut proxy = WakewayProxy::new(settings, &built.cookie_secret, Arc::new(built.wakeway), clock, stats.clone());
     let certs = CertStore::new();
-    if config.tls_addr().is_some() {
+    if config.tls.listen.is_some() {
         let certificates = Certificates::new(config.clone(), built.store.clone(), certs.clone(), manager.clone());
         lifecycle_rt.block_on(certificates.load()).map_err(anyhow::Error::msg)?;
         lifecycle_rt.spawn(certificates.run(shutdown_rx));
@@ -400,8 +400,8 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
     let _ = shutdown_tx.send(true);
     lifecycle_rt.block_on(async {
         let _ = tokio::time::timeout(Duration::from_secs(10), background).await;
-        if config.stop_workspaces_on_exit {
-            let stop = tokio::time::timeout(config.stop_grace + Duration::from_secs(10), manager.stop_all());
+        if config.workspaces.stop_workspaces_on_exit {
+            let stop = tokio::time::timeout(config.lifecycle.stop_grace + Duration::from_secs(10), manager.stop_all());
             if stop.await.is_err() {
                 tracing::warn!("some workspaces did not stop in time; they are adopted or stopped on the next start");
             }
@@ -413,9 +413,9 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
 
 /// Workspace processes run in their own folders: every path we hand them must be absolute.
 fn make_paths_absolute(config: &mut Config) -> anyhow::Result<()> {
-    config.data_dir = std::path::absolute(&config.data_dir).context("data_dir")?;
-    if !config.backup_dir.as_os_str().is_empty() {
-        config.backup_dir = std::path::absolute(&config.backup_dir).context("backup_dir")?;
+    config.server.data_dir = std::path::absolute(&config.server.data_dir).context("data_dir")?;
+    if let Some(dir) = &config.server.backup_dir {
+        config.server.backup_dir = Some(std::path::absolute(dir).context("backup_dir")?);
     }
     Ok(())
 }
@@ -423,16 +423,19 @@ fn make_paths_absolute(config: &mut Config) -> anyhow::Result<()> {
 /// pingora's server settings: threads, one runtime per thread, shutdown grace, its files.
 fn server_conf(config: &Config) -> ServerConf {
     let mut conf = ServerConf::default();
-    conf.threads =
-        if config.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { config.threads };
+    conf.threads = if config.server.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        config.server.threads
+    };
     // One single-threaded runtime per proxy thread (a connection stays on the thread that accepted
     // it) instead of one work-stealing pool: +10% requests/s through one thread in benches/ab.py,
     // lower p99. Nothing on the proxy path blocks; lifecycle work runs on its own runtime.
     conf.work_stealing = false;
-    conf.grace_period_seconds = Some(config.shutdown_grace.as_secs());
+    conf.grace_period_seconds = Some(config.server.shutdown_grace.as_secs());
     conf.graceful_shutdown_timeout_seconds = Some(5);
-    conf.pid_file = config.data_dir.join("wakeway.pid").to_string_lossy().into_owned();
-    conf.upgrade_sock = config.data_dir.join("wakeway-upgrade.sock").to_string_lossy().into_owned();
+    conf.pid_file = config.server.data_dir.join("wakeway.pid").to_string_lossy().into_owned();
+    conf.upgrade_sock = config.server.data_dir.join("wakeway-upgrade.sock").to_string_lossy().into_owned();
     conf
 }
 
@@ -447,21 +450,21 @@ where
     A: pingora::apps::ServerApp + Send + Sync + 'static,
 {
     let mut service = pingora::services::listening::Service::new("wakeway".to_string(), front);
-    service.add_listener(ListenerConfig::tcp(config.listen.to_string()).l4_buffer(client_buffers()));
-    if let Some(addr) = config.tls_addr() {
+    service.add_listener(ListenerConfig::tcp(config.server.listen.to_string()).l4_buffer(client_buffers()));
+    if let Some(addr) = config.tls.listen {
         let mut tls = TlsSettings::with_callbacks(Box::new(NoHandshakeCallbacks)).context("TLS settings")?;
         tls.set_cert_resolver(Arc::new(Resolver(certs)));
         tls.enable_h2();
         service.add_listener(ListenerConfig::tcp(addr.to_string()).tls(tls).l4_buffer(client_buffers()));
-        tracing::info!(%addr, acme = ?config.acme, "TLS listener");
+        tracing::info!(%addr, acme = ?config.tls.acme, "TLS listener");
     }
     Ok(service)
 }
 
 /// Where wakeway serves, and the API key to use (shown once, when it was just generated).
 fn print_banner(config: &Config, new_api_key: Option<&str>) {
-    let base = format!("http://{}", config.listen);
-    tracing::info!(listen = %config.listen, domain = %config.domain, data_dir = %config.data_dir.display(), "wakeway serving");
+    let base = format!("http://{}", config.server.listen);
+    tracing::info!(listen = %config.server.listen, domain = %config.server.domain, data_dir = %config.server.data_dir.display(), "wakeway serving");
     eprintln!(
         "wakeway {} is serving the API at {base} and workspaces at {}",
         env!("CARGO_PKG_VERSION"),
@@ -470,12 +473,12 @@ fn print_banner(config: &Config, new_api_key: Option<&str>) {
     if let Some(key) = new_api_key {
         eprintln!(
             "A new API key was generated (shown once; kept in {}):\n\n    {key}\n",
-            config.data_dir.join("api-key").display()
+            config.server.data_dir.join("api-key").display()
         );
         eprintln!(
             "Create a session:  curl -X POST {base}/session/create -H 'X-API-Key: {key}' -d '{{\"user_id\":\"me@example.com\"}}'"
         );
-    } else if config.api_keys.is_empty() {
-        eprintln!("API key: see {}", config.data_dir.join("api-key").display());
+    } else if config.access.api_keys.is_empty() {
+        eprintln!("API key: see {}", config.server.data_dir.join("api-key").display());
     }
 }

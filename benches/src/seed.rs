@@ -19,7 +19,7 @@ fn main() {
     };
     std::fs::create_dir_all(&dir).expect("create the data folder");
     let store = EmbeddedStore::open(&dir.join("wakeway.redb")).unwrap_or_else(|e| panic!("{e}"));
-    let tier = wakeway_config::Config::default().default_tier;
+    let tier = wakeway_config::Config::default().workspaces.default_tier;
     let now = chrono::Utc::now();
     let t0 = Instant::now();
     let sessions: Vec<Session> = (0..n)

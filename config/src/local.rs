@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::typed::UidRange;
+
 /// Whether each local workspace runs under a uid of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -26,35 +28,36 @@ pub struct LocalConfig {
     /// `auto`, `on` or `off`: see [`Isolation`].
     pub isolation: Isolation,
     /// The uids (each also the gid) given to isolated workspaces, one each, `first-last`.
-    pub uids: String,
+    #[serde(with = "crate::typed::uid_range")]
+    pub uids: UidRange,
     /// Extra environment variables of every workspace, on top of the allow-listed ones.
     pub env: BTreeMap<String, String>,
 }
 
 impl Default for LocalConfig {
     fn default() -> Self {
-        LocalConfig { isolation: Isolation::Auto, uids: "200000-299999".into(), env: BTreeMap::new() }
+        LocalConfig {
+            isolation: Isolation::Auto,
+            uids: UidRange { first: 200_000, last: 299_999 },
+            env: BTreeMap::new(),
+        }
     }
 }
 
 impl LocalConfig {
     /// `uids` as an inclusive range.
-    pub fn uid_range(&self) -> Option<std::ops::RangeInclusive<u32>> {
-        let (first, last) = self.uids.split_once('-')?;
-        let (first, last): (u32, u32) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
-        (first <= last).then_some(first..=last)
+    pub fn uid_range(&self) -> std::ops::RangeInclusive<u32> {
+        self.uids.range()
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        let Some(range) = self.uid_range() else {
-            return Err(format!("local.uids {:?} must look like \"200000-299999\"", self.uids));
-        };
+        let range = self.uid_range();
         // Below 1000 are system accounts; 65534 is `nobody`; 2^31 and above confuse tools that
         // read ids as signed numbers.
         if *range.start() < 1000 || range.contains(&65534) || *range.end() >= 1 << 31 {
             return Err(format!(
                 "local.uids {:?} must lie within 1000–2147483647 and leave out 65534 (nobody)",
-                self.uids
+                self.uids.to_string()
             ));
         }
         crate::workspace_env::validate("local.env", &self.env)

@@ -9,12 +9,12 @@ const GOOD_BASE64: &str = "6PAz6JWQ1zE1dgnLK+1mA1JcmioaHLjsL8LTzrALJ58=";
 fn defaults_are_the_documented_policy() {
     let c = Config::default();
     c.validate().unwrap();
-    assert_eq!(c.idle_timeout, Duration::from_secs(15 * 60));
-    assert_eq!(c.sleep_to_delete, Duration::from_secs(24 * 3600));
-    assert_eq!(c.backup_retention, Duration::from_secs(30 * 86400));
-    assert_eq!(c.rate_limit_per_minute, 100);
-    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-    assert_eq!(c.domain, "localhost");
+    assert_eq!(c.lifecycle.idle_timeout, Duration::from_secs(15 * 60));
+    assert_eq!(c.lifecycle.sleep_to_delete, Duration::from_secs(24 * 3600));
+    assert_eq!(c.lifecycle.backup_retention, Duration::from_secs(30 * 86400));
+    assert_eq!(c.limits.rate_limit_per_minute, 100);
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.server.domain, "localhost");
 }
 
 #[test]
@@ -35,18 +35,18 @@ fn required_env_names_override_their_keys() {
         ("PATH", "/usr/bin"),
     ]);
     let c = Config::load(None, &env).unwrap();
-    assert_eq!(c.listen.to_string(), "0.0.0.0:9000");
-    assert_eq!(c.domain, "preview.example.com");
-    assert_eq!(c.api_keys, vec![GOOD_KEY.to_string()]);
-    assert_eq!(c.data_dir, PathBuf::from("/var/lib/wakeway"));
-    assert_eq!(c.workspace_command, "serve --port {port} {workspace}");
-    assert_eq!(c.idle_timeout, Duration::from_secs(90));
-    assert_eq!(c.sleep_to_delete, Duration::from_secs(7200));
-    assert_eq!(c.backup_retention, Duration::from_secs(7 * 86400));
-    assert_eq!(c.sweep_interval, Duration::from_millis(250));
-    assert_eq!(c.rate_limit_per_minute, 5);
-    assert!(!c.stop_workspaces_on_exit);
-    assert_eq!(c.bot_user_agents, vec!["foo".to_string(), "bar".to_string()]);
+    assert_eq!(c.server.listen.to_string(), "0.0.0.0:9000");
+    assert_eq!(c.server.domain, "preview.example.com");
+    assert_eq!(c.access.api_keys, vec![GOOD_KEY.to_string()]);
+    assert_eq!(c.server.data_dir, PathBuf::from("/var/lib/wakeway"));
+    assert_eq!(c.workspaces.command.as_deref(), Some("serve --port {port} {workspace}"));
+    assert_eq!(c.lifecycle.idle_timeout, Duration::from_secs(90));
+    assert_eq!(c.lifecycle.sleep_to_delete, Duration::from_secs(7200));
+    assert_eq!(c.lifecycle.backup_retention, Duration::from_secs(7 * 86400));
+    assert_eq!(c.lifecycle.sweep_interval, Duration::from_millis(250));
+    assert_eq!(c.limits.rate_limit_per_minute, 5);
+    assert!(!c.workspaces.stop_workspaces_on_exit);
+    assert_eq!(c.limits.bot_user_agents, vec!["foo".to_string(), "bar".to_string()]);
 }
 
 #[test]
@@ -57,10 +57,10 @@ fn env_wins_over_file_and_file_over_defaults() {
     std::fs::write(&path, "idle_timeout = \"5m\"\ndomain = \"a.example\"\n[tiers.huge]\ncpu = 8\nmemory_mib = 16384\n")
         .unwrap();
     let c = Config::load(Some(&path), &MapEnv::new([("WAKEWAY_DOMAIN", "b.example")])).unwrap();
-    assert_eq!(c.idle_timeout, Duration::from_secs(300));
-    assert_eq!(c.domain, "b.example");
-    assert_eq!(c.tiers["huge"].memory_mib, 16384);
-    assert_eq!(c.tiers["small"].memory_mib, 1024, "file tiers merge over the defaults");
+    assert_eq!(c.lifecycle.idle_timeout, Duration::from_secs(300));
+    assert_eq!(c.server.domain, "b.example");
+    assert_eq!(c.workspaces.tiers["huge"].memory_mib, 16384);
+    assert_eq!(c.workspaces.tiers["small"].memory_mib, 1024, "file tiers merge over the defaults");
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -88,15 +88,17 @@ fn mistakes_are_named() {
 
 #[test]
 fn workspace_urls_follow_public_url() {
-    let mut c = Config::default();
+    let c = Config::default();
     assert_eq!(c.workspace_url("abc12345"), "http://vs-code-abc12345.localhost:8080");
-    c.public_url = "https://preview.hyperbola.in".into();
-    c.validate().unwrap();
+    let with = |url: &str| Config::load(None, &MapEnv::new([("WAKEWAY_PUBLIC_URL", url)]));
+    let c = with("https://preview.hyperbola.in").unwrap();
     assert_eq!(c.workspace_url("abc12345"), "https://vs-code-abc12345.preview.hyperbola.in");
-    c.public_url = "https://preview.hyperbola.in:443/".into();
+    let c = with("https://preview.hyperbola.in:443/").unwrap();
     assert_eq!(c.workspace_url("abc12345"), "https://vs-code-abc12345.preview.hyperbola.in");
-    c.public_url = "ftp://x".into();
-    assert!(c.validate().is_err());
+    let c = with("http://preview.hyperbola.in:8080").unwrap();
+    assert_eq!(c.workspace_url("abc12345"), "http://vs-code-abc12345.preview.hyperbola.in:8080");
+    let err = with("ftp://x").unwrap_err().to_string();
+    assert!(err.contains("public_url \"ftp://x\" must look like http://host[:port]"), "{err}");
 }
 
 #[test]
@@ -114,12 +116,12 @@ fn durations_round_trip_in_short_form() {
 #[test]
 fn masked_toml_hides_keys_and_parses_back() {
     let mut c = Config::default();
-    c.api_keys = vec!["supersecretkey-0123456789".into()];
+    c.access.api_keys = vec!["supersecretkey-0123456789".into()];
     let shown = c.to_masked_toml();
     assert!(!shown.contains("supersecretkey-0123456789"));
     assert!(shown.contains("idle_timeout = \"15m\""));
     let back = Config::from_toml(&shown).unwrap();
-    assert_eq!(back.idle_timeout, c.idle_timeout);
+    assert_eq!(back.lifecycle.idle_timeout, c.lifecycle.idle_timeout);
 }
 
 #[test]
@@ -141,7 +143,7 @@ fn table_keys_are_overridable_one_by_one() {
         ("WAKEWAY_KUBERNETES_ARGS", "--bind-addr,0.0.0.0:{port}"),
     ]);
     let c = Config::load(Some(&path), &env).unwrap();
-    assert_eq!(c.backend, BackendKind::Kubernetes);
+    assert_eq!(c.workspaces.backend, BackendKind::Kubernetes);
     assert_eq!(c.kubernetes.namespace, "workspaces");
     assert_eq!(c.kubernetes.port, 9000);
     assert_eq!(c.kubernetes.job_timeout, Duration::from_secs(600));
@@ -183,7 +185,7 @@ fn policy_bounds_and_webhooks_are_checked() {
         ]),
     )
     .unwrap();
-    assert_eq!(c.warn_before_sleep, Duration::ZERO);
+    assert_eq!(c.lifecycle.warn_before_sleep, Duration::ZERO);
     assert!(!c.to_masked_toml().contains(GOOD_SECRET), "the webhook secret is masked");
 }
 
@@ -251,7 +253,7 @@ fn the_workspace_environment_table_is_read_and_checked() {
     assert_eq!(c.kubernetes.env.len(), 2);
     let env = MapEnv::new([("WAKEWAY_BACKEND", "kubernetes"), ("WAKEWAY_KUBERNETES_ENV", "LANG = \"C.UTF-8\"")]);
     let c = Config::load(None, &env).unwrap();
-    assert_eq!(c.kubernetes.env, BTreeMap::from([("LANG".to_string(), "C.UTF-8".to_string())]));
+    assert_eq!(c.kubernetes.env, std::collections::BTreeMap::from([("LANG".to_string(), "C.UTF-8".to_string())]));
     let env =
         MapEnv::new([("WAKEWAY_BACKEND", "kubernetes"), ("WAKEWAY_KUBERNETES_ENV", "WAKEWAY_COOKIE_SECRET = \"x\"")]);
     let err = Config::load(None, &env).unwrap_err().to_string();
@@ -270,7 +272,7 @@ fn the_local_table_is_read_from_the_environment_and_checked() {
     )
     .unwrap();
     assert_eq!(c.local.isolation, crate::Isolation::On);
-    assert_eq!(c.local.uid_range(), Some(300000..=300999));
+    assert_eq!(c.local.uid_range(), 300000..=300999);
     assert_eq!(c.local.env["HTTPS_PROXY"], "http://proxy:3128");
     assert_eq!(c.local.env.len(), 2);
 
@@ -313,7 +315,7 @@ fn backup_retention_is_at_least_a_day_and_at_least_sleep_to_delete() {
     let below = refusal([("WAKEWAY_BACKUP_RETENTION", "2d"), ("WAKEWAY_SLEEP_TO_DELETE", "3d")]);
     assert!(below.contains("backup_retention (2d) must be at least sleep_to_delete (3d)"), "{below}");
     let env = MapEnv::new([("WAKEWAY_BACKUP_RETENTION", "3d"), ("WAKEWAY_SLEEP_TO_DELETE", "3d")]);
-    assert_eq!(Config::load(None, &env).unwrap().backup_retention, Duration::from_secs(3 * 86400));
+    assert_eq!(Config::load(None, &env).unwrap().lifecycle.backup_retention, Duration::from_secs(3 * 86400));
 }
 
 #[test]

@@ -106,10 +106,9 @@ impl Certificates {
 
     /// Re-read `tls_cert_file`/`tls_key_file` if they changed. Returns an error message on failure.
     fn reload_files(&self, first: bool) -> Option<String> {
-        let (cert, key) = (&self.config.tls_cert_file, &self.config.tls_key_file);
-        if cert.as_os_str().is_empty() {
+        let (Some(cert), Some(key)) = (&self.config.tls.cert_file, &self.config.tls.key_file) else {
             return None;
-        }
+        };
         let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         let stamp = modified(cert).zip(modified(key));
         let mut seen = self.files_seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -138,14 +137,14 @@ impl Certificates {
 
     /// The names that need a certificate now.
     async fn wanted(&self) -> Vec<String> {
-        match self.config.acme {
+        match self.config.tls.acme {
             AcmeMode::None => Vec::new(),
-            AcmeMode::Dns01 => vec![format!("*.{}", self.config.domain)],
+            AcmeMode::Dns01 => vec![format!("*.{}", self.config.server.domain)],
             AcmeMode::Http01 => match self.manager.list(false).await {
                 Ok(sessions) => sessions
                     .iter()
                     .filter(|v| !matches!(v.session.state, State::Deleting | State::Deleted))
-                    .map(|v| format!("vs-code-{}.{}", v.session.uuid, self.config.domain))
+                    .map(|v| format!("vs-code-{}.{}", v.session.uuid, self.config.server.domain))
                     .collect(),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot list sessions for certificates; retrying later");
@@ -165,7 +164,7 @@ impl Certificates {
         let now_secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         for name in self.wanted().await {
             let due = match self.certs.covering(&name) {
-                Some(info) => info.not_after - now_secs <= self.config.acme_renew_before.as_secs() as i64,
+                Some(info) => info.not_after - now_secs <= self.config.tls.acme_renew_before.as_secs() as i64,
                 None => true,
             };
             let waiting = self.attempts.get(&name).and_then(|a| a.next_attempt).is_some_and(|t| t > now);
@@ -199,10 +198,9 @@ impl Certificates {
         self.account
             .get_or_try_init(|| async {
                 let builder = || -> Result<_, AcmeError> {
-                    Ok(if self.config.acme_ca_file.as_os_str().is_empty() {
-                        Account::builder()?
-                    } else {
-                        Account::builder_with_root(&self.config.acme_ca_file)?
+                    Ok(match &self.config.tls.acme_ca_file {
+                        None => Account::builder()?,
+                        Some(root) => Account::builder_with_root(root)?,
                     })
                 };
                 let stored = self.store.get_blob(ACCOUNT_KEY).await.map_err(|e| AcmeError::Store(e.to_string()))?;
@@ -211,14 +209,14 @@ impl Certificates {
                 {
                     return Ok(builder()?.from_credentials(credentials).await?);
                 }
-                let contact =
-                    (!self.config.acme_email.is_empty()).then(|| format!("mailto:{}", self.config.acme_email));
+                let contact = self.config.tls.acme_email.as_ref().map(|email| format!("mailto:{email}"));
                 let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
                 let new = NewAccount { contact: &contacts, terms_of_service_agreed: true, only_return_existing: false };
-                let (account, credentials) = builder()?.create(&new, self.config.acme_directory.clone(), None).await?;
+                let (account, credentials) =
+                    builder()?.create(&new, self.config.tls.acme_directory.clone(), None).await?;
                 let bytes = serde_json::to_vec(&credentials).map_err(|e| AcmeError::Store(e.to_string()))?;
                 self.store.put_blob(ACCOUNT_KEY, &bytes).await.map_err(|e| AcmeError::Store(e.to_string()))?;
-                tracing::info!(directory = %self.config.acme_directory, "ACME account created");
+                tracing::info!(directory = %self.config.tls.acme_directory, "ACME account created");
                 Ok(account)
             })
             .await
@@ -279,9 +277,9 @@ impl Certificates {
     }
 
     async fn dns_hook(&self, action: &str, record: &str, value: &str) -> Result<(), AcmeError> {
-        let hook = &self.config.acme_dns_hook;
+        let hook = self.config.tls.acme_dns_hook.clone().unwrap_or_default();
         let failed = |why: String| AcmeError::Hook { hook: hook.display().to_string(), why };
-        let output = tokio::process::Command::new(hook).args([action, record, value]).kill_on_drop(true).output();
+        let output = tokio::process::Command::new(&hook).args([action, record, value]).kill_on_drop(true).output();
         let output = tokio::time::timeout(Duration::from_secs(120), output)
             .await
             .map_err(|_| failed("timed out after 120 s".into()))?
@@ -297,7 +295,7 @@ impl Certificates {
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let changed = self.manager.changed();
         let mut files = tokio::time::interval(Duration::from_secs(2));
-        let mut acme = tokio::time::interval(self.config.acme_check_interval);
+        let mut acme = tokio::time::interval(self.config.tls.acme_check_interval);
         files.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         acme.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -111,8 +111,8 @@ pub fn find_code_server() -> Option<PathBuf> {
 /// proxied, per-user workspace needs — serving on its Unix socket (always: even a workspace that
 /// is not isolated then has no TCP port another local user could reach).
 pub fn workspace_command(config: &Config) -> Result<String, String> {
-    if !config.workspace_command.trim().is_empty() {
-        return Ok(config.workspace_command.clone());
+    if let Some(command) = config.workspaces.command.as_ref().filter(|c| !c.trim().is_empty()) {
+        return Ok(command.clone());
     }
     let Some(code_server) = find_code_server() else {
         return Err("code-server was not found on PATH, in /opt/wakeway/tools/bin or in \
@@ -154,7 +154,7 @@ pub fn local_plan(config: &Config) -> Result<LocalPlan, String> {
         Some("wakeway does not run as root".to_string())
     } else if command.contains("{port}") {
         Some(wakeway_config::ISOLATED_PORT_COMMAND.to_string())
-    } else if let Some(blocked) = backend::local::isolation::blocked_ancestor(&config.data_dir) {
+    } else if let Some(blocked) = backend::local::isolation::blocked_ancestor(&config.server.data_dir) {
         // Above data_dir only: data_dir and its folders are wakeway's, opened to 0711 as it lays them out.
         Some(format!(
             "other users cannot pass through {} to reach data_dir (chmod o+x it, or choose another data_dir)",
@@ -217,24 +217,24 @@ pub async fn build(
     stats: Arc<ProxyStats>,
     rt: tokio::runtime::Handle,
 ) -> Result<Built, String> {
-    secure_data_dir(&config.data_dir)?;
+    secure_data_dir(&config.server.data_dir)?;
     // The local backend prepares backup_dir as it lays out its folders (`lay_out`). On Kubernetes
     // it is the shared backup volume, which backup Jobs (another uid) write to: the backend checks
     // it (mounted, readable, writable), never creates or chmods it.
     let backups = config.backup_dir();
     let store: Arc<dyn store::Store> = match config.store_kind() {
         wakeway_config::StoreKind::Redis => Arc::new(
-            store::RedisStore::connect(&config.redis_url)
+            store::RedisStore::connect(config.store.redis_url.as_deref().unwrap_or_default())
                 .await
                 .map_err(|e| format!("{e} (is Redis running at the redis_url?)"))?,
         ),
-        wakeway_config::StoreKind::Embedded => {
-            Arc::new(store::EmbeddedStore::open(&config.data_dir.join("wakeway.redb")).map_err(|e| e.to_string())?)
-        }
+        wakeway_config::StoreKind::Embedded => Arc::new(
+            store::EmbeddedStore::open(&config.server.data_dir.join("wakeway.redb")).map_err(|e| e.to_string())?,
+        ),
     };
     let (tx, events) = mpsc::unbounded_channel();
     let mut problems = Vec::new();
-    let backend: Arc<dyn backend::Backend> = match config.backend {
+    let backend: Arc<dyn backend::Backend> = match config.workspaces.backend {
         BackendKind::Local => {
             let plan = local_plan(&config)?;
             if let Some(why) = plan.not_isolated {
@@ -243,33 +243,34 @@ pub async fn build(
             }
             let settings = backend::local::LocalSettings {
                 command: plan.command,
-                port_range: config.workspace_port_range().ok_or("workspace_ports is not a port range")?,
-                stop_grace: config.stop_grace,
-                uids: if plan.isolated { config.local.uid_range() } else { None },
+                port_range: config.workspaces.ports.range(),
+                stop_grace: config.lifecycle.stop_grace,
+                uids: plan.isolated.then(|| config.local.uid_range()),
                 env: config.local.env.clone(),
-                writer: manager::replica_name(&config.replica_id),
+                writer: manager::replica_name(config.store.replica_id.as_deref()),
             };
-            let paths = backend::local::LocalPaths::new(&config.data_dir, backups);
+            let paths = backend::local::LocalPaths::new(&config.server.data_dir, backups);
             backend::LocalBackend::new(settings, paths, tx)?
         }
         BackendKind::Kubernetes => {
             backend::KubernetesBackend::connect(config.clone(), tx).await.map_err(|e| e.to_string())?
         }
     };
-    let (keys, new_api_key) = if config.api_keys.is_empty() {
-        let (key, created) = api::load_or_generate_secret(&config.data_dir.join("api-key"))
+    let (keys, new_api_key) = if config.access.api_keys.is_empty() {
+        let (key, created) = api::load_or_generate_secret(&config.server.data_dir.join("api-key"))
             .map_err(|e| format!("cannot keep the API key in data_dir: {e}"))?;
         (vec![key.clone()], created.then_some(key))
     } else {
-        (config.api_keys.clone(), None)
+        (config.access.api_keys.clone(), None)
     };
-    let cookie_secret = if config.cookie_secret.is_empty() {
-        let path = config.data_dir.join("cookie-secret");
-        api::load_or_generate_secret(&path)
-            .map_err(|e| format!("cannot keep the cookie secret in {}: {e}", path.display()))?
-            .0
-    } else {
-        config.cookie_secret.clone()
+    let cookie_secret = match &config.access.cookie_secret {
+        Some(secret) => secret.clone(),
+        None => {
+            let path = config.server.data_dir.join("cookie-secret");
+            api::load_or_generate_secret(&path)
+                .map_err(|e| format!("cannot keep the cookie secret in {}: {e}", path.display()))?
+                .0
+        }
     };
     let manager = Manager::new(config.clone(), store.clone(), backend, clock.clone(), stats, rt);
     for (component, problem) in problems {
@@ -278,7 +279,7 @@ pub async fn build(
     let state = api::ApiState {
         manager: manager.clone(),
         keys: Arc::new(api::ApiKeys::new(&keys)),
-        limiter: Arc::new(api::RateLimiter::new(config.rate_limit_per_minute, clock)),
+        limiter: Arc::new(api::RateLimiter::new(config.limits.rate_limit_per_minute, clock)),
     };
     let router = api::router(state);
     Ok(Built {
@@ -300,9 +301,9 @@ mod tests {
 
     fn config(dir: &Path, isolation: Isolation, command: &str) -> Config {
         let mut c = Config::default();
-        c.data_dir = dir.join("data");
+        c.server.data_dir = dir.join("data");
         c.local.isolation = isolation;
-        c.workspace_command = command.into();
+        c.workspaces.command = Some(command.into()).filter(|c: &String| !c.is_empty());
         c
     }
 

@@ -20,10 +20,10 @@ pub struct Policy {
 impl From<&Config> for Policy {
     fn from(c: &Config) -> Self {
         Policy {
-            idle_timeout: c.idle_timeout,
-            sleep_to_delete: c.sleep_to_delete,
-            backup_retention: c.backup_retention,
-            max_awake_with_open_tab: c.max_awake_with_open_tab,
+            idle_timeout: c.lifecycle.idle_timeout,
+            sleep_to_delete: c.lifecycle.sleep_to_delete,
+            backup_retention: c.lifecycle.backup_retention,
+            max_awake_with_open_tab: c.lifecycle.max_awake_with_open_tab,
         }
     }
 }

@@ -48,9 +48,9 @@ impl Limits {
     /// The configured limits (`restore_max_bytes`, `restore_max_entries`, `restore_max_ratio`).
     pub fn from_config(config: &wakeway_config::Config) -> Limits {
         Limits {
-            max_bytes: config.restore_max_bytes,
-            max_entries: config.restore_max_entries,
-            max_ratio: config.restore_max_ratio,
+            max_bytes: config.restore.max_bytes,
+            max_entries: config.restore.max_entries,
+            max_ratio: config.restore.max_ratio,
         }
     }
 }

@@ -95,16 +95,16 @@ impl Notifier {
         Notifier { inner: None }
     }
 
-    /// A notifier for `config.webhook_url` (disabled when empty), delivering on `rt`.
+    /// A notifier for `webhook_url` (disabled when unset), delivering on `rt`.
     pub fn new(
         config: &Config,
         metrics: &Metrics,
         store: Arc<dyn Store>,
         rt: &tokio::runtime::Handle,
     ) -> Result<Self, String> {
-        if config.webhook_url.is_empty() {
+        let Some(url) = &config.webhook.url else {
             return Ok(Notifier::disabled());
-        }
+        };
         // reqwest is built without a bundled TLS provider: use ring, which rustls already has here.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
@@ -115,10 +115,10 @@ impl Notifier {
             .map_err(|e| format!("cannot build the webhook client: {e}"))?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let inner = Arc::new(Inner {
-            url: config.webhook_url.clone(),
-            secret: config.webhook_secret.as_bytes().to_vec(),
-            retry: config.webhook_retry,
-            max_attempts: config.webhook_max_attempts,
+            url: url.to_string(),
+            secret: config.webhook.secret.as_deref().unwrap_or_default().as_bytes().to_vec(),
+            retry: config.webhook.retry,
+            max_attempts: config.webhook.max_attempts,
             client,
             tx,
             seq: AtomicU64::new(0),

@@ -46,9 +46,9 @@ pub struct FrontSettings {
 impl From<&Config> for FrontSettings {
     fn from(c: &Config) -> Self {
         FrontSettings {
-            header_timeout: c.header_timeout,
-            max_connections_per_address: c.max_connections_per_address,
-            max_header_bytes: c.max_header_bytes,
+            header_timeout: c.limits.header_timeout,
+            max_connections_per_address: c.limits.max_connections_per_address,
+            max_header_bytes: c.limits.max_header_bytes,
         }
     }
 }

@@ -63,19 +63,19 @@ pub struct ProxySettings {
 impl From<&Config> for ProxySettings {
     fn from(c: &Config) -> Self {
         ProxySettings {
-            domain: c.domain.clone(),
-            bot_user_agents: c.bot_user_agents.iter().map(|b| b.to_ascii_lowercase()).collect(),
-            hold_timeout: c.hold_timeout,
-            max_held_per_session: c.max_held_per_session,
-            max_held_total: c.max_held_total,
-            max_api_body_bytes: c.max_api_body_bytes,
-            max_header_bytes: c.max_header_bytes,
-            max_websockets_per_session: c.max_websockets_per_session,
-            workspace_auth: c.workspace_auth,
-            cookie_ttl: c.cookie_ttl,
-            unauthenticated_per_minute: c.unauthenticated_per_minute,
-            wake_attempts_per_minute: c.wake_attempts_per_minute,
-            https_redirect_port: c.tls_addr().filter(|_| c.redirect_http_to_https).map(|a| a.port()),
+            domain: c.server.domain.clone(),
+            bot_user_agents: c.limits.bot_user_agents.iter().map(|b| b.to_ascii_lowercase()).collect(),
+            hold_timeout: c.lifecycle.hold_timeout,
+            max_held_per_session: c.limits.max_held_per_session,
+            max_held_total: c.limits.max_held_total,
+            max_api_body_bytes: c.limits.max_api_body_bytes,
+            max_header_bytes: c.limits.max_header_bytes,
+            max_websockets_per_session: c.limits.max_websockets_per_session,
+            workspace_auth: c.access.workspace_auth,
+            cookie_ttl: c.access.cookie_ttl,
+            unauthenticated_per_minute: c.limits.unauthenticated_per_minute,
+            wake_attempts_per_minute: c.limits.wake_attempts_per_minute,
+            https_redirect_port: c.tls.listen.filter(|_| c.tls.redirect_http_to_https).map(|a| a.port()),
             websocket_idle_timeout: Duration::from_secs(3600),
         }
     }

@@ -36,7 +36,7 @@ pub(super) struct Resources {
 
 impl Resources {
     pub(super) fn of(manager: &Manager, tier: &str) -> Option<Self> {
-        manager.config().tiers.get(tier).map(|t| Resources { cpu: t.cpu, memory_mib: t.memory_mib })
+        manager.config().workspaces.tiers.get(tier).map(|t| Resources { cpu: t.cpu, memory_mib: t.memory_mib })
     }
 }
 
@@ -342,8 +342,8 @@ impl Policy {
                 sleep_to_delete: ms(s.policy.sleep_to_delete_ms),
             },
             bounds: Bounds {
-                max_idle_timeout: format_duration(config.max_idle_timeout),
-                max_sleep_to_delete: format_duration(config.max_sleep_to_delete),
+                max_idle_timeout: format_duration(config.lifecycle.max_idle_timeout),
+                max_sleep_to_delete: format_duration(config.lifecycle.max_sleep_to_delete),
             },
         }
     }
@@ -408,7 +408,7 @@ pub(super) struct Record<'a> {
 
 impl<'a> Record<'a> {
     pub(super) fn of(manager: &Manager, r: &'a BackupRecord) -> Self {
-        let retention = manager.config().backup_retention;
+        let retention = manager.config().lifecycle.backup_retention;
         Record {
             id: &r.id,
             file: &r.file,

@@ -322,8 +322,8 @@ pub(super) async fn set_policy(
 ) -> Result<Response, ApiError> {
     let config = state.manager.config();
     let patch = PolicyPatch {
-        idle_timeout: override_of("idle_timeout", body.idle_timeout, config.max_idle_timeout)?,
-        sleep_to_delete: override_of("sleep_to_delete", body.sleep_to_delete, config.max_sleep_to_delete)?,
+        idle_timeout: override_of("idle_timeout", body.idle_timeout, config.lifecycle.max_idle_timeout)?,
+        sleep_to_delete: override_of("sleep_to_delete", body.sleep_to_delete, config.lifecycle.max_sleep_to_delete)?,
         keep: body.keep,
     };
     state.manager.set_policy(&id, patch).await?;

@@ -104,7 +104,7 @@ impl<T: Body> FromRequest<ApiState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &ApiState) -> Result<Self, ApiError> {
-        let max = state.manager.config().max_api_body_bytes;
+        let max = state.manager.config().limits.max_api_body_bytes;
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 // The proxy refuses these before the router in the same words.
@@ -121,7 +121,7 @@ impl<T: Body> FromRequest<ApiState> for JsonBody<T> {
 
 /// The router's own body limit: `max_api_body_bytes`, as the proxy enforces it.
 pub(super) fn limit(state: &ApiState) -> DefaultBodyLimit {
-    DefaultBodyLimit::max(state.manager.config().max_api_body_bytes)
+    DefaultBodyLimit::max(state.manager.config().limits.max_api_body_bytes)
 }
 
 /// Parse `bytes` as `T`'s JSON object: 400 for broken JSON, 422 for a wrong shape.

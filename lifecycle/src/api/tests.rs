@@ -26,12 +26,12 @@ pub(super) struct Harness {
 pub(super) async fn harness(per_minute: u32) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
-    config.data_dir = dir.path().to_owned();
-    config.api_keys = vec![KEY.into()];
-    config.rate_limit_per_minute = per_minute;
-    config.workspace_command = "exec python3 -m http.server --bind 127.0.0.1 {port}".into();
+    config.server.data_dir = dir.path().to_owned();
+    config.access.api_keys = vec![KEY.into()];
+    config.limits.rate_limit_per_minute = per_minute;
+    config.workspaces.command = Some("exec python3 -m http.server --bind 127.0.0.1 {port}".into());
     config.local.isolation = wakeway_config::Isolation::Off;
-    config.stop_grace = Duration::from_secs(2);
+    config.lifecycle.stop_grace = Duration::from_secs(2);
     let clock = Arc::new(ManualClock::new(1_760_000_000_000));
     let built = crate::build(
         Arc::new(config),

@@ -60,7 +60,7 @@ impl Manager {
                 open_connections: rt.handle.activity.open_connections(),
             })
             .collect();
-        let ttl = self.inner.config.checkpoint_interval * 3;
+        let ttl = self.inner.config.lifecycle.checkpoint_interval * 3;
         match self.inner.store.merge_activity(&batch, self.now().timestamp_millis(), ttl).await {
             Ok(merged) => {
                 for m in merged {
@@ -83,9 +83,13 @@ impl Manager {
             return;
         }
         let config = &self.inner.config;
-        let Some(warning) =
-            self.inner.policy.warning(s, seen, now, config.warn_before_sleep, config.warn_before_delete)
-        else {
+        let Some(warning) = self.inner.policy.warning(
+            s,
+            seen,
+            now,
+            config.lifecycle.warn_before_sleep,
+            config.lifecycle.warn_before_delete,
+        ) else {
             return;
         };
         let (kind, field, at) = match warning {

@@ -49,7 +49,7 @@ impl Manager {
 
     /// Store a record under a random id no session has (here or in the store).
     async fn store_new_record(&self, user_id: &str, now: DateTime<Utc>) -> Result<Session> {
-        let tier = self.inner.config.default_tier.clone();
+        let tier = self.inner.config.workspaces.default_tier.clone();
         loop {
             let id = SessionId::parse(&format!("{:08x}", rand::rng().random::<u32>())).expect("8 hex digits");
             if self.inner.sessions.contains_key(&id) {

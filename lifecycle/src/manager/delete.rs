@@ -81,6 +81,7 @@ impl Manager {
         let backoff = self
             .inner
             .config
+            .lifecycle
             .backup_retry
             .saturating_mul(1 << (s.backup_failures - 1).min(10))
             .min(Duration::from_secs(3600));

@@ -27,7 +27,7 @@ impl Manager {
             return Ok(None);
         }
         let name = format!("op:{id}");
-        let ttl = self.inner.config.lease_ttl;
+        let ttl = self.inner.config.store.lease_ttl;
         let deadline = tokio::time::Instant::now() + patience;
         loop {
             match self.inner.store.lease(&name, &self.inner.replica, ttl).await {
@@ -46,7 +46,7 @@ impl Manager {
 
     /// Run `op` holding `lease` (renewed every third of `lease_ttl`), then release it.
     pub(super) async fn holding<T>(&self, lease: OpLease, op: impl Future<Output = Result<T>>) -> Result<T> {
-        let ttl = self.inner.config.lease_ttl;
+        let ttl = self.inner.config.store.lease_ttl;
         let renew = async {
             loop {
                 tokio::time::sleep(ttl / 3).await;

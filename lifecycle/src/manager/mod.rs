@@ -118,9 +118,9 @@ impl Manager {
             inner: Arc::new(Inner {
                 policy: Policy::from(config.as_ref()),
                 shared: store.shared(),
-                replica: replica_name(&config.replica_id),
+                replica: replica_name(config.store.replica_id.as_deref()),
                 limits: Limits::from_config(&config),
-                catalog: Arc::new(Catalog::new(config.backup_dir(), config.restore_max_bytes)),
+                catalog: Arc::new(Catalog::new(config.backup_dir(), config.restore.max_bytes)),
                 config,
                 store,
                 backend,
@@ -172,9 +172,9 @@ impl Manager {
 }
 
 /// The replica's name: configured, or hostname and process id.
-pub fn replica_name(configured: &str) -> String {
-    if !configured.is_empty() {
-        return configured.to_string();
+pub fn replica_name(configured: Option<&str>) -> String {
+    if let Some(name) = configured {
+        return name.to_string();
     }
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{}-{}", host.trim(), std::process::id())

@@ -26,7 +26,7 @@ impl Manager {
     /// job_timeout` for backup Jobs, [`LOCAL_WRITER_SILENCE`] for other replicas' local backups).
     fn leftovers_rule(&self) -> Leftovers {
         let config = &self.inner.config;
-        let local = config.backend == BackendKind::Local;
+        let local = config.workspaces.backend == BackendKind::Local;
         let silence = if local { LOCAL_WRITER_SILENCE } else { config.kubernetes.job_timeout };
         // Compared with files' modification times: the real clock, not the policy's.
         let now = SystemTime::now();

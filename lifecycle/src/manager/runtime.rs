@@ -137,7 +137,7 @@ impl Manager {
         let this = self.clone();
         self.run_task(what, async move {
             let _op = rt.op.lock().await;
-            let patience = if what == "wake" { this.inner.config.hold_timeout } else { Duration::ZERO };
+            let patience = if what == "wake" { this.inner.config.lifecycle.hold_timeout } else { Duration::ZERO };
             match this.take_op_lease(&rt.handle.id, patience).await? {
                 Some(lease) => this.holding(lease, op(this.clone(), rt.clone())).await,
                 None => op(this, rt.clone()).await,

@@ -63,7 +63,7 @@ impl Manager {
     /// The policy's decision for `s` now, with other replicas' activity given one checkpoint
     /// interval to arrive when the store is shared.
     pub(super) fn decide(&self, rt: &SessionRuntime, s: &Session) -> Action {
-        let grace = if self.inner.shared { self.inner.config.checkpoint_interval } else { Duration::ZERO };
+        let grace = if self.inner.shared { self.inner.config.lifecycle.checkpoint_interval } else { Duration::ZERO };
         let at = crate::policy::before(self.now(), grace);
         self.inner.policy.decide(s, self.seen(rt, s), at)
     }
@@ -124,8 +124,8 @@ impl Manager {
     async fn scale_inner(&self, rt: &SessionRuntime, direction: ScaleDirection) -> Result<Session> {
         let mut s = self.load(&rt.handle.id).await?;
         let tier = match direction {
-            ScaleDirection::Up => self.inner.config.scale_up_tier.clone(),
-            ScaleDirection::Down => self.inner.config.scale_down_tier.clone(),
+            ScaleDirection::Up => self.inner.config.workspaces.scale_up_tier.clone(),
+            ScaleDirection::Down => self.inner.config.workspaces.scale_down_tier.clone(),
         };
         match s.state {
             State::Running if s.tier == tier => Ok(s),

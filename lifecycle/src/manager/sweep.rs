@@ -26,8 +26,8 @@ impl Manager {
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut store_events = self.inner.store.subscribe().await;
-        let mut sweep = tokio::time::interval(self.inner.config.sweep_interval);
-        let mut checkpoint = tokio::time::interval(self.inner.config.checkpoint_interval);
+        let mut sweep = tokio::time::interval(self.inner.config.lifecycle.sweep_interval);
+        let mut checkpoint = tokio::time::interval(self.inner.config.lifecycle.checkpoint_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut restarts = Restarts::default();
@@ -51,7 +51,7 @@ impl Manager {
         if !self.inner.shared {
             return self.sweep_as_leader().await;
         }
-        let ttl = self.inner.config.lease_ttl;
+        let ttl = self.inner.config.store.lease_ttl;
         match self.inner.store.lease("sweep", &self.inner.replica, ttl).await {
             Ok(true) => {
                 if !self.inner.leading.swap(true, Ordering::AcqRel) {
@@ -154,7 +154,7 @@ impl Manager {
     /// Delete backups older than `backup_retention` (by the time in their name), except those
     /// marked `keep` and those a session still needs (a restore or a deletion in flight).
     async fn prune_backups(&self, now: DateTime<Utc>, sessions: &[Session]) {
-        let cutoff = crate::policy::before(now, self.inner.config.backup_retention);
+        let cutoff = crate::policy::before(now, self.inner.config.lifecycle.backup_retention);
         let protected = backups_in_use(sessions);
         let catalog = self.inner.catalog.clone();
         let Ok(pruned) = tokio::task::spawn_blocking(move || catalog.prune(cutoff, &protected)).await else { return };

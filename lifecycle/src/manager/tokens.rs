@@ -24,7 +24,7 @@ impl Manager {
         let bytes: [u8; 24] = rand::rng().random();
         let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let now = self.now();
-        let ttl = self.inner.config.access_token_ttl;
+        let ttl = self.inner.config.access.access_token_ttl;
         let expires = crate::policy::after(now, ttl);
         // In the store (only a digest): whichever replica the browser reaches redeems it, once.
         let record =

@@ -202,7 +202,7 @@ impl Manager {
     /// transitional state: wait (bounded by `start_timeout`) for it to finish instead of acting on
     /// it. A state still transitional after that is a leftover of a dead replica: act on it.
     async fn follow_other_replica(&self, rt: &SessionRuntime, mut s: Session) -> Result<Session> {
-        let deadline = tokio::time::Instant::now() + self.inner.config.start_timeout;
+        let deadline = tokio::time::Instant::now() + self.inner.config.lifecycle.start_timeout;
         while matches!(s.state, State::Stopping | State::BackingUp | State::Starting | State::Waking | State::Resizing)
             && tokio::time::Instant::now() < deadline
         {
@@ -218,7 +218,7 @@ impl Manager {
 
     /// Start `s`'s workspace with its tier's resources, within `start_timeout`.
     pub(super) async fn start(&self, s: &Session) -> Result<Started, BackendError> {
-        let deadline = tokio::time::Instant::now() + self.inner.config.start_timeout;
+        let deadline = tokio::time::Instant::now() + self.inner.config.lifecycle.start_timeout;
         self.inner.backend.start(s, &self.tier(&s.tier), deadline).await
     }
 
@@ -248,10 +248,10 @@ impl Manager {
 
     /// The resources of tier `name` (the default tier's if it is no longer configured).
     fn tier(&self, name: &str) -> Tier {
-        let tiers = &self.inner.config.tiers;
+        let tiers = &self.inner.config.workspaces.tiers;
         tiers
             .get(name)
-            .or_else(|| tiers.get(&self.inner.config.default_tier))
+            .or_else(|| tiers.get(&self.inner.config.workspaces.default_tier))
             .cloned()
             .unwrap_or(Tier { cpu: 1.0, memory_mib: 1024 })
     }

@@ -461,7 +461,7 @@ impl Backend for KubernetesBackend {
         // The Job's word is not enough to delete on: open the zip it names on the backup volume
         // (mounted here too) and check it against what the Job reported.
         let (dir, id, reported, max_bytes) =
-            (self.config.backup_dir(), session.uuid.clone(), info.clone(), self.config.restore_max_bytes);
+            (self.config.backup_dir(), session.uuid.clone(), info.clone(), self.config.restore.max_bytes);
         tokio::task::spawn_blocking(move || verify::job_zip(&dir, &id, &reported, max_bytes))
             .await
             .map_err(|e| failed(format!("the verification task failed: {e}")))?

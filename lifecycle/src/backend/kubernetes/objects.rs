@@ -105,9 +105,10 @@ pub fn memory_quantity(mib: u64) -> Quantity {
 /// The tier named by the session, or the default tier.
 pub fn session_tier(config: &Config, session: &Session) -> Tier {
     config
+        .workspaces
         .tiers
         .get(&session.tier)
-        .or_else(|| config.tiers.get(&config.default_tier))
+        .or_else(|| config.workspaces.tiers.get(&config.workspaces.default_tier))
         .cloned()
         .unwrap_or(Tier { cpu: 1.0, memory_mib: 1024 })
 }
@@ -325,7 +326,7 @@ pub fn deployment(config: &Config, session: &Session, tier: &Tier) -> Deployment
                     // A workspace runs user code: it gets no API credentials and no Service env vars.
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    termination_grace_period_seconds: Some(config.stop_grace.as_secs() as i64),
+                    termination_grace_period_seconds: Some(config.lifecycle.stop_grace.as_secs() as i64),
                     ..PodSpec::default()
                 }),
             },

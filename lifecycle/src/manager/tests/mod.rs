@@ -42,9 +42,9 @@ fn rig(shared: bool) -> Rig {
 fn rig_with(shared: bool, configure: impl FnOnce(&mut Config)) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
-    config.data_dir = dir.path().to_owned();
+    config.server.data_dir = dir.path().to_owned();
     // Bounds how long a hung start lasts (real time: the fake's start sleeps until its deadline).
-    config.start_timeout = Duration::from_millis(200);
+    config.lifecycle.start_timeout = Duration::from_millis(200);
     configure(&mut config);
     let store = Arc::new(FakeStore::new(shared));
     let backend = Arc::new(ScriptedBackend::default());
@@ -65,7 +65,7 @@ impl Rig {
     async fn session(&self, state: State, restore: Option<RestoreOp>) -> SessionId {
         let id = SessionId::parse("0a1b2c3d").unwrap();
         let now = self.manager.now();
-        let mut s = Session::new(&id, "ada@example.com", &self.manager.config().default_tier, now);
+        let mut s = Session::new(&id, "ada@example.com", &self.manager.config().workspaces.default_tier, now);
         s.state = state;
         s.slept_at = Some(now);
         s.restore = restore;
@@ -225,7 +225,7 @@ async fn a_store_that_is_down_skips_the_sweep_and_answers_503() {
     let rig = rig(false);
     let id = rig.session(State::Sleeping, None).await;
     rig.manager.wake(&id, ActivitySource::ApiWake).await.unwrap();
-    rig.clock.advance(rig.manager.config().idle_timeout + Duration::from_secs(60));
+    rig.clock.advance(rig.manager.config().lifecycle.idle_timeout + Duration::from_secs(60));
     rig.store.down.store(true, Ordering::SeqCst);
 
     let e = rig.manager.sweep().await.unwrap_err();
@@ -269,10 +269,10 @@ async fn a_hung_start_is_one_wake_however_many_ask_and_ends_at_start_timeout() {
 
 #[tokio::test]
 async fn a_panic_in_the_sweep_is_counted_and_the_next_sweep_still_runs() {
-    let rig = rig_with(false, |c| c.sweep_interval = Duration::from_millis(100));
+    let rig = rig_with(false, |c| c.lifecycle.sweep_interval = Duration::from_millis(100));
     let id = rig.session(State::Sleeping, None).await;
     rig.manager.wake(&id, ActivitySource::ApiWake).await.unwrap();
-    rig.clock.advance(rig.manager.config().idle_timeout + Duration::from_secs(60));
+    rig.clock.advance(rig.manager.config().lifecycle.idle_timeout + Duration::from_secs(60));
     rig.store.list_panics.store(1, Ordering::SeqCst);
 
     let (_events_tx, events) = tokio::sync::mpsc::unbounded_channel();
@@ -292,7 +292,7 @@ async fn a_panic_in_the_sweep_is_counted_and_the_next_sweep_still_runs() {
 
 #[tokio::test]
 async fn another_replicas_operation_lease_keeps_every_step_here_off_the_session_until_it_expires() {
-    let rig = rig_with(true, |c| c.hold_timeout = Duration::from_millis(300));
+    let rig = rig_with(true, |c| c.lifecycle.hold_timeout = Duration::from_millis(300));
     let id = rig.session(State::BackingUp, None).await;
     let lease = format!("op:{id}");
     // Replica "b" is backing it up right now (for deletion).

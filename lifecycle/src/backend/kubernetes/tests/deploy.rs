@@ -110,10 +110,10 @@ fn the_deployment_and_its_config_agree() {
     // come from wakeway-secrets (checked with the Deployment's environment below).
     let alone = config.validate().unwrap_err().to_string();
     assert!(alone.contains("cookie_secret"), "{alone}");
-    assert_eq!(config.backend, BackendKind::Kubernetes);
-    assert_eq!(config.workspace_auth, WorkspaceAuth::Token);
-    assert!(!config.stop_workspaces_on_exit, "a rolling update must not put workspaces to sleep");
-    assert_eq!(config.backup_dir.to_str(), Some("/backups"));
+    assert_eq!(config.workspaces.backend, BackendKind::Kubernetes);
+    assert_eq!(config.access.workspace_auth, WorkspaceAuth::Token);
+    assert!(!config.workspaces.stop_workspaces_on_exit, "a rolling update must not put workspaces to sleep");
+    assert_eq!(config.server.backup_dir.as_deref().and_then(|d| d.to_str()), Some("/backups"));
 
     let wakeway = find(&all, "Deployment", "wakeway");
     assert_eq!(wakeway["spec"]["replicas"], 2);
@@ -121,7 +121,7 @@ fn the_deployment_and_its_config_agree() {
     let container = &pod["containers"][0];
     let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
     let pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64().unwrap();
-    assert!(grace > pre_stop + config.shutdown_grace.as_secs() + 15, "terminationGracePeriodSeconds {grace}");
+    assert!(grace > pre_stop + config.server.shutdown_grace.as_secs() + 15, "terminationGracePeriodSeconds {grace}");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/health");
     assert_eq!(container["startupProbe"]["httpGet"]["path"], "/health");
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);

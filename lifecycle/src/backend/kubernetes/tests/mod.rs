@@ -27,8 +27,8 @@ const ID: &str = "abc12345";
 /// The config of a replica whose backup volume is `backups` (where the fake's Jobs write).
 fn test_config(port: u16, backups: &std::path::Path) -> Arc<Config> {
     let mut c = Config::default();
-    c.backend = BackendKind::Kubernetes;
-    c.backup_dir = backups.to_path_buf();
+    c.workspaces.backend = BackendKind::Kubernetes;
+    c.server.backup_dir = Some(backups.to_path_buf());
     c.kubernetes.port = port;
     c.kubernetes.stop_timeout = Duration::from_secs(5);
     c.kubernetes.job_timeout = Duration::from_secs(20);
@@ -135,7 +135,7 @@ async fn a_session_lives_and_dies_through_the_api() {
 
     // ---- start: the pod is Ready at once, but start waits until it answers HTTP.
     let task = {
-        let (backend, s, tier) = (rig.backend.clone(), s.clone(), rig.config.tiers["small"].clone());
+        let (backend, s, tier) = (rig.backend.clone(), s.clone(), rig.config.workspaces.tiers["small"].clone());
         tokio::spawn(async move { backend.start(&s, &tier, deadline(10)).await })
     };
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -823,7 +823,7 @@ async fn a_restore_runs_as_a_job_inside_the_volume_after_a_backup_of_it() {
     let store = crate::store::EmbeddedStore::open(&data.path().join("wakeway.redb")).unwrap();
     // The catalog reads the folder the Jobs write to (the backup volume, mounted in wakeway too).
     let mut config = (*rig.config).clone();
-    config.backup_dir = rig.backups.path().to_path_buf();
+    config.server.backup_dir = Some(rig.backups.path().to_path_buf());
     let config = Arc::new(config);
     let (tx, _events) = mpsc::unbounded_channel();
     let backend = KubernetesBackend::new(rig.fake.client(), config.clone(), tx);

@@ -223,7 +223,7 @@ struct Cluster {
 
 fn cluster(namespace: &str) -> Cluster {
     let mut config = Config::default();
-    config.backend = BackendKind::Kubernetes;
+    config.workspaces.backend = BackendKind::Kubernetes;
     let at: DateTime<Utc> = "2026-03-04T05:06:07Z".parse().unwrap();
     let session = |id: &str| Session::new(&SessionId::parse(id).unwrap(), "ada@example.com", "small", at);
     let (a, b) = (session("abc12345"), session("def67890"));

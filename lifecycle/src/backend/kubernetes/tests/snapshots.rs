@@ -28,7 +28,7 @@ fn snapshot(name: &str, actual: &str) {
 
 fn fixture() -> (Config, Session, DateTime<Utc>) {
     let mut config = Config::default();
-    config.backend = BackendKind::Kubernetes;
+    config.workspaces.backend = BackendKind::Kubernetes;
     config.kubernetes.storage_class = "standard-rwo".into();
     config.kubernetes.env = [("TZ", "Europe/Paris"), ("LANG", "C.UTF-8")]
         .into_iter()
@@ -68,7 +68,7 @@ fn job_objects_match_their_snapshots() {
 #[test]
 fn the_objects_say_what_the_issue_asks() {
     let (config, session, at) = fixture();
-    let large = config.tiers["large"].clone();
+    let large = config.workspaces.tiers["large"].clone();
     let d = serde_json::to_value(objects::deployment(&config, &session, &large)).unwrap();
     assert_eq!(d["metadata"]["name"], "user-abc12345");
     assert!(d["spec"].get("replicas").is_none(), "replicas only through the scale subresource (defaults to 1)");
