@@ -531,9 +531,14 @@ async fn a_request_to_a_workspace_that_died_is_served_after_a_restart() {
     let starts = std::fs::read_to_string(w.dir.join("starts")).unwrap();
     let pid: i32 = starts.lines().last().unwrap().split(' ').next().unwrap().parse().unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-    // Wait until the port is really closed, so the proxy's next connection is refused.
-    let port: u16 = starts.lines().last().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+    // Wait until the process is really dead (a zombie or reaped): kill() returns before it is,
+    // and until then its socket (TCP port or Unix socket) still accepts connections, which the
+    // dying process then resets. The proxy's next connection must be refused.
+    let dead = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.is_empty() || stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    };
+    while !dead() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let r = w.ws(Method::GET, &id, "/headers").send().await.unwrap();

@@ -84,13 +84,22 @@ impl Rig {
     /// A manager on this rig's fake API server, with an embedded store in `data`.
     fn manager(&self, data: &std::path::Path) -> crate::manager::Manager {
         let store = crate::store::EmbeddedStore::open(&data.join("wakeway.redb")).unwrap();
+        self.manager_with(Arc::new(store), Arc::new(wakeway_proxy::SystemClock))
+    }
+
+    /// A manager on this rig's fake API server, with `store` and `clock`.
+    fn manager_with(
+        &self,
+        store: Arc<dyn crate::store::Store>,
+        clock: Arc<dyn wakeway_proxy::Clock>,
+    ) -> crate::manager::Manager {
         let (tx, _events) = mpsc::unbounded_channel();
         let backend = KubernetesBackend::new(self.fake.client(), self.config.clone(), tx);
         crate::manager::Manager::new(
             self.config.clone(),
-            Arc::new(store),
+            store,
             backend,
-            Arc::new(wakeway_proxy::SystemClock),
+            clock,
             Arc::new(wakeway_proxy::ProxyStats::default()),
             tokio::runtime::Handle::current(),
         )
@@ -555,23 +564,13 @@ fn backup_results_are_read_from_the_last_json_line() {
 /// are persisted, routing follows the pod, and an API delete backs up through a Job first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_manager_drives_the_kubernetes_backend() {
-    use crate::manager::{Manager, SleepReason};
+    use crate::manager::SleepReason;
     use crate::session::{Placement, State};
-    use wakeway_proxy::{ActivitySource, Phase, ProxyStats, SystemClock};
+    use wakeway_proxy::{ActivitySource, Phase};
 
     let rig = rig(true).await;
     let data = tempfile::tempdir().unwrap();
-    let store = crate::store::EmbeddedStore::open(&data.path().join("wakeway.redb")).unwrap();
-    let (tx, _events) = mpsc::unbounded_channel();
-    let backend = KubernetesBackend::new(rig.fake.client(), rig.config.clone(), tx);
-    let manager = Manager::new(
-        rig.config.clone(),
-        Arc::new(store),
-        backend,
-        Arc::new(SystemClock),
-        Arc::new(ProxyStats::default()),
-        tokio::runtime::Handle::current(),
-    );
+    let manager = rig.manager(data.path());
     let created = manager.create("grace@example.com").await.unwrap();
     let id = created.id();
     let recorded = created.objects.clone().expect("UIDs persisted at creation");
@@ -618,6 +617,16 @@ struct SharedStore {
     leader: std::sync::atomic::AtomicBool,
 }
 
+impl SharedStore {
+    /// An embedded store in `data`, this replica leading the sweep.
+    fn open(data: &std::path::Path) -> Arc<SharedStore> {
+        Arc::new(SharedStore {
+            inner: crate::store::EmbeddedStore::open(&data.join("wakeway.redb")).unwrap(),
+            leader: std::sync::atomic::AtomicBool::new(true),
+        })
+    }
+}
+
 #[async_trait::async_trait]
 impl crate::store::Store for SharedStore {
     fn kind(&self) -> &'static str {
@@ -660,29 +669,16 @@ impl crate::store::Store for SharedStore {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sweep_leader_lists_the_cluster_only_when_a_record_may_be_missing() {
-    use crate::manager::Manager;
     use crate::session::State;
     use crate::store::Store;
     use std::sync::atomic::Ordering;
-    use wakeway_proxy::{ActivitySource, Clock, ManualClock, ProxyStats, SystemClock};
+    use wakeway_proxy::{ActivitySource, Clock, ManualClock, SystemClock};
 
     let rig = rig(true).await;
     let data = tempfile::tempdir().unwrap();
-    let store = Arc::new(SharedStore {
-        inner: crate::store::EmbeddedStore::open(&data.path().join("wakeway.redb")).unwrap(),
-        leader: std::sync::atomic::AtomicBool::new(true),
-    });
-    let (tx, _events) = mpsc::unbounded_channel();
-    let backend = KubernetesBackend::new(rig.fake.client(), rig.config.clone(), tx);
+    let store = SharedStore::open(data.path());
     let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
-    let manager = Manager::new(
-        rig.config.clone(),
-        store.clone(),
-        backend,
-        clock.clone(),
-        Arc::new(ProxyStats::default()),
-        tokio::runtime::Handle::current(),
-    );
+    let manager = rig.manager_with(store.clone(), clock.clone());
     // Discovery lists PVCs (then Deployments); nothing else lists PVCs here.
     let discoveries = || {
         rig.fake
@@ -745,26 +741,13 @@ async fn the_sweep_leader_lists_the_cluster_only_when_a_record_may_be_missing() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sessions_policy_is_kept_on_its_volume_and_survives_the_loss_of_its_record() {
-    use crate::manager::{Manager, PolicyPatch};
+    use crate::manager::PolicyPatch;
     use crate::store::Store;
-    use wakeway_proxy::{ProxyStats, SystemClock};
 
     let rig = rig(true).await;
     let data = tempfile::tempdir().unwrap();
-    let store = Arc::new(SharedStore {
-        inner: crate::store::EmbeddedStore::open(&data.path().join("wakeway.redb")).unwrap(),
-        leader: std::sync::atomic::AtomicBool::new(true),
-    });
-    let (tx, _events) = mpsc::unbounded_channel();
-    let backend = KubernetesBackend::new(rig.fake.client(), rig.config.clone(), tx);
-    let manager = Manager::new(
-        rig.config.clone(),
-        store.clone(),
-        backend,
-        Arc::new(SystemClock),
-        Arc::new(ProxyStats::default()),
-        tokio::runtime::Handle::current(),
-    );
+    let store = SharedStore::open(data.path());
+    let manager = rig.manager_with(store.clone(), Arc::new(wakeway_proxy::SystemClock));
     let id = manager.create("grace@example.com").await.unwrap().id();
     let pvc = format!("pvc-{id}");
     let durable = || -> Value {
@@ -813,28 +796,16 @@ async fn a_sessions_policy_is_kept_on_its_volume_and_survives_the_loss_of_its_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_runs_as_a_job_inside_the_volume_after_a_backup_of_it() {
-    use crate::manager::{LifecycleError, Manager, RestoreRequest, SleepReason};
+    use crate::manager::{LifecycleError, RestoreRequest, SleepReason};
     use crate::restore::RestoreError;
     use crate::session::State;
-    use wakeway_proxy::{ActivitySource, ProxyStats, SystemClock};
+    use wakeway_proxy::ActivitySource;
 
     let rig = rig(true).await;
     let data = tempfile::tempdir().unwrap();
-    let store = crate::store::EmbeddedStore::open(&data.path().join("wakeway.redb")).unwrap();
-    // The catalog reads the folder the Jobs write to (the backup volume, mounted in wakeway too).
-    let mut config = (*rig.config).clone();
-    config.server.backup_dir = Some(rig.backups.path().to_path_buf());
-    let config = Arc::new(config);
-    let (tx, _events) = mpsc::unbounded_channel();
-    let backend = KubernetesBackend::new(rig.fake.client(), config.clone(), tx);
-    let manager = Manager::new(
-        config,
-        Arc::new(store),
-        backend,
-        Arc::new(SystemClock),
-        Arc::new(ProxyStats::default()),
-        tokio::runtime::Handle::current(),
-    );
+    // The catalog reads the folder the Jobs write to (the backup volume, mounted in wakeway too:
+    // the rig's backup_dir).
+    let manager = rig.manager(data.path());
     let id = manager.create("grace@example.com").await.unwrap().id();
     rig.fill_volume(id.as_str());
     manager.wake(&id, ActivitySource::Http).await.unwrap();
