@@ -70,6 +70,13 @@ impl Manager {
         Ok(all.into_iter().filter(|s| include_deleted || s.state != State::Deleted).map(|s| self.view_of(s)).collect())
     }
 
+    /// Usage and cost over `q`'s days, from every record in the store (deleted ones too).
+    pub async fn usage(&self, q: &crate::usage::Query) -> Result<crate::usage::Report> {
+        let all = self.inner.store.list().await.inspect_err(|e| self.note_store_error(e))?;
+        let prices = crate::usage::Prices::from_config(&self.inner.config);
+        Ok(crate::usage::report(&all, q, &prices, self.now()))
+    }
+
     /// Session counts by state (from memory).
     pub fn state_counts(&self) -> Vec<(State, usize)> {
         let mut counts = vec![0usize; State::ALL.len()];
