@@ -16,6 +16,15 @@ use wakeway_config::Config;
 
 use crate::session::{Session, State};
 
+/// Where a session record forgotten after `backup_retention` is kept for its usage
+/// (`<FORGOTTEN><uuid>`, a store blob).
+pub const FORGOTTEN: &str = "usage/forgotten/";
+
+/// The blob key keeping the usage of forgotten session `uuid`.
+pub fn forgotten_key(uuid: &str) -> String {
+    format!("{FORGOTTEN}{uuid}")
+}
+
 /// What a session costs by: its workspace running, its data kept asleep, or only its backup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

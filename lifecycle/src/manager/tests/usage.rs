@@ -12,6 +12,7 @@ use super::fakes::ScriptedBackend;
 use super::{Rig, rig, rig_with};
 use crate::manager::{Manager, SleepReason};
 use crate::session::State;
+use crate::store::Store;
 use crate::usage::{Bucket, GroupBy, Query, Report};
 
 const MINUTE: u64 = 60;
@@ -118,6 +119,31 @@ async fn a_sessions_life_gives_the_exact_seconds_and_cost() {
     assert_eq!(sum, (35 * MINUTE + 49 * HOUR) * 1000);
     let costs: f64 = days.rows.values().map(|r| r.cost).sum();
     assert!((costs - cost).abs() < 1e-9);
+}
+
+#[tokio::test]
+async fn a_deleted_sessions_usage_outlives_its_record_and_its_backup_is_paid_for_until_retention() {
+    let rig = rig_with(false, |c| c.lifecycle.sleep_to_delete = Duration::from_secs(24 * HOUR));
+    let m = &rig.manager;
+    let id = m.create("ada@example.com").await.unwrap().id();
+    m.wake(&id, ActivitySource::ApiWake).await.unwrap();
+    rig.advance(HOUR);
+    m.sleep(&id, SleepReason::Api).await.unwrap();
+    rig.advance(24 * HOUR);
+    m.sweep().await.unwrap();
+    assert_eq!(rig.store.record(id.as_str()).state, State::Deleted);
+
+    // Past backup_retention (30 days) the record is forgotten; its usage is not.
+    rig.advance(31 * 24 * HOUR);
+    let before = usage(m, GroupBy::Session).await;
+    m.sweep().await.unwrap();
+    assert!(rig.store.get(id.as_str()).await.unwrap().is_none(), "the record is forgotten");
+    let after = usage(m, GroupBy::Session).await;
+    assert_eq!(after.total, before.total);
+    assert_eq!(after.rows.len(), 1);
+    let t = &after.total;
+    assert_eq!((t.hours(Bucket::Running), t.hours(Bucket::Sleeping)), (1.0, 24.0));
+    assert_eq!(t.hours(Bucket::Deleted), 30.0 * 24.0, "the backup is paid for until backup_retention, not after");
 }
 
 /// Everything counted (the records' days and what each session has been since), in ms.
