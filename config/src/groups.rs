@@ -398,3 +398,41 @@ impl Default for RestoreConfig {
         RestoreConfig { max_bytes: 64 << 30, max_entries: 2_000_000, max_ratio: 200 }
     }
 }
+
+/// What each state costs per hour, for `/usage` (the handoff's price table by default).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UsageConfig {
+    /// Price per hour of a running workspace, by tier. A tier not listed costs what
+    /// `default_tier` costs.
+    #[serde(rename = "cost_running_per_hour")]
+    pub running_per_hour: BTreeMap<String, f64>,
+    /// Price per hour of a sleeping workspace (its volume or folder kept, no process).
+    #[serde(rename = "cost_sleeping_per_hour")]
+    pub sleeping_per_hour: f64,
+    /// Price per hour of a deleted workspace whose backup is kept (until `backup_retention`).
+    #[serde(rename = "cost_deleted_per_hour")]
+    pub deleted_per_hour: f64,
+    /// Price per hour of the always-on baseline `/usage` compares against: one running workspace
+    /// per session from its creation until its deletion (a small one by default).
+    #[serde(rename = "cost_baseline_per_hour")]
+    pub baseline_per_hour: f64,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        UsageConfig {
+            running_per_hour: BTreeMap::from([("small".into(), 0.05), ("large".into(), 0.10)]),
+            sleeping_per_hour: 0.001,
+            deleted_per_hour: 0.0001,
+            baseline_per_hour: 0.05,
+        }
+    }
+}
+
+impl UsageConfig {
+    /// The hourly price of a running workspace of `tier` (the default tier's when not listed).
+    pub fn running_price(&self, tier: &str, default_tier: &str) -> f64 {
+        self.running_per_hour.get(tier).or_else(|| self.running_per_hour.get(default_tier)).copied().unwrap_or(0.0)
+    }
+}

@@ -29,8 +29,8 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 pub const MIN_BACKUP_RETENTION: Duration = Duration::from_secs(86_400);
 pub use env::{Env, MapEnv, ProcessEnv};
 pub use groups::{
-    AccessConfig, LifecycleConfig, LimitsConfig, RestoreConfig, ServerConfig, StoreConfig, TlsConfig, WebhookConfig,
-    WorkspacesConfig,
+    AccessConfig, LifecycleConfig, LimitsConfig, RestoreConfig, ServerConfig, StoreConfig, TlsConfig, UsageConfig,
+    WebhookConfig, WorkspacesConfig,
 };
 pub use kubernetes::KubernetesConfig;
 pub use local::{Isolation, LocalConfig};
@@ -146,6 +146,8 @@ pub struct Config {
     pub webhook: WebhookConfig,
     #[serde(flatten)]
     pub restore: RestoreConfig,
+    #[serde(flatten)]
+    pub usage: UsageConfig,
     /// The kubernetes backend's settings (used when `backend = "kubernetes"`).
     pub kubernetes: KubernetesConfig,
     /// The local backend's settings: isolation of each workspace (used when `backend = "local"`).
@@ -173,7 +175,7 @@ impl Config {
 
     /// Parse TOML text over the defaults. An unknown key is an error (a typo never goes
     /// unnoticed). Tiers named in the file are added to (or replace) the built-in `small` and
-    /// `large`.
+    /// `large`, and so are their running prices (`cost_running_per_hour`).
     pub fn from_toml(text: &str) -> Result<Config, String> {
         let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
         let known = Config::keys();
@@ -183,6 +185,9 @@ impl Config {
         let mut config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         for (name, tier) in Config::default().workspaces.tiers {
             config.workspaces.tiers.entry(name).or_insert(tier);
+        }
+        for (tier, price) in Config::default().usage.running_per_hour {
+            config.usage.running_per_hour.entry(tier).or_insert(price);
         }
         Ok(config)
     }

@@ -336,3 +336,24 @@ fn a_duration_too_large_for_a_deadline_is_refused_naming_its_key() {
     c.kubernetes.job_timeout = MAX_DURATION;
     c.validate().unwrap();
 }
+
+#[test]
+fn prices_are_checked_naming_their_key_and_a_file_adds_to_the_default_prices() {
+    for (var, value, key) in [
+        ("WAKEWAY_COST_SLEEPING_PER_HOUR", "-0.5", "cost_sleeping_per_hour"),
+        ("WAKEWAY_COST_BASELINE_PER_HOUR", "nan", "cost_baseline_per_hour"),
+        ("WAKEWAY_COST_RUNNING_PER_HOUR", "small = -1.0", "cost_running_per_hour.small"),
+    ] {
+        let message = refusal([(var, value)]);
+        assert!(message.starts_with(&format!("{key} must be a price per hour of at least 0")), "{message}");
+    }
+    let mut c = Config::default();
+    c.usage.running_per_hour.remove("small");
+    let message = c.validate().unwrap_err().to_string();
+    assert!(message.contains("cost_running_per_hour needs a price for the default tier \"small\""), "{message}");
+
+    let c = Config::from_toml("[cost_running_per_hour]\nhuge = 0.4\n").unwrap();
+    assert_eq!(c.usage.running_price("huge", "small"), 0.4);
+    assert_eq!(c.usage.running_price("large", "small"), 0.10, "the default prices stay");
+    assert_eq!(c.usage.running_price("unpriced", "small"), 0.05, "a tier without a price costs the default tier's");
+}

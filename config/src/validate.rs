@@ -33,7 +33,8 @@ impl Config {
         self.check_tls()?;
         self.check_limits()?;
         self.check_webhook()?;
-        self.check_restore()
+        self.check_restore()?;
+        self.check_usage()
     }
 
     fn check_server(&self) -> Checked {
@@ -210,6 +211,28 @@ impl Config {
             return bad(
                 "restore_max_bytes and restore_max_entries must be at least 1, restore_max_ratio at least 2".into()
             );
+        }
+        Ok(())
+    }
+
+    fn check_usage(&self) -> Checked {
+        let u = &self.usage;
+        let prices = u.running_per_hour.iter().map(|(tier, p)| (format!("cost_running_per_hour.{tier}"), *p));
+        let others = [
+            ("cost_sleeping_per_hour", u.sleeping_per_hour),
+            ("cost_deleted_per_hour", u.deleted_per_hour),
+            ("cost_baseline_per_hour", u.baseline_per_hour),
+        ];
+        for (name, price) in prices.chain(others.map(|(n, p)| (n.to_string(), p))) {
+            if !price.is_finite() || price < 0.0 {
+                return bad(format!("{name} must be a price per hour of at least 0 (it is {price})"));
+            }
+        }
+        let default_tier = &self.workspaces.default_tier;
+        if !u.running_per_hour.contains_key(default_tier) {
+            return bad(format!(
+                "cost_running_per_hour needs a price for the default tier {default_tier:?} (tiers without one cost what it costs)"
+            ));
         }
         Ok(())
     }

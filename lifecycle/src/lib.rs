@@ -16,6 +16,7 @@ pub mod probe;
 pub mod restore;
 pub mod session;
 pub mod store;
+pub mod usage;
 pub mod webhook;
 
 use std::net::IpAddr;

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 use wakeway_proxy::ProxyStats;
 
 use crate::session::State;
@@ -63,6 +63,13 @@ impl Registrar {
         c
     }
 
+    /// A counter of fractional amounts (seconds).
+    fn float_counter(&self, name: &str, help: &str, labels: &[&str]) -> CounterVec {
+        let c = CounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+        self.0.register(Box::new(c.clone())).expect("unique metric");
+        c
+    }
+
     /// A counter by result (`ok`, `failed`, …).
     fn results(&self, name: &str, help: &str) -> IntCounterVec {
         self.counter(name, help, &["result"])
@@ -99,6 +106,8 @@ pub struct Metrics {
     pub acme_orders: IntCounterVec,
     pub sweep_seconds: HistogramVec,
     pub background_restarts: IntCounterVec,
+    /// Seconds sessions spent in each state and tier, counted as records are written.
+    pub state_seconds: CounterVec,
 }
 
 impl Default for Metrics {
@@ -155,6 +164,11 @@ impl Metrics {
                 "wakeway_api_requests_total",
                 "Management API requests by endpoint and status.",
                 &["endpoint", "status"],
+            ),
+            state_seconds: r.float_counter(
+                "wakeway_state_seconds_total",
+                "Seconds sessions spent running (by tier), sleeping and deleted with their backup kept, counted when their records are written (transitions, activity checkpoints); summed over replicas, each second is counted once.",
+                &["state", "tier"],
             ),
             registry: r.0,
         }

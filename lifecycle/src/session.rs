@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 
 pub use wakeway_proxy::{ActivitySource, SessionId};
 
+use crate::usage::{Bucket, Since, Usage};
+
 /// A session's lifecycle state (persisted; shown in status as `state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -325,6 +327,9 @@ pub struct Session {
     /// start) refuses them too; records from before it read 0.
     #[serde(default)]
     pub cookie_generation: u64,
+    /// Time in each state and tier, wakes and sleeps, per UTC day (see [`crate::usage`]).
+    #[serde(default)]
+    pub usage: Usage,
     /// Compare-and-set version, bumped by the store on every write.
     #[serde(default)]
     pub version: u64,
@@ -416,6 +421,7 @@ impl Session {
             warned_sleep_for: None,
             warned_delete_for: None,
             cookie_generation: 0,
+            usage: Usage::starting(now, Since { bucket: Bucket::of(State::Creating), tier: tier.to_string() }),
             version: 0,
         }
     }

@@ -12,6 +12,7 @@ mod render;
 mod secrets;
 mod tls;
 mod tree;
+mod usage;
 mod user_data;
 mod webhooks;
 

@@ -11,6 +11,7 @@ mod extract;
 mod snapshots;
 #[cfg(test)]
 mod tests;
+mod usage;
 
 use std::sync::Arc;
 
@@ -48,7 +49,7 @@ const ENDPOINTS: &str = "POST /session/create, GET /session/{uuid}/status, POST 
 POST /session/{uuid}/wake, POST /session/{uuid}/scale, POST /session/{uuid}/token, POST /session/{uuid}/revoke, \
 POST /session/{uuid}/restore, \
 PATCH /session/{uuid}/policy, DELETE /session/{uuid}, GET /sessions, GET /backups, GET /backups/{id}, \
-PATCH /backups/{id}, GET /backups/{id}/download, GET /health, GET /metrics";
+PATCH /backups/{id}, GET /backups/{id}/download, GET /usage, GET /health, GET /metrics";
 
 /// The API router.
 pub fn router(state: ApiState) -> Router {
@@ -67,6 +68,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/backups", get(backups::list))
         .route("/backups/{id}", get(backups::detail).patch(backups::patch))
         .route("/backups/{id}/download", get(backups::download))
+        .route("/usage", get(usage::usage))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/health", get(health))

@@ -15,6 +15,7 @@ use crate::backend::BackendError;
 use crate::catalog::BackupReason;
 use crate::failpoint;
 use crate::session::{Session, State};
+use crate::store::StoreError;
 use crate::webhook::Event;
 
 impl Manager {
@@ -124,6 +125,10 @@ impl Manager {
             if s.state != State::Deleted {
                 return Ok(());
             }
+            // Its usage outlives it (`/usage` reads it back), kept before the record goes.
+            let record = serde_json::to_vec(&s)
+                .map_err(|e| StoreError::Corrupt { id: s.uuid.clone(), message: e.to_string() })?;
+            this.inner.store.put_blob(&crate::usage::forgotten_key(&s.uuid), &record).await?;
             this.inner.store.remove(&s.uuid, s.version).await?;
             this.inner.sessions.remove(&rt.handle.id);
             tracing::info!(session = %s.uuid, "deleted session record forgotten after backup_retention");

@@ -214,6 +214,8 @@ impl Manager {
                 s.state = State::Restoring;
             }
         }
+        // What the lost record counted is gone with it; counting starts again now, as it is now.
+        s.usage = crate::usage::Usage::starting(now, crate::usage::Since::of(&s));
         match self.inner.store.put(&s).await {
             Ok(stored) => {
                 tracing::warn!(session = %stored.uuid, state = stored.state.as_str(), "session record rebuilt from its workspace");

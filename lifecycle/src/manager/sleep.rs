@@ -96,6 +96,9 @@ impl Manager {
         self.inner.backend.stop(s).await?;
         failpoint::hit("sleep.after_stop");
         s.placement = None;
+        if s.state != State::Sleeping {
+            s.usage.count_sleep(self.now(), reason.as_str());
+        }
         self.transition(rt, s, State::Sleeping).await?;
         self.inner.metrics.sleeps.with_label_values(&[reason.as_str()]).inc();
         tracing::info!(session = %s.uuid, reason = reason.as_str(), "workspace asleep");

@@ -12,6 +12,7 @@ use super::{LifecycleError, Manager, Result};
 use crate::policy::Seen;
 use crate::session::{Session, State};
 use crate::store::StoreError;
+use crate::usage::Since;
 
 impl Manager {
     /// Persist `s` (compare-and-set), merging in-memory activity first; publish the new phase.
@@ -24,7 +25,17 @@ impl Manager {
         s.last_interaction = Some(seen.last_interaction);
         // A revocation this replica applied before it could write it (see `revoke_cookies`).
         s.cookie_generation = s.cookie_generation.max(rt.handle.cookie_generation());
+        // Counted only in this compare-and-set write: a write that loses takes its count with it.
+        let counted = s.usage.account(self.now(), Since::of(s));
         let stored = self.inner.store.put(s).await.inspect_err(|e| self.note_store_error(e))?;
+        if let Some(c) = counted {
+            let seconds = c.ms as f64 / 1000.0;
+            self.inner
+                .metrics
+                .state_seconds
+                .with_label_values(&[c.since.bucket.as_str(), &c.since.tier])
+                .inc_by(seconds);
+        }
         self.inner.store_up.store(true, Ordering::Relaxed);
         rt.persisted_activity_ms.fetch_max(stored.last_activity.timestamp_millis(), Ordering::Relaxed);
         *s = stored;

@@ -70,6 +70,32 @@ impl Manager {
         Ok(all.into_iter().filter(|s| include_deleted || s.state != State::Deleted).map(|s| self.view_of(s)).collect())
     }
 
+    /// Usage and cost over `q`'s days, from every record in the store (deleted ones too).
+    pub async fn usage(&self, q: &crate::usage::Query) -> Result<crate::usage::Report> {
+        let mut all = self.inner.store.list().await.inspect_err(|e| self.note_store_error(e))?;
+        all.extend(self.forgotten_records(&all).await?);
+        let prices = crate::usage::Prices::from_config(&self.inner.config);
+        Ok(crate::usage::report(&all, q, &prices, self.now()))
+    }
+
+    /// The records forgotten after `backup_retention`, kept for their usage; not those still in
+    /// `live` (a forget interrupted between keeping and removing: counted once, from the record).
+    async fn forgotten_records(&self, live: &[Session]) -> Result<Vec<Session>> {
+        let store = &self.inner.store;
+        let keys = store.list_blobs(crate::usage::FORGOTTEN).await.inspect_err(|e| self.note_store_error(e))?;
+        let live: std::collections::HashSet<&str> = live.iter().map(|s| s.uuid.as_str()).collect();
+        let mut forgotten = Vec::new();
+        let gone = |key: &&String| key.strip_prefix(crate::usage::FORGOTTEN).is_none_or(|id| !live.contains(id));
+        for key in keys.iter().filter(gone) {
+            let Some(bytes) = store.get_blob(key).await.inspect_err(|e| self.note_store_error(e))? else { continue };
+            match serde_json::from_slice::<Session>(&bytes) {
+                Ok(s) => forgotten.push(s),
+                Err(e) => tracing::warn!(key = %key, error = %e, "a forgotten session's usage is unreadable; left out"),
+            }
+        }
+        Ok(forgotten)
+    }
+
     /// Session counts by state (from memory).
     pub fn state_counts(&self) -> Vec<(State, usize)> {
         let mut counts = vec![0usize; State::ALL.len()];

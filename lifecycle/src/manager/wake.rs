@@ -100,6 +100,7 @@ impl Manager {
         rt.handle.activity.touch(self.now().timestamp_millis(), source);
         let started_at = Instant::now();
         if !s.state.is_awake() {
+            s.usage.count_wake(self.now(), source.as_str());
             if let ControlFlow::Break(theirs) = self.mark_waking(rt, &mut s).await? {
                 return Ok(theirs);
             }

@@ -3,6 +3,7 @@
 //! down, each in milliseconds and without a process or a socket.
 
 mod fakes;
+mod usage;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
