@@ -336,3 +336,33 @@ fn a_duration_too_large_for_a_deadline_is_refused_naming_its_key() {
     c.kubernetes.job_timeout = MAX_DURATION;
     c.validate().unwrap();
 }
+
+#[test]
+fn oidc_needs_an_issuer_url_a_client_and_public_url() {
+    let oidc = [("WAKEWAY_WORKSPACE_AUTH", "oidc")];
+    assert!(refusal(oidc).contains("needs oidc_issuer (WAKEWAY_OIDC_ISSUER)"));
+    let bad_url = refusal([("WAKEWAY_WORKSPACE_AUTH", "oidc"), ("WAKEWAY_OIDC_ISSUER", "ftp://idp")]);
+    assert!(bad_url.contains("oidc_issuer \"ftp://idp\" is not an http(s) URL"), "{bad_url}");
+    let issuer = ("WAKEWAY_OIDC_ISSUER", "https://idp.example.com");
+    let no_client = refusal([("WAKEWAY_WORKSPACE_AUTH", "oidc"), issuer]);
+    assert!(no_client.contains("needs oidc_client_id and oidc_client_secret"), "{no_client}");
+    let client = [("WAKEWAY_OIDC_CLIENT_ID", "wakeway"), ("WAKEWAY_OIDC_CLIENT_SECRET", "s3cret-from-the-idp")];
+    let no_public = refusal([("WAKEWAY_WORKSPACE_AUTH", "oidc"), issuer, client[0], client[1]]);
+    assert!(no_public.contains("needs public_url (WAKEWAY_PUBLIC_URL)"), "{no_public}");
+    let env = MapEnv::new([
+        ("WAKEWAY_WORKSPACE_AUTH", "oidc"),
+        issuer,
+        client[0],
+        client[1],
+        ("WAKEWAY_PUBLIC_URL", "https://preview.example.com"),
+        ("WAKEWAY_OIDC_ADMIN_USERS", "root@example.com, ops@example.com"),
+    ]);
+    let c = Config::load(None, &env).unwrap();
+    assert_eq!(c.access.workspace_auth, WorkspaceAuth::Oidc);
+    assert_eq!(c.oidc.user_claim, "email");
+    assert_eq!(c.oidc.admin_users, ["root@example.com", "ops@example.com"]);
+    let shown = c.to_masked_toml();
+    assert!(!shown.contains("s3cret-from-the-idp") && shown.contains("oidc_client_secret = \"s3cr…-idp\""), "{shown}");
+    // Other modes do not look at the oidc keys.
+    Config::load(None, &MapEnv::new([("WAKEWAY_OIDC_ISSUER", "nonsense")])).unwrap();
+}
