@@ -7,6 +7,8 @@
 //   login: account to type at the provider's login form (any password); absent: the form is not filled
 //   deny: true → press Cancel at the provider      confirm: true → confirm the provider's logout page
 //   screenshot: file name (in --out) taken at the end
+//   replay: "same" opens the last callback URL the provider sent the browser to again; "tamper-state" with its
+//   state changed
 //   title: wait (≤ 60 s) until the page title is this (e.g. "testspace", through the waiting page)
 // Prints ONE JSON line: {"steps":[{url,status,title,h1,text,provider}]}; `provider` counts the requests to the
 // issuer's origin during the step, `status` is the last non-redirect document status.
@@ -30,8 +32,10 @@ const context = await browser.newContext();
 const page = await context.newPage();
 let provider = 0;
 let status = null;
+let callback = null;
 page.on('request', (r) => {
   if (r.url().startsWith(issuer)) provider++;
+  if (r.url().includes('/oauth/callback?')) callback = r.url();
 });
 page.on('response', (r) => {
   if (r.request().isNavigationRequest() && r.frame() === page.mainFrame() && (r.status() < 300 || r.status() >= 400)) {
@@ -45,6 +49,11 @@ const count = async (sel) => page.locator(sel).count().catch(() => 0);
 async function step(s) {
   provider = 0;
   status = null;
+  if (s.replay) {
+    const again = new URL(callback);
+    if (s.replay === 'tamper-state') again.searchParams.set('state', again.searchParams.get('state') + 'x');
+    s.open = again.toString();
+  }
   if (s.open) await page.goto(s.open, { waitUntil: 'domcontentloaded' }).catch((e) => log('goto', e.message));
   if (s.click) {
     await Promise.all([page.waitForNavigation({ waitUntil: 'domcontentloaded' }).catch(() => {}), page.click(s.click)]);

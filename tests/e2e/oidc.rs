@@ -311,3 +311,33 @@ async fn oidc_home_page_lists_sleeps_and_opens() {
         std::fs::copy(out.join(shot), docs.join(shot)).unwrap();
     }
 }
+
+/// A used callback replayed, a callback with a tampered `state`, an unverified e-mail: each
+/// refused with its page and no way in; after the provider rotates its signing key, a sign-in
+/// still works (wakeway reads the JWKS again once).
+#[tokio::test(flavor = "multi_thread")]
+async fn oidc_replays_tampered_state_unverified_users_refused_and_key_rotation_followed() {
+    let (w, provider) = start().await;
+    let a = create(&w, "alice@example.com").await;
+    let e = create(&w, "eve@example.com").await;
+    let steps = serde_json::json!([
+        { "open": url(&w, &a), "login": "alice", "title": "testspace" },
+        { "replay": "same" },
+        { "replay": "tamper-state" },
+    ]);
+    let r = browse(&w, &provider, &out_dir("replay"), steps).await;
+    assert_eq!(r[0]["title"], "testspace", "{}", r[0]);
+    for (n, what) in [(1, "a replayed callback"), (2, "a tampered state")] {
+        assert_eq!(r[n]["status"], 400, "{what}: {}", r[n]);
+        assert!(text(&r[n]).contains("expired or was already used"), "{what}: {}", r[n]);
+    }
+    let r = browse(&w, &provider, &out_dir("eve"), serde_json::json!([{ "open": url(&w, &e), "login": "eve" }])).await;
+    assert_eq!(r[0]["status"], 403, "an unverified e-mail: {}", r[0]);
+    assert!(text(&r[0]).contains("without a verified email"), "{}", r[0]);
+
+    provider.control("rotate").await;
+    let steps = serde_json::json!([{ "open": url(&w, &a), "login": "alice", "title": "testspace" }]);
+    let r = browse(&w, &provider, &out_dir("rotate"), steps).await;
+    assert_eq!(r[0]["title"], "testspace", "signed in with the new key: {}\n{}", r[0], w.log());
+    assert!(w.log().contains("OIDC signing keys read again"), "the JWKS was read again");
+}

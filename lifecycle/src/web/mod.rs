@@ -95,7 +95,8 @@ async fn login(
 ) -> Response {
     let answer = async {
         let Query(q) = query.map_err(|e| SignInError::BadTarget(e.body_text()))?;
-        let target = q.next.as_deref().map(|n| web.parse_next(n)).transpose()?;
+        let (_, base, _) = web.manager.config().public_base();
+        let target = q.next.as_deref().map(|n| parse_next(&base, n)).transpose()?;
         let fresh = q.prompt.as_deref() == Some("login");
         if !fresh && let Some((sid, user)) = web.current_user(&headers).await? {
             return web.hand_off(&sid, user, target).await;
@@ -135,6 +136,31 @@ async fn logout(State(web): State<WebState>, headers: HeaderMap) -> Response {
     redirect(&location, &[web.cookies.clear_user()])
 }
 
+/// `next` as a workspace and path: `<scheme>://vs-code-<id>.<base host>[:port]<path>`. Scheme
+/// and port are not trusted (the target is rebuilt from the configuration), so no `next` sends
+/// anyone to another site.
+fn parse_next(base_host: &str, next: &str) -> Result<Target, SignInError> {
+    let bad = || SignInError::BadTarget(format!("{next:?} is not the address of a workspace."));
+    let rest = next.strip_prefix("https://").or_else(|| next.strip_prefix("http://")).ok_or_else(bad)?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.contains('@') {
+        return Err(bad());
+    }
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h).to_ascii_lowercase();
+    let id = host
+        .strip_suffix(&format!(".{base_host}"))
+        .and_then(|label| label.strip_prefix("vs-code-"))
+        .and_then(SessionId::parse)
+        .ok_or_else(bad)?;
+    if path.len() > 2048 || path.contains('\\') || path.contains('#') || !path.is_ascii() {
+        return Err(bad());
+    }
+    Ok((id, path.to_string()))
+}
+
 /// 302 to `location` setting `cookies`.
 fn redirect(location: &str, cookies: &[String]) -> Response {
     let mut response = StatusCode::FOUND.into_response();
@@ -158,28 +184,6 @@ impl WebState {
 
     fn now_ms(&self) -> i64 {
         self.manager.now().timestamp_millis()
-    }
-
-    /// `next` as a workspace and path: `<scheme>://vs-code-<id>.<domain>[:port]<path>`. Scheme and
-    /// port are not trusted (the target is rebuilt from the configuration).
-    fn parse_next(&self, next: &str) -> Result<Target, SignInError> {
-        let bad = || SignInError::BadTarget(format!("{next:?} is not the address of a workspace."));
-        let rest = next.strip_prefix("https://").or_else(|| next.strip_prefix("http://")).ok_or_else(bad)?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h).to_ascii_lowercase();
-        let (_, base, _) = self.manager.config().public_base();
-        let id = host
-            .strip_suffix(&format!(".{base}"))
-            .and_then(|label| label.strip_prefix("vs-code-"))
-            .and_then(SessionId::parse)
-            .ok_or_else(bad)?;
-        if path.len() > 2048 || path.contains('\\') || path.contains('#') || !path.is_ascii() {
-            return Err(bad());
-        }
-        Ok((id, path.to_string()))
     }
 
     /// `/oauth/login` for `target` (`login`: asking for the account again).
@@ -335,5 +339,30 @@ impl WebState {
             self.records.put_user(sid, &user, std::time::Duration::from_millis(left)).await?;
         }
         Ok(redirect(&url, &[]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_names_a_workspace_and_a_path_never_another_site() {
+        let (id, path) = parse_next("example.com", "https://vs-code-1234abcd.example.com/a/b?c=d").unwrap();
+        assert_eq!((id.as_str(), path.as_str()), ("1234abcd", "/a/b?c=d"));
+        let (_, path) = parse_next("example.com", "http://VS-CODE-1234abcd.example.com:8080").unwrap();
+        assert_eq!(path, "/");
+        for bad in [
+            "https://evil.example/",
+            "https://vs-code-1234abcd.example.com.evil.example/",
+            "https://vs-code-1234abcd.evil.example/",
+            "https://x@vs-code-1234abcd.example.com/",
+            "//vs-code-1234abcd.example.com/",
+            "javascript:alert(1)",
+            "https://vs-code-../etc.example.com/",
+            "https://vs-code-1234abcd.example.com/a\\b",
+        ] {
+            assert!(matches!(parse_next("example.com", bad), Err(SignInError::BadTarget(_))), "{bad}");
+        }
     }
 }
