@@ -9,6 +9,7 @@
 //   screenshot: file name (in --out) taken at the end
 //   replay: "same" opens the last callback URL the provider sent the browser to again; "tamper-state" with its
 //   state changed
+//   wait: milliseconds to wait first (on the page the last step left)
 //   title: wait (≤ 60 s) until the page title is this (e.g. "testspace", through the waiting page)
 // Prints ONE JSON line: {"steps":[{url,status,title,h1,text,provider}]}; `provider` counts the requests to the
 // issuer's origin during the step, `status` is the last non-redirect document status.
@@ -49,6 +50,7 @@ const count = async (sel) => page.locator(sel).count().catch(() => 0);
 async function step(s) {
   provider = 0;
   status = null;
+  if (s.wait) await page.waitForTimeout(s.wait);
   if (s.replay) {
     const again = new URL(callback);
     if (s.replay === 'tamper-state') again.searchParams.set('state', again.searchParams.get('state') + 'x');

@@ -66,24 +66,29 @@ impl Provider {
 
 /// wakeway in oidc mode in front of the test provider.
 async fn start() -> (Wakeway, Provider) {
+    start_with(&[]).await
+}
+
+/// [`start`] with `extra` settings.
+async fn start_with(extra: &[(&str, &str)]) -> (Wakeway, Provider) {
     let port = free_port();
     let provider = Provider::start(port).await;
     let listen = format!("127.0.0.1:{port}");
     let public = format!("http://localhost:{port}");
-    let w = Wakeway::start(&[
-        ("WAKEWAY_LISTEN", &listen),
-        ("WAKEWAY_PUBLIC_URL", &public),
+    let mut env = vec![
+        ("WAKEWAY_LISTEN", listen.as_str()),
+        ("WAKEWAY_PUBLIC_URL", public.as_str()),
         ("WAKEWAY_DOMAIN", "localhost"),
         ("WAKEWAY_WORKSPACE_AUTH", "oidc"),
-        ("WAKEWAY_OIDC_ISSUER", &provider.issuer),
+        ("WAKEWAY_OIDC_ISSUER", provider.issuer.as_str()),
         ("WAKEWAY_OIDC_CLIENT_ID", "wakeway"),
         ("WAKEWAY_OIDC_CLIENT_SECRET", "wakeway-test-client-secret-0123456789"),
         ("WAKEWAY_OIDC_SCOPES", "openid,email,profile,groups"),
         ("WAKEWAY_OIDC_ADMIN_GROUP", "wakeway-admins"),
         ("WAKEWAY_RATE_LIMIT_PER_MINUTE", "100000"),
-    ])
-    .await;
-    (w, provider)
+    ];
+    env.extend_from_slice(extra);
+    (Wakeway::start(&env).await, provider)
 }
 
 /// A workspace of `user`.
@@ -340,4 +345,21 @@ async fn oidc_replays_tampered_state_unverified_users_refused_and_key_rotation_f
     let r = browse(&w, &provider, &out_dir("rotate"), steps).await;
     assert_eq!(r[0]["title"], "testspace", "signed in with the new key: {}\n{}", r[0], w.log());
     assert!(w.log().contains("OIDC signing keys read again"), "the JWKS was read again");
+}
+
+/// A sign-in finished after `oidc_login_ttl`: the "expired" page, whose Sign in again works.
+#[tokio::test(flavor = "multi_thread")]
+async fn oidc_an_expired_login_gives_a_page_and_signing_in_again_works() {
+    let (w, provider) = start_with(&[("WAKEWAY_OIDC_LOGIN_TTL", "10s")]).await;
+    let a = create(&w, "alice@example.com").await;
+    let steps = serde_json::json!([
+        { "open": url(&w, &a) },
+        { "wait": 12000, "login": "alice" },
+        { "open": url(&w, &a), "title": "testspace" },
+    ]);
+    let r = browse(&w, &provider, &out_dir("expired"), steps).await;
+    assert!(r[0]["url"].as_str().unwrap().starts_with(&provider.issuer), "at the provider's form: {}", r[0]);
+    assert_eq!(r[1]["status"], 400, "finished too late: {}", r[1]);
+    assert!(text(&r[1]).contains("expired or was already used") && text(&r[1]).contains("Sign in again"), "{}", r[1]);
+    assert_eq!(r[2]["title"], "testspace", "a new sign-in works (the provider remembers alice): {}", r[2]);
 }

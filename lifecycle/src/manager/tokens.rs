@@ -77,9 +77,13 @@ impl Manager {
         .await
     }
 
-    /// Remove sign-in tokens that expired unused (stores without expiry keep them until here).
+    /// Remove sign-in tokens that expired unused, and the OIDC sign-in's expired login attempts
+    /// and base sessions (every one carries `expires_ms`; stores without expiry keep them until here).
     pub(super) async fn prune_tokens(&self) {
-        let Ok(keys) = self.inner.store.list_blobs(TOKEN_PREFIX).await else { return };
+        let mut keys = Vec::new();
+        for prefix in [TOKEN_PREFIX, crate::web::session::LOGIN_PREFIX, crate::web::session::USER_PREFIX] {
+            keys.extend(self.inner.store.list_blobs(prefix).await.unwrap_or_default());
+        }
         let now = self.now().timestamp_millis();
         for key in keys {
             if let Ok(Some(bytes)) = self.inner.store.get_blob(&key).await {

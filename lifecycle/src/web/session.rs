@@ -20,8 +20,10 @@ use sha2::{Digest, Sha256};
 
 use crate::store::{Store, StoreError};
 
-const LOGIN_PREFIX: &str = "oidclogin/";
-const USER_PREFIX: &str = "usersession/";
+/// Where login attempts are kept (under the SHA-256 of their `state`).
+pub const LOGIN_PREFIX: &str = "oidclogin/";
+/// Where base sessions are kept (under the SHA-256 of their id).
+pub const USER_PREFIX: &str = "usersession/";
 
 /// A started sign-in, until the provider sends the browser back.
 #[derive(Debug, Clone, Serialize, Deserialize)]
