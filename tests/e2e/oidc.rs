@@ -287,7 +287,7 @@ async fn oidc_logout_ends_the_base_session_the_provider_session_and_workspace_co
 }
 
 /// The home page: alice sees her workspace (not bob's), Sleep puts it to sleep, Open lands in it;
-/// an admin (group `wakeway-admins`) sees everyone's with an owner column.
+/// an admin (group `wakeway-admins`) sees everyone's with an owner column and opens bob's.
 #[tokio::test(flavor = "multi_thread")]
 async fn oidc_home_page_lists_sleeps_and_opens() {
     let (w, provider) = start().await;
@@ -306,11 +306,15 @@ async fn oidc_home_page_lists_sleeps_and_opens() {
     assert!(!text(&r[0]).contains(&c), "not bob's workspace: {}", r[0]);
     assert!(text(&r[1]).contains("sleeping"), "Sleep put it to sleep: {}\n{}", r[1], w.log());
     assert_eq!(r[2]["title"], "testspace", "Open lands in it: {}", r[2]);
-    let steps = serde_json::json!([{ "open": home, "login": "root", "screenshot": "home-admin.png" }]);
+    let steps = serde_json::json!([
+        { "open": home, "login": "root", "screenshot": "home-admin.png" },
+        { "open": url(&w, &c), "title": "testspace" },
+    ]);
     let r = browse(&w, &provider, &out, steps).await;
     for want in [a.as_str(), c.as_str(), "alice@example.com", "bob@example.com", "owner"] {
         assert!(text(&r[0]).contains(want), "admin sees {want}: {}", r[0]);
     }
+    assert_eq!(r[1]["title"], "testspace", "an admin opens bob's workspace: {}", r[1]);
     let docs = repo().join("docs");
     for shot in ["home-user.png", "home-admin.png"] {
         std::fs::copy(out.join(shot), docs.join(shot)).unwrap();

@@ -49,11 +49,13 @@ pub(super) async fn home(State(web): State<WebState>, headers: HeaderMap) -> Res
             "    <p class=\"msg\">You have no workspaces.</p>".to_string()
         } else {
             format!(
-                "    <div style=\"overflow-x:auto\"><table><tr><th>workspace</th>{owner_head}<th>state</th><th>tier</th><th>last activity</th>\
+                "    <div style=\"overflow-x:auto\"><table><tr><th>workspace</th>{owner_head}<th>state</th><th>tier</th><th>last activity (UTC)</th>\
                  <th>sleeps</th><th>deleted</th><th></th></tr>\n{rows}</table></div>"
             )
         };
-        let body = format!("{table}\n    <p class=\"msg\"><a href=\"/oauth/logout\">Sign out</a></p>");
+        // The shell's card is sized for one message; a table needs the room.
+        let wide = "    <style>main{max-width:1180px}td,th{padding:4px 8px;white-space:nowrap}</style>";
+        let body = format!("{wide}\n{table}\n    <p class=\"msg\"><a href=\"/oauth/logout\">Sign out</a></p>");
         let heading = format!("Signed in as {}", user.shown);
         Ok::<_, SignInError>(html(StatusCode::OK, card_page("Your workspaces", "t-info", &heading, &body)))
     };
@@ -61,7 +63,7 @@ pub(super) async fn home(State(web): State<WebState>, headers: HeaderMap) -> Res
 }
 
 fn when(at: Option<DateTime<Utc>>) -> String {
-    at.map_or_else(|| "—".into(), |t| t.format("%d %b %H:%M UTC").to_string())
+    at.map_or_else(|| "—".into(), |t| t.format("%d %b %H:%M").to_string())
 }
 
 /// `?csrf=` of the home page's forms.
