@@ -234,6 +234,8 @@ async fn oidc_failures_are_pages_a_person_understands() {
     let r = browse(&w, &provider, &out_dir("down"), serde_json::json!([{ "open": url(&w, &a) }])).await;
     assert_eq!(r[0]["status"], 503, "{}\n{}", r[0], w.log());
     assert!(text(&r[0]).contains("is not answering") && text(&r[0]).contains("127.0.0.1"), "{}", r[0]);
+    let health: Value = w.api(Method::GET, "/health").send().await.unwrap().json().await.unwrap();
+    assert!(health["problems"]["oidc"].as_str().is_some_and(|p| p.contains("OIDC provider")), "{health}");
     provider.control("up").await;
     let steps = serde_json::json!([
         { "open": url(&w, &a) , "deny": true },
@@ -243,6 +245,8 @@ async fn oidc_failures_are_pages_a_person_understands() {
     assert_eq!(r[0]["status"], 403, "{}", r[0]);
     assert!(text(&r[0]).contains("You did not allow the sign-in"), "{}", r[0]);
     assert_eq!(r[1]["title"], "testspace", "Try again signs in: {}\n{}", r[1], w.log());
+    let health: Value = w.api(Method::GET, "/health").send().await.unwrap().json().await.unwrap();
+    assert!(health["problems"].get("oidc").is_none(), "the problem clears once the provider answers: {health}");
 
     provider.control("tamper?mode=nonce").await;
     let r =

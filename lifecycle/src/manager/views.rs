@@ -120,6 +120,8 @@ pub enum Component {
     TlsFiles,
     /// ACME orders fail.
     Acme,
+    /// The OpenID Connect provider does not answer (`workspace_auth = "oidc"`).
+    Oidc,
 }
 
 impl Component {
@@ -128,6 +130,7 @@ impl Component {
             Component::Isolation => "isolation",
             Component::TlsFiles => "tls_files",
             Component::Acme => "acme",
+            Component::Oidc => "oidc",
         }
     }
 }

@@ -26,7 +26,7 @@ use serde::Deserialize;
 use wakeway_proxy::SessionId;
 use wakeway_proxy::auth::percent_encode;
 
-use crate::manager::{LifecycleError, Manager};
+use crate::manager::{Component, LifecycleError, Manager};
 use crate::store::{Store, StoreError};
 use oidc::{OidcError, Provider};
 use pages::SignInError;
@@ -209,6 +209,7 @@ impl WebState {
     /// Send the browser to the provider, keeping the attempt (single use) in the store.
     async fn start(&self, target: Option<Target>, login: bool) -> Result<Response, SignInError> {
         let started = self.provider.start(login).await.map_err(|e| self.provider_failed(e, target.as_ref()))?;
+        self.manager.set_problem(Component::Oidc, None);
         let binding = random_hex();
         let ttl = self.manager.config().oidc.login_ttl;
         let attempt = LoginAttempt {
@@ -227,7 +228,8 @@ impl WebState {
         let retry = self.login_url(target, false);
         tracing::warn!(issuer = %self.provider.issuer(), "OIDC sign-in failed: {e}");
         match e {
-            OidcError::Unreachable(_) => {
+            OidcError::Unreachable(why) => {
+                self.manager.set_problem(Component::Oidc, Some(format!("the OIDC provider: {why}")));
                 let host = self.provider.issuer().split("://").nth(1).unwrap_or_default();
                 let host = host.split('/').next().unwrap_or_default().to_string();
                 SignInError::ProviderDown { host, retry }
@@ -274,6 +276,7 @@ impl WebState {
             .finish(&code, &attempt.verifier, &attempt.nonce, now)
             .await
             .map_err(|e| self.provider_failed(e, target.as_ref()))?;
+        self.manager.set_problem(Component::Oidc, None);
         let config = &self.manager.config().oidc;
         let Some(user) = identity.user.clone() else {
             return Err(SignInError::NoUser {
