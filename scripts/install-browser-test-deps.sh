@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install what the browser tests (tests/e2e/browser.rs, tests/browser/vscode.mjs) need, idempotently:
+# Install what the browser tests (tests/e2e/browser.rs, tests/e2e/oidc.rs, tests/browser/*.mjs) need, idempotently:
 #   - Chromium from Debian (/usr/bin/chromium) and Node/npm (system Node 20 runs playwright-core);
-#   - playwright-core, pinned by tests/browser/package-lock.json (`npm ci`). No browser is downloaded:
+#   - playwright-core, oidc-provider and jose (the test OpenID provider), pinned by
+#     tests/browser/package-lock.json (`npm ci`). No browser is downloaded:
 #     playwright drives the Debian Chromium (never run `npx playwright install`);
 #   - code-server with its private Node 24 (scripts/install-code-server.sh), which wakeway finds in
 #     ~/.local/share/wakeway/tools when WAKEWAY_WORKSPACE_COMMAND is empty.
@@ -44,16 +45,24 @@ node_major=$(node -p 'process.versions.node.split(".")[0]')
 
 # ---------------------------------------------------------------- playwright-core (pinned, no browser download)
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm_config_audit=false npm_config_fund=false npm_config_update_notifier=false
-want=$(node -p 'require(process.argv[1]).packages["node_modules/playwright-core"].version' "$BROWSER_DIR/package-lock.json")
-have=$(node -p 'try { require(process.argv[1]).version } catch { "" }' "$BROWSER_DIR/node_modules/playwright-core/package.json" 2>/dev/null || true)
-if [ "$have" = "$want" ]; then
-  log "playwright-core $want present in tests/browser/node_modules"
+# Each pinned package (playwright-core; oidc-provider and jose for tests/e2e/oidc.rs) as the lock wants it.
+stale=()
+for pkg in playwright-core oidc-provider jose; do
+  want=$(node -p 'require(process.argv[1]).packages["node_modules/" + process.argv[2]].version' "$BROWSER_DIR/package-lock.json" "$pkg")
+  have=$(node -p 'try { require(process.argv[1]).version } catch { "" }' "$BROWSER_DIR/node_modules/$pkg/package.json" 2>/dev/null || true)
+  [ "$have" = "$want" ] || stale+=("$pkg $want")
+done
+if [ "${#stale[@]}" -eq 0 ]; then
+  log "playwright-core, oidc-provider, jose present in tests/browser/node_modules"
 else
-  log "installing playwright-core $want in tests/browser (npm ci)"
+  log "installing in tests/browser (npm ci): ${stale[*]}"
   (cd "$BROWSER_DIR" && npm ci --no-audit --no-fund --loglevel=error)
 fi
+want=$(node -p 'require(process.argv[1]).packages["node_modules/playwright-core"].version' "$BROWSER_DIR/package-lock.json")
 (cd "$BROWSER_DIR" && node -e 'import("playwright-core").then(() => {}, (e) => { console.error(e.message); process.exit(1) })') ||
   die "playwright-core does not load from tests/browser"
+(cd "$BROWSER_DIR" && node -e 'import("oidc-provider").then(() => {}, (e) => { console.error(e.message); process.exit(1) })') ||
+  die "oidc-provider does not load from tests/browser"
 
 # ---------------------------------------------------------------- code-server
 "$ROOT/scripts/install-code-server.sh"

@@ -119,7 +119,8 @@ impl Default for TlsConfig {
 pub struct AccessConfig {
     /// API keys accepted in `X-API-Key`. Empty: a key is generated once and kept in `data_dir`.
     pub api_keys: Vec<String>,
-    /// Who may open a workspace: `none` (anyone with the URL) or `token` (sign-in link → cookie).
+    /// Who may open a workspace: `none` (anyone with the URL), `token` (sign-in link → cookie) or
+    /// `oidc` (the `oidc_*` provider, then a sign-in link → cookie).
     pub workspace_auth: WorkspaceAuth,
     /// How long a sign-in token (in `access_url`) can be used, once.
     #[serde(with = "duration::serde_fmt")]

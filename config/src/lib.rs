@@ -7,6 +7,7 @@ mod env;
 mod groups;
 mod kubernetes;
 mod local;
+mod oidc;
 mod secrets;
 #[cfg(test)]
 mod tests;
@@ -34,6 +35,7 @@ pub use groups::{
 };
 pub use kubernetes::KubernetesConfig;
 pub use local::{Isolation, LocalConfig};
+pub use oidc::OidcConfig;
 pub use typed::{NumberRange, PortRange, PublicUrl, UidRange, WebhookUrl};
 
 /// Everything that can go wrong while loading configuration. Each message says what to fix.
@@ -93,6 +95,9 @@ pub enum WorkspaceAuth {
     None,
     /// A one-time sign-in token (`access_url`) is exchanged for a signed, host-only cookie.
     Token,
+    /// Sign-in with an OpenID Connect provider (the `oidc_*` keys), which then hands over to the
+    /// workspace through a one-time sign-in token, as in `token` mode.
+    Oidc,
 }
 
 impl WorkspaceAuth {
@@ -148,6 +153,8 @@ pub struct Config {
     pub restore: RestoreConfig,
     #[serde(flatten)]
     pub usage: UsageConfig,
+    #[serde(flatten)]
+    pub oidc: OidcConfig,
     /// The kubernetes backend's settings (used when `backend = "kubernetes"`).
     pub kubernetes: KubernetesConfig,
     /// The local backend's settings: isolation of each workspace (used when `backend = "local"`).
@@ -240,6 +247,9 @@ impl Config {
         }
         for secret in [&mut shown.access.cookie_secret, &mut shown.webhook.secret].into_iter().flatten() {
             *secret = mask(secret);
+        }
+        if !shown.oidc.client_secret.is_empty() {
+            shown.oidc.client_secret = mask(&shown.oidc.client_secret);
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }

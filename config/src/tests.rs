@@ -357,3 +357,33 @@ fn prices_are_checked_naming_their_key_and_a_file_adds_to_the_default_prices() {
     assert_eq!(c.usage.running_price("large", "small"), 0.10, "the default prices stay");
     assert_eq!(c.usage.running_price("unpriced", "small"), 0.05, "a tier without a price costs the default tier's");
 }
+
+#[test]
+fn oidc_needs_an_issuer_url_a_client_and_public_url() {
+    let oidc = [("WAKEWAY_WORKSPACE_AUTH", "oidc")];
+    assert!(refusal(oidc).contains("needs oidc_issuer (WAKEWAY_OIDC_ISSUER)"));
+    let bad_url = refusal([("WAKEWAY_WORKSPACE_AUTH", "oidc"), ("WAKEWAY_OIDC_ISSUER", "ftp://idp")]);
+    assert!(bad_url.contains("oidc_issuer \"ftp://idp\" is not an http(s) URL"), "{bad_url}");
+    let issuer = ("WAKEWAY_OIDC_ISSUER", "https://idp.example.com");
+    let no_client = refusal([("WAKEWAY_WORKSPACE_AUTH", "oidc"), issuer]);
+    assert!(no_client.contains("needs oidc_client_id and oidc_client_secret"), "{no_client}");
+    let client = [("WAKEWAY_OIDC_CLIENT_ID", "wakeway"), ("WAKEWAY_OIDC_CLIENT_SECRET", "s3cret-from-the-idp")];
+    let no_public = refusal([("WAKEWAY_WORKSPACE_AUTH", "oidc"), issuer, client[0], client[1]]);
+    assert!(no_public.contains("needs public_url (WAKEWAY_PUBLIC_URL)"), "{no_public}");
+    let env = MapEnv::new([
+        ("WAKEWAY_WORKSPACE_AUTH", "oidc"),
+        issuer,
+        client[0],
+        client[1],
+        ("WAKEWAY_PUBLIC_URL", "https://preview.example.com"),
+        ("WAKEWAY_OIDC_ADMIN_USERS", "root@example.com, ops@example.com"),
+    ]);
+    let c = Config::load(None, &env).unwrap();
+    assert_eq!(c.access.workspace_auth, WorkspaceAuth::Oidc);
+    assert_eq!(c.oidc.user_claim, "email");
+    assert_eq!(c.oidc.admin_users, ["root@example.com", "ops@example.com"]);
+    let shown = c.to_masked_toml();
+    assert!(!shown.contains("s3cret-from-the-idp") && shown.contains("oidc_client_secret = \"s3cr…-idp\""), "{shown}");
+    // Other modes do not look at the oidc keys.
+    Config::load(None, &MapEnv::new([("WAKEWAY_OIDC_ISSUER", "nonsense")])).unwrap();
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::{
     AcmeMode, BackendKind, Config, ConfigError, ISOLATED_PORT_COMMAND, Isolation, MAX_DURATION, MIN_BACKUP_RETENTION,
-    StoreKind, format_duration, secrets, strong_secret, valid_domain,
+    StoreKind, WorkspaceAuth, format_duration, secrets, strong_secret, valid_domain,
 };
 
 type Checked = Result<(), ConfigError>;
@@ -34,7 +34,8 @@ impl Config {
         self.check_limits()?;
         self.check_webhook()?;
         self.check_restore()?;
-        self.check_usage()
+        self.check_usage()?;
+        self.check_oidc()
     }
 
     fn check_server(&self) -> Checked {
@@ -275,6 +276,44 @@ impl Config {
                     format_duration(value)
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn check_oidc(&self) -> Checked {
+        let o = &self.oidc;
+        if self.access.workspace_auth != WorkspaceAuth::Oidc {
+            return Ok(());
+        }
+        let Some((scheme, rest)) = o.issuer.split_once("://") else {
+            return bad(format!(
+                "workspace_auth = \"oidc\" needs oidc_issuer (WAKEWAY_OIDC_ISSUER), an http(s) URL such as \
+                 \"https://accounts.google.com\" (it is {:?})",
+                o.issuer
+            ));
+        };
+        if !matches!(scheme, "http" | "https") || rest.is_empty() || rest.contains(char::is_whitespace) {
+            return bad(format!(
+                "oidc_issuer {:?} is not an http(s) URL; write it exactly as the provider's discovery document's \
+                 \"issuer\" spells it (a trailing / matters)",
+                o.issuer
+            ));
+        }
+        if o.client_id.is_empty() || o.client_secret.is_empty() {
+            return bad("workspace_auth = \"oidc\" needs oidc_client_id and oidc_client_secret \
+                 (WAKEWAY_OIDC_CLIENT_ID, WAKEWAY_OIDC_CLIENT_SECRET) as registered with the provider"
+                .into());
+        }
+        if self.server.public_url.is_none() {
+            return bad("workspace_auth = \"oidc\" needs public_url (WAKEWAY_PUBLIC_URL): the provider sends users \
+                 back to <public_url>/oauth/callback, which must be registered with it"
+                .into());
+        }
+        if o.user_claim.is_empty() {
+            return bad("oidc_user_claim must name an ID-token claim (e.g. \"email\")".into());
+        }
+        if o.login_ttl < Duration::from_secs(10) || o.session_ttl < Duration::from_secs(60) {
+            return bad("oidc_login_ttl must be at least 10s and oidc_session_ttl at least 1m".into());
         }
         Ok(())
     }

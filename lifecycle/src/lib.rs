@@ -17,6 +17,7 @@ pub mod restore;
 pub mod session;
 pub mod store;
 pub mod usage;
+pub mod web;
 pub mod webhook;
 
 use std::net::IpAddr;
@@ -282,7 +283,10 @@ pub async fn build(
         keys: Arc::new(api::ApiKeys::new(&keys)),
         limiter: Arc::new(api::RateLimiter::new(config.limits.rate_limit_per_minute, clock)),
     };
-    let router = api::router(state);
+    let mut router = api::router(state);
+    if config.access.workspace_auth == wakeway_config::WorkspaceAuth::Oidc {
+        router = router.merge(web::router(manager.clone(), store.clone(), cookie_secret.as_bytes()));
+    }
     Ok(Built {
         wakeway: Wakeway::new(manager, router),
         events,

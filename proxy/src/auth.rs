@@ -26,6 +26,19 @@ pub fn cookie_name(secure: bool) -> &'static str {
     if secure { HOST_COOKIE_NAME } else { COOKIE_NAME }
 }
 
+/// `text` as a query value: everything but unreserved characters percent-encoded.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The query parameter that carries a one-time sign-in token.
 pub const TOKEN_PARAM: &str = "wakeway_token";
 

@@ -13,23 +13,23 @@ const SHELL: &str = include_str!("../assets/page.html");
 const BASE_CSS: &str = include_str!("../assets/base.css");
 
 /// What one page puts into the shell. Its card, styles and script are files in `proxy/assets/`.
-struct Layout {
+struct Layout<'a> {
     /// The `<title>`, before ` · wakeway`.
-    title: &'static str,
+    title: &'a str,
     /// Seconds (or a placeholder) after which the page reloads without JavaScript.
-    refresh: Option<&'static str>,
+    refresh: Option<&'a str>,
     /// Attributes of `<body>` (the tone) and of `<main>` (what the page's script reads).
-    body: &'static str,
-    main: &'static str,
+    body: &'a str,
+    main: &'a str,
     /// The card's content (badge, heading, text), what follows the card, the page's own styles
     /// and script.
-    card: &'static str,
-    after_card: &'static str,
-    css: &'static str,
-    script: &'static str,
+    card: &'a str,
+    after_card: &'a str,
+    css: &'a str,
+    script: &'a str,
 }
 
-impl Layout {
+impl Layout<'_> {
     /// The page with the shell's slots filled; the request's values are filled by [`render`].
     fn compose(&self) -> String {
         let head =
@@ -49,7 +49,7 @@ impl Layout {
     }
 
     /// No refresh, no attributes, nothing beyond the card.
-    const PLAIN: Layout =
+    const PLAIN: Layout<'static> =
         Layout { title: "", refresh: None, body: "", main: "", card: "", after_card: "", css: "", script: "" };
 }
 
@@ -162,6 +162,15 @@ fn render(template: &Template, id: &str, message: &str, retry_after: u64) -> Byt
             .replace("{{MESSAGE}}", &escape(message))
             .replace("{{RETRY_AFTER}}", &retry_after.to_string()),
     )
+}
+
+/// A page of the base host (the sign-in's answers): the shell with `heading` and `body_html`
+/// (HTML the caller built, every value in it escaped) in the card, in tone `tone` (`t-gone`,
+/// `t-warn`, `t-info` or `t-none`).
+pub fn card_page(title: &str, tone: &str, heading: &str, body_html: &str) -> Bytes {
+    let (title, body) = (escape(title), format!(" class=\"{tone}\""));
+    let card = format!("    <h1 id=\"h\">{}</h1>\n{body_html}\n", escape(heading));
+    Bytes::from(Layout { title: &title, body: &body, card: &card, ..Layout::PLAIN }.compose())
 }
 
 /// HTML-escape text for element content and quoted attributes.

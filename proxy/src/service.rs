@@ -58,6 +58,9 @@ pub struct ProxySettings {
     pub https_redirect_port: Option<u16>,
     /// Idle limit of a proxied WebSocket (pingora's default of 60 s would cut quiet sockets).
     pub websocket_idle_timeout: Duration,
+    /// With `workspace_auth = "oidc"`: `<public_url>/oauth/login`, where a navigation without a
+    /// cookie is sent to sign in.
+    pub sign_in_url: Option<String>,
 }
 
 impl From<&Config> for ProxySettings {
@@ -77,6 +80,9 @@ impl From<&Config> for ProxySettings {
             wake_attempts_per_minute: c.limits.wake_attempts_per_minute,
             https_redirect_port: c.tls.listen.filter(|_| c.tls.redirect_http_to_https).map(|a| a.port()),
             websocket_idle_timeout: Duration::from_secs(3600),
+            sign_in_url: (c.access.workspace_auth == WorkspaceAuth::Oidc)
+                .then(|| c.server.public_url.as_ref().map(|u| format!("{u}/oauth/login")))
+                .flatten(),
         }
     }
 }
@@ -309,7 +315,7 @@ impl ProxyHttp for WakewayProxy {
             upstream.remove_header(name);
         }
         // The workspace never sees wakeway's own cookie (its other cookies pass untouched).
-        if self.settings.workspace_auth == WorkspaceAuth::Token && carries_ours(&upstream.headers) {
+        if self.settings.workspace_auth.signs_cookies() && carries_ours(&upstream.headers) {
             let kept = cookie_without_ours(&upstream.headers);
             upstream.remove_header(&header::COOKIE);
             if let Some(kept) = kept {

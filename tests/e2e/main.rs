@@ -7,6 +7,7 @@ mod browser;
 mod failpoints;
 mod harness;
 mod isolation;
+mod oidc;
 mod redis;
 mod render;
 mod secrets;

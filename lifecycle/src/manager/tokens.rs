@@ -16,6 +16,12 @@ impl Manager {
     /// Mint a one-time sign-in token for `id`, valid for `access_token_ttl` and until the
     /// session's cookies are next revoked. Returns the `access_url` and its expiry.
     pub async fn mint_token(&self, id: &SessionId) -> Result<(String, DateTime<Utc>)> {
+        self.mint_token_at(id, "/").await
+    }
+
+    /// [`Manager::mint_token`] for a link that lands on `path_and_query` (starting with `/`) of
+    /// the workspace once the token is exchanged (the OIDC sign-in returns people where they were).
+    pub async fn mint_token_at(&self, id: &SessionId, path_and_query: &str) -> Result<(String, DateTime<Utc>)> {
         let s = self.load(id).await?;
         let generation = self.handle(id).map_or(0, |h| h.cookie_generation()).max(s.cookie_generation);
         if matches!(s.state, State::Deleting | State::Deleted) {
@@ -30,8 +36,12 @@ impl Manager {
         let record =
             json!({ "session": id.as_str(), "expires_ms": expires.timestamp_millis(), "generation": generation });
         self.inner.store.put_expiring(&token_key(&token), record.to_string().as_bytes(), ttl).await?;
-        let url =
-            format!("{}/?{}={token}", self.inner.config.workspace_url(id.as_str()), wakeway_proxy::auth::TOKEN_PARAM);
+        let separator = if path_and_query.contains('?') { '&' } else { '?' };
+        let url = format!(
+            "{}{path_and_query}{separator}{}={token}",
+            self.inner.config.workspace_url(id.as_str()),
+            wakeway_proxy::auth::TOKEN_PARAM
+        );
         Ok((url, expires))
     }
 
@@ -67,9 +77,13 @@ impl Manager {
         .await
     }
 
-    /// Remove sign-in tokens that expired unused (stores without expiry keep them until here).
+    /// Remove sign-in tokens that expired unused, and the OIDC sign-in's expired login attempts
+    /// and base sessions (every one carries `expires_ms`; stores without expiry keep them until here).
     pub(super) async fn prune_tokens(&self) {
-        let Ok(keys) = self.inner.store.list_blobs(TOKEN_PREFIX).await else { return };
+        let mut keys = Vec::new();
+        for prefix in [TOKEN_PREFIX, crate::web::session::LOGIN_PREFIX, crate::web::session::USER_PREFIX] {
+            keys.extend(self.inner.store.list_blobs(prefix).await.unwrap_or_default());
+        }
         let now = self.now().timestamp_millis();
         for key in keys {
             if let Ok(Some(bytes)) = self.inner.store.get_blob(&key).await {

@@ -146,6 +146,8 @@ pub enum Component {
     TlsFiles,
     /// ACME orders fail.
     Acme,
+    /// The OpenID Connect provider does not answer (`workspace_auth = "oidc"`).
+    Oidc,
 }
 
 impl Component {
@@ -154,6 +156,7 @@ impl Component {
             Component::Isolation => "isolation",
             Component::TlsFiles => "tls_files",
             Component::Acme => "acme",
+            Component::Oidc => "oidc",
         }
     }
 }

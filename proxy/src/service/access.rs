@@ -10,7 +10,7 @@ use wakeway_config::WorkspaceAuth;
 
 use super::reply::{Reply, Verdict};
 use super::{RequestCtx, WakewayProxy, client_ip, over_tls, request_host};
-use crate::auth::{cookie_name, cookie_values, take_token};
+use crate::auth::{cookie_name, cookie_values, percent_encode, take_token};
 use crate::classify::{RequestKind, classify};
 use crate::handle::SessionHandle;
 use crate::refusal::Reason;
@@ -45,7 +45,30 @@ impl WakewayProxy {
         if cookie_values(&req.headers, name).any(|v| self.cookies.verify(&handle.id, generation, v, now)) {
             return Verdict::Pass;
         }
+        if let Some(sign_in) = &self.settings.sign_in_url
+            && self.is_navigation(req)
+        {
+            return self.send_to_sign_in(session, sign_in, name);
+        }
         self.refuse_sign_in(session, Reason::SignInNeeded)
+    }
+
+    /// OIDC mode: a person opening the workspace without a valid cookie is sent to
+    /// `<public_url>/oauth/login?next=<this URL>` (the login rebuilds the target from the session
+    /// id, so `next` cannot send anyone elsewhere). A missing cookie costs nothing; a present but
+    /// invalid one spends the address's failure budget, as in token mode.
+    fn send_to_sign_in(&self, session: &Session, sign_in: &str, cookie: &str) -> Verdict {
+        let req = session.req_header();
+        if cookie_values(&req.headers, cookie).next().is_some()
+            && let reason @ Reason::TooManyFailures { .. } = self.spend_failure(session, Reason::SignInNeeded)
+        {
+            return reason.into();
+        }
+        let scheme = if over_tls(session) { "https" } else { "http" };
+        let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let next = format!("{scheme}://{}{path}", request_host(session));
+        let location = format!("{sign_in}?next={}", percent_encode(&next));
+        Verdict::Answer(Reply::Redirect { status: StatusCode::FOUND, location, cookie: None })
     }
 
     /// Redeem a sign-in token: a redirect to `location` that sets the cookie, or 401.

@@ -318,3 +318,21 @@ async fn another_replicas_operation_lease_keeps_every_step_here_off_the_session_
     assert_eq!(rig.backend.count("destroy"), 1);
     assert_eq!(rig.store.holder(&lease), None, "released when the step ended");
 }
+
+#[tokio::test]
+async fn the_sweep_prunes_expired_oidc_login_attempts_and_base_sessions() {
+    use crate::store::Store;
+    let rig = rig(false);
+    let now = rig.manager.now().timestamp_millis();
+    for prefix in ["oidclogin/", "usersession/"] {
+        let old = serde_json::json!({ "expires_ms": now - 1 }).to_string();
+        let live = serde_json::json!({ "expires_ms": now + 60_000 }).to_string();
+        rig.store.put_blob(&format!("{prefix}old"), old.as_bytes()).await.unwrap();
+        rig.store.put_blob(&format!("{prefix}live"), live.as_bytes()).await.unwrap();
+    }
+    rig.manager.sweep().await.unwrap();
+    for prefix in ["oidclogin/", "usersession/"] {
+        assert_eq!(rig.store.get_blob(&format!("{prefix}old")).await.unwrap(), None, "{prefix}: expired one pruned");
+        assert!(rig.store.get_blob(&format!("{prefix}live")).await.unwrap().is_some(), "{prefix}: live one kept");
+    }
+}
