@@ -85,7 +85,7 @@ impl Certificates {
     /// Load the configured files and every stored certificate. Errors in the files are fatal at
     /// start (the operator must fix them); later reloads keep the old certificate on error.
     pub async fn load(&self) -> Result<(), String> {
-        if let Some(err) = self.reload_files(true) {
+        if let Some(err) = self.reload_files(true).await {
             return Err(err);
         }
         let keys = self.store.list_blobs("certs/").await.map_err(|e| e.to_string())?;
@@ -105,21 +105,25 @@ impl Certificates {
     }
 
     /// Re-read `tls_cert_file`/`tls_key_file` if they changed. Returns an error message on failure.
-    fn reload_files(&self, first: bool) -> Option<String> {
+    /// Every 2 s on the lifecycle runtime: the file system is read through `tokio::fs`.
+    async fn reload_files(&self, first: bool) -> Option<String> {
         let (Some(cert), Some(key)) = (&self.config.tls.cert_file, &self.config.tls.key_file) else {
             return None;
         };
-        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        let stamp = modified(cert).zip(modified(key));
-        let mut seen = self.files_seen.lock().unwrap_or_else(|e| e.into_inner());
-        if !first && stamp == *seen {
+        async fn modified(p: &Path) -> Option<std::time::SystemTime> {
+            tokio::fs::metadata(p).await.and_then(|m| m.modified()).ok()
+        }
+        let stamp = modified(cert).await.zip(modified(key).await);
+        let seen = || self.files_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if !first && stamp == *seen() {
             return None;
         }
-        let result = std::fs::read(cert)
-            .and_then(|c| Ok((c, std::fs::read(key)?)))
+        let read = async { Ok::<_, std::io::Error>((tokio::fs::read(cert).await?, tokio::fs::read(key).await?)) };
+        let result = read
+            .await
             .map_err(|e| e.to_string())
             .and_then(|(c, k)| self.certs.set_fallback(&c, &k).map_err(|e| e.to_string()));
-        *seen = stamp;
+        *seen() = stamp;
         match result {
             Ok(info) => {
                 tracing::info!(file = %cert.display(), names = ?info.names, "TLS certificate files loaded");
@@ -300,7 +304,7 @@ impl Certificates {
         acme.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = files.tick() => { self.reload_files(false); }
+                _ = files.tick() => { self.reload_files(false).await; }
                 _ = acme.tick() => self.check().await,
                 _ = changed.notified() => self.check().await,
                 _ = shutdown.changed() => break,
