@@ -43,6 +43,12 @@ pub type PortRange = NumberRange<u16>;
 /// Uids for isolated local workspaces (`[local] uids`).
 pub type UidRange = NumberRange<u32>;
 
+/// `(scheme, rest)` of an `http://` or `https://` URL.
+fn http_scheme(url: &str) -> Result<(&str, &str), ()> {
+    let (scheme, rest) = url.split_once("://").ok_or(())?;
+    if scheme == "http" || scheme == "https" { Ok((scheme, rest)) } else { Err(()) }
+}
+
 /// `public_url`, taken apart: workspace URLs are built from its scheme, host and port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublicUrl {
@@ -55,10 +61,7 @@ pub struct PublicUrl {
 impl FromStr for PublicUrl {
     type Err = ();
     fn from_str(url: &str) -> Result<Self, ()> {
-        let (scheme, rest) = url.split_once("://").ok_or(())?;
-        if scheme != "http" && scheme != "https" {
-            return Err(());
-        }
+        let (scheme, rest) = http_scheme(url)?;
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             Some((host, port)) => (host, Some(port.parse::<u16>().map_err(drop)?)),
@@ -89,10 +92,7 @@ pub struct WebhookUrl(pub String);
 impl FromStr for WebhookUrl {
     type Err = ();
     fn from_str(url: &str) -> Result<Self, ()> {
-        let (scheme, rest) = url.split_once("://").ok_or(())?;
-        if scheme != "http" && scheme != "https" {
-            return Err(());
-        }
+        let (_, rest) = http_scheme(url)?;
         let authority = rest.split(['/', '?', '#']).next().ok_or(())?;
         let ok = !authority.is_empty()
             && !authority.contains('@')

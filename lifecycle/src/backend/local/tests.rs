@@ -151,7 +151,7 @@ async fn an_isolated_workspace_runs_as_its_own_uid_and_leaves_nothing_behind() {
 fn a_group_of_zombies_is_not_alive() {
     use std::os::unix::process::CommandExt;
     // A child that exits and is not reaped yet: its group holds only a zombie.
-    let mut child = std::process::Command::new("true").process_group(0).spawn().unwrap();
+    let mut child = std::process::Command::new("/bin/true").env_clear().process_group(0).spawn().unwrap();
     let pgid = child.id();
     while start_ticks(pgid).is_some() {
         std::thread::sleep(Duration::from_millis(5));
@@ -159,7 +159,7 @@ fn a_group_of_zombies_is_not_alive() {
     assert!(killpg(Pid::from_raw(pgid as i32), None).is_ok(), "the zombie still counts for the kernel");
     assert!(!group_exists(pgid));
     child.wait().unwrap();
-    let mut running = std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+    let mut running = std::process::Command::new("/bin/sleep").arg("30").env_clear().process_group(0).spawn().unwrap();
     assert!(group_exists(running.id()));
     running.kill().unwrap();
     running.wait().unwrap();
