@@ -1,7 +1,8 @@
 //! `wakeway-bench-usage [N] [DAYS]`: what `GET /usage` does over N sessions with DAYS days of
 //! usage each (default 100,000 × 30): write them to an embedded store in a temporary folder, then
-//! time reading every record back (`Store::list`) and the rollup by user, session and day
-//! (`usage::report`), the best of five runs each. Prints one JSON line.
+//! time what happens once per process — reading every record back (`Store::list`) and filling
+//! the usage index from them — and what each `/usage` does: the rollup by user, session and day
+//! from the index (`UsageIndex::report`), the best of five runs each. Prints one JSON line.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -10,7 +11,7 @@ use std::time::Instant;
 use chrono::{Duration, Utc};
 use wakeway_lifecycle::session::{Session, SessionId, State};
 use wakeway_lifecycle::store::{EmbeddedStore, Store};
-use wakeway_lifecycle::usage::{Bucket, Day, GroupBy, Prices, Query, Since, report};
+use wakeway_lifecycle::usage::{Bucket, Day, GroupBy, Prices, Query, Since, UsageIndex};
 
 /// A session with `days` days of usage: an hour running, the rest asleep, a wake and a sleep a day.
 fn session(i: usize, days: i64, now: chrono::DateTime<Utc>) -> Session {
@@ -64,6 +65,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
     let (list_ms, all) = best(|| rt.block_on(store.list()).unwrap_or_else(|e| panic!("{e}")));
     let prices = Prices::from_config(&wakeway_config::Config::default());
+    let (index_ms, index) = best(|| UsageIndex::of(&all, prices.clone()));
     let q = |group_by| Query {
         from: (now - Duration::days(days)).date_naive(),
         to: now.date_naive(),
@@ -72,7 +74,7 @@ fn main() {
     };
     let mut rollups = BTreeMap::new();
     for (name, group_by) in [("user", GroupBy::User), ("session", GroupBy::Session), ("day", GroupBy::Day)] {
-        let (ms, r) = best(|| report(&all, &q(group_by), &prices, now));
+        let (ms, r) = best(|| index.report(&q(group_by), now));
         rollups.insert(name, (ms, r.rows.len()));
     }
     drop(store);
@@ -80,7 +82,7 @@ fn main() {
     let rollup: Vec<String> =
         rollups.iter().map(|(k, (ms, rows))| format!("\"{k}\": {{\"ms\": {ms:.1}, \"rows\": {rows}}}")).collect();
     println!(
-        "{{\"sessions\": {n}, \"days\": {days}, \"store_bytes\": {bytes}, \"list_ms\": {list_ms:.1}, {}}}",
+        "{{\"sessions\": {n}, \"days\": {days}, \"store_bytes\": {bytes}, \"list_ms\": {list_ms:.1}, \"index_ms\": {index_ms:.1}, {}}}",
         rollup.join(", ")
     );
 }

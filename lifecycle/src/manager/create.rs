@@ -56,7 +56,10 @@ impl Manager {
                 continue;
             }
             match self.inner.store.put(&Session::new(&id, user_id, &tier, now)).await {
-                Ok(stored) => return Ok(stored),
+                Ok(stored) => {
+                    self.inner.usage.observe(&stored);
+                    return Ok(stored);
+                }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => {
                     self.note_store_error(&e);

@@ -90,6 +90,10 @@ struct Inner {
     catalog: Arc<Catalog>,
     notifier: Notifier,
     limits: Limits,
+    /// Every session's usage, kept current with each record written or read here (`/usage`).
+    usage: crate::usage::UsageIndex,
+    /// The index was filled from the whole store once (at the first `/usage`).
+    usage_loaded: tokio::sync::OnceCell<()>,
 }
 
 /// The manager. Cheap to clone.
@@ -120,6 +124,8 @@ impl Manager {
                 shared: store.shared(),
                 replica: replica_name(config.store.replica_id.as_deref()),
                 limits: Limits::from_config(&config),
+                usage: crate::usage::UsageIndex::new(crate::usage::Prices::from_config(&config)),
+                usage_loaded: tokio::sync::OnceCell::new(),
                 catalog: Arc::new(Catalog::new(config.backup_dir(), config.restore.max_bytes)),
                 config,
                 store,

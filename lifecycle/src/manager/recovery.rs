@@ -111,6 +111,7 @@ impl Manager {
     pub(super) async fn resync(&self) -> Result<()> {
         let all = self.inner.store.list().await.inspect_err(|e| self.note_store_error(e))?;
         for s in &all {
+            self.inner.usage.observe(s);
             let rt = self.runtime_for(s);
             self.publish_if_idle(&rt, s);
         }
@@ -131,6 +132,7 @@ impl Manager {
         let Some(id) = SessionId::parse(id) else { return };
         match self.inner.store.get(id.as_str()).await {
             Ok(Some(s)) => {
+                self.inner.usage.observe(&s);
                 let rt = self.runtime_for(&s);
                 self.publish_if_idle(&rt, &s);
                 if s.state == State::Deleted {
@@ -218,6 +220,7 @@ impl Manager {
         s.usage = crate::usage::Usage::starting(now, crate::usage::Since::of(&s));
         match self.inner.store.put(&s).await {
             Ok(stored) => {
+                self.inner.usage.observe(&stored);
                 tracing::warn!(session = %stored.uuid, state = stored.state.as_str(), "session record rebuilt from its workspace");
                 let rt = self.runtime_for(&stored);
                 self.publish_if_idle(&rt, &stored);

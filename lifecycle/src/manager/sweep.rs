@@ -112,6 +112,7 @@ impl Manager {
         self.prune_backups(now, &all).await;
         self.prune_tokens().await;
         for s in all {
+            self.inner.usage.observe(&s);
             self.sweep_session(s, now).await;
         }
         Ok(())

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use wakeway_proxy::SessionId;
 
 use super::runtime::state_index;
-use super::{Manager, Result};
+use super::{LifecycleError, Manager, Result};
 use crate::policy::Seen;
 use crate::session::{RecordedSource, Session, State};
 use crate::store::StoreError;
@@ -70,12 +70,26 @@ impl Manager {
         Ok(all.into_iter().filter(|s| include_deleted || s.state != State::Deleted).map(|s| self.view_of(s)).collect())
     }
 
-    /// Usage and cost over `q`'s days, from every record in the store (deleted ones too).
+    /// Usage and cost over `q`'s days, from the usage index: filled from every record in the
+    /// store (deleted and forgotten ones too) at the first call, kept current since by every
+    /// record written or read (see `usage::index`). Summed off the async workers.
     pub async fn usage(&self, q: &crate::usage::Query) -> Result<crate::usage::Report> {
-        let mut all = self.inner.store.list().await.inspect_err(|e| self.note_store_error(e))?;
-        all.extend(self.forgotten_records(&all).await?);
-        let prices = crate::usage::Prices::from_config(&self.inner.config);
-        Ok(crate::usage::report(&all, q, &prices, self.now()))
+        self.inner.usage_loaded.get_or_try_init(|| self.load_usage()).await?;
+        let (this, q, now) = (self.clone(), q.clone(), self.now());
+        tokio::task::spawn_blocking(move || this.inner.usage.report(&q, now))
+            .await
+            .map_err(|e| LifecycleError::task_failed("the usage report", e))
+    }
+
+    /// Fill the usage index from the whole store.
+    async fn load_usage(&self) -> Result<()> {
+        let all = self.inner.store.list().await.inspect_err(|e| self.note_store_error(e))?;
+        let forgotten = self.forgotten_records(&all).await?;
+        for s in all.iter().chain(&forgotten) {
+            self.inner.usage.observe(s);
+        }
+        tracing::info!(sessions = self.inner.usage.len(), "usage index filled from the store");
+        Ok(())
     }
 
     /// The records forgotten after `backup_retention`, kept for their usage; not those still in

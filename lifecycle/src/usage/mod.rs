@@ -16,6 +16,9 @@ use wakeway_config::Config;
 
 use crate::session::{Session, State};
 
+mod index;
+pub use index::UsageIndex;
+
 /// Where a session record forgotten after `backup_retention` is kept for its usage
 /// (`<FORGOTTEN><uuid>`, a store blob).
 pub const FORGOTTEN: &str = "usage/forgotten/";
@@ -237,30 +240,6 @@ impl Totals {
     pub fn saved_percent(&self) -> f64 {
         if self.baseline_cost > 0.0 { 100.0 * self.saved() / self.baseline_cost } else { 0.0 }
     }
-
-    fn add_ms(&mut self, prices: &Prices, bucket: Bucket, tier: &str, ms: u64) {
-        *self.ms.entry(bucket).or_default() += ms;
-        self.cost += prices.per_hour(bucket, tier) * ms as f64 / 3_600_000.0;
-    }
-
-    fn add_day(&mut self, prices: &Prices, day: &Day) {
-        for (bucket, tiers) in &day.ms {
-            for (tier, ms) in tiers {
-                self.add_ms(prices, *bucket, tier, *ms);
-            }
-        }
-        for (source, n) in &day.wakes {
-            *self.wakes.entry(source.clone()).or_default() += n;
-        }
-        for (reason, n) in &day.sleeps {
-            *self.sleeps.entry(reason.clone()).or_default() += n;
-        }
-    }
-
-    fn add_baseline(&mut self, prices: &Prices, ms: u64) {
-        self.baseline_ms += ms;
-        self.baseline_cost += prices.baseline * ms as f64 / 3_600_000.0;
-    }
 }
 
 /// The key of one `/usage` row; rows come in its order (sessions by user, then creation).
@@ -287,42 +266,10 @@ pub struct Report {
     pub total: Totals,
 }
 
-/// Sum `sessions`' usage over `q`'s days, as of `now`: what their records counted, plus what
-/// they have been since (`since` from `accounted_until` to `now`, not yet written).
+/// Sum `sessions`' usage over `q`'s days, as of `now` (see [`UsageIndex::report`]). The
+/// manager keeps its index; this makes one for the sessions given.
 pub fn report(sessions: &[Session], q: &Query, prices: &Prices, now: DateTime<Utc>) -> Report {
-    let mut report = Report::default();
-    let start = q.from.and_hms_opt(0, 0, 0).map_or(now, |t| t.and_utc());
-    let end = (q.to + Duration::days(1)).and_hms_opt(0, 0, 0).map_or(now, |t| t.and_utc()).min(now);
-    for s in sessions.iter().filter(|s| q.user_id.as_deref().is_none_or(|u| s.user_id == u)) {
-        let key = |day: NaiveDate| match q.group_by {
-            GroupBy::User => RowKey::User(s.user_id.clone()),
-            GroupBy::Session => {
-                RowKey::Session { user_id: s.user_id.clone(), created_at: s.created_at, uuid: s.uuid.clone() }
-            }
-            GroupBy::Day => RowKey::Day(day),
-        };
-        for (day, counted) in s.usage.days.range(q.from..=q.to) {
-            report.rows.entry(key(*day)).or_default().add_day(prices, counted);
-            report.total.add_day(prices, counted);
-        }
-        if let (Some(from), Some(since)) = (s.usage.accounted_until, &s.usage.since) {
-            let mut until = end;
-            if since.bucket == Bucket::Deleted {
-                let kept = s.deleted_at.unwrap_or(from).checked_add_signed(prices.backup_retention);
-                until = until.min(kept.unwrap_or(until));
-            }
-            split_by_day(from.max(start), until, |day, ms| {
-                report.rows.entry(key(day)).or_default().add_ms(prices, since.bucket, &since.tier, ms);
-                report.total.add_ms(prices, since.bucket, &since.tier, ms);
-            });
-        }
-        let alive_until = s.deleted_at.unwrap_or(end).min(end);
-        split_by_day(s.created_at.max(start), alive_until, |day, ms| {
-            report.rows.entry(key(day)).or_default().add_baseline(prices, ms);
-            report.total.add_baseline(prices, ms);
-        });
-    }
-    report
+    UsageIndex::of(sessions, prices.clone()).report(q, now)
 }
 
 #[cfg(test)]

@@ -1,0 +1,508 @@
+//! The usage index: every session's counted usage in a compact form, kept in memory and current
+//! with every record this replica writes or reads, so `GET /usage` sums arrays instead of
+//! decoding every record from the store (100,000 sessions × 30 days: tens of milliseconds
+//! instead of seconds; see `benches/src/usage.rs`).
+//!
+//! A session's entry is replaced only by a newer record: newer is a later `accounted_until`
+//! (which a write never moves back), then a higher version. So a list read before a write
+//! cannot undo what that write told the index, and a record rebuilt after the store lost it
+//! (counting again from its rebuild) replaces the old entry. Entries are never removed: a
+//! forgotten session's last record is what it is counted by (as `usage/forgotten/<uuid>` in the
+//! store), and that is the record the index already holds.
+//!
+//! Prices are applied when an entry is made (they are fixed for a process's life), so a day is
+//! its milliseconds by bucket and its cost; wakes and sleeps are counted by interned name.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
+use dashmap::DashMap;
+
+use super::{Bucket, GroupBy, Prices, Query, Report, RowKey, Totals, split_by_day};
+use crate::session::Session;
+
+/// One UTC day of a session: milliseconds by bucket (a day has at most 86,400,000) and cost.
+#[derive(Debug, Clone, Copy)]
+struct DayUse {
+    day: i32,
+    ms: [u32; 3],
+    cost: f64,
+}
+
+/// Wakes (by source) or sleeps (by reason) of one day.
+#[derive(Debug, Clone, Copy)]
+struct Tally {
+    day: i32,
+    wake: bool,
+    name: u32,
+    n: u64,
+}
+
+/// A session as the index keeps it.
+#[derive(Debug)]
+struct Entry {
+    /// Which record this is (see the module's comment).
+    order: (Option<DateTime<Utc>>, u64),
+    user_id: Arc<str>,
+    uuid: Arc<str>,
+    created_at: DateTime<Utc>,
+    deleted_at: Option<DateTime<Utc>>,
+    /// Counted in `days` until here; from here on the session is `since` (bucket, price per hour).
+    accounted_until: Option<DateTime<Utc>>,
+    since: Option<(Bucket, f64)>,
+    days: Box<[DayUse]>,
+    tallies: Box<[Tally]>,
+}
+
+/// Strings (activity sources, sleep reasons) as small numbers.
+#[derive(Debug, Default)]
+struct Names {
+    ids: RwLock<HashMap<String, u32>>,
+    names: RwLock<Vec<String>>,
+}
+
+impl Names {
+    fn id(&self, name: &str) -> u32 {
+        if let Some(id) = self.ids.read().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return *id;
+        }
+        let mut ids = self.ids.write().unwrap_or_else(|p| p.into_inner());
+        let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
+        *ids.entry(name.to_string()).or_insert_with(|| {
+            names.push(name.to_string());
+            (names.len() - 1) as u32
+        })
+    }
+
+    fn name(&self, id: u32) -> String {
+        self.names.read().unwrap_or_else(|p| p.into_inner()).get(id as usize).cloned().unwrap_or_default()
+    }
+}
+
+/// Every known session's usage, by uuid.
+#[derive(Debug)]
+pub struct UsageIndex {
+    prices: Prices,
+    names: Names,
+    entries: DashMap<Arc<str>, Entry>,
+}
+
+fn day_number(day: NaiveDate) -> i32 {
+    day.num_days_from_ce()
+}
+
+fn date_of(number: i32) -> NaiveDate {
+    NaiveDate::from_num_days_from_ce_opt(number).unwrap_or_default()
+}
+
+impl UsageIndex {
+    pub fn new(prices: Prices) -> UsageIndex {
+        UsageIndex { prices, names: Names::default(), entries: DashMap::new() }
+    }
+
+    /// An index of `sessions` (each a different session).
+    pub fn of(sessions: &[Session], prices: Prices) -> UsageIndex {
+        let index = UsageIndex::new(prices);
+        for s in sessions {
+            index.observe(s);
+        }
+        index
+    }
+
+    /// How many sessions it holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Learn record `s`, unless the index already holds it or a newer one.
+    pub fn observe(&self, s: &Session) {
+        let order = (s.usage.accounted_until, s.version);
+        if self.entries.get(s.uuid.as_str()).is_some_and(|e| e.order >= order) {
+            return;
+        }
+        let entry = self.entry(s, order);
+        match self.entries.entry(entry.uuid.clone()) {
+            dashmap::Entry::Occupied(mut o) if o.get().order < entry.order => {
+                o.insert(entry);
+            }
+            dashmap::Entry::Occupied(_) => {}
+            dashmap::Entry::Vacant(v) => {
+                v.insert(entry);
+            }
+        }
+    }
+
+    fn entry(&self, s: &Session, order: (Option<DateTime<Utc>>, u64)) -> Entry {
+        let mut days = Vec::with_capacity(s.usage.days.len());
+        let mut tallies = Vec::new();
+        for (day, counted) in &s.usage.days {
+            let mut use_ = DayUse { day: day_number(*day), ms: [0; 3], cost: 0.0 };
+            for (bucket, tiers) in &counted.ms {
+                for (tier, ms) in tiers {
+                    use_.ms[*bucket as usize] = use_.ms[*bucket as usize].saturating_add(*ms as u32);
+                    use_.cost += self.prices.per_hour(*bucket, tier) * *ms as f64 / 3_600_000.0;
+                }
+            }
+            days.push(use_);
+            let named = |wake: bool, map: &BTreeMap<String, u64>| {
+                map.iter().map(move |(name, n)| (wake, name.clone(), *n)).collect::<Vec<_>>()
+            };
+            for (wake, name, n) in named(true, &counted.wakes).into_iter().chain(named(false, &counted.sleeps)) {
+                tallies.push(Tally { day: use_.day, wake, name: self.names.id(&name), n });
+            }
+        }
+        Entry {
+            order,
+            user_id: s.user_id.as_str().into(),
+            uuid: s.uuid.as_str().into(),
+            created_at: s.created_at,
+            deleted_at: s.deleted_at,
+            accounted_until: s.usage.accounted_until,
+            since: s.usage.since.as_ref().map(|since| (since.bucket, self.prices.per_hour(since.bucket, &since.tier))),
+            days: days.into_boxed_slice(),
+            tallies: tallies.into_boxed_slice(),
+        }
+    }
+
+    /// Usage over `q`'s days as of `now`: what the records counted, plus what each session has
+    /// been since (`since` from `accounted_until` to `now`, not yet written), and the always-on
+    /// baseline from creation to deletion.
+    pub fn report(&self, q: &Query, now: DateTime<Utc>) -> Report {
+        let window = Window::of(q, now);
+        let mut rows = Rows::new(q.group_by, &window);
+        for entry in self.entries.iter() {
+            if q.user_id.as_deref().is_some_and(|u| *entry.user_id != *u) {
+                continue;
+            }
+            let mut row = rows.row(&entry);
+            self.add_entry(&entry, &window, &mut row, q.group_by);
+        }
+        rows.into_report(self)
+    }
+
+    fn add_entry(&self, e: &Entry, w: &Window, row: &mut RowSink, group_by: GroupBy) {
+        let first = e.days.partition_point(|d| d.day < w.from);
+        for d in e.days[first..].iter().take_while(|d| d.day <= w.to) {
+            let acc = row.at(d.day);
+            for (total, ms) in acc.ms.iter_mut().zip(d.ms) {
+                *total += u64::from(ms);
+            }
+            acc.cost += d.cost;
+        }
+        for t in e.tallies.iter().filter(|t| (w.from..=w.to).contains(&t.day)) {
+            row.at(t.day).tally(t.wake, t.name, t.n);
+        }
+        if let (Some(from), Some((bucket, per_hour))) = (e.accounted_until, e.since) {
+            let mut until = w.end;
+            if bucket == Bucket::Deleted {
+                let kept = e.deleted_at.unwrap_or(from).checked_add_signed(self.prices.backup_retention);
+                until = until.min(kept.unwrap_or(until));
+            }
+            spread(from.max(w.start), until, group_by == GroupBy::Day, |day, ms| {
+                let acc = row.at(day);
+                acc.ms[bucket as usize] += ms;
+                acc.cost += per_hour * ms as f64 / 3_600_000.0;
+            });
+        }
+        let alive_until = e.deleted_at.unwrap_or(w.end).min(w.end);
+        spread(e.created_at.max(w.start), alive_until, group_by == GroupBy::Day, |day, ms| {
+            let acc = row.at(day);
+            acc.baseline_ms += ms;
+            acc.baseline_cost += self.prices.baseline * ms as f64 / 3_600_000.0;
+        });
+    }
+}
+
+/// Call `add(day, ms)` for `[from, to)`: split by UTC day when `by_day`, else once (day unused).
+fn spread(from: DateTime<Utc>, to: DateTime<Utc>, by_day: bool, mut add: impl FnMut(i32, u64)) {
+    if by_day {
+        split_by_day(from, to, |day, ms| add(day_number(day), ms));
+    } else if to > from {
+        add(0, (to - from).num_milliseconds() as u64);
+    }
+}
+
+/// The days asked for, as numbers and instants.
+struct Window {
+    from: i32,
+    to: i32,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+}
+
+impl Window {
+    fn of(q: &Query, now: DateTime<Utc>) -> Window {
+        let start = q.from.and_hms_opt(0, 0, 0).map_or(now, |t| t.and_utc());
+        let end = (q.to + Duration::days(1)).and_hms_opt(0, 0, 0).map_or(now, |t| t.and_utc()).min(now);
+        Window { from: day_number(q.from), to: day_number(q.to), start, end }
+    }
+}
+
+/// Sums of one row while the report is made.
+#[derive(Debug, Default, Clone)]
+struct Acc {
+    ms: [u64; 3],
+    cost: f64,
+    baseline_ms: u64,
+    baseline_cost: f64,
+    /// (wake?, name, count)
+    tallies: Vec<(bool, u32, u64)>,
+}
+
+impl Acc {
+    fn tally(&mut self, wake: bool, name: u32, n: u64) {
+        match self.tallies.iter_mut().find(|(w, id, _)| *w == wake && *id == name) {
+            Some(t) => t.2 += n,
+            None => self.tallies.push((wake, name, n)),
+        }
+    }
+
+    fn add(&mut self, other: &Acc) {
+        for (total, ms) in self.ms.iter_mut().zip(other.ms) {
+            *total += ms;
+        }
+        self.cost += other.cost;
+        self.baseline_ms += other.baseline_ms;
+        self.baseline_cost += other.baseline_cost;
+        for (wake, name, n) in &other.tallies {
+            self.tally(*wake, *name, *n);
+        }
+    }
+
+    fn totals(&self, names: &Names) -> Totals {
+        let mut totals = Totals {
+            cost: self.cost,
+            baseline_ms: self.baseline_ms,
+            baseline_cost: self.baseline_cost,
+            ..Totals::default()
+        };
+        for bucket in Bucket::ALL {
+            if self.ms[bucket as usize] > 0 {
+                totals.ms.insert(bucket, self.ms[bucket as usize]);
+            }
+        }
+        for (wake, name, n) in &self.tallies {
+            let map = if *wake { &mut totals.wakes } else { &mut totals.sleeps };
+            *map.entry(names.name(*name)).or_default() += n;
+        }
+        totals
+    }
+}
+
+/// Where one session's sums go: its row (user or session), or a row per day.
+enum RowSink<'a> {
+    One(&'a mut Acc),
+    Days { from: i32, days: &'a mut [Acc] },
+}
+
+impl RowSink<'_> {
+    fn at(&mut self, day: i32) -> &mut Acc {
+        match self {
+            RowSink::One(acc) => acc,
+            RowSink::Days { from, days } => {
+                let i = (day - *from).clamp(0, days.len() as i32 - 1) as usize;
+                &mut days[i]
+            }
+        }
+    }
+}
+
+/// The rows being made, by grouping.
+enum Rows {
+    User(HashMap<Arc<str>, Acc>),
+    Session(Vec<(RowKey, Acc)>),
+    Day { from: i32, days: Vec<Acc> },
+}
+
+impl Rows {
+    fn new(group_by: GroupBy, w: &Window) -> Rows {
+        match group_by {
+            GroupBy::User => Rows::User(HashMap::new()),
+            GroupBy::Session => Rows::Session(Vec::new()),
+            GroupBy::Day => Rows::Day { from: w.from, days: vec![Acc::default(); (w.to - w.from + 1).max(1) as usize] },
+        }
+    }
+
+    fn row(&mut self, e: &Entry) -> RowSink<'_> {
+        match self {
+            Rows::User(users) => RowSink::One(users.entry(e.user_id.clone()).or_default()),
+            Rows::Session(sessions) => {
+                let key = RowKey::Session {
+                    user_id: e.user_id.to_string(),
+                    created_at: e.created_at,
+                    uuid: e.uuid.to_string(),
+                };
+                sessions.push((key, Acc::default()));
+                RowSink::One(&mut sessions.last_mut().expect("just pushed").1)
+            }
+            Rows::Day { from, days } => RowSink::Days { from: *from, days },
+        }
+    }
+
+    fn into_report(self, index: &UsageIndex) -> Report {
+        let rows: Vec<(RowKey, Acc)> = match self {
+            Rows::User(users) => users.into_iter().map(|(user, acc)| (RowKey::User(user.to_string()), acc)).collect(),
+            Rows::Session(sessions) => sessions,
+            Rows::Day { from, days } => days
+                .into_iter()
+                .enumerate()
+                .filter(|(_, acc)| acc.baseline_ms > 0 || acc.ms.iter().any(|ms| *ms > 0) || !acc.tallies.is_empty())
+                .map(|(i, acc)| (RowKey::Day(date_of(from + i as i32)), acc))
+                .collect(),
+        };
+        let mut total = Acc::default();
+        let mut report = Report::default();
+        for (key, acc) in rows {
+            total.add(&acc);
+            report.rows.insert(key, acc.totals(&index.names));
+        }
+        report.total = total.totals(&index.names);
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use wakeway_proxy::SessionId;
+
+    use super::*;
+    use crate::session::State;
+    use crate::usage::Since;
+
+    fn prices() -> Prices {
+        Prices::from_config(&wakeway_config::Config::default())
+    }
+
+    /// The successive records of one random session: each a write that counts from the last.
+    fn history(rng: &mut StdRng, i: usize, start: DateTime<Utc>) -> Vec<Session> {
+        let id = SessionId::parse(&format!("{i:08x}")).unwrap();
+        let tier = ["small", "large"][rng.random_range(0..2)];
+        let mut s = Session::new(&id, &format!("user{}", i % 7), tier, start);
+        let mut now = start;
+        let mut records = vec![s.clone()];
+        for _ in 0..rng.random_range(1..12) {
+            now += Duration::minutes(rng.random_range(1..3000));
+            let state = match (s.state, rng.random_range(0..8)) {
+                (State::Deleted, _) | (_, 7) => State::Deleted,
+                (_, 0..4) => State::Running,
+                _ => State::Sleeping,
+            };
+            if state == State::Deleted && s.deleted_at.is_none() {
+                s.deleted_at = Some(now);
+            }
+            s.state = state;
+            if rng.random_bool(0.3) {
+                s.usage.count_wake(now, ["http", "api-wake", "held-request"][rng.random_range(0..3)]);
+            }
+            if rng.random_bool(0.3) {
+                s.usage.count_sleep(now, ["idle", "api"][rng.random_range(0..2)]);
+            }
+            s.usage.account(now, Since::of(&s));
+            s.version += 1;
+            records.push(s.clone());
+        }
+        records
+    }
+
+    /// What each grouping reports, written out (hours rounded to the millisecond, cost to 1e-9).
+    fn shown(r: &Report) -> Vec<String> {
+        let line = |k: &dyn std::fmt::Debug, t: &Totals| {
+            format!(
+                "{k:?} {:?} {:.9} {} {:.9} {:?} {:?}",
+                t.ms, t.cost, t.baseline_ms, t.baseline_cost, t.wakes, t.sleeps
+            )
+        };
+        let mut lines: Vec<String> = r.rows.iter().map(|(k, t)| line(k, t)).collect();
+        lines.push(line(&"total", &r.total));
+        lines
+    }
+
+    #[test]
+    fn an_index_fed_every_write_in_any_order_reports_what_one_made_from_the_last_records_does() {
+        let mut rng = StdRng::seed_from_u64(19);
+        let start = DateTime::parse_from_rfc3339("2026-01-01T08:00:00Z").unwrap().with_timezone(&Utc);
+        let histories: Vec<Vec<Session>> = (0..60).map(|i| history(&mut rng, i, start)).collect();
+        let fed = UsageIndex::new(prices());
+        // Every record, in a shuffled order: stale reads arrive after newer writes.
+        let mut all: Vec<&Session> = histories.iter().flatten().collect();
+        for i in (1..all.len()).rev() {
+            all.swap(i, rng.random_range(0..=i));
+        }
+        for s in all {
+            fed.observe(s);
+        }
+        let last: Vec<Session> = histories.iter().map(|h| h.last().unwrap().clone()).collect();
+        let fresh = UsageIndex::of(&last, prices());
+        let now = start + Duration::days(40);
+        for group_by in [GroupBy::User, GroupBy::Session, GroupBy::Day] {
+            for (from, to) in [(0, 45), (3, 9), (20, 20)] {
+                let q = Query {
+                    from: (start + Duration::days(from)).date_naive(),
+                    to: (start + Duration::days(to)).date_naive(),
+                    user_id: None,
+                    group_by,
+                };
+                assert_eq!(shown(&fed.report(&q, now)), shown(&fresh.report(&q, now)), "{group_by:?} {from}..{to}");
+            }
+        }
+        // And the sums are those of the records themselves (an independent count).
+        let q = Query { from: start.date_naive(), to: now.date_naive(), user_id: None, group_by: GroupBy::User };
+        let total = fed.report(&q, now).total;
+        let mut expected = [0u64; 3];
+        for s in &last {
+            for day in s.usage.days.values() {
+                for (bucket, tiers) in &day.ms {
+                    expected[*bucket as usize] += tiers.values().sum::<u64>();
+                }
+            }
+            if let (Some(from), Some(since)) = (s.usage.accounted_until, &s.usage.since) {
+                let mut until = now;
+                if since.bucket == Bucket::Deleted {
+                    until = until.min(s.deleted_at.unwrap() + Duration::days(30));
+                }
+                expected[since.bucket as usize] += (until - from).num_milliseconds().max(0) as u64;
+            }
+        }
+        for bucket in Bucket::ALL {
+            assert_eq!(total.ms.get(&bucket).copied().unwrap_or(0), expected[bucket as usize], "{bucket:?}");
+        }
+        let wakes: u64 = last.iter().flat_map(|s| s.usage.days.values()).flat_map(|d| d.wakes.values()).sum();
+        assert_eq!(total.wakes.values().sum::<u64>(), wakes);
+    }
+
+    #[test]
+    fn a_record_rebuilt_after_the_store_lost_it_replaces_the_old_entry_and_a_stale_read_does_not() {
+        let start = DateTime::parse_from_rfc3339("2026-01-01T08:00:00Z").unwrap().with_timezone(&Utc);
+        let id = SessionId::parse("abcd1234").unwrap();
+        let mut old = Session::new(&id, "ann", "small", start);
+        old.state = State::Running;
+        old.usage = crate::usage::Usage::starting(start, Since::of(&old));
+        old.usage.account(start + Duration::hours(5), Since::of(&old));
+        old.version = 40;
+        let index = UsageIndex::new(prices());
+        index.observe(&old);
+        let mut stale = old.clone();
+        stale.version = 39;
+        stale.usage.accounted_until = Some(start + Duration::hours(1));
+        index.observe(&stale);
+        let q = Query { from: start.date_naive(), to: start.date_naive(), user_id: None, group_by: GroupBy::User };
+        let running = |index: &UsageIndex| index.report(&q, start + Duration::hours(6)).total.ms[&Bucket::Running];
+        assert_eq!(running(&index), 6 * 3_600_000, "five counted hours and one since");
+        // Rebuilt at 5:30 with version 1: counting starts again there.
+        let mut rebuilt = Session::new(&id, "ann", "small", start);
+        rebuilt.state = State::Sleeping;
+        rebuilt.usage = crate::usage::Usage::starting(start + Duration::minutes(330), Since::of(&rebuilt));
+        rebuilt.version = 1;
+        index.observe(&rebuilt);
+        let report = index.report(&q, start + Duration::hours(6));
+        assert_eq!(report.total.ms.get(&Bucket::Running), None);
+        assert_eq!(report.total.ms[&Bucket::Sleeping], 30 * 60_000);
+    }
+}
