@@ -1,0 +1,150 @@
+//! The admin page at `<public_url>/admin`: every session with its state, activity and problems
+//! (filters and sort in the query string, refreshed every 5 s by a small script, working without
+//! it), the actions sleep, wake, scale and delete (after a confirm that names the backup it makes),
+//! the backups with verify and download, and what sleeping saved (an SVG chart drawn here from
+//! `/usage`'s report). Plain HTML forms served by the binary: no build step, no CDN.
+//!
+//! Signed in with an API key once (`POST /admin/login`, then a signed host-only cookie, see
+//! `cookie`), or, with `workspace_auth = "oidc"`, by a base-host session of an admin. Every form
+//! carries a token bound to the sign-in and is refused from another origin.
+
+mod actions;
+mod backups;
+mod chart;
+mod cookie;
+mod page;
+mod sessions;
+mod signin;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use http::{HeaderMap, header};
+
+use crate::api::ApiKeys;
+use crate::manager::Manager;
+use crate::store::Store;
+use crate::web::session::{Cookies, Records};
+use cookie::{AdminCookies, same};
+use page::Corner;
+
+/// What the admin handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    manager: Manager,
+    keys: Arc<ApiKeys>,
+    cookies: Arc<AdminCookies>,
+    /// The base host's sign-in (oidc mode): its admins need no API key.
+    oidc: Option<(Arc<Cookies>, Records)>,
+}
+
+/// Whoever is signed in to the admin page.
+pub struct Admin {
+    /// How the page names them.
+    name: String,
+    /// The token of the forms shown to them.
+    csrf: String,
+}
+
+impl Admin {
+    fn corner(&self) -> Corner<'_> {
+        Corner { name: &self.name, csrf: &self.csrf }
+    }
+}
+
+/// The admin routes, mounted on the base host beside the API in every `workspace_auth` mode.
+pub fn router(manager: Manager, keys: Arc<ApiKeys>, store: Arc<dyn Store>, cookie_secret: &[u8]) -> Router {
+    let config = manager.config();
+    let secure = config.server.public_url.as_ref().is_some_and(|u| u.scheme == "https");
+    let oidc = (config.access.workspace_auth == wakeway_config::WorkspaceAuth::Oidc)
+        .then(|| (Arc::new(Cookies::new(cookie_secret, secure)), Records(store)));
+    let state = AdminState { manager, keys, cookies: Arc::new(AdminCookies::new(cookie_secret, secure)), oidc };
+    Router::new()
+        .route("/admin", get(sessions::page))
+        .route("/admin/", get(|| async { page::see_other("/admin", None) }))
+        .route("/admin/sessions.json", get(sessions::json))
+        .route("/admin/login", post(signin::login))
+        .route("/admin/logout", post(signin::logout))
+        .route("/admin/session/{id}/sleep", post(actions::sleep))
+        .route("/admin/session/{id}/wake", post(actions::wake))
+        .route("/admin/session/{id}/scale", post(actions::scale))
+        .route("/admin/session/{id}/delete", get(actions::confirm_delete).post(actions::delete))
+        .route("/admin/backups", get(backups::page))
+        .route("/admin/backups/{id}/verify", post(backups::verify))
+        .route("/admin/backups/{id}/download", get(backups::download))
+        .route("/admin/usage", get(chart::page))
+        .with_state(state)
+}
+
+impl AdminState {
+    fn now_ms(&self) -> i64 {
+        self.manager.now().timestamp_millis()
+    }
+
+    /// The admin signed in by `headers`: a valid admin cookie, else (oidc mode) a base session
+    /// whose person is an admin. A store failure reading the base session counts as not signed in.
+    async fn admin(&self, headers: &HeaderMap) -> Option<Admin> {
+        if let Some(value) = self.cookies.signed_in(headers, self.now_ms()) {
+            return Some(Admin { name: "API key".into(), csrf: self.cookies.csrf(&value) });
+        }
+        let (cookies, records) = self.oidc.as_ref()?;
+        let sid = cookies.user(headers)?;
+        let user = records.user(&sid, self.now_ms()).await.ok().flatten().filter(|u| u.admin)?;
+        Some(Admin { name: user.shown, csrf: self.cookies.csrf(&format!("oidc:{sid}")) })
+    }
+
+    /// A form of this page: sent from this origin (when the browser says where from) with the
+    /// sign-in's token.
+    fn form_allowed(&self, admin: &Admin, headers: &HeaderMap, csrf: Option<&str>) -> bool {
+        same_origin(headers, &self.public_origin()) && csrf.is_some_and(|t| same(t, &admin.csrf))
+    }
+
+    /// `scheme://host[:port]` of the base host as configured.
+    fn public_origin(&self) -> String {
+        let (scheme, host, port) = self.manager.config().public_base();
+        port.map_or_else(|| format!("{scheme}://{host}"), |p| format!("{scheme}://{host}:{p}"))
+    }
+}
+
+/// No cross-site sender: `Sec-Fetch-Site` (when sent) is same-origin or none, and `Origin` (when
+/// sent) is the configured base origin or the very host the request was sent to.
+fn same_origin(headers: &HeaderMap, public: &str) -> bool {
+    let text = |name| headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
+    if text("sec-fetch-site").is_some_and(|s| s != "same-origin" && s != "none") {
+        return false;
+    }
+    let Some(origin) = text(header::ORIGIN.as_str()) else { return true };
+    if origin.eq_ignore_ascii_case(public) {
+        return true;
+    }
+    let authority = origin.split_once("://").map(|(_, a)| a);
+    authority.is_some_and(|a| text(header::HOST.as_str()).is_some_and(|h| a.eq_ignore_ascii_case(h)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forms_from_another_origin_are_refused() {
+        let public = "https://wakeway.example";
+        assert!(same_origin(&headers(&[]), public), "no Origin: the token decides");
+        assert!(same_origin(&headers(&[("origin", "https://wakeway.example")]), public));
+        let host = [("origin", "http://127.0.0.1:8080"), ("host", "127.0.0.1:8080")];
+        assert!(same_origin(&headers(&host), public), "the host the browser sent it to");
+        assert!(!same_origin(&headers(&[("origin", "https://evil.example"), ("host", "wakeway.example")]), public));
+        assert!(!same_origin(&headers(&[("origin", "null")]), public));
+        assert!(!same_origin(&headers(&[("sec-fetch-site", "cross-site")]), public));
+        assert!(!same_origin(&headers(&[("sec-fetch-site", "same-site")]), public), "a workspace host is same-site");
+        assert!(same_origin(&headers(&[("sec-fetch-site", "same-origin")]), public));
+    }
+}
