@@ -27,7 +27,7 @@ const browser = await chromium.launch({
   headless: true,
   args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-quic'],
 });
-const context = await browser.newContext({ viewport: { width: 1280, height: 860 }, acceptDownloads: true });
+const context = await browser.newContext({ viewport: { width: 1440, height: 720 }, acceptDownloads: true });
 const page = await context.newPage();
 
 /** Submit the sign-in form with `key`; the document's status and text. */

@@ -34,9 +34,20 @@ async fn create(w: &Wakeway, user: &str) -> String {
     r.json::<Value>().await.unwrap()["uuid"].as_str().unwrap().to_string()
 }
 
+/// `pairs` as an HTML form's body.
+fn form(pairs: &[(&str, &str)]) -> String {
+    let encode = wakeway_proxy::auth::percent_encode;
+    pairs.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect::<Vec<_>>().join("&")
+}
+
+/// A POST of an HTML form to `path`.
+fn post_form(w: &Wakeway, path: &str, pairs: &[(&str, &str)]) -> reqwest::RequestBuilder {
+    client().post(w.url(path)).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded").body(form(pairs))
+}
+
 /// Sign in with `key`: the answer's status and the cookie it sets (`name=value`).
 async fn sign_in(w: &Wakeway, key: &str) -> (StatusCode, Option<String>, String) {
-    let r = client().post(w.url("/admin/login")).form(&[("key", key)]).send().await.unwrap();
+    let r = post_form(w, "/admin/login", &[("key", key)]).send().await.unwrap();
     let status = r.status();
     let cookie = r.headers().get(header::SET_COOKIE).map(|v| v.to_str().unwrap().to_string());
     (status, cookie, r.text().await.unwrap())
@@ -89,8 +100,9 @@ async fn admin_page_signs_in_with_an_api_key_and_refuses_forged_cookies_and_form
     assert!(page.contains(&format!("data-id=\"{id}\"")) && page.contains("ada@example.com"), "{page}");
     let token = csrf(&page);
     let sleep = format!("/admin/session/{id}/sleep");
-    let post = |form: Vec<(&'static str, String)>, origin: Option<&'static str>, cookie: &str| {
-        let mut r = client().post(w.url(&sleep)).header(header::COOKIE, cookie).form(&form);
+    let post = |fields: Vec<(&'static str, String)>, origin: Option<&'static str>, cookie: &str| {
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut r = post_form(&w, &sleep, &fields).header(header::COOKIE, cookie);
         if let Some(origin) = origin {
             r = r.header(header::ORIGIN, origin);
         }
@@ -109,11 +121,9 @@ async fn admin_page_signs_in_with_an_api_key_and_refuses_forged_cookies_and_form
     assert_eq!(r.status(), 401);
 
     let origin = format!("http://127.0.0.1:{}", w.port);
-    let r = client()
-        .post(w.url(&sleep))
+    let r = post_form(&w, &sleep, &[("csrf", &token)])
         .header(header::COOKIE, &cookie)
         .header(header::ORIGIN, &origin)
-        .form(&[("csrf", token)])
         .send()
         .await
         .unwrap();

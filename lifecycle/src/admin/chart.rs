@@ -93,12 +93,22 @@ fn totals(report: &Report) -> String {
     };
     format!(
         "    <div class=\"totals\">{}{}{}{}{}</div>",
-        tile("", format!("{:.1} h", t.hours(Bucket::Running)), "awake"),
-        tile("", format!("{:.1} h", t.hours(Bucket::Sleeping)), "asleep"),
+        tile("", span(t.hours(Bucket::Running)), "awake"),
+        tile("", span(t.hours(Bucket::Sleeping)), "asleep"),
         tile("", money(t.cost), "cost"),
         tile("", money(t.baseline_cost), "always on would cost"),
         tile("good", format!("{} ({:.0}%)", money(t.saved()), t.saved_percent()), "saved by sleeping"),
     )
+}
+
+/// Hours as a person reads them: hours, else minutes, else seconds.
+pub fn span(hours: f64) -> String {
+    match hours {
+        h if h >= 10.0 => format!("{h:.0} h"),
+        h if h >= 1.0 => format!("{h:.1} h"),
+        h if h * 60.0 >= 1.0 => format!("{:.0} min", h * 60.0),
+        h => format!("{:.0} s", h * 3600.0),
+    }
 }
 
 fn legend(items: &[(&str, &str)]) -> String {
@@ -125,19 +135,23 @@ fn divisions(max: f64) -> usize {
 /// `x` with as many decimals as a grid step of `step` needs.
 pub fn number(x: f64, step: f64) -> String {
     let decimals = (-step.log10().floor()).clamp(0.0, 8.0) as usize;
-    let decimals = if (step * 10f64.powi(decimals as i32)).fract().abs() > 1e-6 { decimals + 1 } else { decimals };
+    let scaled = step * 10f64.powi(decimals as i32);
+    let decimals = if (scaled - scaled.round()).abs() > 1e-6 { decimals + 1 } else { decimals };
     format!("{x:.decimals$}")
 }
 
 /// The drawing area of both charts.
 struct Frame {
+    /// The top of the axis, in the unit drawn.
     max: f64,
+    /// Shown values per drawn unit (60 to label hours in minutes).
+    shown: f64,
     n: usize,
 }
 
-const W: f64 = 720.0;
-const H: f64 = 220.0;
-const LEFT: f64 = 52.0;
+const W: f64 = 1000.0;
+const H: f64 = 260.0;
+const LEFT: f64 = 76.0;
 const RIGHT: f64 = 8.0;
 const TOP: f64 = 10.0;
 const BOTTOM: f64 = 24.0;
@@ -158,7 +172,7 @@ impl Frame {
     /// The grid, the y labels (`label` formats a value) and a date under every fifth day.
     fn axes(&self, points: &[Point], label: impl Fn(f64, f64) -> String) -> String {
         let mut out = String::new();
-        let n = divisions(self.max);
+        let n = divisions(self.max * self.shown);
         let step = self.max / n as f64;
         for k in 0..=n {
             let v = step * k as f64;
@@ -170,7 +184,7 @@ impl Frame {
                 W - RIGHT,
                 LEFT - 6.0,
                 y + 4.0,
-                escape(&label(v, step))
+                escape(&label(v * self.shown, step * self.shown))
             );
         }
         for (i, p) in points.iter().enumerate().filter(|(i, _)| (points.len() - 1 - i) % 5 == 0) {
@@ -188,8 +202,8 @@ impl Frame {
 
 fn svg(label: &str, inner: &str) -> String {
     format!(
-        "    <svg class=\"chart\" viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"{}\" \
-         xmlns=\"http://www.w3.org/2000/svg\">{inner}</svg>",
+        "    <div class=\"plot\"><svg class=\"chart\" viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"{}\" \
+         xmlns=\"http://www.w3.org/2000/svg\">{inner}</svg></div>",
         escape(label)
     )
 }
@@ -199,8 +213,8 @@ pub fn hours_svg(points: &[Point]) -> String {
     let most = points.iter().map(|p| p.awake_hours + p.asleep_hours).fold(0.0, f64::max);
     // Under an hour a day, the axis counts minutes.
     let (unit, per_hour) = if most < 1.0 { ("min", 60.0) } else { ("h", 1.0) };
-    let frame = Frame { max: nice(most * per_hour) / per_hour, n: points.len().max(1) };
-    let mut out = frame.axes(points, |v, step| format!("{} {unit}", number(v * per_hour, step * per_hour)));
+    let frame = Frame { max: nice(most * per_hour) / per_hour, shown: per_hour, n: points.len().max(1) };
+    let mut out = frame.axes(points, |v, step| format!("{} {unit}", number(v, step)));
     let width = (frame.slot() * 0.62).max(2.0);
     for (i, p) in points.iter().enumerate() {
         let x = frame.x(i) - width / 2.0;
@@ -224,7 +238,7 @@ pub fn hours_svg(points: &[Point]) -> String {
 /// The cost per day against the always-on baseline; the gap between them (the saving) shaded.
 pub fn cost_svg(points: &[Point]) -> String {
     let most = points.iter().map(|p| p.baseline.max(p.cost)).fold(0.0, f64::max);
-    let frame = Frame { max: nice(most), n: points.len().max(1) };
+    let frame = Frame { max: nice(most), shown: 1.0, n: points.len().max(1) };
     let mut out = frame.axes(points, |v, step| format!("${}", number(v, step.min(0.01))));
     let line = |value: fn(&Point) -> f64| -> Vec<String> {
         points.iter().enumerate().map(|(i, p)| format!("{:.1},{:.1}", frame.x(i), frame.y(value(p)))).collect()
@@ -287,8 +301,17 @@ mod tests {
         let svg = hours_svg(&[p(0, 0.0, 0.0), p(1, 4.0, 20.0), p(2, 24.0, 0.0)]);
         assert!(svg.contains("<title>2026-11-02: 4.0 h awake, 20.0 h asleep</title>"), "{svg}");
         assert!(svg.contains(">25 h</text>") && svg.contains(">0 h</text>"), "{svg}");
-        // 24 h of 25 over the 186 px plot height: the awake bar of day 3 is 178.6 px tall.
-        assert!(svg.contains("height=\"178.6\" fill=\"#e8912d\""), "{svg}");
+        // 24 h of 25 over the 226 px plot height: the awake bar of day 3 is 217.0 px tall.
+        assert!(svg.contains("height=\"217.0\" fill=\"#e8912d\""), "{svg}");
+        let short = hours_svg(&[p(0, 0.5, 0.3)]);
+        assert!(
+            short.contains(">50 min</text>") && short.contains(">10 min</text>"),
+            "under an hour, minutes: {short}"
+        );
+        assert_eq!(
+            (span(30.0), span(2.34), span(0.5), span(0.001)),
+            ("30 h".into(), "2.3 h".into(), "30 min".into(), "4 s".into())
+        );
         let cost = cost_svg(&[p(0, 0.0, 0.0), p(1, 4.0, 20.0)]);
         assert!(cost.contains("<polyline") && cost.contains("2026-11-02: $0.2000 (always on: $1.20)"), "{cost}");
         assert!(!svg.contains("NaN") && !cost.contains("NaN"));

@@ -124,7 +124,7 @@ pub fn select(mut views: Vec<SessionView>, filter: &Filter) -> Vec<SessionView> 
 
 /// A time as the table shows it (UTC).
 pub fn when(at: Option<DateTime<Utc>>) -> String {
-    at.map_or_else(|| "—".into(), |t| t.format("%d %b %H:%M:%S").to_string())
+    at.map_or_else(|| "—".into(), |t| t.format("%d %b %H:%M").to_string())
 }
 
 /// The sessions the filter asks for (deleted ones only when filtering on `deleted`).
@@ -148,7 +148,7 @@ pub(super) async fn page(
         Err(e) => return page::failed(e, "/admin"),
     };
     let any = views.iter().any(|v| v.session.state != SessionState::Deleted);
-    let total = views.len();
+    let total = views.iter().filter(|v| v.session.state != SessionState::Deleted).count();
     let views = select(
         views
             .into_iter()
