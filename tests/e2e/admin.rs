@@ -94,25 +94,31 @@ async fn admin_page_signs_in_with_an_api_key_and_refuses_forged_cookies_and_form
     let (_, page) = get(&w, "/admin/usage", &cookie).await;
     assert!(page.contains("No usage yet"), "{page}");
 
-    let id = create(&w, "ada@example.com").await;
+    forms_need_their_token_and_origin(&w, &cookie, forged).await;
+}
+
+/// A session's Sleep form: refused without its token, with another's, from another origin or
+/// with a forged cookie (the session keeps running); done with all of them right.
+async fn forms_need_their_token_and_origin(w: &Wakeway, cookie: &str, forged: &str) {
+    let id = create(w, "ada@example.com").await;
     w.wait_state(&id, "running", LONG).await;
-    let (_, page) = get(&w, "/admin", &cookie).await;
+    let (_, page) = get(w, "/admin", cookie).await;
     assert!(page.contains(&format!("data-id=\"{id}\"")) && page.contains("ada@example.com"), "{page}");
     let token = csrf(&page);
     let sleep = format!("/admin/session/{id}/sleep");
     let post = |fields: Vec<(&'static str, String)>, origin: Option<&'static str>, cookie: &str| {
         let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let mut r = post_form(&w, &sleep, &fields).header(header::COOKIE, cookie);
+        let mut r = post_form(w, &sleep, &fields).header(header::COOKIE, cookie);
         if let Some(origin) = origin {
             r = r.header(header::ORIGIN, origin);
         }
         r.send()
     };
-    let r = post(vec![], None, &cookie).await.unwrap();
+    let r = post(vec![], None, cookie).await.unwrap();
     assert_eq!(r.status(), 403, "no token");
-    let r = post(vec![("csrf", "0".repeat(64))], None, &cookie).await.unwrap();
+    let r = post(vec![("csrf", "0".repeat(64))], None, cookie).await.unwrap();
     assert_eq!(r.status(), 403, "a wrong token");
-    let r = post(vec![("csrf", token.clone())], Some("https://evil.example"), &cookie).await.unwrap();
+    let r = post(vec![("csrf", token.clone())], Some("https://evil.example"), cookie).await.unwrap();
     assert_eq!(r.status(), 403, "another origin");
     let r = post(vec![("csrf", token.clone())], None, forged).await.unwrap();
     assert_eq!(r.status(), 401, "a forged cookie");
@@ -121,8 +127,8 @@ async fn admin_page_signs_in_with_an_api_key_and_refuses_forged_cookies_and_form
     assert_eq!(r.status(), 401);
 
     let origin = format!("http://127.0.0.1:{}", w.port);
-    let r = post_form(&w, &sleep, &[("csrf", &token)])
-        .header(header::COOKIE, &cookie)
+    let r = post_form(w, &sleep, &[("csrf", &token)])
+        .header(header::COOKIE, cookie)
         .header(header::ORIGIN, &origin)
         .send()
         .await
@@ -130,12 +136,12 @@ async fn admin_page_signs_in_with_an_api_key_and_refuses_forged_cookies_and_form
     assert_eq!(r.status(), 303);
     assert_eq!(r.headers()[header::LOCATION], format!("/admin?done=sleep&id={id}"));
     assert_eq!(w.status(&id).await["state"], "sleeping");
-    let (_, json) = get(&w, "/admin/sessions.json?state=sleeping", &cookie).await;
+    let (_, json) = get(w, "/admin/sessions.json?state=sleeping", cookie).await;
     let json: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(json["count"], 1, "{json}");
     assert!(json["rows"].as_str().unwrap().contains(">sleeping</span>"), "{json}");
 
-    let (_, page) = get(&w, &format!("/admin/session/{id}/delete"), &cookie).await;
+    let (_, page) = get(w, &format!("/admin/session/{id}/delete"), cookie).await;
     assert!(
         page.contains(&format!("workspace-{id}-")) && page.contains("verified"),
         "the confirm names the backup: {page}"

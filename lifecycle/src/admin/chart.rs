@@ -187,7 +187,7 @@ impl Frame {
                 escape(&label(v * self.shown, step * self.shown))
             );
         }
-        for (i, p) in points.iter().enumerate().filter(|(i, _)| (points.len() - 1 - i) % 5 == 0) {
+        for (i, p) in points.iter().enumerate().filter(|(i, _)| (points.len() - 1 - i).is_multiple_of(5)) {
             let _ = write!(
                 out,
                 "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
