@@ -243,3 +243,28 @@ async fn admin_page_says_when_the_store_is_unavailable() {
     assert_eq!(status, 503, "{page}");
     assert!(page.contains("cannot read its session store") && page.contains("GET /health"), "{page}");
 }
+
+/// Wrong keys at the sign-in spend the address's failure budget, as wrong `X-API-Key`s do: then
+/// 429 before any key is looked at, even the right one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_the_admin_key_is_rate_limited_with_the_api_keys() {
+    let w = Wakeway::start(&[("WAKEWAY_UNAUTHENTICATED_PER_MINUTE", "3")]).await;
+    let mut codes = Vec::new();
+    for i in 0..3 {
+        codes.push(sign_in(&w, &format!("guess-{i}-0123456789abcdef")).await.0.as_u16());
+    }
+    codes.push(
+        w.client
+            .get(w.url("/sessions"))
+            .header("x-api-key", "guess-api-0123456789")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+    );
+    let (status, cookie, page) = sign_in(&w, KEY).await;
+    codes.push(status.as_u16());
+    assert_eq!(codes, [401, 401, 401, 429, 429], "one budget for the page and the API");
+    assert!(cookie.is_none() && page.contains("Too many wrong API keys"), "{page}");
+}

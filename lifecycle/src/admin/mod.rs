@@ -148,3 +148,59 @@ mod tests {
         assert!(same_origin(&headers(&[("sec-fetch-site", "same-origin")]), public));
     }
 }
+
+#[cfg(test)]
+mod oidc_tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use http::header;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    use wakeway_config::Config;
+    use wakeway_proxy::{ManualClock, ProxyStats};
+
+    use crate::web::session::{Cookies, Records, UserSession};
+
+    /// In oidc mode a base session of an admin opens the admin page without a key; anyone else
+    /// signed in there gets the key's sign-in form.
+    #[tokio::test]
+    async fn an_oidc_admin_needs_no_key_and_others_get_the_sign_in_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.server.data_dir = dir.path().to_owned();
+        config.access.api_keys = vec!["test-key-0123456789abcdef".into()];
+        config.access.workspace_auth = wakeway_config::WorkspaceAuth::Oidc;
+        config.oidc.issuer = "http://127.0.0.1:9/".into();
+        config.workspaces.command = Some("exec sleep 1000 {port}".into());
+        config.local.isolation = wakeway_config::Isolation::Off;
+        let now = 1_760_000_000_000;
+        let clock = Arc::new(ManualClock::new(now));
+        let stats = Arc::new(ProxyStats::default());
+        let built = crate::build(Arc::new(config), clock, stats, tokio::runtime::Handle::current()).await.unwrap();
+        let (records, cookies) = (Records(built.store.clone()), Cookies::new(&built.cookie_secret, false));
+        let mut pages = Vec::new();
+        for (sid, admin) in [("admin-sid", true), ("user-sid", false)] {
+            let user = UserSession {
+                user: Some(format!("{sid}@example.com")),
+                shown: format!("{sid}@example.com"),
+                admin,
+                id_token: String::new(),
+                opened: Vec::new(),
+                expires_ms: now + 3_600_000,
+            };
+            records.put_user(sid, &user, Duration::from_secs(3600)).await.unwrap();
+            let cookie = cookies.set_user(sid, Duration::from_secs(3600));
+            let req = http::Request::get("/admin")
+                .header(header::COOKIE, cookie.split(';').next().unwrap())
+                .body(Body::empty())
+                .unwrap();
+            let response = built.wakeway.router.clone().oneshot(req).await.unwrap();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            pages.push(String::from_utf8_lossy(&bytes).into_owned());
+        }
+        assert!(pages[0].contains("admin-sid@example.com") && pages[0].contains("No sessions yet"), "{}", pages[0]);
+        assert!(pages[1].contains("action=\"/admin/login\"") && !pages[1].contains("No sessions yet"), "{}", pages[1]);
+    }
+}
