@@ -53,6 +53,7 @@ try {
   const first = await page.goto(`${a.base}/admin`);
   seen.signInStatus = first.status();
   seen.wrongKey = await signIn('not-the-key-0123456789');
+  await page.screenshot({ path: path.join(a.out, 'admin-wrong-key.png') });
   seen.rightKey = await signIn(a.key);
   seen.afterSignIn = page.url();
   seen.idsAll = await page.locator('tbody#rows tr').evaluateAll((rows) => rows.map((r) => r.dataset.id));
@@ -83,10 +84,15 @@ try {
     page.waitForEvent('download'),
     page.click(`tr[data-id="${a.backup}"] a:has-text("Download")`),
   ]);
+  await page.screenshot({ path: path.join(a.out, 'admin-backups.png'), fullPage: true });
   const file = path.join(a.out, 'download.zip');
   await download.saveAs(file);
   const bytes = await readFile(file);
   seen.download = { name: download.suggestedFilename(), size: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex'), magic: bytes.subarray(0, 4).toString('hex') };
+
+  await page.goto(`${a.base}/admin/session/${a.wake}/delete`);
+  seen.confirmText = await page.locator('main').innerText();
+  await page.screenshot({ path: path.join(a.out, 'admin-confirm.png'), fullPage: true });
 
   await page.goto(`${a.base}/admin/usage`);
   seen.usageText = await page.locator('main').innerText();

@@ -217,6 +217,8 @@ async fn admin_page_in_chromium_signs_in_filters_sleeps_and_downloads_a_backup()
     assert_eq!(download["size"], backup["size"], "{v}");
     assert_eq!(download["name"], format!("{backup_id}.zip"), "{v}");
     assert_eq!(v["svgs"], 2, "{v}");
+    let confirm = v["confirmText"].as_str().unwrap();
+    assert!(confirm.contains(&format!("workspace-{linus}-")) && confirm.contains("verified"), "{confirm}");
     assert!(v["usageText"].as_str().unwrap().contains("saved by sleeping"), "{v}");
     assert_eq!(v["phone"]["pageWidth"], 390, "the page fits a phone; the table scrolls inside: {v}");
     assert_eq!(v["phone"]["tableScrolls"], true, "{v}");

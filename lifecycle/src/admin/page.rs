@@ -31,6 +31,11 @@ pub fn style() -> String {
     format!("    <style>{CSS}</style>")
 }
 
+/// The admin styles on a card of the waiting page's width (sign-in, messages).
+pub fn narrow() -> String {
+    format!("    <style>{CSS}main{{max-width:520px}}</style>")
+}
+
 fn tabs(on: Tab, corner: &Corner) -> String {
     let tab = |tab: Tab, href: &str, text: &str| {
         let class = if tab == on { " class=\"on\"" } else { "" };
@@ -58,7 +63,7 @@ pub fn admin_page(title: &str, on: Tab, corner: &Corner, body: &str) -> Response
 pub fn message(status: StatusCode, title: &str, text: &str, back: (&str, &str)) -> Response {
     let body = format!(
         "{}\n    <p class=\"msg\">{}</p>\n    <p class=\"msg\"><a class=\"button\" href=\"{}\">{}</a></p>",
-        style(),
+        narrow(),
         escape(text),
         escape(back.0),
         escape(back.1)

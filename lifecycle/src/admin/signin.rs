@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use wakeway_proxy::pages::{card_page, escape};
 
-use super::page::{self, style};
+use super::page::{self, narrow};
 use super::{AdminState, same_origin};
 use crate::api::FailureBudget;
 use crate::web::pages::html;
@@ -48,7 +48,7 @@ pub fn form(why: Why, oidc: bool) -> Response {
          <label for=\"key\" class=\"sr\">API key</label>\
          <input id=\"key\" name=\"key\" type=\"password\" autocomplete=\"current-password\" placeholder=\"API key\" \
          required autofocus>\n<button class=\"primary\" type=\"submit\">Sign in</button>\n</form>\n{single_sign_on}",
-        style()
+        narrow()
     );
     html(status, card_page("wakeway admin", "t-info", "wakeway admin", &body))
 }
