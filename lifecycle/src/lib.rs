@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acme;
+pub mod admin;
 pub mod api;
 pub mod backend;
 pub mod backup;
@@ -283,7 +284,8 @@ pub async fn build(
         keys: Arc::new(api::ApiKeys::new(&keys)),
         limiter: Arc::new(api::RateLimiter::new(config.limits.rate_limit_per_minute, clock)),
     };
-    let mut router = api::router(state);
+    let admin = admin::router(manager.clone(), state.keys.clone(), store.clone(), cookie_secret.as_bytes());
+    let mut router = api::router(state).merge(admin);
     if config.access.workspace_auth == wakeway_config::WorkspaceAuth::Oidc {
         router = router.merge(web::router(manager.clone(), store.clone(), cookie_secret.as_bytes()));
     }

@@ -2,6 +2,7 @@
 
 mod abuse;
 mod access;
+mod admin;
 mod backups;
 mod browser;
 mod failpoints;

@@ -13,14 +13,14 @@ use crate::harness::{KEY, Wakeway, free_port};
 
 const LONG: Duration = Duration::from_secs(30);
 
-struct Redis {
+pub(crate) struct Redis {
     child: Option<Child>,
     port: u16,
     dir: std::path::PathBuf,
 }
 
 impl Redis {
-    async fn start(dir: &Path) -> Redis {
+    pub(crate) async fn start(dir: &Path) -> Redis {
         let mut redis = Redis { child: None, port: free_port(), dir: dir.to_owned() };
         redis.restart().await;
         redis
@@ -50,14 +50,14 @@ impl Redis {
         panic!("redis-server did not start");
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 }

@@ -21,7 +21,7 @@ use super::extract::{
 };
 use super::{ApiError, ApiState, answer, bad_query, parse_id};
 use crate::catalog::BackupRecord;
-use crate::manager::{BackupFilter, PolicyPatch, RestoreRequest};
+use crate::manager::{BackupFilter, Manager, PolicyPatch, RestoreRequest};
 
 #[derive(Deserialize)]
 pub(super) struct BackupsQuery {
@@ -85,7 +85,14 @@ pub(super) async fn download(
     BackupPath(id): BackupPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (path, record) = state.manager.backup_download(&id).await?;
+    serve_zip(&state.manager, &id, &headers).await
+}
+
+/// Backup `id`'s verified zip as a download answering `headers` (`If-None-Match`, `Range`,
+/// `If-Range`): the API's `GET /backups/{id}/download` and the admin page's Download link.
+pub(crate) async fn serve_zip(manager: &Manager, id: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
+    check_backup_id(id)?;
+    let (path, record) = manager.backup_download(id).await?;
     let etag = format!("\"{}\"", record.sha256);
     let etag_value = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\""));
     let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
@@ -112,7 +119,7 @@ pub(super) async fn download(
     let (status, start, end) = match range {
         ByteRange::Whole => (StatusCode::OK, 0, len),
         ByteRange::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
-        ByteRange::Unsatisfiable => return Ok(unsatisfiable(&id, len)),
+        ByteRange::Unsatisfiable => return Ok(unsatisfiable(id, len)),
     };
     if start > 0 {
         file.seek(io::SeekFrom::Start(start)).await.map_err(|e| unreadable("read", e))?;

@@ -65,7 +65,7 @@ pub(super) fn parse_id(text: &str) -> Result<SessionId, ApiError> {
 pub(super) const BACKUP_ID: &str = "a backup id (a string; see GET /backups)";
 pub(super) const BACKUP_EXAMPLE: &str = "\"workspace-abc12345-20250101-120000\"";
 
-pub(super) fn check_backup_id(id: &str) -> Result<(), ApiError> {
+pub(crate) fn check_backup_id(id: &str) -> Result<(), ApiError> {
     if valid_id(id) {
         return Ok(());
     }

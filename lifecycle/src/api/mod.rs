@@ -32,8 +32,10 @@ use answers::{
     Sessions, Status, StoreHealth, Time, Token,
 };
 pub use auth::{ApiKeys, load_or_generate_secret};
+pub(crate) use backups::serve_zip;
 pub use error::ApiError;
-use extract::{BACKUP_EXAMPLE, BACKUP_ID, Body, Field, JsonBody, SessionPath, check_backup_id, parse_id};
+pub(crate) use extract::check_backup_id;
+use extract::{BACKUP_EXAMPLE, BACKUP_ID, Body, Field, JsonBody, SessionPath, parse_id};
 pub use wakeway_proxy::ratelimit::{FailureBudget, RateLimiter};
 
 /// What the handlers share.
