@@ -131,6 +131,18 @@ impl SignInError {
                 [text("wakeway refused the sign-in for your safety. If this keeps happening, tell your administrator."), again()]
                     .join("\n"),
             ),
+            SignInError::NoUser { .. }
+            | SignInError::WrongUser { .. }
+            | SignInError::BadTarget(_)
+            | SignInError::NoWorkspace(_)
+            | SignInError::Store(_) => self.access_page(),
+        }
+    }
+
+    /// [`SignInError::page`] of the failures after a sign-in: who may open what, and our store.
+    fn access_page(&self) -> (&'static str, &'static str, String, String) {
+        let again = || link("/oauth/login", "Sign in again");
+        match self {
             SignInError::NoUser { shown, claim, switch } => (
                 "Not allowed",
                 "t-gone",
@@ -158,6 +170,12 @@ impl SignInError {
                 "The sign-in could not be recorded".into(),
                 [text("wakeway could not reach its store. Try again in a minute."), again()].join("\n"),
             ),
+            SignInError::ProviderDown { .. }
+            | SignInError::Denied { .. }
+            | SignInError::Refused { .. }
+            | SignInError::Expired
+            | SignInError::OtherBrowser
+            | SignInError::Unverified => unreachable!("SignInError::page answers the sign-in's own failures"),
         }
     }
 }
