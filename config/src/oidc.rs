@@ -43,6 +43,12 @@ pub struct OidcConfig {
     /// How long a sign-in on the base host lasts (then the provider is asked again).
     #[serde(rename = "oidc_session_ttl", with = "duration::serde_fmt")]
     pub session_ttl: Duration,
+    /// Signed-in users may create their own workspaces ("New workspace" on the home page), not
+    /// only the backend that calls the management API. Off: the home page lists and opens only.
+    pub users_can_create: bool,
+    /// How many workspaces (not deleted) one user may have for "New workspace" to create
+    /// another. Workspaces made through the API count, but the API itself is not limited.
+    pub max_workspaces_per_user: usize,
 }
 
 impl Default for OidcConfig {
@@ -58,6 +64,8 @@ impl Default for OidcConfig {
             admin_users: Vec::new(),
             login_ttl: Duration::from_secs(10 * 60),
             session_ttl: Duration::from_secs(12 * 3600),
+            users_can_create: false,
+            max_workspaces_per_user: 3,
         }
     }
 }

@@ -387,3 +387,32 @@ fn oidc_needs_an_issuer_url_a_client_and_public_url() {
     // Other modes do not look at the oidc keys.
     Config::load(None, &MapEnv::new([("WAKEWAY_OIDC_ISSUER", "nonsense")])).unwrap();
 }
+
+#[test]
+fn users_can_create_needs_oidc_and_a_sane_limit() {
+    let c = Config::default();
+    assert_eq!((c.oidc.users_can_create, c.oidc.max_workspaces_per_user), (false, 3), "off by default, 3 each");
+    let token = refusal([("WAKEWAY_USERS_CAN_CREATE", "true")]);
+    assert!(token.contains("users_can_create needs workspace_auth = \"oidc\""), "{token}");
+    let oidc = [
+        ("WAKEWAY_WORKSPACE_AUTH", "oidc"),
+        ("WAKEWAY_OIDC_ISSUER", "https://idp.example.com"),
+        ("WAKEWAY_OIDC_CLIENT_ID", "wakeway"),
+        ("WAKEWAY_OIDC_CLIENT_SECRET", "s3cret-from-the-idp"),
+        ("WAKEWAY_PUBLIC_URL", "https://preview.example.com"),
+        ("WAKEWAY_USERS_CAN_CREATE", "true"),
+    ];
+    for (limit, ok) in [("0", false), ("1", true), ("100", true), ("101", false)] {
+        let mut env = MapEnv::new(oidc);
+        env.0.insert("WAKEWAY_MAX_WORKSPACES_PER_USER".into(), limit.into());
+        match Config::load(None, &env) {
+            Ok(c) => assert!(ok && c.oidc.users_can_create, "{limit} accepted"),
+            Err(e) => {
+                assert!(!ok, "{limit}: {e}");
+                assert!(e.to_string().contains("max_workspaces_per_user must be between 1 and 100"), "{e}");
+            }
+        }
+    }
+    let file = Config::from_toml("users_can_create = true\nmax_workspaces_per_user = 5\n").unwrap();
+    assert_eq!((file.oidc.users_can_create, file.oidc.max_workspaces_per_user), (true, 5));
+}

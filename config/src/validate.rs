@@ -35,7 +35,8 @@ impl Config {
         self.check_webhook()?;
         self.check_restore()?;
         self.check_usage()?;
-        self.check_oidc()
+        self.check_oidc()?;
+        self.check_self_service()
     }
 
     fn check_server(&self) -> Checked {
@@ -317,4 +318,25 @@ impl Config {
         }
         Ok(())
     }
+
+    /// `users_can_create` needs the home page (oidc mode); its limit is a sane count.
+    fn check_self_service(&self) -> Checked {
+        let o = &self.oidc;
+        if o.users_can_create && self.access.workspace_auth != WorkspaceAuth::Oidc {
+            return bad("users_can_create needs workspace_auth = \"oidc\": users create workspaces on their home \
+                 page, which only exists with a sign-in"
+                .into());
+        }
+        if !(1..=MAX_WORKSPACES_PER_USER).contains(&o.max_workspaces_per_user) {
+            return bad(format!(
+                "max_workspaces_per_user must be between 1 and {MAX_WORKSPACES_PER_USER} (it is {}); to stop users \
+                 creating workspaces, set users_can_create = false",
+                o.max_workspaces_per_user
+            ));
+        }
+        Ok(())
+    }
 }
+
+/// The largest `max_workspaces_per_user` (a typo such as 30000 would let one person exhaust a node).
+const MAX_WORKSPACES_PER_USER: usize = 100;

@@ -108,6 +108,8 @@ pub struct Metrics {
     pub background_restarts: IntCounterVec,
     /// Seconds sessions spent in each state and tier, counted as records are written.
     pub state_seconds: CounterVec,
+    /// Sign-ins with the OIDC provider by result (`workspace_auth = "oidc"`).
+    pub oidc_logins: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -169,6 +171,10 @@ impl Metrics {
                 "wakeway_state_seconds_total",
                 "Seconds sessions spent running (by tier), sleeping and deleted with their backup kept, counted when their records are written (transitions, activity checkpoints); summed over replicas, each second is counted once.",
                 &["state", "tier"],
+            ),
+            oidc_logins: r.results(
+                "wakeway_oidc_logins_total",
+                "Sign-ins with the OIDC provider by result: ok, denied (at the provider), expired (or used), other_browser, unverified (the ID token failed a check), provider_down, wrong_user (signed in, not this workspace's user), no_user (no verified user claim), store_down.",
             ),
             registry: r.0,
         }

@@ -29,6 +29,8 @@ pub enum Reason {
     InvalidSignInLink,
     /// No valid cookie and no sign-in link.
     SignInNeeded,
+    /// No valid cookie, in oidc mode: where people sign in (`<public_url>/oauth/login`).
+    SignInAt { url: String },
     /// A WebSocket upgrade from another origin (cross-site WebSocket hijacking).
     BadOrigin,
     /// The session already has `max_websockets_per_session` open.
@@ -114,7 +116,9 @@ impl Reason {
                 json(S::NOT_FOUND, "unknown_workspace", message).page(Page::NotFound)
             }
             TooManyFailures { wait } => json(S::TOO_MANY_REQUESTS, "rate_limited", message).temporary(wait),
-            InvalidSignInLink | SignInNeeded => json(S::UNAUTHORIZED, "unauthorized", message).page(Page::Unauthorized),
+            InvalidSignInLink | SignInNeeded | SignInAt { .. } => {
+                json(S::UNAUTHORIZED, "unauthorized", message).page(Page::Unauthorized)
+            }
             BadOrigin => json(S::FORBIDDEN, "bad_origin", message),
             TooManyWebSockets { .. } => json(S::TOO_MANY_REQUESTS, "too_many_websockets", message).retry_after(10),
             Asleep { state, .. } => {
@@ -152,6 +156,7 @@ impl Reason {
             SignInNeeded => {
                 "Open it through the app that created it: sign-in links work once and expire after a few minutes.".into()
             }
+            SignInAt { url } => format!("Sign in at {url}, then open the workspace again."),
             BadOrigin => "WebSocket upgrades must come from the workspace's own origin.".into(),
             TooManyWebSockets { max } => format!("This workspace already has {max} WebSockets open; close some tabs."),
             Asleep { state, request } => format!("The workspace is {state}; a {request} does not wake it."),
@@ -270,6 +275,12 @@ mod tests {
         let framing: Refusal = Framing::InvalidContentLength { value: "+4".into() }.into();
         assert_eq!((framing.status, framing.code), (StatusCode::BAD_REQUEST, "invalid_content_length"));
         assert_eq!(framing.message, "Content-Length \"+4\" is not a number.");
+        let oidc = Reason::SignInAt { url: "https://preview.example.com/oauth/login".into() }.refusal();
+        assert_eq!(
+            (oidc.status, oidc.code, oidc.page),
+            (StatusCode::UNAUTHORIZED, "unauthorized", Some(Page::Unauthorized))
+        );
+        assert_eq!(oidc.message, "Sign in at https://preview.example.com/oauth/login, then open the workspace again.");
         let gone = Reason::Gone.refusal();
         assert_eq!(
             (gone.status, gone.code, gone.page, gone.retry_after),

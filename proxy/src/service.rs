@@ -123,6 +123,9 @@ pub struct RequestCtx {
     connect_failures: u8,
     /// This WebSocket's place in the session's bound (released when the request ends).
     _ws_slot: Option<WebSocketSlot>,
+    /// The session's cookie generation when its cookie let this request in (token and oidc
+    /// modes): once the generation rises (revocation, sign-out), the connection closes.
+    admitted_generation: Option<u64>,
 }
 
 impl WakewayProxy {
@@ -194,6 +197,23 @@ const NOT_FORWARDED: [header::HeaderName; 7] = [
     header::HeaderName::from_static("x-api-key"),
 ];
 
+/// An error that ends the connection when the cookie that let it in was revoked since (the
+/// session's generation rose): an open WebSocket or download of a signed-out person stops at its
+/// next chunk either way. One atomic load per chunk; an idle connection ends at its next message
+/// (VS Code's sockets send keep-alives every few seconds) or at `websocket_idle_timeout`.
+fn revoked(ctx: &RequestCtx) -> Result<()> {
+    if let (Some(handle), Some(admitted)) = (&ctx.session, ctx.admitted_generation)
+        && handle.cookie_generation() > admitted
+    {
+        tracing::info!(session = %handle.id, "connection closed: the workspace's cookies were revoked");
+        return Err(pingora::Error::explain(
+            pingora::ErrorType::Custom("cookies revoked"),
+            "the workspace's cookies were revoked",
+        ));
+    }
+    Ok(())
+}
+
 /// Whether the client connection is TLS.
 fn over_tls(session: &Session) -> bool {
     session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some()
@@ -235,9 +255,14 @@ impl ProxyHttp for WakewayProxy {
             Route::Answer(reply) => return send(session, "", reply).await,
         };
         let id = handle.id.as_str();
-        // Access: sign-in link or cookie.
+        // Access: sign-in link or cookie. The generation is read first: a revocation racing
+        // the check closes the connection at its first chunk rather than being missed.
+        let generation = handle.cookie_generation();
         if let Verdict::Answer(reply) = self.check_access(session, &handle).await {
             return send(session, id, reply).await;
+        }
+        if self.settings.workspace_auth != WorkspaceAuth::None {
+            ctx.admitted_generation = Some(generation);
         }
         // Status: what the waiting page polls (never reaches the workspace).
         if session.req_header().uri.path() == pages::STATUS_PATH {
@@ -356,6 +381,7 @@ impl ProxyHttp for WakewayProxy {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        revoked(ctx)?;
         let (Some(handle), Some(chunk)) = (&ctx.session, body.as_ref()) else { return Ok(()) };
         let n = chunk.len() as u64;
         handle.activity.bytes_in.fetch_add(n, Ordering::Relaxed);
@@ -383,6 +409,7 @@ impl ProxyHttp for WakewayProxy {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        revoked(ctx)?;
         if let (Some(handle), Some(chunk)) = (&ctx.session, body.as_ref()) {
             let n = chunk.len() as u64;
             handle.activity.bytes_out.fetch_add(n, Ordering::Relaxed);

@@ -14,11 +14,13 @@
 //
 // Test controls (POST, plain HTTP, same port; never under the issuer's OIDC routes):
 //   /__control/down        every other request answers 503 until /__control/up
+//   /__control/down?at=token  only the token endpoint is gone (its connections are cut, as if the provider died
+//                          between the login form and the code exchange)
 //   /__control/up
 //   /__control/rotate      new signing key; JWKS = [new, old] (the new one signs from now on)
 //   /__control/tamper?mode=nonce|aud|iss|exp|iat-future|unknown-key|bad-signature|none
 //                          ID tokens from /token are re-signed with that defect (until mode=none)
-//   GET /__control/state   {"down","tamper","kids"}
+//   GET /__control/state   {"down","tamper","kids","jwks"}; jwks counts the requests for the key set
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 import Provider from 'oidc-provider';
@@ -52,7 +54,7 @@ async function newKey() {
   return { ...jwk, kid: `k-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`, alg: 'RS256', use: 'sig' };
 }
 
-const state = { down: false, tamper: 'none', keys: [await newKey()] };
+const state = { down: false, tamper: 'none', keys: [await newKey()], jwks: 0 };
 const stranger = await newKey(); // never published: for mode=unknown-key
 
 const server = http.createServer();
@@ -117,17 +119,23 @@ server.on('request', async (req, res) => {
   const url = new URL(req.url, issuer);
   if (url.pathname.startsWith('/__control/')) {
     const what = url.pathname.slice('/__control/'.length);
-    if (what === 'down') state.down = true;
+    if (what === 'down') state.down = url.searchParams.get('at') ?? true;
     else if (what === 'up') state.down = false;
     else if (what === 'rotate') { state.keys = [await newKey(), state.keys[0]]; provider = build(); }
     else if (what === 'tamper') state.tamper = url.searchParams.get('mode') ?? 'none';
     else if (what !== 'state') { res.writeHead(404).end(); return; }
     console.error(`[provider] control ${what}: down=${state.down} tamper=${state.tamper}`);
     res.writeHead(200, { 'content-type': 'application/json' });
-    res.end(JSON.stringify({ down: state.down, tamper: state.tamper, kids: state.keys.map((k) => k.kid) }));
+    res.end(JSON.stringify({ down: state.down, tamper: state.tamper, kids: state.keys.map((k) => k.kid), jwks: state.jwks }));
     return;
   }
-  if (state.down) {
+  if (url.pathname === '/jwks') state.jwks++;
+  if (state.down === 'token' && url.pathname === '/token') {
+    console.error('[provider] token request cut (control down?at=token)');
+    req.socket.destroy();
+    return;
+  }
+  if (state.down === true) {
     res.writeHead(503, { 'content-type': 'text/plain', 'retry-after': '5' }).end('provider down (test control)\n');
     return;
   }

@@ -10,9 +10,14 @@
 //   replay: "same" opens the last callback URL the provider sent the browser to again; "tamper-state" with its
 //   state changed
 //   wait: milliseconds to wait first (on the page the last step left)
+//   control: a test control of the provider POSTed first (e.g. "tamper?mode=exp", see oidc-provider.mjs)
+//   eval: JavaScript run in the page (after open/click), e.g. to submit a form an older page would have held;
+//   navigates: true → the navigation `eval` starts is waited for
 //   title: wait (≤ 60 s) until the page title is this (e.g. "testspace", through the waiting page)
-// Prints ONE JSON line: {"steps":[{url,status,title,h1,text,provider}]}; `provider` counts the requests to the
-// issuer's origin during the step, `status` is the last non-redirect document status.
+//   text_has: wait (≤ 60 s) until the page's text contains this, without reloading (live updates)
+// Prints ONE JSON line: {"steps":[{url,status,title,h1,text,provider,started,ended}]}; `provider` counts the
+// requests to the issuer's origin during the step, `status` is the last non-redirect document status, `started`
+// and `ended` are Date.now() around the step.
 import { chromium } from 'playwright-core';
 import { parseArgs } from 'node:util';
 import path from 'node:path';
@@ -50,6 +55,11 @@ const count = async (sel) => page.locator(sel).count().catch(() => 0);
 async function step(s) {
   provider = 0;
   status = null;
+  const started = Date.now();
+  if (s.control) {
+    const r = await fetch(`${issuer}/__control/${s.control}`, { method: 'POST' });
+    if (!r.ok) throw new Error(`control ${s.control}: ${r.status}`);
+  }
   if (s.wait) await page.waitForTimeout(s.wait);
   if (s.replay) {
     const again = new URL(callback);
@@ -59,6 +69,11 @@ async function step(s) {
   if (s.open) await page.goto(s.open, { waitUntil: 'domcontentloaded' }).catch((e) => log('goto', e.message));
   if (s.click) {
     await Promise.all([page.waitForNavigation({ waitUntil: 'domcontentloaded' }).catch(() => {}), page.click(s.click)]);
+  }
+  if (s.eval && s.navigates) {
+    await Promise.all([page.waitForNavigation({ waitUntil: 'domcontentloaded' }).catch(() => {}), page.evaluate(s.eval)]);
+  } else if (s.eval) {
+    await page.evaluate(s.eval);
   }
   let typed = false;
   for (let i = 0; i < 120 && atProvider(); i++) {
@@ -84,10 +99,16 @@ async function step(s) {
   if (s.title) {
     for (let i = 0; i < 240 && (await page.title().catch(() => '')) !== s.title; i++) await page.waitForTimeout(250);
   }
+  if (s.text_has) {
+    for (let i = 0; i < 240 && !(await page.locator('body').innerText().catch(() => '')).includes(s.text_has); i++) {
+      await page.waitForTimeout(250);
+    }
+  }
   if (s.screenshot) await page.screenshot({ path: path.join(a.out, s.screenshot), fullPage: true });
   const h1 = await page.locator('h1').first().innerText().catch(() => '');
   const text = await page.locator('body').innerText().catch(() => '');
-  const result = { url: page.url(), status, title: await page.title().catch(() => ''), h1, text, provider };
+  const title = await page.title().catch(() => '');
+  const result = { url: page.url(), status, title, h1, text, provider, started, ended: Date.now() };
   log(JSON.stringify({ ...result, text: text.slice(0, 200) }));
   return result;
 }

@@ -219,3 +219,44 @@ async fn limits_at_the_front_door() {
     assert!(failed <= allowed && codes.contains(&429), "{codes:?} (allowed {allowed})");
     assert!(w.starts() - before <= allowed, "no restart loop: {} starts", w.starts() - before);
 }
+
+/// A revocation (`POST /session/{id}/revoke`, which an OIDC sign-out does for each workspace it
+/// opened) also ends the WebSockets its cookies opened: the next message either way closes the
+/// socket, while a socket opened with a new link afterwards works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_cookies_closes_the_websockets_they_opened() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let w = Wakeway::start(&[TOKEN_MODE]).await;
+    let (id, link) = create(&w).await;
+    w.wait_state(&id, "running", LONG).await;
+    let cookie = sign_in(&w, &id, &link).await;
+    let connect = |cookie: String| {
+        let mut req = format!("ws://127.0.0.1:{}/ws", w.port).into_client_request().unwrap();
+        req.headers_mut().insert("host", w.host(&id).parse().unwrap());
+        req.headers_mut().insert("origin", format!("http://{}", w.host(&id)).parse().unwrap());
+        req.headers_mut().insert("cookie", cookie.parse().unwrap());
+        tokio_tungstenite::connect_async(req)
+    };
+    let (mut socket, _) = connect(cookie.clone()).await.unwrap();
+    socket.send(Message::text("before")).await.unwrap();
+    let echo = tokio::time::timeout(LONG, socket.next()).await.expect("an echo").unwrap().unwrap();
+    assert_eq!(echo.into_text().unwrap().as_str(), "before");
+
+    assert_eq!(w.api(Method::POST, &format!("/session/{id}/revoke")).send().await.unwrap().status(), 200);
+    // The message may still be written into the socket; no echo comes back, the socket ends.
+    let _ = socket.send(Message::text("after")).await;
+    let next = tokio::time::timeout(LONG, socket.next()).await.expect("the socket ends, not hangs");
+    assert!(!matches!(next, Some(Ok(Message::Text(_)))), "no echo after the revocation: {next:?}");
+    assert!(w.log().contains("connection closed: the workspace's cookies were revoked"), "{}", w.log());
+    assert!(connect(cookie).await.unwrap_err().to_string().contains("401"), "the revoked cookie opens no new socket");
+
+    let minted: Value =
+        w.api(Method::POST, &format!("/session/{id}/token")).send().await.unwrap().json().await.unwrap();
+    let fresh_link = minted["access_url"].as_str().unwrap().split_once(&w.host(&id)).unwrap().1.to_string();
+    let fresh = sign_in(&w, &id, &fresh_link).await;
+    let (mut socket, _) = connect(fresh).await.unwrap();
+    socket.send(Message::text("new")).await.unwrap();
+    let echo = tokio::time::timeout(LONG, socket.next()).await.expect("an echo").unwrap().unwrap();
+    assert_eq!(echo.into_text().unwrap().as_str(), "new", "a socket of a new sign-in works");
+}

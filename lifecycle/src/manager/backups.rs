@@ -175,7 +175,7 @@ impl Manager {
         let this = self.clone();
         let user_id = user_id.to_string();
         self.run_task("create", async move {
-            let (rt, mut s) = this.create_record(&user_id).await?;
+            let (rt, mut s) = this.create_record(&user_id, &this.inner.config.workspaces.default_tier).await?;
             let _op = rt.op.lock().await;
             s.restore = Some(RestoreOp {
                 backup: req.backup.clone(),

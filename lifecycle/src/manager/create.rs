@@ -17,16 +17,22 @@ use crate::webhook::Event;
 impl Manager {
     /// Create a session and start its workspace in the background. Returns the stored record.
     pub async fn create(&self, user_id: &str) -> Result<Session> {
-        let (rt, s) = self.create_record(user_id).await?;
+        self.create_in_tier(user_id, &self.inner.config.workspaces.default_tier).await
+    }
+
+    /// [`Manager::create`] with `tier`'s resources (a tier of the configuration) instead of
+    /// `default_tier`'s: the home page's "New workspace".
+    pub async fn create_in_tier(&self, user_id: &str, tier: &str) -> Result<Session> {
+        let (rt, s) = self.create_record(user_id, tier).await?;
         self.event(Event::Created, &s, json!({ "tier": s.tier }));
         self.request_wake(&rt.handle, ActivitySource::Created);
         Ok(s)
     }
 
     /// Store a new session record and prepare its storage (state `creating`).
-    pub(super) async fn create_record(&self, user_id: &str) -> Result<(Arc<SessionRuntime>, Session)> {
+    pub(super) async fn create_record(&self, user_id: &str, tier: &str) -> Result<(Arc<SessionRuntime>, Session)> {
         let now = self.now();
-        let mut s = self.store_new_record(user_id, now).await?;
+        let mut s = self.store_new_record(user_id, tier, now).await?;
         let rt = self.runtime_for(&s);
         rt.handle.activity.touch(now.timestamp_millis(), ActivitySource::Created);
         self.publish(&rt, &s);
@@ -48,14 +54,13 @@ impl Manager {
     }
 
     /// Store a record under a random id no session has (here or in the store).
-    async fn store_new_record(&self, user_id: &str, now: DateTime<Utc>) -> Result<Session> {
-        let tier = self.inner.config.workspaces.default_tier.clone();
+    async fn store_new_record(&self, user_id: &str, tier: &str, now: DateTime<Utc>) -> Result<Session> {
         loop {
             let id = SessionId::parse(&format!("{:08x}", rand::rng().random::<u32>())).expect("8 hex digits");
             if self.inner.sessions.contains_key(&id) {
                 continue;
             }
-            match self.inner.store.put(&Session::new(&id, user_id, &tier, now)).await {
+            match self.inner.store.put(&Session::new(&id, user_id, tier, now)).await {
                 Ok(stored) => {
                     self.inner.usage.observe(&stored);
                     return Ok(stored);

@@ -2,9 +2,11 @@
 //! cookie is sent (by the proxy) to `GET /oauth/login?next=<workspace URL>`; with a base-host
 //! session they go straight on, else to the provider; `GET /oauth/callback` finishes the sign-in
 //! and hands over to the workspace through a one-time sign-in token (which the proxy exchanges
-//! for the workspace's host-only cookie, as in token mode). `GET /oauth/logout` ends the base
-//! session, the cookies of the workspaces it opened, and the provider's session when it offers
-//! RP-initiated logout. `GET /` is the signed-in person's home page (see `home`).
+//! for the workspace's host-only cookie, as in token mode). `POST /oauth/logout` (a form with the
+//! session's CSRF token; `GET` shows a "Sign out?" page with that form, so old links still work)
+//! ends the base session, the cookies of the workspaces it opened (the proxy then closes their
+//! open connections too), and the provider's session when it offers RP-initiated logout. `GET /`
+//! is the signed-in person's home page (see `home`).
 //!
 //! Where a person goes afterwards is always rebuilt from the session id (`config.workspace_url`)
 //! and a path: `next` can name a workspace, never another site.
@@ -20,7 +22,7 @@ use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use wakeway_proxy::SessionId;
@@ -28,7 +30,7 @@ use wakeway_proxy::auth::percent_encode;
 
 use crate::manager::{Component, LifecycleError, Manager};
 use crate::store::{Store, StoreError};
-use oidc::{OidcError, Provider};
+use oidc::{Identity, OidcError, Provider};
 use pages::SignInError;
 use session::{Cookies, LoginAttempt, Records, UserSession, digest, random_hex};
 
@@ -39,6 +41,8 @@ pub struct WebState {
     provider: Arc<Provider>,
     cookies: Arc<Cookies>,
     records: Records,
+    /// Held while the home page creates a workspace (the per-user limit is checked inside).
+    creating: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The sign-in routes (mounted on the base host beside the API when `workspace_auth = "oidc"`).
@@ -49,15 +53,21 @@ pub fn router(manager: Manager, store: Arc<dyn Store>, cookie_secret: &[u8]) -> 
         provider: Arc::new(Provider::new(config)),
         cookies: Arc::new(Cookies::new(cookie_secret, secure)),
         records: Records(store),
+        creating: Arc::default(),
         manager,
     };
+    for result in pages::LOGIN_RESULTS {
+        state.manager.metrics().oidc_logins.with_label_values(&[result]);
+    }
     Router::new()
         .route("/oauth/login", get(login))
         .route("/oauth/callback", get(callback))
-        .route("/oauth/logout", get(logout))
+        .route("/oauth/logout", get(confirm_logout).post(logout))
         .route("/oauth/logged-out", get(|| async { pages::signed_out() }))
         .route("/", get(home::home))
-        .route("/home/{id}/sleep", axum::routing::post(home::sleep))
+        .route("/home/state", get(home::state))
+        .route("/home/create", post(home::create))
+        .route("/home/{id}/sleep", post(home::sleep))
         .with_state(state)
 }
 
@@ -111,15 +121,33 @@ async fn callback(
     headers: HeaderMap,
     query: Result<Query<CallbackQuery>, QueryRejection>,
 ) -> Response {
-    let Ok(Query(q)) = query else { return SignInError::Expired.into_response() };
-    web.finish(&headers, q).await.unwrap_or_else(IntoResponse::into_response)
+    let answer = match query {
+        Ok(Query(q)) => web.finish(&headers, q).await,
+        Err(_) => Err(SignInError::Expired),
+    };
+    answer.unwrap_or_else(|e| {
+        web.count_login(e.login_result());
+        e.into_response()
+    })
 }
 
-async fn logout(State(web): State<WebState>, headers: HeaderMap) -> Response {
-    let user = match web.cookies.user(&headers) {
-        Some(sid) => web.records.take_user(&sid).await.ok().flatten(),
-        None => None,
-    };
+/// `GET /oauth/logout`: "Sign out?" with the form that does it (a link cannot sign anyone out).
+async fn confirm_logout(State(web): State<WebState>, headers: HeaderMap) -> Response {
+    match web.current_user(&headers).await {
+        Ok(Some((sid, user))) => pages::sign_out_confirm(&user.shown, &web.cookies.csrf(&sid)),
+        Ok(None) => redirect("/oauth/logged-out", &[]),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /oauth/logout?csrf=`: end the base session, the cookies of the workspaces opened with it,
+/// and the provider's session (when it offers RP-initiated logout).
+async fn logout(State(web): State<WebState>, headers: HeaderMap, Query(q): Query<home::Csrf>) -> Response {
+    let Some(sid) = web.cookies.user(&headers) else { return redirect("/oauth/logged-out", &[]) };
+    if !web.form_allowed(&headers, &sid, q.csrf.as_deref()) {
+        return pages::not_from_home();
+    }
+    let user = web.records.take_user(&sid).await.ok().flatten();
     let mut location = "/oauth/logged-out".to_string();
     if let Some(user) = user {
         for id in user.opened.iter().filter_map(|id| SessionId::parse(id)) {
@@ -182,6 +210,22 @@ impl WebState {
         self.manager.config().server.public_url.as_ref().map(ToString::to_string).unwrap_or_default()
     }
 
+    /// Whether a POST is a form of our own pages: the browser's `Origin` (when it sends one) is
+    /// public_url, and `csrf` is base session `sid`'s token.
+    fn form_allowed(&self, headers: &HeaderMap, sid: &str, csrf: Option<&str>) -> bool {
+        let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+        if origin.is_some_and(|o| o != self.public_url()) {
+            return false;
+        }
+        let good = self.cookies.csrf(sid);
+        csrf.is_some_and(|c| subtle::ConstantTimeEq::ct_eq(c.as_bytes(), good.as_bytes()).into())
+    }
+
+    /// One more sign-in with the provider, by result (`wakeway_oidc_logins_total`).
+    fn count_login(&self, result: &str) {
+        self.manager.metrics().oidc_logins.with_label_values(&[result]).inc();
+    }
+
     fn now_ms(&self) -> i64 {
         self.manager.now().timestamp_millis()
     }
@@ -208,7 +252,11 @@ impl WebState {
 
     /// Send the browser to the provider, keeping the attempt (single use) in the store.
     async fn start(&self, target: Option<Target>, login: bool) -> Result<Response, SignInError> {
-        let started = self.provider.start(login).await.map_err(|e| self.provider_failed(e, target.as_ref()))?;
+        let started = self.provider.start(login).await.map_err(|e| {
+            let e = self.provider_failed(e, target.as_ref());
+            self.count_login(e.login_result());
+            e
+        })?;
         self.manager.set_problem(Component::Oidc, None);
         let binding = random_hex();
         let ttl = self.manager.config().oidc.login_ttl;
@@ -277,6 +325,12 @@ impl WebState {
             .await
             .map_err(|e| self.provider_failed(e, target.as_ref()))?;
         self.manager.set_problem(Component::Oidc, None);
+        self.signed_in(identity, target).await
+    }
+
+    /// A verified `identity`: its base session (and cookie), then on to `target` (counted in
+    /// `wakeway_oidc_logins_total` as ok, or as why it may not go there).
+    async fn signed_in(&self, identity: Identity, target: Option<Target>) -> Result<Response, SignInError> {
         let config = &self.manager.config().oidc;
         let Some(user) = identity.user.clone() else {
             return Err(SignInError::NoUser {
@@ -293,12 +347,14 @@ impl WebState {
             admin,
             id_token: identity.id_token,
             opened: Vec::new(),
-            expires_ms: now.timestamp_millis() + config.session_ttl.as_millis() as i64,
+            expires_ms: self.now_ms() + config.session_ttl.as_millis() as i64,
         };
         let sid = random_hex();
         self.records.put_user(&sid, &session, config.session_ttl).await?;
         tracing::info!(user = %session.shown, admin, "signed in with the OIDC provider");
-        let mut response = self.hand_off(&sid, session, target).await.unwrap_or_else(IntoResponse::into_response);
+        let handed = self.hand_off(&sid, session, target).await;
+        self.count_login(handed.as_ref().map_or_else(SignInError::login_result, |_| "ok"));
+        let mut response = handed.unwrap_or_else(IntoResponse::into_response);
         for cookie in [self.cookies.set_user(&sid, config.session_ttl), self.cookies.clear_login()] {
             if let Ok(value) = HeaderValue::from_str(&cookie) {
                 response.headers_mut().append(header::SET_COOKIE, value);

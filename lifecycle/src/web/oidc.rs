@@ -68,6 +68,9 @@ const SKEW: TimeDelta = TimeDelta::seconds(60);
 const MAX_TOKEN_AGE: TimeDelta = TimeDelta::minutes(10);
 /// Discovery is read again after this long.
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+/// An unknown key id reads the JWKS again at most this often: a flood of ID tokens with forged
+/// key ids costs the provider one request per 10 s, not one each.
+const KEYS_REREAD: Duration = Duration::from_secs(10);
 /// The largest answer read from the provider (discovery, JWKS and token answers are small).
 const MAX_ANSWER_BYTES: usize = 1 << 20;
 
@@ -146,6 +149,30 @@ pub struct Provider {
     groups_claim: String,
     /// Discovery (with the JWKS) and when it was read.
     discovered: Mutex<Option<(Arc<ProviderMetadataWithLogout>, Instant)>>,
+    /// JWKS re-reads for unknown key ids.
+    keys_reread: Throttle,
+}
+
+/// At most one event per `every` (the JWKS re-read of an unknown key id).
+struct Throttle {
+    every: Duration,
+    last: Mutex<Option<Instant>>,
+}
+
+impl Throttle {
+    fn new(every: Duration) -> Throttle {
+        Throttle { every, last: Mutex::new(None) }
+    }
+
+    /// Whether the event may happen at `now` (it then counts as the last one).
+    fn allow(&self, now: Instant) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| now.saturating_duration_since(t) < self.every) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
 }
 
 impl Provider {
@@ -169,6 +196,7 @@ impl Provider {
             user_claim: o.user_claim.clone(),
             groups_claim: o.groups_claim.clone(),
             discovered: Mutex::new(None),
+            keys_reread: Throttle::new(KEYS_REREAD),
         }
     }
 
@@ -248,8 +276,11 @@ impl Provider {
         let token = answer.id_token().ok_or_else(|| OidcError::Invalid("no id_token in the answer".into()))?;
         let nonce = Nonce::new(nonce.to_string());
         let claims = match verify(&client, token, &nonce, now) {
-            // An unknown key id: the provider rotated its keys. Read the JWKS once more and retry.
-            Err(ClaimsVerificationError::SignatureVerification(SignatureVerificationError::NoMatchingKey)) => {
+            // An unknown key id: the provider rotated its keys. Read the JWKS once more and retry
+            // (unless it was read again moments ago: then the key id is refused as unknown).
+            Err(ClaimsVerificationError::SignatureVerification(SignatureVerificationError::NoMatchingKey))
+                if self.keys_reread.allow(Instant::now()) =>
+            {
                 let meta = self.refresh_keys(&meta).await?;
                 verify(&self.client(&meta)?, token, &nonce, now)
             }
@@ -340,4 +371,23 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_ids_reread_the_keys_at_most_once_per_10_s() {
+        let throttle = Throttle::new(KEYS_REREAD);
+        let t0 = Instant::now();
+        assert!(throttle.allow(t0), "the first unknown key id reads the keys");
+        for later in [0, 1, 5, 9] {
+            assert!(!throttle.allow(t0 + Duration::from_secs(later)), "{later} s later: no second read");
+        }
+        assert!(!throttle.allow(t0 + Duration::from_millis(9_999)));
+        assert!(throttle.allow(t0 + KEYS_REREAD), "10 s later, a read again");
+        assert!(!throttle.allow(t0 + KEYS_REREAD + Duration::from_secs(3)), "counted from that read");
+        assert!(throttle.allow(t0 + Duration::from_secs(25)));
+    }
 }

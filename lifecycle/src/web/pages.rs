@@ -52,7 +52,28 @@ fn text(message: &str) -> String {
     format!("    <p class=\"msg\">{}</p>", escape(message))
 }
 
+/// Every result `wakeway_oidc_logins_total` counts (each shown from the start, at 0).
+pub const LOGIN_RESULTS: [&str; 9] =
+    ["ok", "denied", "expired", "other_browser", "unverified", "provider_down", "wrong_user", "no_user", "store_down"];
+
 impl SignInError {
+    /// This failure as a `wakeway_oidc_logins_total` result. Failures that are not the sign-in's
+    /// (a `next` that is no workspace, a workspace deleted since) count the sign-in as `ok`.
+    pub fn login_result(&self) -> &'static str {
+        match self {
+            SignInError::ProviderDown { .. } => "provider_down",
+            SignInError::Refused { code, .. } if code == "invalid_grant" => "expired",
+            SignInError::Denied { .. } | SignInError::Refused { .. } => "denied",
+            SignInError::Expired => "expired",
+            SignInError::OtherBrowser => "other_browser",
+            SignInError::Unverified => "unverified",
+            SignInError::NoUser { .. } => "no_user",
+            SignInError::WrongUser { .. } => "wrong_user",
+            SignInError::BadTarget(_) | SignInError::NoWorkspace(_) => "ok",
+            SignInError::Store(_) => "store_down",
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             SignInError::ProviderDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -110,6 +131,18 @@ impl SignInError {
                 [text("wakeway refused the sign-in for your safety. If this keeps happening, tell your administrator."), again()]
                     .join("\n"),
             ),
+            SignInError::NoUser { .. }
+            | SignInError::WrongUser { .. }
+            | SignInError::BadTarget(_)
+            | SignInError::NoWorkspace(_)
+            | SignInError::Store(_) => self.access_page(),
+        }
+    }
+
+    /// [`SignInError::page`] of the failures after a sign-in: who may open what, and our store.
+    fn access_page(&self) -> (&'static str, &'static str, String, String) {
+        let again = || link("/oauth/login", "Sign in again");
+        match self {
             SignInError::NoUser { shown, claim, switch } => (
                 "Not allowed",
                 "t-gone",
@@ -137,6 +170,12 @@ impl SignInError {
                 "The sign-in could not be recorded".into(),
                 [text("wakeway could not reach its store. Try again in a minute."), again()].join("\n"),
             ),
+            SignInError::ProviderDown { .. }
+            | SignInError::Denied { .. }
+            | SignInError::Refused { .. }
+            | SignInError::Expired
+            | SignInError::OtherBrowser
+            | SignInError::Unverified => unreachable!("SignInError::page answers the sign-in's own failures"),
         }
     }
 }
@@ -165,4 +204,23 @@ impl IntoResponse for SignInError {
 pub fn signed_out() -> Response {
     let body = [text("You are signed out of wakeway."), link("/oauth/login", "Sign in")].join("\n");
     html(StatusCode::OK, card_page("Signed out", "t-info", "You are signed out", &body))
+}
+
+/// "Sign out?" with the form that signs `shown` out (`GET /oauth/logout`).
+pub fn sign_out_confirm(shown: &str, csrf: &str) -> Response {
+    let body = format!(
+        "{}\n    <form method=\"post\" action=\"/oauth/logout?csrf={}\"><button class=\"btn\">Sign out</button></form>\n{}",
+        text(&format!(
+            "You are signed in as {shown}. Signing out also ends your access to the workspaces opened with this sign-in, wherever they are open."
+        )),
+        escape(csrf),
+        link("/", "Back to your workspaces"),
+    );
+    html(StatusCode::OK, card_page("Sign out?", "t-info", "Sign out?", &body))
+}
+
+/// 403 for a form that did not come from our own page (no or a wrong CSRF token, another origin).
+pub fn not_from_home() -> Response {
+    let body = "    <p class=\"msg\">This form did not come from your home page. <a href=\"/\">Home</a></p>";
+    html(StatusCode::FORBIDDEN, card_page("Not allowed", "t-gone", "Not allowed", body))
 }

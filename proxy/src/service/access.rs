@@ -50,7 +50,11 @@ impl WakewayProxy {
         {
             return self.send_to_sign_in(session, sign_in, name);
         }
-        self.refuse_sign_in(session, Reason::SignInNeeded)
+        let reason = match &self.settings.sign_in_url {
+            Some(url) => Reason::SignInAt { url: url.clone() },
+            None => Reason::SignInNeeded,
+        };
+        self.refuse_sign_in(session, reason)
     }
 
     /// OIDC mode: a person opening the workspace without a valid cookie is sent to
