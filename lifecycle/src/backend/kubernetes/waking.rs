@@ -75,8 +75,10 @@ impl Verdicts {
 }
 
 /// Why the Deployment's ReplicaSet cannot create its pod: a `ReplicaFailure` condition, once the
-/// Deployment controller has seen the latest scale (`observedGeneration`), so a condition left
-/// from an earlier wake is not taken for this one's.
+/// Deployment controller has seen the latest scale (`observedGeneration`), so a condition from
+/// before this wake's scale is not taken for this one's. (The controllers clear the condition
+/// once the failed wake scaled back to 0; a wake within that second could still read it, and then
+/// fails with the reason the previous one gave.)
 pub(super) fn replica_failure(deployment: &Deployment) -> Option<String> {
     let generation = deployment.metadata.generation?;
     let status = deployment.status.as_ref()?;
