@@ -65,8 +65,9 @@ pub enum PodMode {
     Unschedulable,
 }
 
-/// The scheduler's message of `PodMode::Unschedulable`.
-pub const NO_NODE: &str = "0/3 nodes are available: 3 Insufficient memory. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod.";
+/// The scheduler's message of `PodMode::Unschedulable`: kube-scheduler v1.36.2's own words for a
+/// pod whose CPU request no node has (seen on a real control plane).
+pub const NO_NODE: &str = "0/1 nodes are available: 1 Insufficient cpu. no new claims to deallocate, preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.";
 
 /// One request as received.
 #[derive(Debug, Clone)]

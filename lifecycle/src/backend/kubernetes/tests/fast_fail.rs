@@ -5,7 +5,9 @@
 use super::*;
 use fake::NO_NODE;
 
-/// What the API server answers the ReplicaSet controller's pod create with, as it says it.
+/// What the API server answers the ReplicaSet controller's pod create with, as it says it (the
+/// wording of each checked against a real v1.36.2 API server: a used-up quota, a deleted service
+/// account, a pod that Pod Security `restricted` refuses).
 const REFUSALS: [&str; 3] = [
     "exceeded quota: compute-resources, requested: limits.cpu=1,limits.memory=1Gi, used: limits.cpu=8,limits.memory=8Gi, limited: limits.cpu=8,limits.memory=8Gi",
     "error looking up service account wakeway/wakeway-workspace: serviceaccount \"wakeway-workspace\" not found",
