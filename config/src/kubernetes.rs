@@ -54,6 +54,11 @@ pub struct KubernetesConfig {
     /// After scaling to 0, how long the session's pods may take to be gone.
     #[serde(with = "duration::serde_fmt")]
     pub stop_timeout: Duration,
+    /// A waking pod the scheduler reports `Unschedulable` (no node has the tier's CPU/memory, a
+    /// taint, an affinity) fails the wake after this long: time for a cluster autoscaler to add a
+    /// node, not `start_timeout` of a user looking at the waiting page.
+    #[serde(with = "duration::serde_fmt")]
+    pub unschedulable_grace: Duration,
 }
 
 impl Default for KubernetesConfig {
@@ -88,6 +93,7 @@ impl Default for KubernetesConfig {
             job_timeout: Duration::from_secs(30 * 60),
             job_ttl: Duration::from_secs(24 * 3600),
             stop_timeout: Duration::from_secs(120),
+            unschedulable_grace: Duration::from_secs(30),
         }
     }
 }
@@ -136,6 +142,7 @@ impl KubernetesConfig {
             ("kubernetes.job_timeout", self.job_timeout),
             ("kubernetes.job_ttl", self.job_ttl),
             ("kubernetes.stop_timeout", self.stop_timeout),
+            ("kubernetes.unschedulable_grace", self.unschedulable_grace),
         ] {
             if value < Duration::from_secs(1) {
                 return Err(format!("{key} must be at least 1s"));

@@ -269,6 +269,7 @@ impl Config {
             ("kubernetes.job_timeout", k.job_timeout),
             ("kubernetes.job_ttl", k.job_ttl),
             ("kubernetes.stop_timeout", k.stop_timeout),
+            ("kubernetes.unschedulable_grace", k.unschedulable_grace),
         ] {
             if value > MAX_DURATION {
                 return bad(format!(

@@ -77,22 +77,37 @@ impl Registrar {
 
     /// A histogram by result.
     fn histogram(&self, name: &str, help: &str, buckets: Vec<f64>) -> HistogramVec {
-        let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["result"]).expect("valid metric");
+        self.histogram_by(name, help, buckets, "result")
+    }
+
+    /// A histogram by `label`.
+    fn histogram_by(&self, name: &str, help: &str, buckets: Vec<f64>, label: &str) -> HistogramVec {
+        let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &[label]).expect("valid metric");
         self.0.register(Box::new(h.clone())).expect("unique metric");
         h
     }
 
     /// A histogram of durations by result, from 10 ms to 2 min.
     fn seconds(&self, name: &str, help: &str) -> HistogramVec {
-        self.histogram(name, help, vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0])
+        self.seconds_by(name, help, "result")
+    }
+
+    /// A histogram of durations by `label`, from 10 ms to 2 min.
+    fn seconds_by(&self, name: &str, help: &str, label: &str) -> HistogramVec {
+        let buckets = vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+        self.histogram_by(name, help, buckets, label)
     }
 }
+
+const WAKE_PHASE_HELP: &str = "Kubernetes wakes of a new pod, by phase: scheduled (scale accepted to PodScheduled), started (to the workspace container running: image pull, init containers), ready (to the Ready condition), routable (to wakeway's first answered HTTP probe). From the pod's condition times (1 s resolution).";
 
 /// Lifecycle metrics.
 pub struct Metrics {
     registry: Registry,
     pub wakes: IntCounterVec,
     pub wake_seconds: HistogramVec,
+    /// Kubernetes wakes by phase: scheduled, started, ready, routable.
+    pub wake_phase_seconds: HistogramVec,
     pub sleeps: IntCounterVec,
     pub backups: IntCounterVec,
     pub backup_seconds: HistogramVec,
@@ -129,6 +144,7 @@ impl Metrics {
             ),
             wakes: r.results("wakeway_wakes_total", "Workspace starts by result (ok, failed)."),
             wake_seconds: r.seconds("wakeway_wake_duration_seconds", "Time from wake request to a workspace answering HTTP."),
+            wake_phase_seconds: r.seconds_by("wakeway_k8s_wake_phase_seconds", WAKE_PHASE_HELP, "phase"),
             sleeps: r.counter(
                 "wakeway_sleeps_total",
                 "Workspaces put to sleep, by reason (idle, api, crashed, shutdown).",

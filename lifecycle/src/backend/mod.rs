@@ -26,6 +26,9 @@ pub struct Started {
     pub placement: Placement,
     /// The session's objects when the backend has some (kubernetes); the manager persists them.
     pub objects: Option<ObjectUids>,
+    /// How long each phase of this start took, in seconds, when the backend can tell
+    /// (kubernetes: scheduled, started, ready, routable), for `wakeway_k8s_wake_phase_seconds`.
+    pub phases: Vec<(&'static str, f64)>,
 }
 
 /// A workspace a backend holds, found without the store (to rebuild records the store lost).
@@ -190,5 +193,16 @@ pub trait Backend: Send + Sync + 'static {
     /// Compare what runs with `sessions` (all of them, deleted ones included) at start-up.
     async fn reconcile(&self, _sessions: &[Session]) -> Result<ReconcileReport, BackendError> {
         Ok(ReconcileReport::default())
+    }
+
+    /// A lifecycle step of `session` happened at `at` (the webhook's event and fields): a backend
+    /// with a place to show it (Kubernetes Events) records it there. Never waits, never fails.
+    fn lifecycle_event(
+        &self,
+        _event: &crate::webhook::Event,
+        _session: &Session,
+        _at: DateTime<Utc>,
+        _fields: &serde_json::Value,
+    ) {
     }
 }

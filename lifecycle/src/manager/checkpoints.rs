@@ -20,7 +20,9 @@ use crate::webhook::Event;
 impl Manager {
     /// Send a lifecycle event to the webhook (if any). Never waits.
     pub(super) fn event(&self, kind: Event, s: &Session, fields: Value) {
-        self.inner.notifier.send(kind, &s.uuid, &s.user_id, self.now(), fields);
+        let now = self.now();
+        self.inner.backend.lifecycle_event(&kind, s, now, &fields);
+        self.inner.notifier.send(kind, &s.uuid, &s.user_id, now, fields);
     }
 
     /// Write in-memory activity to the store for sessions whose activity moved.

@@ -116,6 +116,9 @@ impl Manager {
                 self.record_started(rt, &mut s, &started).await?;
                 metrics.wakes.with_label_values(&["ok"]).inc();
                 metrics.wake_seconds.with_label_values(&["ok"]).observe(elapsed);
+                for (phase, seconds) in &started.phases {
+                    metrics.wake_phase_seconds.with_label_values(&[phase]).observe(*seconds);
+                }
                 tracing::info!(session = %s.uuid, addr = %started.addr, seconds = elapsed, source = source.as_str(), "workspace awake");
                 self.event(Event::Woke, &s, json!({ "source": source.as_str(), "seconds": elapsed }));
                 Ok(s)

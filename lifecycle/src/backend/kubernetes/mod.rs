@@ -11,6 +11,7 @@
 
 mod destroy;
 mod discover;
+mod events;
 mod jobs;
 pub mod objects;
 mod pods;
@@ -19,6 +20,7 @@ pub mod reconcile;
 mod tests;
 mod verify;
 pub mod volume;
+mod waking;
 
 use std::fmt::Debug;
 use std::net::{IpAddr, SocketAddr};
@@ -60,6 +62,8 @@ pub struct KubernetesBackend {
     pod_api: Api<Pod>,
     jobs: Api<Job>,
     pods: PodWatch,
+    /// Kubernetes Events for lifecycle steps, written in the background.
+    recorder: events::Recorder,
     /// Sessions this replica started or adopted, by id: the watcher reports their pods' exits.
     running: Arc<DashMap<String, Placement>>,
 }
@@ -102,7 +106,10 @@ impl KubernetesBackend {
         let pods = PodWatch::spawn(Api::namespaced(client.clone(), &ns), ns.clone(), move |store| {
             report_exits(&watched, store, &watch_ns, &events)
         });
+        let instance = crate::manager::replica_name(config.store.replica_id.as_deref());
+        let recorder = events::Recorder::spawn(Api::namespaced(client.clone(), &ns), ns.clone(), &instance);
         Arc::new(KubernetesBackend {
+            recorder,
             deployments: Api::namespaced(client.clone(), &ns),
             services: Api::namespaced(client.clone(), &ns),
             pvcs: Api::namespaced(client.clone(), &ns),
@@ -182,7 +189,8 @@ impl KubernetesBackend {
         Ok(ObjectUids { deployment, service, pvc })
     }
 
-    /// Wait for a Ready pod of the session built for its tier, or a reason it will not come.
+    /// Wait for a Ready pod of the session built for its tier, or a reason it will not come
+    /// (`waking`).
     ///
     /// The watcher's cache lags behind the API server: it can still hold a pod deleted before
     /// this start (its deletion not delivered yet), Ready and of the same template as the one the
@@ -196,6 +204,8 @@ impl KubernetesBackend {
         let id = &session.uuid;
         let mut changes = self.pods.subscribe();
         let mut gone: Vec<String> = Vec::new();
+        let grace = self.config.kubernetes.unschedulable_grace;
+        let mut verdicts = waking::Verdicts::new(grace, tokio::time::Instant::now());
         loop {
             changes.borrow_and_update();
             let mut found = self.pods.of_session(id);
@@ -210,27 +220,50 @@ impl KubernetesBackend {
                 gone.push(pod.metadata.uid.clone().unwrap_or_default());
                 continue;
             }
-            if let Some(why) = found.iter().find_map(|p| pods::fatal_reason(p)) {
+            if let Some(why) = self.hopeless(id, &found, &mut verdicts).await {
                 return Err(BackendError::Start(why));
             }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
+            let next = verdicts.next_check().min(deadline);
+            match tokio::time::timeout_at(next, changes.changed()).await {
                 Ok(Ok(())) => continue,
                 Ok(Err(_)) => return Err(BackendError::Start("the pod watcher stopped".into())),
-                Err(_) => {
-                    let seen = if !found.is_empty() {
-                        found.iter().map(|p| pods::describe(p)).collect::<Vec<_>>().join("; ")
-                    } else if self.pods.synced() {
-                        "no pod was created (see `kubectl describe deployment` for quota or admission errors)".into()
-                    } else {
-                        "the pod watcher could not list pods yet".into()
-                    };
-                    return Err(BackendError::Start(format!(
-                        "no Ready pod for {} before the start timeout: {seen}",
-                        deployment_name(id)
-                    )));
-                }
+                Err(_) if tokio::time::Instant::now() < deadline => continue,
+                Err(_) => return Err(self.no_ready_pod(id, &found)),
             }
         }
+    }
+
+    /// Why the wake of session `id` cannot succeed, if it cannot: its pods say so, or (when it
+    /// has no pod that is not going away) its Deployment's `ReplicaFailure` does.
+    async fn hopeless(&self, id: &str, found: &[Arc<Pod>], verdicts: &mut waking::Verdicts) -> Option<String> {
+        let now = tokio::time::Instant::now();
+        if let Some(why) = verdicts.of_pods(found, now) {
+            return Some(why);
+        }
+        if found.iter().any(|p| !pods::is_terminating(p)) || !verdicts.poll_due(now) {
+            return None;
+        }
+        let name = deployment_name(id);
+        let params = ListParams::default().fields(&format!("metadata.name={name}"));
+        match self.deployments.list(&params).await {
+            Ok(list) => list.items.iter().find_map(waking::replica_failure),
+            Err(e) => {
+                tracing::debug!(session = %id, error = %e, "could not read the Deployment while waking; retrying");
+                None
+            }
+        }
+    }
+
+    /// The error of a start that saw no Ready pod before its deadline, saying where things stand.
+    fn no_ready_pod(&self, id: &str, found: &[Arc<Pod>]) -> BackendError {
+        let seen = if !found.is_empty() {
+            found.iter().map(|p| pods::describe(p)).collect::<Vec<_>>().join("; ")
+        } else if self.pods.synced() {
+            "no pod was created (see `kubectl describe deployment` for quota or admission errors)".into()
+        } else {
+            "the pod watcher could not list pods yet".into()
+        };
+        BackendError::Start(format!("no Ready pod for {} before the start timeout: {seen}", deployment_name(id)))
     }
 
     /// Whether the API server (not the watcher's cache) has `pod` (same UID), not terminating. A
@@ -262,8 +295,9 @@ impl KubernetesBackend {
         &self,
         session: &Session,
         objects: &ObjectUids,
+        accepted: DateTime<Utc>,
         deadline: tokio::time::Instant,
-    ) -> Result<(Upstream, Placement), BackendError> {
+    ) -> Result<(Upstream, Placement, Vec<(&'static str, f64)>), BackendError> {
         let pod = self.wait_for_ready_pod(session, deadline).await?;
         let name = pod.name_any();
         let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -283,8 +317,9 @@ impl KubernetesBackend {
                 )
             }));
         }
+        let phases = waking::phases(&pod, accepted, Utc::now());
         let placement = Placement::Kubernetes { pod: name, pod_uid, pod_ip, port, objects: objects.clone() };
-        Ok((addr, placement))
+        Ok((addr, placement, phases))
     }
 
     /// The session's objects, found by their `uuid` label (for sessions with no recorded UIDs).
@@ -354,11 +389,12 @@ impl Backend for KubernetesBackend {
         if !self.scale(id, 1).await? {
             return Err(BackendError::Start(format!("Deployment {} disappeared while starting", deployment_name(id))));
         }
-        match self.wait_until_serving(session, &objects, deadline).await {
-            Ok((addr, placement)) => {
+        let accepted = Utc::now();
+        match self.wait_until_serving(session, &objects, accepted, deadline).await {
+            Ok((addr, placement, phases)) => {
                 self.running.insert(id.clone(), placement.clone());
-                tracing::info!(session = %id, %addr, "workspace pod serving");
-                Ok(Started { addr, placement, objects: Some(objects) })
+                tracing::info!(session = %id, %addr, ?phases, "workspace pod serving");
+                Ok(Started { addr, placement, objects: Some(objects), phases })
             }
             Err(e) => {
                 // Like a local process that failed to start: it must not keep running (and
@@ -533,6 +569,18 @@ impl Backend for KubernetesBackend {
 
     async fn discover(&self) -> Result<Vec<crate::backend::Discovered>, BackendError> {
         self.discovered().await
+    }
+
+    fn lifecycle_event(
+        &self,
+        event: &crate::webhook::Event,
+        session: &Session,
+        at: DateTime<Utc>,
+        fields: &serde_json::Value,
+    ) {
+        if let Some(step) = events::step(event, session, fields) {
+            self.recorder.record(step, at);
+        }
     }
 
     async fn reconcile(&self, sessions: &[Session]) -> Result<ReconcileReport, BackendError> {

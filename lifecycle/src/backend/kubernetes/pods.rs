@@ -138,6 +138,18 @@ pub(crate) fn fatal_reason(pod: &Pod) -> Option<String> {
     })
 }
 
+/// The scheduler's word when it found no node for `pod` (`PodScheduled=False`, reason
+/// `Unschedulable`): not enough CPU or memory for the tier, taints, affinity.
+pub(crate) fn unschedulable(pod: &Pod) -> Option<String> {
+    let conditions = pod.status.as_ref()?.conditions.as_ref()?;
+    let scheduled = conditions.iter().find(|c| c.type_ == "PodScheduled")?;
+    let stuck = scheduled.status == "False" && scheduled.reason.as_deref() == Some("Unschedulable");
+    let name = pod.metadata.name.as_deref().unwrap_or("?");
+    stuck.then(|| {
+        format!("pod {name} cannot be scheduled: {}", scheduled.message.as_deref().unwrap_or("no node fits it"))
+    })
+}
+
 /// One line about where a pod is, for a start that timed out.
 pub(crate) fn describe(pod: &Pod) -> String {
     let name = pod.metadata.name.as_deref().unwrap_or("?");

@@ -286,7 +286,7 @@ impl Backend for LocalBackend {
     async fn start(&self, session: &Session, tier: &Tier, deadline: Instant) -> Result<Started, BackendError> {
         if let Some(addr) = self.find_running(session).await {
             let placement = session.placement.clone().expect("find_running needs a placement");
-            return Ok(Started { addr, placement, objects: None });
+            return Ok(Started { addr, placement, objects: None, phases: Vec::new() });
         }
         // Whatever is left of an earlier run of this session must not keep the folder busy.
         self.stop(session).await?;

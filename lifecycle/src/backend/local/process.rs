@@ -206,7 +206,12 @@ impl LocalBackend {
                 self.abandon(id, &launched).await;
                 return Err(fail(e));
             }
-            return Ok(Started { addr: launched.addr, placement: launched.placement, objects: None });
+            return Ok(Started {
+                addr: launched.addr,
+                placement: launched.placement,
+                objects: None,
+                phases: Vec::new(),
+            });
         }
         let exit = launched.exited.borrow().clone();
         self.abandon(id, &launched).await;

@@ -257,7 +257,7 @@ impl Backend for ScriptedBackend {
         let placement =
             Placement::Local { pid, start_ticks: 1, port: 20_000 + pid as u16 % 10_000, socket: None, uid: None };
         self.running.lock().unwrap().insert(session.uuid.clone(), placement.clone());
-        Ok(Started { addr: placement.upstream(), placement, objects: None })
+        Ok(Started { addr: placement.upstream(), placement, objects: None, phases: Vec::new() })
     }
 
     async fn stop(&self, session: &Session) -> Result<(), BackendError> {

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -91,6 +91,7 @@ fn every_manifest_is_a_well_formed_object() {
             "RoleBinding" => round_trip::<RoleBinding>(doc),
             "PersistentVolumeClaim" => round_trip::<PersistentVolumeClaim>(doc),
             "Deployment" => round_trip::<Deployment>(doc),
+            "DaemonSet" => round_trip::<DaemonSet>(doc),
             "Service" => round_trip::<Service>(doc),
             "PodDisruptionBudget" => round_trip::<PodDisruptionBudget>(doc),
             "NetworkPolicy" => round_trip::<NetworkPolicy>(doc),
@@ -248,6 +249,49 @@ fn the_example_secrets_are_refused_at_start() {
         assert!(err.contains(placeholder.as_str()) && err.contains("openssl rand -hex 32"), "{placeholder}: {err}");
     }
     assert!(read("secrets.env.example").contains("refuses to start"), "the example says its placeholders are refused");
+}
+
+/// The image puller keeps exactly the images a wake and a Job need on the nodes workspaces can
+/// land on, pulled by init containers that exit, and costs next to nothing.
+#[test]
+fn the_image_puller_pulls_the_configured_images_where_workspaces_run() {
+    let all = all_manifests();
+    let config = Config::from_toml(&read("wakeway.toml")).unwrap();
+    let puller = find(&all, "DaemonSet", "image-puller");
+    let pod = &puller["spec"]["template"]["spec"];
+    let image = |c: &Value| c["image"].as_str().unwrap().to_string();
+    let pulled: Vec<String> = pod["initContainers"].as_array().unwrap().iter().map(image).collect();
+    assert_eq!(pulled, [config.kubernetes.image.clone(), config.kubernetes.wakeway_image.clone()]);
+    let wakeway = &find(&all, "Deployment", "wakeway")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(image(wakeway), config.kubernetes.wakeway_image, "Jobs run wakeway's own image");
+    for init in pod["initContainers"].as_array().unwrap() {
+        assert_eq!(init["command"], serde_json::json!(["/bin/true"]), "pulls, then exits at once");
+        assert_eq!(init["imagePullPolicy"], config.kubernetes.image_pull_policy.as_str());
+    }
+    let containers = pod["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1);
+    assert!(image(&containers[0]).starts_with("registry.k8s.io/pause:"), "{}", containers[0]["image"]);
+    for c in containers.iter().chain(pod["initContainers"].as_array().unwrap()) {
+        assert_eq!(c["resources"]["requests"], serde_json::json!({"cpu": "1m", "memory": "8Mi"}), "{}", c["name"]);
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    }
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(puller["spec"]["updateStrategy"]["type"], "RollingUpdate", "an image change rolls it");
+
+    // Where workspaces run: the same node selection as a workspace pod's.
+    let c = &config;
+    let session = crate::session::Session::new(
+        &crate::session::SessionId::parse("abc12345").unwrap(),
+        "ada@example.com",
+        &c.workspaces.default_tier,
+        chrono::Utc::now(),
+    );
+    let tier = objects::session_tier(c, &session);
+    let workspace = serde_json::to_value(objects::deployment(c, &session, &tier)).unwrap();
+    let workspace_pod = &workspace["spec"]["template"]["spec"];
+    for key in ["nodeSelector", "tolerations", "affinity"] {
+        assert_eq!(pod.get(key), workspace_pod.get(key), "{key} differs from the workspaces'");
+    }
 }
 
 #[test]

@@ -61,7 +61,13 @@ pub enum PodMode {
     Ready,
     /// Running, container waiting in CrashLoopBackOff.
     CrashLoop,
+    /// Pending: the scheduler finds no node (`PodScheduled=False`, `Unschedulable`).
+    Unschedulable,
 }
+
+/// The scheduler's message of `PodMode::Unschedulable`: kube-scheduler v1.36.2's own words for a
+/// pod whose CPU request no node has (seen on a real control plane).
+pub const NO_NODE: &str = "0/1 nodes are available: 1 Insufficient cpu. no new claims to deallocate, preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.";
 
 /// One request as received.
 #[derive(Debug, Clone)]
@@ -93,6 +99,12 @@ pub struct State {
     pub pod_ip: String,
     pub pod_mode: PodMode,
     pub job_mode: JobMode,
+    /// When set, the ReplicaSet cannot create pods: the API server refuses them with this message
+    /// (quota, admission, missing service account), which the Deployment controller reports as
+    /// the Deployment's `ReplicaFailure` condition.
+    pub create_failure: Option<String>,
+    /// Writes to `events` are refused (403), as without the RBAC rule.
+    pub refuse_events: bool,
     /// PVC name → the folder standing for its volume.
     pub volumes: HashMap<String, PathBuf>,
     /// When set, a new PVC gets an empty folder here as its volume (dynamic provisioning).
@@ -139,6 +151,7 @@ fn kind_of(resource: &str) -> (&'static str, &'static str) {
         "persistentvolumeclaims" => ("v1", "PersistentVolumeClaim"),
         "deployments" => ("apps/v1", "Deployment"),
         "jobs" => ("batch/v1", "Job"),
+        "events" => ("events.k8s.io/v1", "Event"),
         _ => ("v1", "Unknown"),
     }
 }
@@ -197,7 +210,9 @@ impl State {
         let existed = self.objects.contains_key(&key);
         if !existed && object["metadata"]["uid"].is_null() {
             object["metadata"]["uid"] = json!(self.new_uid());
-            object["metadata"]["creationTimestamp"] = json!(format!("2026-01-01T00:00:{:02}Z", self.seq % 60));
+            if object["metadata"]["creationTimestamp"].is_null() {
+                object["metadata"]["creationTimestamp"] = json!(format!("2026-01-01T00:00:{:02}Z", self.seq % 60));
+            }
         }
         let (api_version, kind) = kind_of(resource);
         object["apiVersion"] = json!(api_version);
@@ -259,6 +274,12 @@ impl State {
             let pod_name = current.pop().unwrap();
             self.remove(events, "pods", &pod_name);
         }
+        if let Some(deployment) = deployment {
+            self.report_replica_failure(events, deployment, current.len() < replicas);
+        }
+        if self.create_failure.is_some() {
+            return;
+        }
         while current.len() < replicas {
             self.seq += 1;
             let pod_name = format!("{name}-{hash}-{:05x}", self.seq);
@@ -284,23 +305,12 @@ impl State {
                 current.push(pod_name);
                 continue;
             }
-            let status = match self.pod_mode {
-                PodMode::Ready => json!({
-                    "phase": "Running", "podIP": self.pod_ip,
-                    "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}],
-                }),
-                PodMode::CrashLoop => json!({
-                    "phase": "Running", "podIP": self.pod_ip,
-                    "conditions": [{"type": "Ready", "status": "False", "reason": "ContainersNotReady"}],
-                    "containerStatuses": [{
-                        "name": "workspace", "ready": false, "restartCount": 3, "image": "x", "imageID": "",
-                        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}},
-                    }],
-                }),
-            };
+            // Scheduled, started and Ready at once: the kubelet's times, to the second.
+            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let status = self.new_pod_status(&now);
             let pod = json!({
                 "metadata": {
-                    "name": pod_name, "labels": labels,
+                    "name": pod_name, "labels": labels, "creationTimestamp": now,
                     "annotations": template["metadata"]["annotations"].clone(),
                 },
                 "spec": template["spec"].clone(),
@@ -309,6 +319,62 @@ impl State {
             self.put(events, "pods", pod);
             current.push(pod_name);
         }
+    }
+}
+
+impl State {
+    /// The status of a new workspace pod as `pod_mode` says, the kubelet's times `now`.
+    fn new_pod_status(&self, now: &str) -> Value {
+        match self.pod_mode {
+            PodMode::Ready => json!({
+                "phase": "Running", "podIP": self.pod_ip,
+                "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+                    {"type": "Ready", "status": "True", "lastTransitionTime": now}],
+                "containerStatuses": [{"name": "workspace", "ready": true, "restartCount": 0, "image": "x",
+                    "imageID": "", "state": {"running": {"startedAt": now}}}],
+            }),
+            PodMode::Unschedulable => json!({
+                "phase": "Pending",
+                "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                    "message": NO_NODE, "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            }),
+            PodMode::CrashLoop => json!({
+                "phase": "Running", "podIP": self.pod_ip,
+                "conditions": [{"type": "Ready", "status": "False", "reason": "ContainersNotReady"}],
+                "containerStatuses": [{
+                    "name": "workspace", "ready": false, "restartCount": 3, "image": "x", "imageID": "",
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}},
+                }],
+            }),
+        }
+    }
+
+    /// The Deployment controller's status: `observedGeneration`, and the ReplicaSet's
+    /// `ReplicaFailure` copied while pods are missing and cannot be created (removed otherwise).
+    fn report_replica_failure(&mut self, events: &broadcast::Sender<Event>, mut deployment: Value, missing: bool) {
+        let failing = match (&self.create_failure, missing) {
+            (Some(message), true) => Some(message.clone()),
+            _ => None,
+        };
+        let had = deployment["status"]["conditions"].as_array().is_some_and(|c| !c.is_empty());
+        if failing.is_none() && !had {
+            return;
+        }
+        let name = deployment["metadata"]["name"].as_str().unwrap().to_string();
+        let conditions: Vec<Value> = failing
+            .into_iter()
+            .map(|message| {
+                json!({
+                    "type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                    "message": format!("pods \"{name}-5d8f7c9b4-\" is forbidden: {message}"),
+                })
+            })
+            .collect();
+        deployment["status"] = json!({
+            "observedGeneration": deployment["metadata"]["generation"].clone(),
+            "conditions": conditions,
+        });
+        self.put(events, "deployments", deployment);
     }
 }
 
@@ -360,6 +426,8 @@ impl Fake {
             pod_ip: "127.0.0.1".into(),
             pod_mode: PodMode::Ready,
             job_mode: JobMode::Run,
+            create_failure: None,
+            refuse_events: false,
             volumes: HashMap::new(),
             provision_into: None,
             backup_dir,
@@ -423,6 +491,14 @@ impl Fake {
         self.with(|s| {
             s.list("pods").into_iter().filter(|p| labels_of(p).get("uuid").map(String::as_str) == Some(id)).collect()
         })
+    }
+
+    /// Every Event, oldest first.
+    pub fn events(&self) -> Vec<Value> {
+        let mut all = self.with(|s| s.list("events"));
+        // UIDs are handed out in order, at creation.
+        all.sort_by_key(|e| e["metadata"]["uid"].as_str().unwrap_or_default().to_string());
+        all
     }
 
     pub fn workspace_pods_of(&self, id: &str) -> Vec<Value> {
@@ -497,6 +573,7 @@ async fn handle(
         (&Method::GET, None, false) => "list",
         (&Method::GET, Some(_), _) => "get",
         (&Method::PATCH, _, _) => "patch",
+        (&Method::POST, None, _) => "create",
         (&Method::DELETE, _, _) => "delete",
         _ => "unknown",
     };
@@ -526,6 +603,8 @@ async fn handle(
             Some(log) => log.clone().into_response(),
             None => status(404, "NotFound", format!("no log for pod {name}")),
         },
+        (Method::POST, None, None) if resource == "events" => create_event(&shared, body),
+        (Method::PATCH, Some(name), None) if resource == "events" => patch_series(&shared, name, &content_type, body),
         (Method::PATCH, Some(name), None) => apply(&shared, resource, name, &query, &content_type, body),
         (Method::PATCH, Some(name), Some("scale")) if resource == "deployments" => {
             scale(&shared, name, &query, &content_type, body)
@@ -675,7 +754,7 @@ fn apply(
     let mut object = body.clone();
     match &existing {
         Some(old) => {
-            for key in ["uid", "creationTimestamp", "managedFields"] {
+            for key in ["uid", "creationTimestamp", "managedFields", "generation"] {
                 object["metadata"][key] = old["metadata"][key].clone();
             }
             // Annotations another field manager applied stay: this manager never owned them.
@@ -705,13 +784,21 @@ fn apply(
             if unchanged {
                 return axum::Json(old.clone()).into_response();
             }
+            if resource == "deployments" {
+                object["metadata"]["generation"] = json!(old["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
+            }
         }
         None => {
             state.extra_rbac.push((api_group(resource), resource.to_string(), "create".into()));
             object["metadata"]["managedFields"] =
                 json!([{"manager": "wakeway", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {}}]);
             match resource {
-                "deployments" if object["spec"]["replicas"].is_null() => object["spec"]["replicas"] = json!(1),
+                "deployments" => {
+                    object["metadata"]["generation"] = json!(1);
+                    if object["spec"]["replicas"].is_null() {
+                        object["spec"]["replicas"] = json!(1);
+                    }
+                }
                 "persistentvolumeclaims" => {
                     object["status"] = json!({"phase": "Bound"});
                     if let Some(root) = state.provision_into.clone()
@@ -790,6 +877,65 @@ fn apply_annotations(shared: &Shared, resource: &str, name: &str, manager: &str,
     axum::Json(stored).into_response()
 }
 
+/// 403 for a write to `events` while `refuse_events` is set.
+fn events_refused(shared: &Shared) -> Option<Response> {
+    let message = "events.events.k8s.io is forbidden: User \"system:serviceaccount:wakeway:wakeway\" cannot create resource \"events\"";
+    shared.state.lock().unwrap().refuse_events.then(|| status(403, "Forbidden", message.into()))
+}
+
+/// `POST` of an events.k8s.io/v1 Event, checked as the API server validates a new one.
+fn create_event(shared: &Shared, body: Value) -> Response {
+    if let Some(refused) = events_refused(shared) {
+        return refused;
+    }
+    let text = |key: &str| body[key].as_str().unwrap_or("");
+    let required = ["reportingController", "reportingInstance", "action", "reason", "eventTime", "note"];
+    if let Some(missing) = required.iter().find(|k| text(k.to_owned()).is_empty()) {
+        return status(422, "Invalid", format!("Event is invalid: {missing}: Required value"));
+    }
+    if ["reportingInstance", "action", "reason"].iter().any(|k| text(k).len() > 128) || text("note").len() > 1024 {
+        return status(422, "Invalid", "Event is invalid: a field is too long".into());
+    }
+    if !matches!(text("type"), "Normal" | "Warning") || body["apiVersion"] != "events.k8s.io/v1" {
+        return status(422, "Invalid", format!("Event is invalid: type {:?}", body["type"]));
+    }
+    if !body["series"].is_null() || body["regarding"]["name"].as_str().is_none() {
+        return status(422, "Invalid", "Event is invalid: series or regarding".into());
+    }
+    let Some(name) = body["metadata"]["name"].as_str() else {
+        return status(422, "Invalid", "Event is invalid: metadata.name: Required value".into());
+    };
+    let events = shared.events.clone();
+    let mut state = shared.state.lock().unwrap();
+    if state.get("events", name).is_some() {
+        return status(409, "AlreadyExists", format!("events.events.k8s.io \"{name}\" already exists"));
+    }
+    let stored = state.put(&events, "events", body);
+    (StatusCode::CREATED, axum::Json(stored)).into_response()
+}
+
+/// A merge patch of an Event's series, the only change of an Event wakeway makes.
+fn patch_series(shared: &Shared, name: &str, content_type: &str, body: Value) -> Response {
+    if let Some(refused) = events_refused(shared) {
+        return refused;
+    }
+    if content_type != "application/merge-patch+json" {
+        return status(415, "UnsupportedMediaType", format!("event patch with {content_type}"));
+    }
+    let keys: Vec<&String> = body.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+    let series = &body["series"];
+    if keys != ["series"] || series["count"].as_i64().is_none_or(|c| c < 2) || series["lastObservedTime"].is_null() {
+        return status(422, "Invalid", format!("Event is invalid: series {body}"));
+    }
+    let events = shared.events.clone();
+    let mut state = shared.state.lock().unwrap();
+    let Some(mut event) = state.get("events", name) else {
+        return status(404, "NotFound", format!("events.events.k8s.io \"{name}\" not found"));
+    };
+    event["series"] = series.clone();
+    axum::Json(state.put(&events, "events", event)).into_response()
+}
+
 fn scale(shared: &Shared, name: &str, query: &BTreeMap<String, String>, content_type: &str, body: Value) -> Response {
     if content_type != "application/merge-patch+json" {
         return status(415, "UnsupportedMediaType", format!("scale patch with {content_type}"));
@@ -806,6 +952,7 @@ fn scale(shared: &Shared, name: &str, query: &BTreeMap<String, String>, content_
         return status(404, "NotFound", format!("deployments.apps \"{name}\" not found"));
     };
     deployment["spec"]["replicas"] = json!(replicas);
+    deployment["metadata"]["generation"] = json!(deployment["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
     let mut managed: Vec<Value> =
         serde_json::from_value(deployment["metadata"]["managedFields"].clone()).unwrap_or_default();
     managed.retain(|m| m["subresource"] != "scale");

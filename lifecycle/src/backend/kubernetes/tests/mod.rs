@@ -3,7 +3,9 @@
 //! rules = the calls made, config parses).
 
 mod deploy;
+mod events;
 mod fake;
+mod fast_fail;
 mod network;
 mod snapshots;
 
@@ -55,11 +57,18 @@ struct Rig {
 }
 
 async fn rig(answering: bool) -> Rig {
+    rig_with(answering, |_| {}).await
+}
+
+/// A rig whose config `edit` changed (from `test_config`).
+async fn rig_with(answering: bool, edit: impl FnOnce(&mut Config)) -> Rig {
     let backups = tempfile::tempdir().unwrap();
     let volumes = tempfile::tempdir().unwrap();
     let fake = Fake::start(backups.path().to_path_buf()).await;
     let workspace = TestWorkspace::start(answering).await;
-    let config = test_config(workspace.port, backups.path());
+    let mut config = Arc::unwrap_or_clone(test_config(workspace.port, backups.path()));
+    edit(&mut config);
+    let config = Arc::new(config);
     let (tx, events) = mpsc::unbounded_channel();
     let backend = KubernetesBackend::new(fake.client(), config.clone(), tx);
     Rig { fake, workspace, config, backend, events, volumes, backups }
@@ -284,6 +293,9 @@ async fn a_session_lives_and_dies_through_the_api() {
     assert!(fake.object("persistentvolumeclaims", "pvc-abc12345").is_none());
     rig.backend.destroy(&s).await.unwrap();
     assert!(zip.exists(), "the backup outlives the session");
+
+    // ---- lifecycle Events (the manager reports each step; see `events`).
+    events::a_repeated_step_patches_its_series(&rig, &s).await;
 
     // ---- reconcile uses the same client; then RBAC must match the calls.
     let report = rig.backend.reconcile(std::slice::from_ref(&s)).await.unwrap();
@@ -585,6 +597,15 @@ async fn the_manager_drives_the_kubernetes_backend() {
         Phase::Ready(Upstream::Tcp(SocketAddr::from(([127, 0, 0, 1], rig.workspace.port))))
     );
     assert_eq!(manager.placements_known(), 1, "kept to adopt the pod if the store loses its record");
+    // The wake of a new pod, decomposed in /metrics from the pod's condition times.
+    let metrics = manager.render_metrics();
+    let count = |phase: &str| {
+        let prefix = format!("wakeway_k8s_wake_phase_seconds_count{{phase=\"{phase}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&prefix)?.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let wakes = count("scheduled");
+    assert!(wakes >= 1, "{metrics}");
+    assert_eq!([count("started"), count("ready"), count("routable")], [wakes; 3], "{metrics}");
 
     let s = manager.sleep(&id, SleepReason::Api).await.unwrap();
     assert_eq!(s.state, State::Sleeping);
