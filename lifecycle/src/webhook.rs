@@ -42,6 +42,7 @@ crate::names::named! {
     pub enum Event {
         Created => "created",
         Woke => "woke",
+        WakeFailed => "wake_failed",
         Slept => "slept",
         SleepWarning => "sleep_warning",
         DeleteWarning => "delete_warning",

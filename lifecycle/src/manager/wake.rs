@@ -247,6 +247,7 @@ impl Manager {
         s.placement = None;
         self.transition(rt, s, State::Sleeping).await?;
         rt.handle.set_phase(Phase::Failed(Arc::from(e.to_string())));
+        self.event(Event::WakeFailed, s, json!({ "error": e.to_string() }));
         Ok(())
     }
 

@@ -19,7 +19,7 @@ use std::sync::{Arc, RwLock};
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use dashmap::DashMap;
 
-use super::{Bucket, GroupBy, Prices, Query, Report, RowKey, Totals, split_by_day};
+use super::{Bucket, GroupBy, Prices, Query, Report, RowKey, Totals};
 use crate::session::Session;
 
 /// One UTC day of a session: milliseconds by bucket (a day has at most 86,400,000) and cost.
@@ -45,6 +45,8 @@ struct Entry {
     /// Which record this is (see the module's comment).
     order: (Option<DateTime<Utc>>, u64),
     user_id: Arc<str>,
+    /// `user_id` as a number (`UsageIndex::users`).
+    user: u32,
     uuid: Arc<str>,
     created_at: DateTime<Utc>,
     deleted_at: Option<DateTime<Utc>>,
@@ -75,8 +77,14 @@ impl Names {
         })
     }
 
-    fn name(&self, id: u32) -> String {
-        self.names.read().unwrap_or_else(|p| p.into_inner()).get(id as usize).cloned().unwrap_or_default()
+    /// The id of `name` if it has one.
+    fn known(&self, name: &str) -> Option<u32> {
+        self.ids.read().unwrap_or_else(|p| p.into_inner()).get(name).copied()
+    }
+
+    /// Every name, by id.
+    fn all(&self) -> Vec<String> {
+        self.names.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -84,7 +92,9 @@ impl Names {
 #[derive(Debug)]
 pub struct UsageIndex {
     prices: Prices,
+    /// Activity sources and sleep reasons.
     names: Names,
+    users: Names,
     entries: DashMap<Arc<str>, Entry>,
 }
 
@@ -98,7 +108,7 @@ fn date_of(number: i32) -> NaiveDate {
 
 impl UsageIndex {
     pub fn new(prices: Prices) -> UsageIndex {
-        UsageIndex { prices, names: Names::default(), entries: DashMap::new() }
+        UsageIndex { prices, names: Names::default(), users: Names::default(), entries: DashMap::new() }
     }
 
     /// An index of `sessions` (each a different session).
@@ -159,6 +169,7 @@ impl UsageIndex {
         Entry {
             order,
             user_id: s.user_id.as_str().into(),
+            user: self.users.id(&s.user_id),
             uuid: s.uuid.as_str().into(),
             created_at: s.created_at,
             deleted_at: s.deleted_at,
@@ -175,8 +186,15 @@ impl UsageIndex {
     pub fn report(&self, q: &Query, now: DateTime<Utc>) -> Report {
         let window = Window::of(q, now);
         let mut rows = Rows::new(q.group_by, &window);
+        let only = match q.user_id.as_deref() {
+            Some(user) => match self.users.known(user) {
+                Some(id) => Some(id),
+                None => return Report::default(),
+            },
+            None => None,
+        };
         for entry in self.entries.iter() {
-            if q.user_id.as_deref().is_some_and(|u| *entry.user_id != *u) {
+            if only.is_some_and(|u| entry.user != u) {
                 continue;
             }
             let mut row = rows.row(&entry);
@@ -218,12 +236,24 @@ impl UsageIndex {
     }
 }
 
+const DAY_MS: i64 = 86_400_000;
+/// `day_number` of 1970-01-01, the first day of Unix time.
+const UNIX_DAY: i32 = 719_163;
+
 /// Call `add(day, ms)` for `[from, to)`: split by UTC day when `by_day`, else once (day unused).
 fn spread(from: DateTime<Utc>, to: DateTime<Utc>, by_day: bool, mut add: impl FnMut(i32, u64)) {
-    if by_day {
-        split_by_day(from, to, |day, ms| add(day_number(day), ms));
-    } else if to > from {
-        add(0, (to - from).num_milliseconds() as u64);
+    let (mut from, to) = (from.timestamp_millis(), to.timestamp_millis());
+    if !by_day {
+        if to > from {
+            add(0, (to - from) as u64);
+        }
+        return;
+    }
+    while from < to {
+        let day = from.div_euclid(DAY_MS);
+        let end = ((day + 1) * DAY_MS).min(to);
+        add(UNIX_DAY + day as i32, (end - from) as u64);
+        from = end;
     }
 }
 
@@ -250,16 +280,19 @@ struct Acc {
     cost: f64,
     baseline_ms: u64,
     baseline_cost: f64,
-    /// (wake?, name, count)
-    tallies: Vec<(bool, u32, u64)>,
+    /// Counts by `2 × name + wake?` (see [`Names`]).
+    tallies: Vec<u64>,
+    /// A session was summed into this row.
+    used: bool,
 }
 
 impl Acc {
     fn tally(&mut self, wake: bool, name: u32, n: u64) {
-        match self.tallies.iter_mut().find(|(w, id, _)| *w == wake && *id == name) {
-            Some(t) => t.2 += n,
-            None => self.tallies.push((wake, name, n)),
+        let slot = 2 * name as usize + usize::from(wake);
+        if self.tallies.len() <= slot {
+            self.tallies.resize(slot + 1, 0);
         }
+        self.tallies[slot] += n;
     }
 
     fn add(&mut self, other: &Acc) {
@@ -269,12 +302,15 @@ impl Acc {
         self.cost += other.cost;
         self.baseline_ms += other.baseline_ms;
         self.baseline_cost += other.baseline_cost;
-        for (wake, name, n) in &other.tallies {
-            self.tally(*wake, *name, *n);
+        if self.tallies.len() < other.tallies.len() {
+            self.tallies.resize(other.tallies.len(), 0);
+        }
+        for (total, n) in self.tallies.iter_mut().zip(&other.tallies) {
+            *total += n;
         }
     }
 
-    fn totals(&self, names: &Names) -> Totals {
+    fn totals(&self, names: &[String]) -> Totals {
         let mut totals = Totals {
             cost: self.cost,
             baseline_ms: self.baseline_ms,
@@ -286,9 +322,9 @@ impl Acc {
                 totals.ms.insert(bucket, self.ms[bucket as usize]);
             }
         }
-        for (wake, name, n) in &self.tallies {
-            let map = if *wake { &mut totals.wakes } else { &mut totals.sleeps };
-            *map.entry(names.name(*name)).or_default() += n;
+        for (slot, n) in self.tallies.iter().enumerate().filter(|(_, n)| **n > 0) {
+            let map = if slot % 2 == 1 { &mut totals.wakes } else { &mut totals.sleeps };
+            *map.entry(names.get(slot / 2).cloned().unwrap_or_default()).or_default() += n;
         }
         totals
     }
@@ -314,15 +350,19 @@ impl RowSink<'_> {
 
 /// The rows being made, by grouping.
 enum Rows {
-    User(HashMap<Arc<str>, Acc>),
+    /// By user number.
+    User(Vec<Acc>),
     Session(Vec<(RowKey, Acc)>),
-    Day { from: i32, days: Vec<Acc> },
+    Day {
+        from: i32,
+        days: Vec<Acc>,
+    },
 }
 
 impl Rows {
     fn new(group_by: GroupBy, w: &Window) -> Rows {
         match group_by {
-            GroupBy::User => Rows::User(HashMap::new()),
+            GroupBy::User => Rows::User(Vec::new()),
             GroupBy::Session => Rows::Session(Vec::new()),
             GroupBy::Day => Rows::Day { from: w.from, days: vec![Acc::default(); (w.to - w.from + 1).max(1) as usize] },
         }
@@ -330,7 +370,14 @@ impl Rows {
 
     fn row(&mut self, e: &Entry) -> RowSink<'_> {
         match self {
-            Rows::User(users) => RowSink::One(users.entry(e.user_id.clone()).or_default()),
+            Rows::User(users) => {
+                if users.len() <= e.user as usize {
+                    users.resize(e.user as usize + 1, Acc::default());
+                }
+                let acc = &mut users[e.user as usize];
+                acc.used = true;
+                RowSink::One(acc)
+            }
             Rows::Session(sessions) => {
                 let key = RowKey::Session {
                     user_id: e.user_id.to_string(),
@@ -346,7 +393,11 @@ impl Rows {
 
     fn into_report(self, index: &UsageIndex) -> Report {
         let rows: Vec<(RowKey, Acc)> = match self {
-            Rows::User(users) => users.into_iter().map(|(user, acc)| (RowKey::User(user.to_string()), acc)).collect(),
+            Rows::User(users) => {
+                let names = index.users.all();
+                let named = users.into_iter().enumerate().filter(|(_, acc)| acc.used);
+                named.map(|(user, acc)| (RowKey::User(names[user].clone()), acc)).collect()
+            }
             Rows::Session(sessions) => sessions,
             Rows::Day { from, days } => days
                 .into_iter()
@@ -355,13 +406,14 @@ impl Rows {
                 .map(|(i, acc)| (RowKey::Day(date_of(from + i as i32)), acc))
                 .collect(),
         };
+        let names = index.names.all();
         let mut total = Acc::default();
         let mut report = Report::default();
         for (key, acc) in rows {
             total.add(&acc);
-            report.rows.insert(key, acc.totals(&index.names));
+            report.rows.insert(key, acc.totals(&names));
         }
-        report.total = total.totals(&index.names);
+        report.total = total.totals(&names);
         report
     }
 }
@@ -473,6 +525,15 @@ mod tests {
         for bucket in Bucket::ALL {
             assert_eq!(total.ms.get(&bucket).copied().unwrap_or(0), expected[bucket as usize], "{bucket:?}");
         }
+        // Split by day, the same time and cost (and days numbered as chrono numbers them).
+        assert_eq!(day_number(NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()), UNIX_DAY);
+        let by_day = fed.report(&Query { group_by: GroupBy::Day, ..q.clone() }, now);
+        assert_eq!(
+            shown(&Report { rows: BTreeMap::new(), ..by_day.clone() }),
+            shown(&Report { rows: BTreeMap::new(), total: total.clone() })
+        );
+        let day_ms: u64 = by_day.rows.values().map(|t| t.ms.values().sum::<u64>() + t.baseline_ms).sum();
+        assert_eq!(day_ms, total.ms.values().sum::<u64>() + total.baseline_ms);
         let wakes: u64 = last.iter().flat_map(|s| s.usage.days.values()).flat_map(|d| d.wakes.values()).sum();
         assert_eq!(total.wakes.values().sum::<u64>(), wakes);
     }

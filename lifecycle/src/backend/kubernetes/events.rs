@@ -69,6 +69,7 @@ pub(crate) fn step(event: &Event, session: &Session, fields: &Value) -> Option<S
             None => ("Created", "Create", false, format!("created (tier {})", f("tier"))),
         },
         Event::Woke => ("Woke", "Wake", false, format!("woken by {}", f("source"))),
+        Event::WakeFailed => ("WakeFailed", "Wake", true, format!("wake failed: {}", f("error"))),
         Event::Slept => ("Slept", "Sleep", false, format!("asleep: {}", f("reason"))),
         Event::BackupVerified => (
             "BackupVerified",

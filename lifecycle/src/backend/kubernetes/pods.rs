@@ -144,6 +144,12 @@ pub(crate) fn unschedulable(pod: &Pod) -> Option<String> {
     let conditions = pod.status.as_ref()?.conditions.as_ref()?;
     let scheduled = conditions.iter().find(|c| c.type_ == "PodScheduled")?;
     let stuck = scheduled.status == "False" && scheduled.reason.as_deref() == Some("Unschedulable");
+    // Waiting for its volume to be provisioned is not "no node fits": a slow provisioner would
+    // otherwise fail a first wake. `start_timeout` still bounds the wait.
+    let message = scheduled.message.as_deref().unwrap_or_default();
+    if message.contains("unbound immediate PersistentVolumeClaims") {
+        return None;
+    }
     let name = pod.metadata.name.as_deref().unwrap_or("?");
     stuck.then(|| {
         format!("pod {name} cannot be scheduled: {}", scheduled.message.as_deref().unwrap_or("no node fits it"))

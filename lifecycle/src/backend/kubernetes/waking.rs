@@ -168,6 +168,19 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_waiting_for_its_volume_is_not_unschedulable() {
+        let start = Instant::now();
+        let mut v = Verdicts::new(Duration::from_secs(1), start);
+        let waiting = pod(
+            "a",
+            json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."}),
+        );
+        assert_eq!(v.of_pods(&[waiting.clone()], start), None);
+        assert_eq!(v.of_pods(&[waiting], start + Duration::from_secs(60)), None);
+    }
+
+    #[test]
     fn a_wake_is_split_into_phases_from_the_pods_times() {
         let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
         let pod: Pod = serde_json::from_value(json!({

@@ -6,7 +6,7 @@ use super::*;
 use crate::backend::kubernetes::events::REPORTING_CONTROLLER;
 
 /// The fake's Events once `done` holds for them (the writer is a background task).
-async fn events_once(fake: &Fake, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+pub(super) async fn events_once(fake: &Fake, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let give_up = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let events = fake.events();
@@ -18,7 +18,7 @@ async fn events_once(fake: &Fake, done: impl Fn(&[Value]) -> bool) -> Vec<Value>
     }
 }
 
-fn with_reason<'a>(events: &'a [Value], reason: &str) -> Vec<&'a Value> {
+pub(super) fn with_reason<'a>(events: &'a [Value], reason: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["reason"] == reason).collect()
 }
 

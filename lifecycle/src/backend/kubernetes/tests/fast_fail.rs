@@ -107,4 +107,13 @@ async fn the_manager_records_the_refusal_and_sleeps() {
     assert_eq!(s.state, State::Sleeping);
     assert!(s.last_error.as_deref().is_some_and(|e| e.contains(REFUSALS[1])), "{:?}", s.last_error);
     assert!(matches!(manager.handle(&id).unwrap().phase(), Phase::Failed(why) if why.contains(REFUSALS[1])));
+    // And `kubectl describe deployment` says why: a Warning on the session's Deployment.
+    let failed = |e: &[Value]| !super::events::with_reason(e, "WakeFailed").is_empty();
+    let events = super::events::events_once(&rig.fake, failed).await;
+    let event = super::events::with_reason(&events, "WakeFailed")[0];
+    assert_eq!(event["type"], "Warning");
+    assert!(
+        event["note"].as_str().is_some_and(|n| n.starts_with("wake failed: ") && n.contains(REFUSALS[1])),
+        "{event}"
+    );
 }
