@@ -30,13 +30,13 @@ struct DayUse {
     cost: f64,
 }
 
-/// Wakes (by source) or sleeps (by reason) of one day.
+/// Wakes (by source) or sleeps (by reason) of one day: 12 bytes, as a report reads them all.
 #[derive(Debug, Clone, Copy)]
 struct Tally {
     day: i32,
-    wake: bool,
-    name: u32,
-    n: u64,
+    /// `2 × name + wake?` (see [`Acc::tallies`]).
+    slot: u32,
+    n: u32,
 }
 
 /// A session as the index keeps it.
@@ -163,7 +163,8 @@ impl UsageIndex {
                 map.iter().map(move |(name, n)| (wake, name.clone(), *n)).collect::<Vec<_>>()
             };
             for (wake, name, n) in named(true, &counted.wakes).into_iter().chain(named(false, &counted.sleeps)) {
-                tallies.push(Tally { day: use_.day, wake, name: self.names.id(&name), n });
+                let slot = 2 * self.names.id(&name) + u32::from(wake);
+                tallies.push(Tally { day: use_.day, slot, n: n.min(u64::from(u32::MAX)) as u32 });
             }
         }
         Entry {
@@ -212,8 +213,9 @@ impl UsageIndex {
             }
             acc.cost += d.cost;
         }
-        for t in e.tallies.iter().filter(|t| (w.from..=w.to).contains(&t.day)) {
-            row.at(t.day).tally(t.wake, t.name, t.n);
+        let first = e.tallies.partition_point(|t| t.day < w.from);
+        for t in e.tallies[first..].iter().take_while(|t| t.day <= w.to) {
+            row.at(t.day).tally(t.slot, u64::from(t.n));
         }
         if let (Some(from), Some((bucket, per_hour))) = (e.accounted_until, e.since) {
             let mut until = w.end;
@@ -287,8 +289,8 @@ struct Acc {
 }
 
 impl Acc {
-    fn tally(&mut self, wake: bool, name: u32, n: u64) {
-        let slot = 2 * name as usize + usize::from(wake);
+    fn tally(&mut self, slot: u32, n: u64) {
+        let slot = slot as usize;
         if self.tallies.len() <= slot {
             self.tallies.resize(slot + 1, 0);
         }

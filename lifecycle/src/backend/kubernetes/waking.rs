@@ -176,7 +176,7 @@ mod tests {
             json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
             "message": "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."}),
         );
-        assert_eq!(v.of_pods(&[waiting.clone()], start), None);
+        assert_eq!(v.of_pods(std::slice::from_ref(&waiting), start), None);
         assert_eq!(v.of_pods(&[waiting], start + Duration::from_secs(60)), None);
     }
 
