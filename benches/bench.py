@@ -20,6 +20,9 @@ import tempfile
 import time
 import urllib.request
 
+import baselines
+import h2tls
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MODE = "smoke" if "--smoke" in sys.argv else "quick" if "--quick" in sys.argv else "full"
@@ -110,7 +113,8 @@ def tool_versions():
             return f"? ({e})"
     return {"wrk": out(["wrk", "--version"]), "nginx": out([NGINX, "-v"]),
             "configurable-http-proxy": out([CHP, "--version"]),
-            "wakeway": out([os.path.join(BIN, "wakeway"), "--version"])}
+            "wakeway": out([os.path.join(BIN, "wakeway"), "--version"]), "h2load": out(["h2load", "--version"]),
+            "openssl": out(["openssl", "version"]), **baselines.versions(out)}
 
 
 # ---------------------------------------------------------------- nginx configurations
@@ -487,14 +491,34 @@ def main():
           env=dict(os.environ, CONFIGPROXY_AUTH_TOKEN="bench"))
     wait_port(chp_port)
 
+    # Caddy and HAProxy, one core each (benches/baselines.py).
+    caddy_port, haproxy_port = free_port(), free_port()
+    caddy_argv, caddy_env = baselines.caddy(tmp, caddy_port, up_port)
+    spawn(caddy_argv, os.path.join(tmp, "caddy.log"), env=caddy_env)
+    spawn(baselines.haproxy(tmp, haproxy_port, up_port), os.path.join(tmp, "haproxy.log"))
+    wait_port(caddy_port)
+    wait_port(haproxy_port)
+
+    # The same certificate for wakeway's TLS listener and nginx's (benches/h2tls.py).
+    cert, key = h2tls.make_cert(tmp)
+    ng_tls_port, ng_h2c_port, ww_tls_port = free_port(), free_port(), free_port()
+    tls_dir = os.path.join(tmp, "nginx-tls")
+    start_nginx(tls_dir, ng_tls_port, h2tls.nginx_tls_proxy_conf(
+        nginx_common(tls_dir), nginx_http_common(tls_dir), ng_tls_port, ng_h2c_port, up_port, cert, key,
+        PROXY_WORKERS))
+
     # wakeway, whose workspace is the same nginx upstream config on a port wakeway picks.
     starts = os.path.join(tmp, "starts")
-    ww, ww_port = start_wakeway(tmp, "wakeway", nginx_workspace(tmp, docroot, starts))
+    ww, ww_port = start_wakeway(tmp, "wakeway", nginx_workspace(tmp, docroot, starts),
+                                env={"WAKEWAY_TLS_LISTEN": f"127.0.0.1:{ww_tls_port}", "WAKEWAY_TLS_CERT_FILE": cert,
+                                     "WAKEWAY_TLS_KEY_FILE": key})
+    wait_port(ww_tls_port)
     sid, host = running_session(ww_port)
-    log(f"upstream :{up_port}  nginx :{px_port}  chp :{chp_port}  wakeway :{ww_port} session {sid}")
+    log(f"upstream :{up_port}  nginx :{px_port}  chp :{chp_port}  caddy :{caddy_port}  haproxy :{haproxy_port}  "
+        f"wakeway :{ww_port} (TLS :{ww_tls_port}) session {sid}")
 
     targets = [("direct", up_port, None), ("nginx", px_port, None), ("chp", chp_port, None),
-               ("wakeway", ww_port, host)]
+               ("caddy", caddy_port, None), ("haproxy", haproxy_port, None), ("wakeway", ww_port, host)]
 
     # 1 + 2: keep-alive proxying.
     rows = []
@@ -512,6 +536,8 @@ def main():
         base = by[("direct", r["size"], r["concurrency"])]
         ng = by[("nginx", r["size"], r["concurrency"])]
         chp = by[("chp", r["size"], r["concurrency"])]
+        caddy = by[("caddy", r["size"], r["concurrency"])]
+        r["rps_vs_caddy"] = round(r["rps"] / caddy["rps"], 3)
         r["rps_vs_direct"] = round(r["rps"] / base["rps"], 3)
         r["rps_vs_nginx"] = round(r["rps"] / ng["rps"], 3)
         r["rps_vs_chp"] = round(r["rps"] / chp["rps"], 2)
@@ -526,6 +552,11 @@ def main():
                        "nginx_p50_ms": round((n["p50_us"] - d["p50_us"]) / 1000, 3),
                        "nginx_p99_ms": round((n["p99_us"] - d["p99_us"]) / 1000, 3)}
     results["added_latency_c1"] = added
+
+    # HTTP/2 (h2 over TLS, h2c) and TLS handshakes, wakeway vs nginx with the same certificate and cipher suite.
+    # wakeway's h2c is prior knowledge on its plain listener (HttpServerOptions.h2c, src/main.rs).
+    results["h2tls"] = h2tls.run([("nginx", ng_tls_port, ng_h2c_port, "localhost"),
+                                  ("wakeway", ww_tls_port, ww_port, host.split(":")[0])], DURATION, log)
 
     # Memory of the proxies after the load (RSS, all processes of the proxy).
     results["rss_after_load_kib"] = {"wakeway": rss_kib(ww.pid)}
@@ -664,6 +695,7 @@ def smoke_check(r):
         problems.append(f"wakes: {r['wake']}")
     if not sc or sc["sweep"]["many"]["sweeps"] < 1 or sc["seed"]["sessions"] != SESSIONS:
         problems.append(f"sessions at scale: {({k: v for k, v in sc.items() if k != 'runs'})}")
+    problems += h2tls.smoke_problems(r["h2tls"])
     if len(r.get("websockets") or []) != 3 or not r.get("activity"):
         problems.append("the WebSocket or classifier step produced nothing")
     if problems:
@@ -687,7 +719,8 @@ def render_summary(r):
            f"connection at c=1 (nginx adds {a['small']['nginx_p50_ms']:.3f} / {a['large']['nginx_p50_ms']:.3f} ms). "
            f"Goal ≥ 0.6× nginx with p99 ≤ 2× nginx's: met at {len(ok)} of {len(rows)} points"
            + (f" (not {'; '.join(missed)})" if missed else "") + ". "
-           f"Goal ≥ 6× configurable-http-proxy: met at {sum(v >= 6 for v in vs_chp)} of {len(vs_chp)} points.",
+           f"Goal ≥ 6× configurable-http-proxy: met at {sum(v >= 6 for v in vs_chp)} of {len(vs_chp)} points. "
+           + summary_caddy_h2tls(r),
            f"A wake costs {w['median_overhead_ms']:.1f} ms (median of {w['n']}) on top of the workspace's own "
            f"start-to-listening time (goal ≤ 25 ms). {h['requests']:,} concurrent requests to a sleeping session started "
            f"it {h['workspace_starts']} time(s); {h['served_200']:,} answered 200, the last after "
@@ -716,6 +749,26 @@ def render_summary(r):
     return "\n\n".join(out) + "\n"
 
 
+def summary_caddy_h2tls(r):
+    """The sentence on Caddy and HAProxy, and the one on HTTP/2 and TLS (goal: ≥ 0.7× nginx)."""
+    rows = [x for x in r["proxying"] if x["target"] == "wakeway"]
+    by = {(x["target"], x["size"], x["concurrency"]): x for x in r["proxying"]}
+    vs_caddy = [x["rps_vs_caddy"] for x in rows]
+    vs_haproxy = [x["rps"] / by[("haproxy", x["size"], x["concurrency"])]["rps"] for x in rows]
+    out = (f"Against Caddy: {min(vs_caddy):.2f}–{max(vs_caddy):.2f}× its requests/s, ahead at "
+           f"{sum(v > 1 for v in vs_caddy)} of {len(vs_caddy)} points; against HAProxy "
+           f"{min(vs_haproxy):.2f}–{max(vs_haproxy):.2f}×.")
+    ht = r["h2tls"]
+    h2 = [x["rps_vs_nginx"] for x in ht["h2"] if x["target"] == "wakeway" and x["rps_vs_nginx"] is not None]
+    hs = {s["kind"]: s["per_s_vs_nginx"] for s in ht["handshakes"] if s["target"] == "wakeway"}
+    if h2 and hs:
+        out += (f" HTTP/2 (h2 and h2c): {min(h2):.2f}–{max(h2):.2f}× nginx's requests/s; TLS 1.3 handshakes "
+                f"{hs.get('full', 0):.2f}× (full) and {hs.get('resumed', 0):.2f}× (resumed) nginx's per second, "
+                f"same certificate and {ht['cipher']}; goal ≥ 0.7× met at "
+                f"{sum(v >= 0.7 for v in h2) + sum(v >= 0.7 for v in hs.values())} of {len(h2) + len(hs)}.")
+    return out
+
+
 def render_md(r):
     m = r["machine"]
     lines = [f"Run {r['started_at']} · `{r['command']}` · {m['nproc']} cores, {m['cpu']} · load average "
@@ -723,18 +776,20 @@ def render_md(r):
              f"{r['settings']['duration_s']} s per point, nginx proxy {r['settings']['proxy_workers']} worker = "
              f"wakeway {r['settings']['proxy_workers']} thread, upstream nginx (1 worker), wrk -t1 (c=1) / -t2.",
              "",
-             "| size | conc | target | req/s | p50 ms | p99 ms | p99.9 ms | ×direct | ×nginx | ×chp | p99 ×nginx |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| size | conc | target | req/s | p50 ms | p99 ms | p99.9 ms | ×direct | ×nginx | ×chp | ×caddy | "
+             "p99 ×nginx |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for x in r["proxying"]:
         lines.append(f"| {x['size']} | {x['concurrency']} | {x['target']} | {x['rps']:.0f} | {x['p50_us']/1000:.2f} | "
                      f"{x['p99_us']/1000:.2f} | {x['p999_us']/1000:.2f} | {x['rps_vs_direct']:.2f} | "
-                     f"{x['rps_vs_nginx']:.2f} | {x['rps_vs_chp']:.1f} | {x['p99_vs_nginx']:.2f} |"
+                     f"{x['rps_vs_nginx']:.2f} | {x['rps_vs_chp']:.1f} | {x['rps_vs_caddy']:.2f} | "
+                     f"{x['p99_vs_nginx']:.2f} |"
                      + (f" ({x['errors']} errors)" if x["errors"] else ""))
     a = r["added_latency_c1"]
     lines += ["", "| added latency at c=1 (minus direct) | p50 ms | p99 ms |", "|---|---:|---:|"]
     for size in ("small", "large"):
         lines.append(f"| wakeway, {size} | {a[size]['p50_ms']:.3f} | {a[size]['p99_ms']:.3f} |")
         lines.append(f"| nginx, {size} | {a[size]['nginx_p50_ms']:.3f} | {a[size]['nginx_p99_ms']:.3f} |")
+    lines += ["", h2tls.render_md(r["h2tls"]).rstrip("\n")]
     w, h = r["wake"], r["herd"]
     lines += ["", "| wake and herd | value |", "|---|---:|",
               f"| wake: first request → first byte, median of {w['n']} | {w['median_first_byte_ms']:.1f} ms |",
@@ -794,8 +849,9 @@ def render_md(r):
 
 def render_svg(r):
     """Grouped bars, log scale: p50 / p99 / p99.9 per target, small responses, each concurrency."""
-    targets = ["direct", "nginx", "chp", "wakeway"]
-    colors = {"direct": "#7f7f7f", "nginx": "#2ca02c", "chp": "#ff7f0e", "wakeway": "#1f77b4"}
+    targets = ["direct", "nginx", "chp", "caddy", "haproxy", "wakeway"]
+    colors = {"direct": "#7f7f7f", "nginx": "#2ca02c", "chp": "#ff7f0e", "caddy": "#9467bd", "haproxy": "#8c564b",
+              "wakeway": "#1f77b4"}
     by = {(x["target"], x["size"], x["concurrency"]): x for x in r["proxying"]}
     groups = [(size, c, p) for size in ("small", "large") for c in r["settings"]["concurrency"]
               for p in ("p50_us", "p99_us", "p999_us")]
@@ -803,7 +859,7 @@ def render_svg(r):
     vals = [by[(t, s, c)][p] / 1000 for (s, c, p) in groups for t in targets]
     lo = 10 ** math.floor(math.log10(max(min(vals), 0.01)))
     hi = 10 ** math.ceil(math.log10(max(vals)))
-    W, H, L, B, T = 60 + len(groups) * 52, 380, 60, 60, 40
+    W, H, L, B, T = 60 + len(groups) * 74, 380, 60, 60, 40
     ph = H - B - T
 
     def y(v):
@@ -811,7 +867,7 @@ def render_svg(r):
 
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W + 20}" height="{H}" font-family="sans-serif" '
            f'font-size="11">', f'<rect width="100%" height="100%" fill="white"/>',
-           f'<text x="{L}" y="20" font-size="14">wakeway vs nginx vs configurable-http-proxy vs direct: '
+           f'<text x="{L}" y="20" font-size="14">wakeway vs nginx, configurable-http-proxy, Caddy, HAProxy and direct: '
            f'latency (ms, log scale), HTTP/1.1 keep-alive, {r["started_at"]}</text>']
     d = lo
     while d <= hi * 1.0001:
@@ -819,15 +875,15 @@ def render_svg(r):
         out.append(f'<text x="{L - 5}" y="{y(d) + 4:.1f}" text-anchor="end">{d:g}</text>')
         d *= 10
     for gi, (s, c, p) in enumerate(groups):
-        x0 = L + 6 + gi * 52
+        x0 = L + 6 + gi * 74
         for ti, t in enumerate(targets):
             v = by[(t, s, c)][p] / 1000
             out.append(f'<rect x="{x0 + ti * 11}" y="{y(v):.1f}" width="10" height="{T + ph - y(v):.1f}" '
                        f'fill="{colors[t]}"><title>{t} {s} c={c} {p[:-3]} {v:.2f} ms</title></rect>')
         label = {"p50_us": "p50", "p99_us": "p99", "p999_us": "p99.9"}[p]
-        out.append(f'<text x="{x0 + 22}" y="{T + ph + 14}" text-anchor="middle">{label}</text>')
+        out.append(f'<text x="{x0 + 33}" y="{T + ph + 14}" text-anchor="middle">{label}</text>')
         if p == "p50_us":
-            out.append(f'<text x="{x0 + 70}" y="{T + ph + 30}" text-anchor="middle">{s} c={c}</text>')
+            out.append(f'<text x="{x0 + 107}" y="{T + ph + 30}" text-anchor="middle">{s} c={c}</text>')
     for ti, t in enumerate(targets):
         out.append(f'<rect x="{L + ti * 90}" y="{H - 18}" width="10" height="10" fill="{colors[t]}"/>'
                    f'<text x="{L + 14 + ti * 90}" y="{H - 9}">{t}</text>')

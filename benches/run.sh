@@ -14,13 +14,17 @@ need_apt=()
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v cmake >/dev/null || need_apt+=(cmake)
+command -v h2load >/dev/null || need_apt+=(nghttp2-client)
+command -v caddy >/dev/null || need_apt+=(caddy)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
+command -v openssl >/dev/null || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq || true
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-# The Debian package starts a system nginx on :80; the benches use their own instances only.
+# The Debian packages may start a system nginx (:80), Caddy (:80) and HAProxy; the benches use their own instances only.
 if [ ! -x "$here/node_modules/.bin/configurable-http-proxy" ]; then
   echo "== npm install configurable-http-proxy (into benches/node_modules)"
   npm install --silent --no-save --no-package-lock --prefix "$here" configurable-http-proxy@4 >/dev/null
