@@ -60,6 +60,7 @@ fn main() {
     let now = Utc::now();
     let sessions: Vec<Session> = (0..n).map(|i| session(i, days, now)).collect();
     store.import(&sessions).unwrap_or_else(|e| panic!("{e}"));
+    drop(sessions); // from here only what is read back is held
     let bytes = std::fs::metadata(dir.join("wakeway.redb")).map(|m| m.len()).unwrap_or(0);
 
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
