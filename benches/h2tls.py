@@ -172,9 +172,11 @@ def smoke_problems(r):
     the handshakes happened, and -reuse really resumed (never a speed)."""
     problems = []
     for x in r["h2"]:
-        # h2load counts the requests still in flight when -D ends as failed: at most one per stream.
+        # h2load counts the requests still in flight when -D ends as failed, at most one per stream; a response
+        # that arrives as it ends may count as 2xx without counting as succeeded (seen: 24,247 2xx, 24,246 done).
         in_flight = x["clients"] * x["streams"]
-        if x["succeeded"] == 0 or x["status_2xx"] != x["succeeded"] or x["failed"] > in_flight \
+        all_2xx = x["succeeded"] <= x["status_2xx"] <= x["succeeded"] + in_flight
+        if x["succeeded"] == 0 or not all_2xx or x["failed"] > in_flight \
                 or x["protocol"] != x["proto"]:
             problems.append(f"{x['proto']} {x['target']} c={x['clients']} m={x['streams']}: {x}")
     for s in r["handshakes"]:
