@@ -266,12 +266,6 @@ pub struct Report {
     pub total: Totals,
 }
 
-/// Sum `sessions`' usage over `q`'s days, as of `now` (see [`UsageIndex::report`]). The
-/// manager keeps its index; this makes one for the sessions given.
-pub fn report(sessions: &[Session], q: &Query, prices: &Prices, now: DateTime<Utc>) -> Report {
-    UsageIndex::of(sessions, prices.clone()).report(q, now)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
