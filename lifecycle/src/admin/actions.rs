@@ -105,15 +105,10 @@ pub(super) async fn sleep(
     Path(id): Path<String>,
     Query(filter): Query<Filter>,
     body: Result<Form<ActionForm>, FormRejection>,
-) -> Response {
-    let (id, _) = match checked(&admin, &headers, &id, body).await {
-        Ok(ok) => ok,
-        Err(page) => return page,
-    };
-    match admin.manager.sleep(&id, SleepReason::Api).await {
-        Ok(_) => done(&filter, "sleep", &id),
-        Err(e) => page::failed(e, "/admin"),
-    }
+) -> Result<Response, Response> {
+    let (id, _) = checked(&admin, &headers, &id, body).await?;
+    admin.manager.sleep(&id, SleepReason::Api).await.map_err(|e| page::failed(e, "/admin"))?;
+    Ok(done(&filter, "sleep", &id))
 }
 
 /// `POST /admin/session/{id}/wake`: started, not waited for (the table shows it come up).
@@ -123,25 +118,12 @@ pub(super) async fn wake(
     Path(id): Path<String>,
     Query(filter): Query<Filter>,
     body: Result<Form<ActionForm>, FormRejection>,
-) -> Response {
-    let (id, _) = match checked(&admin, &headers, &id, body).await {
-        Ok(ok) => ok,
-        Err(page) => return page,
-    };
-    match admin.manager.view(&id).await {
-        Ok(v) if v.session.state == SessionState::Deleted => {
-            return page::failed(crate::LifecycleError::Deleted(id.to_string()), "/admin");
-        }
-        Ok(_) => {}
-        Err(e) => return page::failed(e, "/admin"),
-    }
+) -> Result<Response, Response> {
+    let (id, _) = checked(&admin, &headers, &id, body).await?;
     // As the API's wake without `wait`: the activity counts, the wake runs in the background.
-    let Some(handle) = admin.manager.handle(&id) else {
-        return page::failed(crate::LifecycleError::NotFound(id.to_string()), "/admin");
-    };
-    handle.activity.touch(admin.manager.now().timestamp_millis(), ActivitySource::ApiWake);
-    admin.manager.request_wake(&handle, ActivitySource::ApiWake);
-    done(&filter, "wake", &id)
+    let woken = admin.manager.wake_in_background(&id, ActivitySource::ApiWake).await;
+    woken.map_err(|e| page::failed(e, "/admin"))?;
+    Ok(done(&filter, "wake", &id))
 }
 
 /// `POST /admin/session/{id}/scale` with `tier=up|down`.
@@ -151,27 +133,14 @@ pub(super) async fn scale(
     Path(id): Path<String>,
     Query(filter): Query<Filter>,
     body: Result<Form<ActionForm>, FormRejection>,
-) -> Response {
-    let (id, body) = match checked(&admin, &headers, &id, body).await {
-        Ok(ok) => ok,
-        Err(page) => return page,
+) -> Result<Response, Response> {
+    let (id, body) = checked(&admin, &headers, &id, body).await?;
+    let Some(direction) = body.tier.as_deref().and_then(ScaleDirection::parse) else {
+        let why = "Choose the tier to scale to.";
+        return Err(page::message(StatusCode::BAD_REQUEST, "Pick a tier", why, ("/admin", "Sessions")));
     };
-    let direction = match body.tier.as_deref() {
-        Some("up") => ScaleDirection::Up,
-        Some("down") => ScaleDirection::Down,
-        _ => {
-            return page::message(
-                StatusCode::BAD_REQUEST,
-                "Pick a tier",
-                "Choose the tier to scale to.",
-                ("/admin", "Sessions"),
-            );
-        }
-    };
-    match admin.manager.scale(&id, direction).await {
-        Ok(_) => done(&filter, "scale", &id),
-        Err(e) => page::failed(e, "/admin"),
-    }
+    admin.manager.scale(&id, direction).await.map_err(|e| page::failed(e, "/admin"))?;
+    Ok(done(&filter, "scale", &id))
 }
 
 /// `GET /admin/session/{id}/delete`: what deleting does, and the button that does it.
@@ -231,13 +200,8 @@ pub(super) async fn delete(
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Form<ActionForm>, FormRejection>,
-) -> Response {
-    let (id, _) = match checked(&admin, &headers, &id, body).await {
-        Ok(ok) => ok,
-        Err(page) => return page,
-    };
-    match admin.manager.delete(&id, true).await {
-        Ok(_) => done(&Filter::default(), "delete", &id),
-        Err(e) => page::failed(e, "/admin"),
-    }
+) -> Result<Response, Response> {
+    let (id, _) = checked(&admin, &headers, &id, body).await?;
+    admin.manager.delete(&id, true).await.map_err(|e| page::failed(e, "/admin"))?;
+    Ok(done(&Filter::default(), "delete", &id))
 }

@@ -319,13 +319,7 @@ async fn wake(
         let message = "The workspace is awake.";
         return Ok(answer(Power { uuid: &s.uuid, status: s.state.as_str(), replicas: 1, message }));
     }
-    let handle = state.manager.handle(&id).ok_or_else(|| LifecycleError::NotFound(id.to_string()))?;
-    let v = state.manager.view(&id).await?;
-    if v.session.state == crate::session::State::Deleted {
-        return Err(LifecycleError::Deleted(id.to_string()).into());
-    }
-    handle.activity.touch(state.manager.now().timestamp_millis(), ActivitySource::ApiWake);
-    state.manager.request_wake(&handle, ActivitySource::ApiWake);
+    let v = state.manager.wake_in_background(&id, ActivitySource::ApiWake).await?;
     let status = if v.replicas == 1 { "running" } else { "waking" };
     let message = "The workspace is waking; poll GET /session/{uuid}/status or pass ?wait=true.";
     Ok(answer(Power { uuid: &v.session.uuid, status, replicas: 1, message }))
@@ -347,15 +341,13 @@ impl Body for ScaleBody {
 
 impl ScaleBody {
     fn direction(&self) -> Result<ScaleDirection, ApiError> {
-        match self.scale.as_str() {
-            "up" => Ok(ScaleDirection::Up),
-            "down" => Ok(ScaleDirection::Down),
-            other => Err(ApiError::new(
+        ScaleDirection::parse(&self.scale).ok_or_else(|| {
+            ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_scale",
-                format!("scale must be \"up\" or \"down\", not {other:?}."),
-            )),
-        }
+                format!("scale must be \"up\" or \"down\", not {:?}.", self.scale),
+            )
+        })
     }
 }
 

@@ -20,6 +20,17 @@ pub enum ScaleDirection {
     Down,
 }
 
+impl ScaleDirection {
+    /// `up` or `down`.
+    pub fn parse(name: &str) -> Option<ScaleDirection> {
+        match name {
+            "up" => Some(ScaleDirection::Up),
+            "down" => Some(ScaleDirection::Down),
+            _ => None,
+        }
+    }
+}
+
 /// Why a session is being put to sleep (a metric label and a log field).
 #[derive(Debug, Clone, Copy)]
 pub enum SleepReason {

@@ -54,6 +54,19 @@ impl Manager {
         });
     }
 
+    /// Count an API-style wake as activity and start it without waiting (the API's `wake`
+    /// without `wait`, the admin page's Wake). The session as it is now; a deleted one is refused.
+    pub async fn wake_in_background(&self, id: &SessionId, source: ActivitySource) -> Result<super::SessionView> {
+        let handle = self.handle(id).ok_or_else(|| LifecycleError::NotFound(id.to_string()))?;
+        let v = self.view(id).await?;
+        if v.session.state == State::Deleted {
+            return Err(LifecycleError::Deleted(id.to_string()));
+        }
+        handle.activity.touch(self.now().timestamp_millis(), source);
+        self.request_wake(&handle, source);
+        Ok(v)
+    }
+
     /// The proxy could not connect to `addr`: if that is still the published address, stop
     /// routing there and let a wake find the truth (running elsewhere, being stopped by another
     /// replica, crashed): it publishes where the workspace is, waking it if it sleeps.
