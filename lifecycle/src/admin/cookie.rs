@@ -11,7 +11,9 @@ use hmac::{Hmac, Mac};
 use http::HeaderMap;
 use rand::Rng;
 use sha2::Sha256;
-use subtle::ConstantTimeEq;
+
+use crate::web::forms::same;
+use crate::web::session::hex;
 
 /// How long one sign-in with an API key lasts.
 pub const ADMIN_TTL: Duration = Duration::from_secs(12 * 3600);
@@ -20,15 +22,6 @@ pub const ADMIN_TTL: Duration = Duration::from_secs(12 * 3600);
 pub struct AdminCookies {
     mac: Hmac<Sha256>,
     secure: bool,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Equal strings, compared in constant time.
-pub fn same(a: &str, b: &str) -> bool {
-    a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
 impl AdminCookies {

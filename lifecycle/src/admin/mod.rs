@@ -20,13 +20,14 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
-use http::{HeaderMap, header};
+use http::HeaderMap;
 
 use crate::api::ApiKeys;
 use crate::manager::Manager;
 use crate::store::Store;
+use crate::web::forms;
 use crate::web::session::{Cookies, Records};
-use cookie::{AdminCookies, same};
+use cookie::AdminCookies;
 use page::Corner;
 
 /// What the admin handlers share.
@@ -97,55 +98,13 @@ impl AdminState {
     /// A form of this page: sent from this origin (when the browser says where from) with the
     /// sign-in's token.
     fn form_allowed(&self, admin: &Admin, headers: &HeaderMap, csrf: Option<&str>) -> bool {
-        same_origin(headers, &self.public_origin()) && csrf.is_some_and(|t| same(t, &admin.csrf))
+        forms::same_origin(headers, &self.public_origin()) && csrf.is_some_and(|t| forms::same(t, &admin.csrf))
     }
 
     /// `scheme://host[:port]` of the base host as configured.
     fn public_origin(&self) -> String {
         let (scheme, host, port) = self.manager.config().public_base();
         port.map_or_else(|| format!("{scheme}://{host}"), |p| format!("{scheme}://{host}:{p}"))
-    }
-}
-
-/// No cross-site sender: `Sec-Fetch-Site` (when sent) is same-origin or none, and `Origin` (when
-/// sent) is the configured base origin or the very host the request was sent to.
-fn same_origin(headers: &HeaderMap, public: &str) -> bool {
-    let text = |name| headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
-    if text("sec-fetch-site").is_some_and(|s| s != "same-origin" && s != "none") {
-        return false;
-    }
-    let Some(origin) = text(header::ORIGIN.as_str()) else { return true };
-    if origin.eq_ignore_ascii_case(public) {
-        return true;
-    }
-    let authority = origin.split_once("://").map(|(_, a)| a);
-    authority.is_some_and(|a| text(header::HOST.as_str()).is_some_and(|h| a.eq_ignore_ascii_case(h)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
-        }
-        h
-    }
-
-    #[test]
-    fn forms_from_another_origin_are_refused() {
-        let public = "https://wakeway.example";
-        assert!(same_origin(&headers(&[]), public), "no Origin: the token decides");
-        assert!(same_origin(&headers(&[("origin", "https://wakeway.example")]), public));
-        let host = [("origin", "http://127.0.0.1:8080"), ("host", "127.0.0.1:8080")];
-        assert!(same_origin(&headers(&host), public), "the host the browser sent it to");
-        assert!(!same_origin(&headers(&[("origin", "https://evil.example"), ("host", "wakeway.example")]), public));
-        assert!(!same_origin(&headers(&[("origin", "null")]), public));
-        assert!(!same_origin(&headers(&[("sec-fetch-site", "cross-site")]), public));
-        assert!(!same_origin(&headers(&[("sec-fetch-site", "same-site")]), public), "a workspace host is same-site");
-        assert!(same_origin(&headers(&[("sec-fetch-site", "same-origin")]), public));
     }
 }
 

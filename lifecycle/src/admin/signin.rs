@@ -9,9 +9,10 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use wakeway_proxy::pages::{card_page, escape};
 
+use super::AdminState;
 use super::page::{self, narrow};
-use super::{AdminState, same_origin};
 use crate::api::FailureBudget;
+use crate::web::forms::same_origin;
 use crate::web::pages::html;
 
 /// Why the sign-in form is shown.

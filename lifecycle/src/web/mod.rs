@@ -11,6 +11,7 @@
 //! Where a person goes afterwards is always rebuilt from the session id (`config.workspace_url`)
 //! and a path: `next` can name a workspace, never another site.
 
+pub mod forms;
 mod home;
 pub mod oidc;
 pub mod pages;
@@ -213,12 +214,7 @@ impl WebState {
     /// Whether a POST is a form of our own pages: the browser's `Origin` (when it sends one) is
     /// public_url, and `csrf` is base session `sid`'s token.
     fn form_allowed(&self, headers: &HeaderMap, sid: &str, csrf: Option<&str>) -> bool {
-        let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
-        if origin.is_some_and(|o| o != self.public_url()) {
-            return false;
-        }
-        let good = self.cookies.csrf(sid);
-        csrf.is_some_and(|c| subtle::ConstantTimeEq::ct_eq(c.as_bytes(), good.as_bytes()).into())
+        forms::same_origin(headers, &self.public_url()) && csrf.is_some_and(|c| forms::same(c, &self.cookies.csrf(sid)))
     }
 
     /// One more sign-in with the provider, by result (`wakeway_oidc_logins_total`).
@@ -307,8 +303,7 @@ impl WebState {
         }
         let attempt = attempt.ok_or(SignInError::Expired)?;
         let bound = self.cookies.login(headers).map(|b| digest(&b));
-        let same: bool =
-            bound.is_some_and(|b| subtle::ConstantTimeEq::ct_eq(b.as_bytes(), attempt.binding.as_bytes()).into());
+        let same: bool = bound.is_some_and(|b| forms::same(&b, &attempt.binding));
         if !same {
             return Err(SignInError::OtherBrowser);
         }

@@ -64,7 +64,8 @@ pub fn random_hex() -> String {
     hex(&bytes)
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// `bytes` as lower-case hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -139,8 +140,7 @@ impl Cookies {
         let value = self.get(headers, "wakeway_user")?;
         let (sid, tag) = value.split_once('.')?;
         let good = self.tag(sid);
-        let same: bool = subtle::ConstantTimeEq::ct_eq(tag.as_bytes(), good.as_bytes()).into();
-        same.then(|| sid.to_string())
+        super::forms::same(tag, &good).then(|| sid.to_string())
     }
 }
 
