@@ -44,8 +44,7 @@ struct Tally {
 struct Entry {
     /// Which record this is (see the module's comment).
     order: (Option<DateTime<Utc>>, u64),
-    user_id: Arc<str>,
-    /// `user_id` as a number (`UsageIndex::users`).
+    /// The user, as a number (`UsageIndex::users`).
     user: u32,
     uuid: Arc<str>,
     created_at: DateTime<Utc>,
@@ -57,20 +56,24 @@ struct Entry {
     tallies: Box<[Tally]>,
 }
 
-/// Strings (activity sources, sleep reasons) as small numbers.
+/// Strings (users, activity sources, sleep reasons) as small numbers.
 #[derive(Debug, Default)]
-struct Names {
-    ids: RwLock<HashMap<String, u32>>,
-    names: RwLock<Vec<String>>,
+struct Names(RwLock<NameTable>);
+
+#[derive(Debug, Default)]
+struct NameTable {
+    ids: HashMap<String, u32>,
+    /// By id.
+    names: Vec<String>,
 }
 
 impl Names {
     fn id(&self, name: &str) -> u32 {
-        if let Some(id) = self.ids.read().unwrap_or_else(|p| p.into_inner()).get(name) {
-            return *id;
+        if let Some(id) = self.known(name) {
+            return id;
         }
-        let mut ids = self.ids.write().unwrap_or_else(|p| p.into_inner());
-        let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
+        let mut table = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let NameTable { ids, names } = &mut *table;
         *ids.entry(name.to_string()).or_insert_with(|| {
             names.push(name.to_string());
             (names.len() - 1) as u32
@@ -79,12 +82,12 @@ impl Names {
 
     /// The id of `name` if it has one.
     fn known(&self, name: &str) -> Option<u32> {
-        self.ids.read().unwrap_or_else(|p| p.into_inner()).get(name).copied()
+        self.0.read().unwrap_or_else(|p| p.into_inner()).ids.get(name).copied()
     }
 
     /// Every name, by id.
     fn all(&self) -> Vec<String> {
-        self.names.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0.read().unwrap_or_else(|p| p.into_inner()).names.clone()
     }
 }
 
@@ -169,7 +172,6 @@ impl UsageIndex {
         }
         Entry {
             order,
-            user_id: s.user_id.as_str().into(),
             user: self.users.id(&s.user_id),
             uuid: s.uuid.as_str().into(),
             created_at: s.created_at,
@@ -284,11 +286,14 @@ struct Acc {
     baseline_cost: f64,
     /// Counts by `2 × name + wake?` (see [`Names`]).
     tallies: Vec<u64>,
-    /// A session was summed into this row.
-    used: bool,
 }
 
 impl Acc {
+    /// Nothing was counted: no row for it (a user or session with no time in the window).
+    fn is_empty(&self) -> bool {
+        self.baseline_ms == 0 && self.ms.iter().all(|ms| *ms == 0) && self.tallies.iter().all(|n| *n == 0)
+    }
+
     fn tally(&mut self, slot: u32, n: u64) {
         let slot = slot as usize;
         if self.tallies.len() <= slot {
@@ -350,11 +355,15 @@ impl RowSink<'_> {
     }
 }
 
+/// A session's row before it is named: its user's number, creation and uuid.
+type SessionKey = (u32, DateTime<Utc>, Arc<str>);
+
 /// The rows being made, by grouping.
 enum Rows {
     /// By user number.
     User(Vec<Acc>),
-    Session(Vec<(RowKey, Acc)>),
+    /// By session: its user's number, creation and uuid (named when the rows are made).
+    Session(Vec<(SessionKey, Acc)>),
     Day {
         from: i32,
         days: Vec<Acc>,
@@ -376,17 +385,10 @@ impl Rows {
                 if users.len() <= e.user as usize {
                     users.resize(e.user as usize + 1, Acc::default());
                 }
-                let acc = &mut users[e.user as usize];
-                acc.used = true;
-                RowSink::One(acc)
+                RowSink::One(&mut users[e.user as usize])
             }
             Rows::Session(sessions) => {
-                let key = RowKey::Session {
-                    user_id: e.user_id.to_string(),
-                    created_at: e.created_at,
-                    uuid: e.uuid.to_string(),
-                };
-                sessions.push((key, Acc::default()));
+                sessions.push(((e.user, e.created_at, e.uuid.clone()), Acc::default()));
                 RowSink::One(&mut sessions.last_mut().expect("just pushed").1)
             }
             Rows::Day { from, days } => RowSink::Days { from: *from, days },
@@ -394,24 +396,26 @@ impl Rows {
     }
 
     fn into_report(self, index: &UsageIndex) -> Report {
+        let users = index.users.all();
+        let user = |id: u32| users.get(id as usize).cloned().unwrap_or_default();
         let rows: Vec<(RowKey, Acc)> = match self {
-            Rows::User(users) => {
-                let names = index.users.all();
-                let named = users.into_iter().enumerate().filter(|(_, acc)| acc.used);
-                named.map(|(user, acc)| (RowKey::User(names[user].clone()), acc)).collect()
+            Rows::User(accs) => {
+                accs.into_iter().enumerate().map(|(id, acc)| (RowKey::User(user(id as u32)), acc)).collect()
             }
-            Rows::Session(sessions) => sessions,
-            Rows::Day { from, days } => days
+            Rows::Session(sessions) => sessions
                 .into_iter()
-                .enumerate()
-                .filter(|(_, acc)| acc.baseline_ms > 0 || acc.ms.iter().any(|ms| *ms > 0) || !acc.tallies.is_empty())
-                .map(|(i, acc)| (RowKey::Day(date_of(from + i as i32)), acc))
+                .map(|((id, created_at, uuid), acc)| {
+                    (RowKey::Session { user_id: user(id), created_at, uuid: uuid.to_string() }, acc)
+                })
                 .collect(),
+            Rows::Day { from, days } => {
+                days.into_iter().enumerate().map(|(i, acc)| (RowKey::Day(date_of(from + i as i32)), acc)).collect()
+            }
         };
         let names = index.names.all();
         let mut total = Acc::default();
         let mut report = Report::default();
-        for (key, acc) in rows {
+        for (key, acc) in rows.into_iter().filter(|(_, acc)| !acc.is_empty()) {
             total.add(&acc);
             report.rows.insert(key, acc.totals(&names));
         }
