@@ -1,8 +1,9 @@
-//! `wakeway-bench-usage [N] [DAYS]`: what `GET /usage` does over N sessions with DAYS days of
-//! usage each (default 100,000 × 30): write them to an embedded store in a temporary folder, then
-//! time what happens once per process — reading every record back (`Store::list`) and filling
-//! the usage index from them — and what each `/usage` does: the rollup by user, session and day
-//! from the index (`UsageIndex::report`), the best of five runs each. Prints one JSON line.
+//! `wakeway-bench-usage [N] [DAYS] [--store]`: what `GET /usage` does over N sessions with DAYS
+//! days of usage each (default 100,000 × 30): the rollup by user, session and day from the usage
+//! index (`UsageIndex::report`) and the JSON body made of it, the best of five runs each. With
+//! `--store`, the sessions are first written to an embedded store in a temporary folder and what
+//! happens once per process is timed too — reading every record back (`Store::list`) and filling
+//! the index from them. Prints one JSON line.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -50,40 +51,59 @@ fn best<T>(mut f: impl FnMut() -> T) -> (f64, T) {
     (best, last.expect("five runs"))
 }
 
-fn main() {
-    let mut args = std::env::args().skip(1);
-    let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
-    let days: i64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(30);
+/// The index over `n` generated sessions: read back from an embedded store (`--store`: the
+/// once-per-process `list` and fill are timed and printed) or fed one session at a time as
+/// they are made (the usual: only the index is held, ~2 GB less than the records).
+fn index(n: usize, days: i64, now: chrono::DateTime<Utc>, prices: &Prices, with_store: bool) -> (UsageIndex, String) {
+    if !with_store {
+        let t0 = Instant::now();
+        let index = UsageIndex::new(prices.clone());
+        for i in 0..n {
+            index.observe(&session(i, days, now));
+        }
+        return (index, format!("\"fed_ms\": {:.1}", t0.elapsed().as_secs_f64() * 1000.0));
+    }
     let dir = std::env::temp_dir().join(format!("wakeway-bench-usage-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a temporary folder");
     let store = EmbeddedStore::open(&dir.join("wakeway.redb")).unwrap_or_else(|e| panic!("{e}"));
-    let now = Utc::now();
     let sessions: Vec<Session> = (0..n).map(|i| session(i, days, now)).collect();
     store.import(&sessions).unwrap_or_else(|e| panic!("{e}"));
     drop(sessions); // from here only what is read back is held
     let bytes = std::fs::metadata(dir.join("wakeway.redb")).map(|m| m.len()).unwrap_or(0);
-
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
     let (list_ms, all) = best(|| rt.block_on(store.list()).unwrap_or_else(|e| panic!("{e}")));
-    let prices = Prices::from_config(&wakeway_config::Config::default());
     let (index_ms, index) = best(|| UsageIndex::of(&all, prices.clone()));
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    (index, format!("\"store_bytes\": {bytes}, \"list_ms\": {list_ms:.1}, \"index_ms\": {index_ms:.1}"))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let with_store = args.iter().any(|a| a == "--store");
+    let mut numbers = args.iter().filter(|a| !a.starts_with("--"));
+    let n: usize = numbers.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let days: i64 = numbers.next().and_then(|a| a.parse().ok()).unwrap_or(30);
+    let now = Utc::now();
+    let prices = Prices::from_config(&wakeway_config::Config::default());
+    let (index, setup) = index(n, days, now, &prices, with_store);
     let q = |group_by| Query {
         from: (now - Duration::days(days)).date_naive(),
         to: now.date_naive(),
         user_id: None,
         group_by,
     };
-    let mut rollups = BTreeMap::new();
+    let mut rollups = Vec::new();
     for (name, group_by) in [("user", GroupBy::User), ("session", GroupBy::Session), ("day", GroupBy::Day)] {
-        let (ms, r) = best(|| index.report(&q(group_by), now));
-        rollups.insert(name, (ms, r.rows.len()));
+        let q = q(group_by);
+        let (ms, r) = best(|| index.report(&q, now));
+        // What GET /usage sends: the same report as its JSON body.
+        let (json_ms, body) = best(|| wakeway_lifecycle::api::usage_json(&q, &r));
+        rollups.push(format!(
+            "\"{name}\": {{\"ms\": {ms:.1}, \"json_ms\": {json_ms:.1}, \"rows\": {}, \"json_bytes\": {}}}",
+            r.rows.len(),
+            body.len()
+        ));
     }
-    drop(store);
-    let _ = std::fs::remove_dir_all(&dir);
-    let rollup: Vec<String> =
-        rollups.iter().map(|(k, (ms, rows))| format!("\"{k}\": {{\"ms\": {ms:.1}, \"rows\": {rows}}}")).collect();
-    println!(
-        "{{\"sessions\": {n}, \"days\": {days}, \"store_bytes\": {bytes}, \"list_ms\": {list_ms:.1}, \"index_ms\": {index_ms:.1}, {}}}",
-        rollup.join(", ")
-    );
+    println!("{{\"sessions\": {n}, \"days\": {days}, {setup}, {}}}", rollups.join(", "));
 }

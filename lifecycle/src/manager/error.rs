@@ -85,7 +85,7 @@ impl LifecycleError {
 
     /// The error for a task `what` that ended without an answer, logged with its cause (a
     /// panic's message) at error level.
-    pub(super) fn task_failed(what: &'static str, source: tokio::task::JoinError) -> Self {
+    pub fn task_failed(what: &'static str, source: tokio::task::JoinError) -> Self {
         tracing::error!(task = what, error = %source, "a lifecycle task failed (a bug in wakeway)");
         LifecycleError::TaskFailed { what, source }
     }

@@ -14,10 +14,10 @@
 //! its milliseconds by bucket and its cost; wakes and sleeps are counted by interned name.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
-use dashmap::DashMap;
 
 use super::{Bucket, GroupBy, Prices, Query, Report, RowKey, Totals};
 use crate::session::Session;
@@ -91,15 +91,20 @@ impl Names {
     }
 }
 
-/// Every known session's usage, by uuid.
+/// Every known session's usage, by uuid, in [`SHARDS`] shards by the uuid's hash: a report
+/// sums the shards on every core (the sums are memory-bound: each entry's days are a cache miss).
 #[derive(Debug)]
 pub struct UsageIndex {
     prices: Prices,
     /// Activity sources and sleep reasons.
     names: Names,
     users: Names,
-    entries: DashMap<Arc<str>, Entry>,
+    shards: Box<[RwLock<Shard>]>,
 }
+
+type Shard = HashMap<Arc<str>, Entry>;
+
+const SHARDS: usize = 64;
 
 fn day_number(day: NaiveDate) -> i32 {
     day.num_days_from_ce()
@@ -111,7 +116,17 @@ fn date_of(number: i32) -> NaiveDate {
 
 impl UsageIndex {
     pub fn new(prices: Prices) -> UsageIndex {
-        UsageIndex { prices, names: Names::default(), users: Names::default(), entries: DashMap::new() }
+        let shards = (0..SHARDS).map(|_| RwLock::default()).collect();
+        UsageIndex { prices, names: Names::default(), users: Names::default(), shards }
+    }
+
+    fn shard(&self, uuid: &str) -> &RwLock<Shard> {
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(uuid);
+        &self.shards[hash as usize % SHARDS]
+    }
+
+    fn read(shard: &RwLock<Shard>) -> std::sync::RwLockReadGuard<'_, Shard> {
+        shard.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// An index of `sessions` (each a different session).
@@ -125,28 +140,24 @@ impl UsageIndex {
 
     /// How many sessions it holds.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.shards.iter().map(|shard| Self::read(shard).len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     /// Learn record `s`, unless the index already holds it or a newer one.
     pub fn observe(&self, s: &Session) {
         let order = (s.usage.accounted_until, s.version);
-        if self.entries.get(s.uuid.as_str()).is_some_and(|e| e.order >= order) {
+        let shard = self.shard(&s.uuid);
+        if Self::read(shard).get(s.uuid.as_str()).is_some_and(|e| e.order >= order) {
             return;
         }
         let entry = self.entry(s, order);
-        match self.entries.entry(entry.uuid.clone()) {
-            dashmap::Entry::Occupied(mut o) if o.get().order < entry.order => {
-                o.insert(entry);
-            }
-            dashmap::Entry::Occupied(_) => {}
-            dashmap::Entry::Vacant(v) => {
-                v.insert(entry);
-            }
+        let mut entries = shard.write().unwrap_or_else(|p| p.into_inner());
+        if entries.get(&entry.uuid).is_none_or(|e| e.order < entry.order) {
+            entries.insert(entry.uuid.clone(), entry);
         }
     }
 
@@ -185,10 +196,9 @@ impl UsageIndex {
 
     /// Usage over `q`'s days as of `now`: what the records counted, plus what each session has
     /// been since (`since` from `accounted_until` to `now`, not yet written), and the always-on
-    /// baseline from creation to deletion.
+    /// baseline from creation to deletion. The shards are summed on every core.
     pub fn report(&self, q: &Query, now: DateTime<Utc>) -> Report {
         let window = Window::of(q, now);
-        let mut rows = Rows::new(q.group_by, &window);
         let only = match q.user_id.as_deref() {
             Some(user) => match self.users.known(user) {
                 Some(id) => Some(id),
@@ -196,14 +206,25 @@ impl UsageIndex {
             },
             None => None,
         };
-        for entry in self.entries.iter() {
-            if only.is_some_and(|u| entry.user != u) {
-                continue;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(SHARDS);
+        let names = self.names.all();
+        let sum = |part: usize| {
+            let mut rows = Rows::new(q.group_by, &window);
+            for shard in self.shards.iter().skip(part).step_by(threads) {
+                for entry in Self::read(shard).values().filter(|e| only.is_none_or(|u| e.user == u)) {
+                    let mut row = rows.row(entry);
+                    self.add_entry(entry, &window, &mut row, q.group_by);
+                }
             }
-            let mut row = rows.row(&entry);
-            self.add_entry(&entry, &window, &mut row, q.group_by);
-        }
-        rows.into_report(self)
+            Part::of(rows.into_rows(self), q.group_by, &names)
+        };
+        let parts: Vec<Part> = std::thread::scope(|scope| {
+            let others: Vec<_> = (1..threads).map(|part| scope.spawn(move || sum(part))).collect();
+            let mut parts = vec![sum(0)];
+            parts.extend(others.into_iter().map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))));
+            parts
+        });
+        Part::into_report(parts, &names)
     }
 
     fn add_entry(&self, e: &Entry, w: &Window, row: &mut RowSink, group_by: GroupBy) {
@@ -337,6 +358,61 @@ impl Acc {
     }
 }
 
+/// What one core made of its shards.
+enum Part {
+    /// Rows another core may also have (a user's or a day's), to be added up.
+    Sums(Vec<(RowKey, Acc)>),
+    /// Rows no other core has (sessions), made into totals on this core, and their sum.
+    Done { rows: Vec<(RowKey, Totals)>, total: Acc },
+}
+
+impl Part {
+    fn of(rows: Vec<(RowKey, Acc)>, group_by: GroupBy, names: &[String]) -> Part {
+        if group_by != GroupBy::Session {
+            return Part::Sums(rows);
+        }
+        let mut total = Acc::default();
+        let rows = rows
+            .into_iter()
+            .map(|(key, acc)| {
+                total.add(&acc);
+                (key, acc.totals(names))
+            })
+            .collect();
+        Part::Done { rows, total }
+    }
+
+    /// One report of the parts every core made: rows with the same key are added up.
+    fn into_report(parts: Vec<Part>, names: &[String]) -> Report {
+        let mut total = Acc::default();
+        let mut sums: Vec<(RowKey, Acc)> = Vec::new();
+        let mut done: Vec<(RowKey, Totals)> = Vec::new();
+        for part in parts {
+            match part {
+                Part::Sums(rows) => sums.extend(rows),
+                Part::Done { rows, total: sum } => {
+                    total.add(&sum);
+                    done.extend(rows);
+                }
+            }
+        }
+        sums.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        sums.dedup_by(|later, first| {
+            let same = later.0 == first.0;
+            if same {
+                first.1.add(&later.1);
+            }
+            same
+        });
+        for (key, acc) in sums.into_iter().filter(|(_, acc)| !acc.is_empty()) {
+            total.add(&acc);
+            done.push((key, acc.totals(names)));
+        }
+        done.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Report { rows: done.into_iter().collect(), total: total.totals(names) }
+    }
+}
+
 /// Where one session's sums go: its row (user or session), or a row per day.
 enum RowSink<'a> {
     One(&'a mut Acc),
@@ -395,15 +471,20 @@ impl Rows {
         }
     }
 
-    fn into_report(self, index: &UsageIndex) -> Report {
+    /// The rows, keyed (users named).
+    fn into_rows(self, index: &UsageIndex) -> Vec<(RowKey, Acc)> {
         let users = index.users.all();
         let user = |id: u32| users.get(id as usize).cloned().unwrap_or_default();
-        let rows: Vec<(RowKey, Acc)> = match self {
-            Rows::User(accs) => {
-                accs.into_iter().enumerate().map(|(id, acc)| (RowKey::User(user(id as u32)), acc)).collect()
-            }
+        match self {
+            Rows::User(accs) => accs
+                .into_iter()
+                .enumerate()
+                .filter(|(_, acc)| !acc.is_empty())
+                .map(|(id, acc)| (RowKey::User(user(id as u32)), acc))
+                .collect(),
             Rows::Session(sessions) => sessions
                 .into_iter()
+                .filter(|(_, acc)| !acc.is_empty())
                 .map(|((id, created_at, uuid), acc)| {
                     (RowKey::Session { user_id: user(id), created_at, uuid: uuid.to_string() }, acc)
                 })
@@ -411,16 +492,7 @@ impl Rows {
             Rows::Day { from, days } => {
                 days.into_iter().enumerate().map(|(i, acc)| (RowKey::Day(date_of(from + i as i32)), acc)).collect()
             }
-        };
-        let names = index.names.all();
-        let mut total = Acc::default();
-        let mut report = Report::default();
-        for (key, acc) in rows.into_iter().filter(|(_, acc)| !acc.is_empty()) {
-            total.add(&acc);
-            report.rows.insert(key, acc.totals(&names));
         }
-        report.total = total.totals(&names);
-        report
     }
 }
 
