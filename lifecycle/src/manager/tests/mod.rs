@@ -274,7 +274,7 @@ async fn a_panic_in_the_sweep_is_counted_and_the_next_sweep_still_runs() {
     let id = rig.session(State::Sleeping, None).await;
     rig.manager.wake(&id, ActivitySource::ApiWake).await.unwrap();
     rig.clock.advance(rig.manager.config().lifecycle.idle_timeout + Duration::from_secs(60));
-    rig.store.list_panics.store(1, Ordering::SeqCst);
+    rig.store.read_panics.store(1, Ordering::SeqCst);
 
     let (_events_tx, events) = tokio::sync::mpsc::unbounded_channel();
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
@@ -282,7 +282,7 @@ async fn a_panic_in_the_sweep_is_counted_and_the_next_sweep_still_runs() {
     let background = tokio::spawn(async move { manager.run_background(events, shutdown).await });
 
     eventually("the sweep after the panicked one", || rig.store.record(id.as_str()).state == State::Sleeping).await;
-    assert_eq!(rig.store.list_panics.load(Ordering::SeqCst), 0, "the first sweep panicked");
+    assert_eq!(rig.store.read_panics.load(Ordering::SeqCst), 0, "the first sweep panicked");
     let metrics = rig.manager.render_metrics();
     assert!(metrics.contains("wakeway_background_restarts_total{task=\"sweep\"} 1"), "{metrics}");
     assert_eq!(rig.backend.count("stop"), 1);
