@@ -336,3 +336,25 @@ async fn the_sweep_prunes_expired_oidc_login_attempts_and_base_sessions() {
         assert!(rig.store.get_blob(&format!("{prefix}live")).await.unwrap().is_some(), "{prefix}: live one kept");
     }
 }
+
+/// With a shared store, another replica's change whose notice never arrived (a lost pub/sub
+/// message) is missed by the sweeps of the sessions due, and acted on by the full sweep that
+/// comes at the latest [`super::FULL_SWEEP_SAFETY_NET`] after the last one.
+#[tokio::test]
+async fn a_change_whose_notice_was_lost_is_acted_on_by_the_next_full_sweep() {
+    let rig = rig(true);
+    let id = rig.session(State::Sleeping, None).await;
+    rig.manager.sweep().await.unwrap();
+    // Another replica records a requested deletion; this replica hears nothing of it.
+    let mut s = rig.store.record(id.as_str());
+    s.delete_requested = true;
+    rig.store.seed(s);
+    rig.clock.advance(Duration::from_secs(60));
+    rig.manager.sweep().await.unwrap();
+    assert_eq!(rig.store.record(id.as_str()).state, State::Sleeping, "not due as far as this replica knows");
+
+    rig.clock.advance(super::FULL_SWEEP_SAFETY_NET);
+    rig.manager.sweep().await.unwrap();
+    assert_eq!(rig.store.record(id.as_str()).state, State::Deleted);
+    assert_eq!(rig.backend.count("backup"), 1);
+}
