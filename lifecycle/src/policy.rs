@@ -109,8 +109,6 @@ impl Policy {
     }
 
     /// The warning due for `s` at `now`, if any and not sent yet for this deadline.
-    /// `before_sleep` is capped at half the session's idle timeout, so a short timeout does not
-    /// warn after every request.
     pub fn warning(
         &self,
         s: &Session,
@@ -119,41 +117,99 @@ impl Policy {
         before_sleep: Duration,
         before_delete: Duration,
     ) -> Option<Warning> {
+        let mut windows = self.warning_windows(s, seen, before_sleep, before_delete).into_iter().flatten();
+        windows.find(|(from, w)| now >= *from && now < w.at() && !w.sent(s)).map(|(_, w)| w)
+    }
+
+    /// The warnings `s` gets if nothing happens (sent or not), each with the time its window
+    /// opens (it closes at the deadline it announces). `before_sleep` is capped at half the
+    /// session's idle timeout, so a short timeout does not warn after every request.
+    fn warning_windows(
+        &self,
+        s: &Session,
+        seen: Seen,
+        before_sleep: Duration,
+        before_delete: Duration,
+    ) -> [Option<(DateTime<Utc>, Warning)>; 2] {
         let lead = before_sleep.min(self.idle_timeout(s) / 2);
-        if !lead.is_zero()
-            && let Some(at) = self.sleeps_at(s, seen)
-            && now < at
-            && now >= before(at, lead)
-            && s.warned_sleep_for != Some(at)
-        {
-            return Some(Warning::Sleep(at));
-        }
-        if !before_delete.is_zero()
-            && !s.delete_requested
-            && s.state == State::Sleeping
-            && let Some(at) = self.deletes_at(s)
-            && now < at
-            && now >= before(at, before_delete)
-            && s.warned_delete_for != Some(at)
-        {
-            return Some(Warning::Delete(at));
-        }
-        None
+        let sleep =
+            self.sleeps_at(s, seen).filter(|_| !lead.is_zero()).map(|at| (before(at, lead), Warning::Sleep(at)));
+        let deletes = !before_delete.is_zero() && !s.delete_requested && s.state == State::Sleeping;
+        let delete = self.deletes_at(s).filter(|_| deletes).map(|at| (before(at, before_delete), Warning::Delete(at)));
+        [sleep, delete]
     }
 
     /// The next action for `s`, given its latest activity (store and in-memory, merged).
     pub fn decide(&self, s: &Session, seen: Seen, now: DateTime<Utc>) -> Action {
+        let mut due = self.scheduled(s, seen).into_iter().flatten();
+        due.find(|(at, _)| now >= *at).map_or(Action::Nothing, |(_, action)| action)
+    }
+
+    /// What the policy will do to `s` if nothing happens, and from when, in the order
+    /// [`Policy::decide`] prefers them when several are due. The one statement of the rules, so
+    /// the sweep's deadline index ([`Policy::next_deadlines`]) cannot disagree with `decide`.
+    /// Steps a crash interrupted are due from the beginning of time (at once).
+    fn scheduled(&self, s: &Session, seen: Seen) -> [Option<(DateTime<Utc>, Action)>; 2] {
+        let at_once = DateTime::<Utc>::MIN_UTC;
         match s.state {
-            State::Running if now >= after(seen.last_activity, self.idle_timeout(s)) => Action::Sleep,
-            State::Running if now >= after(seen.last_interaction, self.max_awake_with_open_tab) => Action::SleepOpenTab,
-            State::Stopping => Action::FinishSleep,
-            State::Sleeping | State::BackupFailed if self.deletes_at(s).is_some_and(|t| now >= t) => {
-                Action::BackUpAndDelete
-            }
-            State::BackingUp | State::Deleting => Action::BackUpAndDelete,
-            State::Restoring => Action::FinishRestore,
-            State::Deleted if s.deleted_at.is_some_and(|t| now >= after(t, self.backup_retention)) => Action::Forget,
-            _ => Action::Nothing,
+            State::Running => [
+                Some((after(seen.last_activity, self.idle_timeout(s)), Action::Sleep)),
+                Some((after(seen.last_interaction, self.max_awake_with_open_tab), Action::SleepOpenTab)),
+            ],
+            State::Stopping => [Some((at_once, Action::FinishSleep)), None],
+            State::Sleeping | State::BackupFailed => [self.deletes_at(s).map(|t| (t, Action::BackUpAndDelete)), None],
+            State::BackingUp | State::Deleting => [Some((at_once, Action::BackUpAndDelete)), None],
+            State::Restoring => [Some((at_once, Action::FinishRestore)), None],
+            State::Deleted => [s.deleted_at.map(|t| (after(t, self.backup_retention), Action::Forget)), None],
+            _ => [None, None],
+        }
+    }
+
+    /// The earliest times `decide` may act on `s` and `warning` may send something, if nothing
+    /// happens meanwhile. Activity only moves them later, so times computed from older activity
+    /// are safe lower bounds: before them, `decide` says `Nothing` and `warning` `None`.
+    pub fn next_deadlines(
+        &self,
+        s: &Session,
+        seen: Seen,
+        before_sleep: Duration,
+        before_delete: Duration,
+    ) -> Deadlines {
+        // A sleep warning already sent still counts: activity not in `seen` yet may move the sleep
+        // to a deadline not warned of, whose window opens any time after this one. A deletion's
+        // deadline moves only with the record.
+        let pending = |w: &Warning| !matches!(w, Warning::Delete(_)) || !w.sent(s);
+        let windows = self.warning_windows(s, seen, before_sleep, before_delete).into_iter().flatten();
+        Deadlines {
+            act: self.scheduled(s, seen).into_iter().flatten().map(|(at, _)| at).min(),
+            warn: windows.filter(|(from, w)| *from < w.at() && pending(w)).map(|(from, _)| from).min(),
+        }
+    }
+}
+
+/// When the policy may next have something to say about a session (see
+/// [`Policy::next_deadlines`]); `None`: never, unless the record changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// `decide` says `Nothing` before this.
+    pub act: Option<DateTime<Utc>>,
+    /// `warning` says `None` before this.
+    pub warn: Option<DateTime<Utc>>,
+}
+
+impl Warning {
+    /// The deadline the warning announces.
+    pub fn at(self) -> DateTime<Utc> {
+        match self {
+            Warning::Sleep(at) | Warning::Delete(at) => at,
+        }
+    }
+
+    /// Whether `s` records this warning as sent (once per deadline).
+    fn sent(self, s: &Session) -> bool {
+        match self {
+            Warning::Sleep(at) => s.warned_sleep_for == Some(at),
+            Warning::Delete(at) => s.warned_delete_for == Some(at),
         }
     }
 }

@@ -62,7 +62,7 @@ impl Manager {
             }
             match self.inner.store.put(&Session::new(&id, user_id, tier, now)).await {
                 Ok(stored) => {
-                    self.inner.usage.observe(&stored);
+                    self.observe(&stored);
                     return Ok(stored);
                 }
                 Err(StoreError::Conflict { .. }) => continue,

@@ -131,6 +131,7 @@ impl Manager {
             this.inner.store.put_blob(&crate::usage::forgotten_key(&s.uuid), &record).await?;
             this.inner.store.remove(&s.uuid, s.version).await?;
             this.inner.sessions.remove(&rt.handle.id);
+            this.inner.deadlines.remove(&rt.handle.id);
             tracing::info!(session = %s.uuid, "deleted session record forgotten after backup_retention");
             Ok(())
         })

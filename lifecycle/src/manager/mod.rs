@@ -10,14 +10,15 @@
 //! - `transitions`: load, save (compare-and-set) and state transitions;
 //! - `create`, `wake`, `sleep` (sleep and scale), `delete`, `backups` (catalog, restores,
 //!   per-session policy): the operations;
-//! - `sweep` (the background loop, the policy sweep, its leader lease), `recovery` (start-up,
-//!   other replicas' changes, lost records, crashed workspaces), `checkpoints` (activity,
-//!   warnings, webhook events);
+//! - `sweep` (the background loop, the policy sweep, its leader lease), `deadlines` (whom the
+//!   sweep visits), `recovery` (start-up, other replicas' changes, lost records, crashed
+//!   workspaces), `checkpoints` (activity, warnings, webhook events);
 //! - `tokens` (sign-in links, cookie generations), `views` (status, counts, metrics, health).
 
 mod backups;
 mod checkpoints;
 mod create;
+mod deadlines;
 mod delete;
 mod error;
 mod lease;
@@ -59,6 +60,11 @@ pub use views::{Component, SessionView};
 /// The sweep leader asks the backend for its workspaces at least this often (shared store).
 pub const DISCOVERY_SAFETY_NET: Duration = Duration::from_secs(600);
 
+/// With a shared store, the sweep leader reads every record (instead of only the sessions its
+/// deadline index says are due) at least this often: a safety net for changes other replicas
+/// made whose notice this replica lost (see `deadlines`).
+pub const FULL_SWEEP_SAFETY_NET: Duration = Duration::from_secs(600);
+
 struct Inner {
     config: Arc<Config>,
     policy: Policy,
@@ -94,6 +100,13 @@ struct Inner {
     usage: crate::usage::UsageIndex,
     /// The index was filled from the whole store once (at the first `/usage`).
     usage_loaded: tokio::sync::OnceCell<()>,
+    /// When the sweep next needs to look at each session (see `deadlines`).
+    deadlines: deadlines::DeadlineIndex,
+    /// The next sweep as leader reads every record: until `recover` or a full sweep filled the
+    /// deadline index, and on becoming the leader.
+    full_sweep_due: AtomicBool,
+    /// When the last full sweep ended (clock ms; see [`FULL_SWEEP_SAFETY_NET`]).
+    last_full_sweep_ms: AtomicI64,
 }
 
 /// The manager. Cheap to clone.
@@ -126,6 +139,9 @@ impl Manager {
                 limits: Limits::from_config(&config),
                 usage: crate::usage::UsageIndex::new(crate::usage::Prices::from_config(&config)),
                 usage_loaded: tokio::sync::OnceCell::new(),
+                deadlines: deadlines::DeadlineIndex::default(),
+                full_sweep_due: AtomicBool::new(true),
+                last_full_sweep_ms: AtomicI64::new(0),
                 catalog: Arc::new(Catalog::new(config.backup_dir(), config.restore.max_bytes)),
                 config,
                 store,

@@ -65,6 +65,7 @@ impl Manager {
         for s in all {
             let uuid = s.uuid.clone();
             self.runtime_for(&s);
+            self.observe(&s);
             match self
                 .run_locked(&s.id(), "recover", move |this, rt| async move { this.recover_one(&rt, s).await })
                 .await
@@ -76,6 +77,9 @@ impl Manager {
                 }
             }
         }
+        // Every record was indexed above and nothing else writes this store: the sweep can
+        // start with the sessions due.
+        self.full_sweep_done();
         tracing::info!(sessions = total, adopted, "sessions recovered");
         Ok(())
     }
@@ -111,7 +115,7 @@ impl Manager {
     pub(super) async fn resync(&self) -> Result<()> {
         let all = self.inner.store.list().await.inspect_err(|e| self.note_store_error(e))?;
         for s in &all {
-            self.inner.usage.observe(s);
+            self.observe(s);
             let rt = self.runtime_for(s);
             self.publish_if_idle(&rt, s);
         }
@@ -132,7 +136,7 @@ impl Manager {
         let Some(id) = SessionId::parse(id) else { return };
         match self.inner.store.get(id.as_str()).await {
             Ok(Some(s)) => {
-                self.inner.usage.observe(&s);
+                self.observe(&s);
                 let rt = self.runtime_for(&s);
                 self.publish_if_idle(&rt, &s);
                 if s.state == State::Deleted {
@@ -142,6 +146,7 @@ impl Manager {
             // Forgotten by the leader after backup_retention: forget it here too. In any other
             // state the store lost it, and the leader rebuilds it from the backend.
             Ok(None) => {
+                self.inner.deadlines.remove(&id);
                 self.inner.sessions.remove_if(&id, |_, rt| rt.state() == State::Deleted);
             }
             Err(e) => self.note_store_error(&e),
@@ -220,7 +225,7 @@ impl Manager {
         s.usage = crate::usage::Usage::starting(now, crate::usage::Since::of(&s));
         match self.inner.store.put(&s).await {
             Ok(stored) => {
-                self.inner.usage.observe(&stored);
+                self.observe(&stored);
                 tracing::warn!(session = %stored.uuid, state = stored.state.as_str(), "session record rebuilt from its workspace");
                 let rt = self.runtime_for(&stored);
                 self.publish_if_idle(&rt, &stored);

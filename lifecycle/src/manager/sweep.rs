@@ -1,7 +1,8 @@
 //! The background loop (sweep, checkpoints, backend and store events), supervised so a panic in
 //! one step is logged, counted and followed by the next, and the sweep: the idle policy applied
-//! to every session by the one replica holding the sweep lease, and backups pruned after
-//! `backup_retention`.
+//! by the one replica holding the sweep lease to the sessions due (see `deadlines`) and every
+//! running one, or to every session in the store when the deadline index may be incomplete, and
+//! backups pruned after `backup_retention`.
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
@@ -13,7 +14,9 @@ use futures::FutureExt;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
-use super::{LifecycleError, Manager, Result, SleepReason};
+use wakeway_proxy::SessionId;
+
+use super::{FULL_SWEEP_SAFETY_NET, LifecycleError, Manager, Result, SleepReason};
 use crate::backend::BackendEvent;
 use crate::policy::Action;
 use crate::session::{Session, State};
@@ -55,8 +58,10 @@ impl Manager {
         match self.inner.store.lease("sweep", &self.inner.replica, ttl).await {
             Ok(true) => {
                 if !self.inner.leading.swap(true, Ordering::AcqRel) {
-                    // Records may have been lost while another replica led (or none did).
+                    // Records may have been lost while another replica led (or none did), and
+                    // this replica's deadline index may have missed changes meanwhile.
                     self.inner.discover_due.store(true, Ordering::Release);
+                    self.inner.full_sweep_due.store(true, Ordering::Release);
                 }
             }
             Ok(false) => {
@@ -100,6 +105,38 @@ impl Manager {
             self.merge_activity().await;
             self.rebuild_missing().await;
         }
+        if self.full_sweep_due() {
+            return self.sweep_all().await;
+        }
+        let now = self.now();
+        let due = self.load_each(self.to_visit(now)).await?;
+        self.prune_backups(now, &due).await;
+        self.prune_tokens().await;
+        for s in due {
+            self.sweep_session(s, now).await;
+        }
+        Ok(())
+    }
+
+    /// Whether this sweep reads every record: the deadline index is not known complete yet (see
+    /// [`Manager::full_sweep_done`]) or, with a shared store, the last full sweep is
+    /// [`FULL_SWEEP_SAFETY_NET`] old.
+    fn full_sweep_due(&self) -> bool {
+        if self.inner.full_sweep_due.load(Ordering::Acquire) {
+            return true;
+        }
+        let since = self.inner.clock.now_ms() - self.inner.last_full_sweep_ms.load(Ordering::Acquire);
+        self.inner.shared && since >= FULL_SWEEP_SAFETY_NET.as_millis() as i64
+    }
+
+    /// Every record has been indexed: from now on the sweep visits only the sessions due.
+    pub(super) fn full_sweep_done(&self) {
+        self.inner.last_full_sweep_ms.store(self.inner.clock.now_ms(), Ordering::Release);
+        self.inner.full_sweep_due.store(false, Ordering::Release);
+    }
+
+    /// The policy applied to every record in the store, each indexed on the way.
+    async fn sweep_all(&self) -> Result<()> {
         let all = match self.inner.store.list().await {
             Ok(all) => all,
             Err(e) => {
@@ -112,10 +149,40 @@ impl Manager {
         self.prune_backups(now, &all).await;
         self.prune_tokens().await;
         for s in all {
-            self.inner.usage.observe(&s);
+            self.observe(&s);
             self.sweep_session(s, now).await;
         }
+        self.full_sweep_done();
         Ok(())
+    }
+
+    /// The sessions to look at now: those the deadline index says are due, and every running
+    /// one (a workspace that died is noticed at the next sweep; they are few and in memory).
+    fn to_visit(&self, now: DateTime<Utc>) -> Vec<SessionId> {
+        let mut ids = self.inner.deadlines.due(now);
+        ids.extend(self.inner.sessions.iter().filter(|rt| rt.state() == State::Running).map(|rt| rt.key().clone()));
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// The stored record of each of `ids`; one that is gone leaves the deadline index (forgotten,
+    /// or lost and rebuilt by `rebuild_missing`, which indexes it again). Nothing is decided
+    /// when the store cannot be read.
+    async fn load_each(&self, ids: Vec<SessionId>) -> Result<Vec<Session>> {
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.inner.store.get(id.as_str()).await {
+                Ok(Some(s)) => found.push(s),
+                Ok(None) => self.inner.deadlines.remove(&id),
+                Err(e) => {
+                    self.note_store_error(&e);
+                    tracing::warn!(error = %e, "sweep skipped: the store is unavailable");
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Decide what `s` needs now and do it (sleep, finish a sleep, delete, forget, finish a
@@ -127,6 +194,10 @@ impl Manager {
         let Ok(guard) = rt.op.try_lock() else { return };
         let crashed = s.state == State::Running && !self.inner.backend.is_alive(&s);
         let action = if crashed { Action::FinishSleep } else { self.decide(&rt, &s) };
+        // Looked at now: due again at its next deadline. Indexed before a warning changes `s`
+        // (a warning that could not be recorded stays due); what an action writes is indexed
+        // when it is written.
+        self.index_deadline(&s);
         if action == Action::Nothing {
             let seen = self.seen(&rt, &s);
             self.warn_if_due(&rt, &mut s, seen, now).await;
@@ -154,6 +225,7 @@ impl Manager {
 
     /// Delete backups older than `backup_retention` (by the time in their name), except those
     /// marked `keep` and those a session still needs (a restore or a deletion in flight).
+    /// `sessions` holds at least every session in those states: they are due at every sweep.
     async fn prune_backups(&self, now: DateTime<Utc>, sessions: &[Session]) {
         let cutoff = crate::policy::before(now, self.inner.config.lifecycle.backup_retention);
         let protected = backups_in_use(sessions);

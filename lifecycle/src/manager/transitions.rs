@@ -28,7 +28,7 @@ impl Manager {
         // Counted only in this compare-and-set write: a write that loses takes its count with it.
         let counted = s.usage.account(self.now(), Since::of(s));
         let stored = self.inner.store.put(s).await.inspect_err(|e| self.note_store_error(e))?;
-        self.inner.usage.observe(&stored);
+        self.observe(&stored);
         if let Some(c) = counted {
             let seconds = c.ms as f64 / 1000.0;
             self.inner

@@ -27,8 +27,9 @@ pub struct FakeStore {
     blobs: Mutex<HashMap<String, Vec<u8>>>,
     /// While set, every call answers `Unavailable` (Redis gone).
     pub down: AtomicBool,
-    /// `list` panics this many more times (a bug in a step of the background loop).
-    pub list_panics: AtomicU32,
+    /// `list` and `get` panic this many more times in all (a bug in a step of the background
+    /// loop: the sweep reads every record with `list`, or the sessions due with `get`).
+    pub read_panics: AtomicU32,
     /// Leases by name → holder (they never expire on their own: [`FakeStore::expire`] does it).
     leases: Mutex<HashMap<String, String>>,
     /// Applied to the stored record just before the next write of it lands: another replica
@@ -43,7 +44,7 @@ impl FakeStore {
             records: Mutex::default(),
             blobs: Mutex::default(),
             down: AtomicBool::new(false),
-            list_panics: AtomicU32::new(0),
+            read_panics: AtomicU32::new(0),
             leases: Mutex::default(),
             interleaved: Mutex::default(),
         }
@@ -57,6 +58,13 @@ impl FakeStore {
     /// The stored record of `id`, read directly.
     pub fn record(&self, id: &str) -> Session {
         self.records.lock().unwrap().get(id).cloned().expect("a stored record")
+    }
+
+    /// Panic if [`FakeStore::read_panics`] says so.
+    fn panic_if_told(&self) {
+        if self.read_panics.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            panic!("the fake store's read panicked");
+        }
     }
 
     /// Store `s` as it is (a record written before this replica started).
@@ -96,14 +104,13 @@ impl Store for FakeStore {
 
     async fn get(&self, id: &str) -> Result<Option<Session>, StoreError> {
         self.up()?;
+        self.panic_if_told();
         Ok(self.records.lock().unwrap().get(id).cloned())
     }
 
     async fn list(&self) -> Result<Vec<Session>, StoreError> {
         self.up()?;
-        if self.list_panics.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
-            panic!("the fake store's list panicked");
-        }
+        self.panic_if_told();
         Ok(self.records.lock().unwrap().values().cloned().collect())
     }
 

@@ -274,7 +274,7 @@ async fn a_panic_in_the_sweep_is_counted_and_the_next_sweep_still_runs() {
     let id = rig.session(State::Sleeping, None).await;
     rig.manager.wake(&id, ActivitySource::ApiWake).await.unwrap();
     rig.clock.advance(rig.manager.config().lifecycle.idle_timeout + Duration::from_secs(60));
-    rig.store.list_panics.store(1, Ordering::SeqCst);
+    rig.store.read_panics.store(1, Ordering::SeqCst);
 
     let (_events_tx, events) = tokio::sync::mpsc::unbounded_channel();
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
@@ -282,7 +282,7 @@ async fn a_panic_in_the_sweep_is_counted_and_the_next_sweep_still_runs() {
     let background = tokio::spawn(async move { manager.run_background(events, shutdown).await });
 
     eventually("the sweep after the panicked one", || rig.store.record(id.as_str()).state == State::Sleeping).await;
-    assert_eq!(rig.store.list_panics.load(Ordering::SeqCst), 0, "the first sweep panicked");
+    assert_eq!(rig.store.read_panics.load(Ordering::SeqCst), 0, "the first sweep panicked");
     let metrics = rig.manager.render_metrics();
     assert!(metrics.contains("wakeway_background_restarts_total{task=\"sweep\"} 1"), "{metrics}");
     assert_eq!(rig.backend.count("stop"), 1);
@@ -335,4 +335,26 @@ async fn the_sweep_prunes_expired_oidc_login_attempts_and_base_sessions() {
         assert_eq!(rig.store.get_blob(&format!("{prefix}old")).await.unwrap(), None, "{prefix}: expired one pruned");
         assert!(rig.store.get_blob(&format!("{prefix}live")).await.unwrap().is_some(), "{prefix}: live one kept");
     }
+}
+
+/// With a shared store, another replica's change whose notice never arrived (a lost pub/sub
+/// message) is missed by the sweeps of the sessions due, and acted on by the full sweep that
+/// comes at the latest [`super::FULL_SWEEP_SAFETY_NET`] after the last one.
+#[tokio::test]
+async fn a_change_whose_notice_was_lost_is_acted_on_by_the_next_full_sweep() {
+    let rig = rig(true);
+    let id = rig.session(State::Sleeping, None).await;
+    rig.manager.sweep().await.unwrap();
+    // Another replica records a requested deletion; this replica hears nothing of it.
+    let mut s = rig.store.record(id.as_str());
+    s.delete_requested = true;
+    rig.store.seed(s);
+    rig.clock.advance(Duration::from_secs(60));
+    rig.manager.sweep().await.unwrap();
+    assert_eq!(rig.store.record(id.as_str()).state, State::Sleeping, "not due as far as this replica knows");
+
+    rig.clock.advance(super::FULL_SWEEP_SAFETY_NET);
+    rig.manager.sweep().await.unwrap();
+    assert_eq!(rig.store.record(id.as_str()).state, State::Deleted);
+    assert_eq!(rig.backend.count("backup"), 1);
 }
