@@ -60,6 +60,10 @@ impl wakeway_proxy::Lifecycle for Wakeway {
         self.manager.request_wake(handle, source)
     }
 
+    fn active_again(&self, handle: &Arc<SessionHandle>) {
+        self.manager.note_active_again(&handle.id)
+    }
+
     fn upstream_failed(&self, handle: &Arc<SessionHandle>, addr: &wakeway_proxy::Upstream) {
         self.manager.upstream_failed(handle, addr)
     }

@@ -120,6 +120,8 @@ pub struct Metrics {
     pub api_requests: IntCounterVec,
     pub acme_orders: IntCounterVec,
     pub sweep_seconds: HistogramVec,
+    /// Sessions whose activity was published at once, outside a checkpoint (shared store).
+    pub activity_published: IntCounterVec,
     pub background_restarts: IntCounterVec,
     /// Seconds sessions spent in each state and tier, counted as records are written.
     pub state_seconds: CounterVec,
@@ -141,6 +143,11 @@ impl Metrics {
                 "wakeway_sweep_duration_seconds",
                 "Time of one lifecycle sweep over every session, with the sleeps, backups and deletions it carries out (the sweep leader's), by result (ok, failed).",
                 vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+            ),
+            activity_published: r.counter(
+                "wakeway_activity_published_total",
+                "Sessions whose activity this replica wrote to the shared store at once because it ended a quiet spell (the sweep leader hears of it before it could sleep the session), outside the regular checkpoints.",
+                &[],
             ),
             wakes: r.results("wakeway_wakes_total", "Workspace starts by result (ok, failed)."),
             wake_seconds: r.seconds("wakeway_wake_duration_seconds", "Time from wake request to a workspace answering HTTP."),

@@ -111,18 +111,40 @@ pub struct Activity {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub open_connections: AtomicUsize,
+    /// A touch after this long without activity, or without interaction, ends a quiet spell
+    /// (see [`Activity::touch`]); 0: never (the default).
+    quiet_ms: AtomicI64,
+    quiet_interaction_ms: AtomicI64,
 }
 
 impl Activity {
-    /// Record user activity at `now_ms` (never moves backwards).
-    pub fn touch(&self, now_ms: i64, source: ActivitySource) {
+    /// Record user activity at `now_ms` (never moves backwards). True when it ends a quiet spell
+    /// (see [`Activity::set_quiet`]): the first activity after that long without any, or the
+    /// first interaction after that long without one. Of concurrent touches only one says so.
+    pub fn touch(&self, now_ms: i64, source: ActivitySource) -> bool {
         let prev = self.last_activity_ms.fetch_max(now_ms, Ordering::Relaxed);
         if prev <= now_ms {
             self.source.store(source as u8, Ordering::Relaxed);
         }
+        let ends = |prev: i64, quiet: &AtomicI64| {
+            let quiet = quiet.load(Ordering::Relaxed);
+            quiet > 0 && now_ms.saturating_sub(prev) >= quiet
+        };
+        let mut quiet_ended = ends(prev, &self.quiet_ms);
         if source.is_interaction() {
-            self.last_interaction_ms.fetch_max(now_ms, Ordering::Relaxed);
+            let prev = self.last_interaction_ms.fetch_max(now_ms, Ordering::Relaxed);
+            quiet_ended |= ends(prev, &self.quiet_interaction_ms);
         }
+        quiet_ended
+    }
+
+    /// After how long without activity (and without interaction) a touch ends a quiet spell.
+    /// The lifecycle sets them with several replicas, so the sweep leader hears at once of a
+    /// session in use again that it could otherwise put to sleep before the next checkpoint.
+    pub fn set_quiet(&self, activity: std::time::Duration, interaction: std::time::Duration) {
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1);
+        self.quiet_ms.store(ms(activity), Ordering::Relaxed);
+        self.quiet_interaction_ms.store(ms(interaction), Ordering::Relaxed);
     }
 
     /// Seed the counters from what the store knew (at start-up); never moves them backwards.
@@ -292,6 +314,22 @@ mod tests {
         drop(a);
         assert_eq!(handle.held(), 1);
         assert!(handle.try_hold(2).is_some());
+    }
+
+    #[test]
+    fn a_touch_after_a_quiet_spell_says_so_once() {
+        let a = Activity::default();
+        assert!(!a.touch(1_000, ActivitySource::Http), "no threshold set: never");
+        a.set_quiet(std::time::Duration::from_secs(10), std::time::Duration::from_secs(60));
+        assert!(!a.touch(5_000, ActivitySource::WebSocket), "4 s later");
+        assert!(a.touch(15_000, ActivitySource::WebSocket), "10 s without activity");
+        assert!(!a.touch(15_000, ActivitySource::WebSocket), "the same spell, told once");
+        // Raw WebSocket traffic keeps it active, but nobody interacted since 1 s.
+        for t in [24_000, 33_000, 42_000, 51_000, 60_000] {
+            assert!(!a.touch(t, ActivitySource::WebSocket), "{t}");
+        }
+        assert!(a.touch(61_000, ActivitySource::Editor), "60 s without interaction");
+        assert!(!a.touch(62_000, ActivitySource::Editor));
     }
 
     #[test]

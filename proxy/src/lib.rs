@@ -45,6 +45,10 @@ pub trait Lifecycle: Send + Sync + 'static {
     /// many requests call it, one start happens. Progress is published on the handle's phase.
     fn request_wake(&self, handle: &Arc<SessionHandle>, source: ActivitySource);
 
+    /// Activity on the session ended a quiet spell ([`Activity::touch`] said so): with several
+    /// replicas, tell the others now rather than at the next checkpoint.
+    fn active_again(&self, _handle: &Arc<SessionHandle>) {}
+
     /// A connection to `addr`, the session's published address, was refused: the workspace went
     /// away (stopped by another replica, crashed). Find out and publish where it is now (waking it
     /// if it sleeps), so the request can be retried once the phase settles.

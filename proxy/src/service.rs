@@ -393,7 +393,9 @@ impl ProxyHttp for WakewayProxy {
                 // rule (every data message), which max_awake_with_open_tab caps.
                 let source =
                     if ws.kind() == SocketKind::VsCode { ActivitySource::Editor } else { ActivitySource::WebSocket };
-                handle.activity.touch(self.clock.now_ms(), source);
+                if handle.activity.touch(self.clock.now_ms(), source) {
+                    self.lifecycle.active_again(handle);
+                }
             }
             if !had_error && let Some(why) = ws.error() {
                 tracing::debug!(session = %handle.id, reason = why, "WebSocket classification fell back to counting every message");

@@ -107,6 +107,10 @@ struct Inner {
     full_sweep_due: AtomicBool,
     /// When the last full sweep ended (clock ms; see [`FULL_SWEEP_SAFETY_NET`]).
     last_full_sweep_ms: AtomicI64,
+    /// Sessions whose quiet spell ended here since the last publication (shared store; see
+    /// `checkpoints`), and the publisher's wake-up.
+    active_again: std::sync::Mutex<std::collections::HashSet<SessionId>>,
+    active_again_notify: tokio::sync::Notify,
 }
 
 /// The manager. Cheap to clone.
@@ -142,6 +146,8 @@ impl Manager {
                 deadlines: deadlines::DeadlineIndex::default(),
                 full_sweep_due: AtomicBool::new(true),
                 last_full_sweep_ms: AtomicI64::new(0),
+                active_again: Default::default(),
+                active_again_notify: tokio::sync::Notify::new(),
                 catalog: Arc::new(Catalog::new(config.backup_dir(), config.restore.max_bytes)),
                 config,
                 store,

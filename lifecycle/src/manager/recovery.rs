@@ -162,8 +162,8 @@ impl Manager {
     /// none of these sees (the lease passing to another replica and back between two sweeps while
     /// a record this replica never knew was lost), every [`DISCOVERY_SAFETY_NET`].
     pub(super) async fn rebuild_missing(&self) {
-        let Ok(records) = self.inner.store.list().await else { return };
-        let known: HashSet<&str> = records.iter().map(|s| s.uuid.as_str()).collect();
+        let Ok(ids) = self.inner.store.ids().await else { return };
+        let known: HashSet<&str> = ids.iter().map(String::as_str).collect();
         if !self.discovery_due(&known) {
             return;
         }

@@ -101,12 +101,28 @@ impl Manager {
 
     /// `s`'s runtime, made from the record if this replica did not know the session yet.
     pub(super) fn runtime_for(&self, s: &Session) -> Arc<SessionRuntime> {
-        self.inner.sessions.entry(s.id()).or_insert_with(|| Arc::new(SessionRuntime::new(s))).clone()
+        let made = || {
+            let rt = SessionRuntime::new(s);
+            self.set_quiet_spells(&rt, s);
+            Arc::new(rt)
+        };
+        self.inner.sessions.entry(s.id()).or_insert_with(made).clone()
+    }
+
+    /// With a shared store, tell the proxy when activity on `s` ends a quiet spell (see
+    /// [`Manager::quiet_spells`]); set when its runtime is made and whenever a record is published
+    /// (its idle timeout may have changed).
+    fn set_quiet_spells(&self, rt: &SessionRuntime, s: &Session) {
+        if self.inner.shared {
+            let quiet = self.quiet_spells(s);
+            rt.handle.activity.set_quiet(quiet.activity, quiet.interaction);
+        }
     }
 
     /// Publish the phase that follows from a persisted state.
     pub(super) fn publish(&self, rt: &SessionRuntime, s: &Session) {
         rt.handle.raise_cookie_generation(s.cookie_generation);
+        self.set_quiet_spells(rt, s);
         rt.state.store(state_index(s.state), Ordering::Relaxed);
         *rt.placement() = if s.state == State::Running { s.placement.clone() } else { None };
         rt.handle.set_phase(phase_of(s));

@@ -71,10 +71,10 @@ impl Manager {
         .await
     }
 
-    /// The policy's decision for `s` now, with other replicas' activity given one checkpoint
-    /// interval to arrive when the store is shared.
+    /// The policy's decision for `s` now; with a shared store, other replicas' activity is given
+    /// a grace to arrive (see [`Manager::quiet_spells`]).
     pub(super) fn decide(&self, rt: &SessionRuntime, s: &Session) -> Action {
-        let grace = if self.inner.shared { self.inner.config.lifecycle.checkpoint_interval } else { Duration::ZERO };
+        let grace = if self.inner.shared { self.quiet_spells(s).grace } else { Duration::ZERO };
         let at = crate::policy::before(self.now(), grace);
         self.inner.policy.decide(s, self.seen(rt, s), at)
     }

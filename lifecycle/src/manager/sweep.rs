@@ -22,8 +22,19 @@ use crate::policy::Action;
 use crate::session::{Session, State};
 
 impl Manager {
-    /// Run the sweep, checkpoints and backend events until `shutdown` fires.
+    /// Run the sweep, checkpoints, backend events and (shared store) the publication of
+    /// sessions active again until `shutdown` fires.
     pub async fn run_background(
+        &self,
+        events: mpsc::UnboundedReceiver<BackendEvent>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        // Beside the loop, not in it: a sweep may take minutes (backups) and publication is the
+        // point of being prompt.
+        tokio::join!(self.background_loop(events, shutdown.clone()), self.publish_active_again_until(shutdown));
+    }
+
+    async fn background_loop(
         &self,
         mut events: mpsc::UnboundedReceiver<BackendEvent>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -170,17 +181,15 @@ impl Manager {
     /// or lost and rebuilt by `rebuild_missing`, which indexes it again). Nothing is decided
     /// when the store cannot be read.
     async fn load_each(&self, ids: Vec<SessionId>) -> Result<Vec<Session>> {
-        let mut found = Vec::with_capacity(ids.len());
-        for id in ids {
-            match self.inner.store.get(id.as_str()).await {
-                Ok(Some(s)) => found.push(s),
-                Ok(None) => self.inner.deadlines.remove(&id),
-                Err(e) => {
-                    self.note_store_error(&e);
-                    tracing::warn!(error = %e, "sweep skipped: the store is unavailable");
-                    return Err(e.into());
-                }
-            }
+        let wanted: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        let found = self.inner.store.get_many(&wanted).await.map_err(|e| {
+            self.note_store_error(&e);
+            tracing::warn!(error = %e, "sweep skipped: the store is unavailable");
+            LifecycleError::from(e)
+        })?;
+        let present: HashSet<&str> = found.iter().map(|s| s.uuid.as_str()).collect();
+        for id in ids.iter().filter(|id| !present.contains(id.as_str())) {
+            self.inner.deadlines.remove(id);
         }
         Ok(found)
     }

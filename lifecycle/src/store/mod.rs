@@ -58,6 +58,21 @@ pub trait Store: Send + Sync + 'static {
     /// Every record, in id order.
     async fn list(&self) -> Result<Vec<Session>, StoreError>;
 
+    /// The records of `ids` that exist, in one read where the store allows it (the sweep reads
+    /// the sessions due).
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Session>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            found.extend(self.get(id).await?);
+        }
+        Ok(found)
+    }
+
+    /// The id of every record, without reading the records (the leader's check for lost ones).
+    async fn ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.list().await?.into_iter().map(|s| s.uuid).collect())
+    }
+
     /// Write `session` if the stored version equals `session.version` (0: it must not exist yet).
     /// Returns the record as stored, with its new version.
     async fn put(&self, session: &Session) -> Result<Session, StoreError>;

@@ -155,16 +155,23 @@ impl Store for RedisStore {
     }
 
     async fn list(&self) -> Result<Vec<Session>, StoreError> {
-        let mut conn = self.conn.clone();
-        let mut ids: Vec<String> = conn.smembers(format!("{PREFIX}sessions")).await.map_err(unavailable)?;
+        let mut ids = self.ids().await?;
         ids.sort();
+        self.get_many(&ids).await
+    }
+
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Session>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = ids.iter().map(|id| key("session", id)).collect();
         let values: Vec<Option<Vec<u8>>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await.map_err(unavailable)?;
+            redis::cmd("MGET").arg(&keys).query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
         ids.iter().zip(values).filter_map(|(id, v)| v.map(|b| Self::decode(id, &b))).collect()
+    }
+
+    async fn ids(&self) -> Result<Vec<String>, StoreError> {
+        self.conn.clone().smembers(format!("{PREFIX}sessions")).await.map_err(unavailable)
     }
 
     async fn put(&self, session: &Session) -> Result<Session, StoreError> {

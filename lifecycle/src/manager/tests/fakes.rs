@@ -16,9 +16,12 @@ use crate::backend::{Backend, BackendError, Started};
 use crate::catalog::BackupReason;
 use crate::restore::{Limits, Options, Report};
 use crate::session::{BackupInfo, ObjectUids, Placement, Session};
-use crate::store::{Store, StoreError};
+use crate::store::{ActivityCheckpoint, MergedActivity, Store, StoreError};
 
 type Interleaved = Box<dyn FnOnce(&mut Session) + Send>;
+
+/// A session's latest activity, latest interaction and open connections by replica.
+type Merged = (i64, i64, HashMap<String, usize>);
 
 /// Session records and blobs in memory, written with compare-and-set on `version`.
 pub struct FakeStore {
@@ -35,6 +38,9 @@ pub struct FakeStore {
     /// Applied to the stored record just before the next write of it lands: another replica
     /// wrote first, so that write is a compare-and-set conflict.
     interleaved: Mutex<Option<Interleaved>>,
+    /// Merged activity by session: latest activity, latest interaction, open connections by
+    /// replica (as the Redis store keeps it, without expiry).
+    activity: Mutex<HashMap<String, Merged>>,
 }
 
 impl FakeStore {
@@ -47,6 +53,7 @@ impl FakeStore {
             read_panics: AtomicU32::new(0),
             leases: Mutex::default(),
             interleaved: Mutex::default(),
+            activity: Mutex::default(),
         }
     }
 
@@ -167,6 +174,29 @@ impl Store for FakeStore {
 
     fn shared(&self) -> bool {
         self.shared
+    }
+
+    async fn merge_activity(
+        &self,
+        batch: &[ActivityCheckpoint],
+        _now_ms: i64,
+        _ttl: std::time::Duration,
+    ) -> Result<Vec<MergedActivity>, StoreError> {
+        self.up()?;
+        let mut all = self.activity.lock().unwrap();
+        let merged = batch.iter().map(|c| {
+            let (activity, interaction, open) = all.entry(c.id.clone()).or_default();
+            *activity = (*activity).max(c.last_activity_ms);
+            *interaction = (*interaction).max(c.last_interaction_ms);
+            open.insert(c.replica.clone(), c.open_connections);
+            MergedActivity {
+                id: c.id.clone(),
+                last_activity_ms: *activity,
+                last_interaction_ms: *interaction,
+                open_connections: open.values().sum(),
+            }
+        });
+        Ok(merged.collect())
     }
 
     async fn lease(&self, name: &str, holder: &str, _ttl: std::time::Duration) -> Result<bool, StoreError> {

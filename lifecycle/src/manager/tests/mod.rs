@@ -2,6 +2,7 @@
 //! replica's wake, failed, hung and panicking starts, an interrupted restore and a store that is
 //! down, each in milliseconds and without a process or a socket.
 
+mod activity;
 mod fakes;
 mod usage;
 

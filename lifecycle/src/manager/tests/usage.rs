@@ -15,11 +15,11 @@ use crate::session::State;
 use crate::store::Store;
 use crate::usage::{Bucket, GroupBy, Query, Report};
 
-const MINUTE: u64 = 60;
+pub(super) const MINUTE: u64 = 60;
 const HOUR: u64 = 60 * MINUTE;
 
 impl Rig {
-    fn advance(&self, seconds: u64) {
+    pub(super) fn advance(&self, seconds: u64) {
         self.clock.advance(Duration::from_secs(seconds));
     }
 
@@ -30,7 +30,7 @@ impl Rig {
     }
 
     /// Another replica on the same store (its own backend: its own processes).
-    fn replica(&self, name: &str) -> Manager {
+    pub(super) fn replica(&self, name: &str) -> Manager {
         let mut config = self.manager.config().clone();
         config.store.replica_id = Some(name.into());
         Manager::new(

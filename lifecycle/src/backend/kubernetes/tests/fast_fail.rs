@@ -21,9 +21,8 @@ async fn a_pod_the_replicaset_cannot_create_fails_the_wake_with_the_refusal() {
         let mut s = session(ID, "small");
         rig.fake.with(|st| st.create_failure = Some(refusal.to_string()));
         s.objects = rig.backend.create(&s).await.unwrap();
-        let began = std::time::Instant::now();
+        // It fails on the refusal (its words below), not at start_timeout; no wall-clock bound.
         let err = rig.start(&s).await.unwrap_err();
-        assert!(began.elapsed() < Duration::from_secs(5), "fails on the refusal, not at the timeout: {err}");
         let BackendError::Start(message) = &err else { panic!("{err:?}") };
         assert!(message.contains("the ReplicaSet of user-abc12345 cannot create its pod: FailedCreate"), "{message}");
         assert!(message.contains(refusal), "{message}");
@@ -52,7 +51,6 @@ async fn a_pod_no_node_fits_fails_the_wake_after_its_grace() {
     let err = rig.start(&s).await.unwrap_err();
     let elapsed = began.elapsed();
     assert!(elapsed >= Duration::from_secs(1), "not before the grace: {elapsed:?}");
-    assert!(elapsed < Duration::from_secs(5), "fails after the grace, not at the timeout: {elapsed:?}");
     let BackendError::Start(message) = &err else { panic!("{err:?}") };
     assert!(message.contains("cannot be scheduled") && message.contains(NO_NODE), "{message}");
     assert!(message.contains("still unschedulable after 1s"), "{message}");
@@ -100,9 +98,17 @@ async fn the_manager_records_the_refusal_and_sleeps() {
     // Refused from the start: the wake at creation fails too, and so does each one after it.
     rig.fake.with(|st| st.create_failure = Some(REFUSALS[1].into()));
     let id = manager.create("grace@example.com").await.unwrap().id();
-    let began = std::time::Instant::now();
+    // Failed with the refusal's words, not at start_timeout (no wall-clock bound: tests never
+    // fail on timing).
     manager.wake(&id, ActivitySource::Http).await.unwrap_err();
-    assert!(began.elapsed() < Duration::from_secs(5));
+    // The wake begun at creation may still be failing (this one was then refused as busy):
+    // wait for the session to settle.
+    let settle = tokio::time::Instant::now() + Duration::from_secs(120);
+    while manager.view(&id).await.unwrap().session.state != State::Sleeping {
+        manager.handle(&id).unwrap().wait_settled(settle).await;
+        assert!(tokio::time::Instant::now() < settle, "the session never went back to sleep");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let s = manager.view(&id).await.unwrap().session;
     assert_eq!(s.state, State::Sleeping);
     assert!(s.last_error.as_deref().is_some_and(|e| e.contains(REFUSALS[1])), "{:?}", s.last_error);
