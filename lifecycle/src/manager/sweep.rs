@@ -77,7 +77,14 @@ impl Manager {
             }
             Ok(false) => {
                 self.inner.leading.store(false, Ordering::Release);
-                return self.resync().await;
+                // Other replicas' changes arrive as store events; reading every record again is
+                // the safety net for lost ones (and is redone at every reconnect).
+                if !self.full_sweep_due() {
+                    return Ok(());
+                }
+                self.resync().await?;
+                self.full_sweep_done();
+                return Ok(());
             }
             Err(e) => {
                 self.inner.leading.store(false, Ordering::Release);
