@@ -3,10 +3,17 @@
 before/after figures in the closing notes come from here).
 
     python3 benches/ab.py [--rounds 3] [--seconds 10] NAME=BINARY[,ENV=VALUE...] ...
+    python3 benches/ab.py --websockets N [--rounds 3] NAME=BINARY[,ENV=VALUE...] ...
 
 e.g. `python3 benches/ab.py before=/tmp/wakeway-old now=target/release/wakeway
 nosteal=target/release/wakeway,WAKEWAY_X=1`. Every variant proxies to the same nginx upstream (its own
-workspace is that upstream's config, as in bench.py). Prints the median of the rounds per point.
+workspace is that upstream's config, as in bench.py), which is also measured directly: the "added p50" column
+is a target's p50 minus the upstream's own in the same round (bench.py's added latency at c=1). Prints the
+median of the rounds per point.
+
+With `--websockets N`, each round starts nginx and every variant afresh in front of one wakeway-testspace, in a
+new random order, opens N idle WebSockets through each (as benches/websockets.py does) and prints the RSS growth
+per connection; the table gives the medians.
 """
 
 import argparse
@@ -24,8 +31,12 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--points", default="small:1,small:32,small:128,large:32")
+    ap.add_argument("--websockets", type=int, default=0, metavar="N")
     ap.add_argument("variants", nargs="+")
     args = ap.parse_args()
+    if args.websockets:
+        import websockets  # noqa: PLC0415 (its N and fd checks are only for this mode)
+        return websockets.ab(args.variants, args.rounds, args.websockets)
     tmp = tempfile.mkdtemp(prefix="wakeway-ab-")
     os.chmod(tmp, 0o755)
     bench.WRK_SCRIPT = os.path.join(tmp, "report.lua")
@@ -33,7 +44,7 @@ def main():
     docroot = bench.write_docroot(tmp)
     up_port, px_port = bench.free_port(), bench.free_port()
     up_dir, px_dir = os.path.join(tmp, "upstream"), os.path.join(tmp, "nginx")
-    targets = [("nginx", px_port, None)]
+    targets = [("nginx", px_port, None), ("direct", up_port, None)]
     try:
         bench.start_nginx(up_dir, up_port, bench.upstream_conf(up_dir, up_port, docroot))
         bench.start_nginx(px_dir, px_port, bench.proxy_conf(px_dir, px_port, up_port))
@@ -58,7 +69,7 @@ def run(args, tmp, workspace_command, targets):
         for size, conc in points:
             # nginx first, then the variants in a new random order each time: no variant always
             # runs last (after the machine has been loaded longest).
-            order = targets[:1] + random.sample(targets[1:], len(targets) - 1)
+            order = targets[:2] + random.sample(targets[2:], len(targets) - 2)
             for name, port, host in order:
                 bench.wrk(f"http://127.0.0.1:{port}/{size}", conc, host, seconds=1)
                 d = bench.wrk(f"http://127.0.0.1:{port}/{size}", conc, host, seconds=args.seconds)
@@ -66,15 +77,18 @@ def run(args, tmp, workspace_command, targets):
                 print(f"round {r} {size:5} c={conc:<3} {name:10} {d['rps']:>8.0f} req/s "
                       f"p50 {d['p50_us'] / 1000:6.2f} p99 {d['p99_us'] / 1000:6.2f} ms", flush=True)
     print(f"\nload average {bench.load_avg()}; medians of {args.rounds} rounds of {args.seconds} s")
-    print(f"| point | target | req/s | ×nginx | p50 ms | p99 ms | p99 ×nginx |\n|---|---|---:|---:|---:|---:|---:|")
+    print("| point | target | req/s | ×nginx | p50 ms | added p50 ms | p99 ms | p99 ×nginx |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|")
     for size, conc in points:
         med = {n: (statistics.median(d["rps"] for d in got[(size, conc, n)]),
                    statistics.median(d["p50_us"] for d in got[(size, conc, n)]),
                    statistics.median(d["p99_us"] for d in got[(size, conc, n)])) for n, _, _ in targets}
+        added = {n: statistics.median(d["p50_us"] - e["p50_us"] for d, e in
+                                      zip(got[(size, conc, n)], got[(size, conc, "direct")])) for n, _, _ in targets}
         for n, _, _ in targets:
             rps, p50, p99 = med[n]
-            print(f"| {size} c={conc} | {n} | {rps:.0f} | {rps / med['nginx'][0]:.2f} | {p50 / 1000:.2f} | "
-                  f"{p99 / 1000:.2f} | {p99 / max(med['nginx'][2], 1):.2f} |")
+            print(f"| {size} c={conc} | {n} | {rps:.0f} | {rps / med['nginx'][0]:.2f} | {p50 / 1000:.3f} | "
+                  f"{added[n] / 1000:.3f} | {p99 / 1000:.2f} | {p99 / max(med['nginx'][2], 1):.2f} |")
 
 
 if __name__ == "__main__":

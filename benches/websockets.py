@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import os
+import random
 import resource
 import shutil
 import statistics
@@ -24,9 +25,10 @@ import bench
 
 FD_HARD = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 FD_CAP = 10_000 if FD_HARD == resource.RLIM_INFINITY else min(10_000, (FD_HARD - 500) // 2)
-N = min(int(sys.argv[1]), FD_CAP) if len(sys.argv) > 1 else FD_CAP
-OUT = sys.argv[2] if len(sys.argv) > 2 else os.path.join(bench.HERE, "results", "websockets.json")
-HERD = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
+ARGS = sys.argv[1:] if __name__ == "__main__" else []  # ab.py imports this module with its own arguments
+N = min(int(ARGS[0]), FD_CAP) if len(ARGS) > 0 else FD_CAP
+OUT = ARGS[1] if len(ARGS) > 1 else os.path.join(bench.HERE, "results", "websockets.json")
+HERD = int(ARGS[2]) if len(ARGS) > 2 else 1000
 TESTSPACE = os.path.join(bench.BIN, "wakeway-testspace")
 
 
@@ -68,20 +70,20 @@ async def echo_ms(r, w, n=200):
     return out
 
 
-async def measure(name, port, host, pid, tree):
+async def measure(name, port, host, pid, tree, n=N):
     rss = rss_tree_kib if tree else bench.rss_kib
     before = rss(pid)
     conns = []
-    for i in range(0, N, 200):
-        conns += await asyncio.gather(*(open_ws(port, host) for _ in range(min(200, N - i))))
+    for i in range(0, n, 200):
+        conns += await asyncio.gather(*(open_ws(port, host) for _ in range(min(200, n - i))))
     await asyncio.sleep(2)
     after = rss(pid)
     r, w = await open_ws(port, host)
     rtt = await echo_ms(r, w)
     for _, cw in conns + [(r, w)]:
         cw.close()
-    res = {"target": name, "connections": N, "rss_before_kib": before, "rss_after_kib": after,
-           "kib_per_connection": round((after - before) / N, 2), "echo_p50_ms": round(statistics.median(rtt), 3),
+    res = {"target": name, "connections": n, "rss_before_kib": before, "rss_after_kib": after,
+           "kib_per_connection": round((after - before) / n, 2), "echo_p50_ms": round(statistics.median(rtt), 3),
            "echo_p99_ms": round(sorted(rtt)[int(len(rtt) * 0.99) - 1], 3)}
     print(res, flush=True)
     return res
@@ -103,22 +105,76 @@ async def ws_herd(port, host, n):
     return {"upgrades": n, "statuses": statuses, "switched_101": statuses.get("101", 0), "time_to_last_101_ms": last_ms}
 
 
+def start_nginx_ws(px_dir, ts_port):
+    """nginx (1 worker) passing WebSocket upgrades on to the testspace: (process, port)."""
+    px_port = bench.free_port()
+    conf = bench.proxy_conf(px_dir, px_port, ts_port).replace(
+        'proxy_set_header Connection "";',
+        'proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "upgrade"; proxy_read_timeout 1h;')
+    return bench.start_nginx(px_dir, px_port, conf), px_port
+
+
+def start_wakeway_ws(tmp, name, starts, sockets, binary=None, extra_env=None):
+    """wakeway (1 thread) whose workspace is a testspace, allowing `sockets` WebSockets: (process, port)."""
+    env = {"WAKEWAY_THREADS": "1", "WAKEWAY_MAX_WEBSOCKETS_PER_SESSION": str(sockets + 10),
+           "WAKEWAY_MAX_CONNECTIONS_PER_ADDRESS": "1000000", **(extra_env or {})}
+    return bench.start_wakeway(tmp, name, f"exec {TESTSPACE} --port {{port}} --starts {starts} {{workspace}}",
+                               binary=binary, env=env)
+
+
+def ab(variants, rounds, n):
+    """ab.py --websockets: RSS per idle WebSocket of nginx and each NAME=BINARY variant, every one started
+    afresh in every round (in a new random order), medians printed last."""
+    n = min(n, FD_CAP)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_HARD, FD_HARD))
+    tmp = tempfile.mkdtemp(prefix="wakeway-ws-ab-")
+    os.chmod(tmp, 0o755)
+    ts_port = bench.free_port()
+    bench.spawn([TESTSPACE, "--port", str(ts_port), tmp], os.path.join(tmp, "testspace.log"))
+    bench.wait_port(ts_port)
+    names = ["nginx"] + [v.split("=", 1)[0] for v in variants]
+    specs = {v.split("=", 1)[0]: v.split("=", 1)[1].split(",") for v in variants}  # NAME: [BINARY, ENV=VALUE...]
+    got = {name: [] for name in names}
+    try:
+        for r in range(rounds):
+            for name in random.sample(names, len(names)):
+                d = os.path.join(tmp, f"{name}-{r}")
+                if name == "nginx":
+                    p, port = start_nginx_ws(d, ts_port)
+                    host, tree = "x", True
+                else:
+                    os.makedirs(d)
+                    binary, *envs = specs[name]
+                    p, port = start_wakeway_ws(d, name, os.path.join(tmp, "starts"), n, os.path.abspath(binary),
+                                               dict(e.split("=", 1) for e in envs))
+                    _, host = bench.running_session(port, "ws@example.com")
+                    tree = False
+                res = asyncio.run(measure(name, port, host, p.pid, tree, n))
+                got[name].append(res["kib_per_connection"])
+                bench.stop(p)
+                time.sleep(1)
+        print(f"\nload average {bench.load_avg()}; {n} idle WebSockets, medians of {rounds} rounds")
+        print("| target | KiB per idle WebSocket (rounds) | median | ×nginx |\n|---|---|---:|---:|")
+        med = {name: statistics.median(v) for name, v in got.items()}
+        for name in names:
+            print(f"| {name} | {' / '.join(f'{x:.1f}' for x in got[name])} | {med[name]:.1f} | "
+                  f"{med[name] / med['nginx']:.2f} |")
+    finally:
+        for p in reversed(bench.procs):
+            if p.poll() is None:
+                bench.stop(p)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="wakeway-ws-")
     os.chmod(tmp, 0o755)
     ts_port = bench.free_port()
     bench.spawn([TESTSPACE, "--port", str(ts_port), tmp], os.path.join(tmp, "testspace.log"))
     bench.wait_port(ts_port)
-    px_port = bench.free_port()
-    px_dir = os.path.join(tmp, "nginx-proxy")
-    conf = bench.proxy_conf(px_dir, px_port, ts_port).replace(
-        'proxy_set_header Connection "";',
-        'proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "upgrade"; proxy_read_timeout 1h;')
-    ng = bench.start_nginx(px_dir, px_port, conf)
+    ng, px_port = start_nginx_ws(os.path.join(tmp, "nginx-proxy"), ts_port)
     starts = os.path.join(tmp, "starts")
-    ww, ww_port = bench.start_wakeway(
-        tmp, "wakeway", f"exec {TESTSPACE} --port {{port}} --starts {starts} {{workspace}}",
-        env={"WAKEWAY_THREADS": "1", "WAKEWAY_MAX_WEBSOCKETS_PER_SESSION": str(max(N, HERD) + 10)})
+    ww, ww_port = start_wakeway_ws(tmp, "wakeway", starts, max(N, HERD))
     sid, host = bench.running_session(ww_port, "ws@example.com")
     try:
         results = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_avg": bench.load_avg(),
