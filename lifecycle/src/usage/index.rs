@@ -54,6 +54,52 @@ struct Entry {
     since: Option<(Bucket, f64)>,
     days: Box<[DayUse]>,
     tallies: Box<[Tally]>,
+    /// Everything in `days` and `tallies` summed, for a window that covers them all.
+    whole: Whole,
+}
+
+/// A session's counted days and tallies summed, kept in its entry: a report whose window covers
+/// them all (a session younger than the window) adds this instead of walking its days, which
+/// are elsewhere in memory (the walk is what a report spends its time on).
+#[derive(Debug, Clone, Copy, Default)]
+struct Whole {
+    /// The first and last day counted (days or tallies).
+    first: i32,
+    last: i32,
+    ms: [u64; 3],
+    cost: f64,
+    /// Tallies by slot, when there are at most [`WHOLE_TALLIES`] slots (else `None`: walk them).
+    tallies: Option<[(u32, u32); WHOLE_TALLIES]>,
+}
+
+const WHOLE_TALLIES: usize = 4;
+
+impl Whole {
+    fn of(days: &[DayUse], tallies: &[Tally]) -> Whole {
+        let day_numbers = days.iter().map(|d| d.day).chain(tallies.iter().map(|t| t.day));
+        let mut whole = Whole {
+            first: day_numbers.clone().min().unwrap_or(i32::MAX),
+            last: day_numbers.max().unwrap_or(i32::MIN),
+            ..Whole::default()
+        };
+        for d in days {
+            for (total, ms) in whole.ms.iter_mut().zip(d.ms) {
+                *total += u64::from(ms);
+            }
+            whole.cost += d.cost;
+        }
+        let mut slots = [(u32::MAX, 0u32); WHOLE_TALLIES];
+        let fits =
+            tallies.iter().all(|t| match slots.iter_mut().find(|(slot, _)| *slot == t.slot || *slot == u32::MAX) {
+                Some(entry) => {
+                    *entry = (t.slot, entry.1.saturating_add(t.n));
+                    true
+                }
+                None => false,
+            });
+        whole.tallies = fits.then_some(slots);
+        whole
+    }
 }
 
 /// Strings (users, activity sources, sleep reasons) as small numbers.
@@ -189,6 +235,7 @@ impl UsageIndex {
             deleted_at: s.deleted_at,
             accounted_until: s.usage.accounted_until,
             since: s.usage.since.as_ref().map(|since| (since.bucket, self.prices.per_hour(since.bucket, &since.tier))),
+            whole: Whole::of(&days, &tallies),
             days: days.into_boxed_slice(),
             tallies: tallies.into_boxed_slice(),
         }
@@ -228,6 +275,25 @@ impl UsageIndex {
     }
 
     fn add_entry(&self, e: &Entry, w: &Window, row: &mut RowSink, group_by: GroupBy) {
+        let covered = group_by != GroupBy::Day && w.from <= e.whole.first && e.whole.last <= w.to;
+        match e.whole.tallies.filter(|_| covered) {
+            Some(tallies) => {
+                let acc = row.at(e.whole.first);
+                for (total, ms) in acc.ms.iter_mut().zip(e.whole.ms) {
+                    *total += ms;
+                }
+                acc.cost += e.whole.cost;
+                for (slot, n) in tallies.into_iter().filter(|(slot, _)| *slot != u32::MAX) {
+                    acc.tally(slot, u64::from(n));
+                }
+            }
+            None => self.add_days(e, w, row),
+        }
+        self.add_since_and_baseline(e, w, row, group_by);
+    }
+
+    /// Add `e`'s counted days and tallies in `w`, one by one.
+    fn add_days(&self, e: &Entry, w: &Window, row: &mut RowSink) {
         let first = e.days.partition_point(|d| d.day < w.from);
         for d in e.days[first..].iter().take_while(|d| d.day <= w.to) {
             let acc = row.at(d.day);
@@ -240,6 +306,10 @@ impl UsageIndex {
         for t in e.tallies[first..].iter().take_while(|t| t.day <= w.to) {
             row.at(t.day).tally(t.slot, u64::from(t.n));
         }
+    }
+
+    /// Add what `e` has been since its record was written, and its always-on baseline, in `w`.
+    fn add_since_and_baseline(&self, e: &Entry, w: &Window, row: &mut RowSink, group_by: GroupBy) {
         if let (Some(from), Some((bucket, per_hour))) = (e.accounted_until, e.since) {
             let mut until = w.end;
             if bucket == Bucket::Deleted {
