@@ -746,15 +746,22 @@ async fn the_sweep_leader_lists_the_cluster_only_when_a_record_may_be_missing() 
     assert_eq!(discoveries(), 4, "the safety net, once");
 
     // A deleted session the leader forgot (after backup_retention) is forgotten by the other
-    // replicas at their next resync, instead of staying in their maps forever.
+    // replicas at their next resync, instead of staying in their maps forever. (This store sends
+    // no change events: a follower learns at its resync, every FULL_SWEEP_SAFETY_NET.)
     let gone = crate::session::SessionId::parse("dead1234").unwrap();
     let mut record = crate::session::Session::new(&gone, "old@example.com", "small", chrono::Utc::now());
     record.state = State::Deleted;
     let record = store.put(&record).await.unwrap();
     store.leader.store(false, Ordering::SeqCst);
     manager.sweep().await.unwrap();
+    assert!(manager.handle(&gone).is_none(), "a follower does not read every record every sweep");
+    clock.advance(crate::manager::FULL_SWEEP_SAFETY_NET);
+    manager.sweep().await.unwrap();
     assert!(manager.handle(&gone).is_some(), "learned from the store");
     store.remove(gone.as_str(), record.version).await.unwrap();
+    manager.sweep().await.unwrap();
+    assert!(manager.handle(&gone).is_some(), "not before the next resync");
+    clock.advance(crate::manager::FULL_SWEEP_SAFETY_NET);
     manager.sweep().await.unwrap();
     assert!(manager.handle(&gone).is_none(), "forgotten as the leader forgot it");
     assert!(manager.handle(&id).is_some(), "the others stay");
