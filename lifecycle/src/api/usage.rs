@@ -51,16 +51,14 @@ struct Row<'a> {
     sleeps: &'a BTreeMap<String, u64>,
 }
 
-/// `GET /usage`.
+/// `GET /usage`'s answer up to its rows: then come `rows` (every row) and `total` (a row).
 #[derive(Serialize)]
-struct UsageAnswer<'a> {
+struct Head<'a> {
     from: String,
     to: String,
     group_by: &'static str,
     user_id: Option<&'a str>,
     count: usize,
-    rows: Vec<Row<'a>>,
-    total: Row<'a>,
 }
 
 /// Six decimals: whole micro-units of cost and hours, free of float noise.
@@ -158,32 +156,26 @@ pub(super) async fn usage(
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response())
 }
 
-/// The JSON body of `GET /usage` for `report`, the answer to `q`: [`UsageAnswer`], written as
-/// `serde_json` writes it, with many rows written on every core (100,000 session rows are
-/// ~24 MB).
+/// The JSON body of `GET /usage` for `report`, the answer to `q`: its [`Head`], `rows` and
+/// `total`, written as `serde_json` writes the whole, with many rows written on every core
+/// (100,000 session rows are ~24 MB).
 pub fn usage_json(q: &crate::usage::Query, report: &Report) -> Vec<u8> {
     let rows: Vec<Row> = report.rows.iter().map(|(key, t)| Row::of(Some(key), t)).collect();
-    let total = Row::of(None, &report.total);
-    let answer = |rows| UsageAnswer {
+    let head = Head {
         from: q.from.to_string(),
         to: q.to.to_string(),
         group_by: group_name(q.group_by),
         user_id: q.user_id.as_deref(),
-        count: report.rows.len(),
-        rows,
-        total: Row::of(None, &report.total),
+        count: rows.len(),
     };
-    if rows.len() < ROWS_PER_CORE {
-        return json(&answer(rows));
-    }
-    // `{…,"count":N,"rows":[]` + the rows + `],"total":…}`.
-    let mut out = json(&answer(Vec::new()));
-    let head = out.windows(9).rposition(|w| w == b"\"rows\":[]").map_or(out.len(), |at| at + 8);
-    out.truncate(head);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = rows.len().div_ceil(cores).max(ROWS_PER_CORE);
+    let mut out = json(&head);
+    out.pop(); // its `}`: the rows and the total follow
+    out.extend_from_slice(b",\"rows\":[");
+    let cores =
+        if rows.len() < ROWS_PER_CORE { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
     let parts: Vec<Vec<u8>> = std::thread::scope(|scope| {
-        let writers: Vec<_> = rows.chunks(chunk).map(|rows| scope.spawn(move || json(rows))).collect();
+        let writers: Vec<_> =
+            rows.chunks(rows.len().div_ceil(cores).max(1)).map(|rows| scope.spawn(move || json(rows))).collect();
         writers.into_iter().map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
     });
     for (i, part) in parts.iter().enumerate() {
@@ -194,7 +186,7 @@ pub fn usage_json(q: &crate::usage::Query, report: &Report) -> Vec<u8> {
         out.extend_from_slice(&part[1..part.len() - 1]);
     }
     out.extend_from_slice(b"],\"total\":");
-    out.extend(json(&total));
+    out.extend(json(&Row::of(None, &report.total)));
     out.push(b'}');
     out
 }
@@ -264,10 +256,22 @@ fn csv(q: &crate::usage::Query, report: &Report) -> String {
 mod tests {
     use super::*;
 
+    /// `GET /usage`'s answer as one value (what [`usage_json`] must write, byte for byte).
+    #[derive(Serialize)]
+    struct UsageAnswer<'a> {
+        from: String,
+        to: String,
+        group_by: &'static str,
+        user_id: Option<&'a str>,
+        count: usize,
+        rows: Vec<Row<'a>>,
+        total: Row<'a>,
+    }
+
     #[test]
     fn many_rows_written_on_every_core_are_the_answer_serde_writes() {
         let day = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
-        for (n, user_id) in [(3, None), (ROWS_PER_CORE * 2 + 7, Some("ann\"q".to_string()))] {
+        for (n, user_id) in [(0, None), (3, None), (ROWS_PER_CORE * 2 + 7, Some("ann\"q".to_string()))] {
             let mut report = Report::default();
             for i in 0..n {
                 let key = RowKey::Session {

@@ -103,6 +103,14 @@ impl Manager {
         self.inner.active_again_notify.notify_one();
     }
 
+    /// Count activity on `handle` that the lifecycle itself sees (a wake asked through the API or
+    /// the admin page), published at once when it ends a quiet spell, as the proxy's is.
+    pub(super) fn touch(&self, handle: &wakeway_proxy::SessionHandle, source: wakeway_proxy::ActivitySource) {
+        if handle.activity.touch(self.now().timestamp_millis(), source) {
+            self.note_active_again(&handle.id);
+        }
+    }
+
     /// Publish the activity of every session noted active again (one pipeline for all of them).
     pub async fn publish_active_again(&self) {
         let ids = std::mem::take(&mut *self.inner.active_again.lock().unwrap_or_else(|p| p.into_inner()));

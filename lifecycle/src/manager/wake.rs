@@ -62,7 +62,7 @@ impl Manager {
         if v.session.state == State::Deleted {
             return Err(LifecycleError::Deleted(id.to_string()));
         }
-        handle.activity.touch(self.now().timestamp_millis(), source);
+        self.touch(&handle, source);
         self.request_wake(&handle, source);
         Ok(v)
     }
@@ -110,7 +110,7 @@ impl Manager {
         if self.settle_before_wake(rt, &mut s).await?.is_break() {
             return Ok(s);
         }
-        rt.handle.activity.touch(self.now().timestamp_millis(), source);
+        self.touch(&rt.handle, source);
         let started_at = Instant::now();
         if !s.state.is_awake() {
             s.usage.count_wake(self.now(), source.as_str());

@@ -83,9 +83,7 @@ impl Whole {
             ..Whole::default()
         };
         for d in days {
-            for (total, ms) in whole.ms.iter_mut().zip(d.ms) {
-                *total += u64::from(ms);
-            }
+            add_ms(&mut whole.ms, d.ms.map(u64::from));
             whole.cost += d.cost;
         }
         let mut slots = [(u32::MAX, 0u32); WHOLE_TALLIES];
@@ -254,7 +252,7 @@ impl UsageIndex {
             None => None,
         };
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(SHARDS);
-        let names = self.names.all();
+        let (names, users) = (self.names.all(), self.users.all());
         let sum = |part: usize| {
             let mut rows = Rows::new(q.group_by, &window);
             for shard in self.shards.iter().skip(part).step_by(threads) {
@@ -263,7 +261,7 @@ impl UsageIndex {
                     self.add_entry(entry, &window, &mut row, q.group_by);
                 }
             }
-            Part::of(rows.into_rows(self), q.group_by, &names)
+            Part::of(rows.into_rows(&users), q.group_by, &names)
         };
         let parts: Vec<Part> = std::thread::scope(|scope| {
             let others: Vec<_> = (1..threads).map(|part| scope.spawn(move || sum(part))).collect();
@@ -279,9 +277,7 @@ impl UsageIndex {
         match e.whole.tallies.filter(|_| covered) {
             Some(tallies) => {
                 let acc = row.at(e.whole.first);
-                for (total, ms) in acc.ms.iter_mut().zip(e.whole.ms) {
-                    *total += ms;
-                }
+                add_ms(&mut acc.ms, e.whole.ms);
                 acc.cost += e.whole.cost;
                 for (slot, n) in tallies.into_iter().filter(|(slot, _)| *slot != u32::MAX) {
                     acc.tally(slot, u64::from(n));
@@ -297,9 +293,7 @@ impl UsageIndex {
         let first = e.days.partition_point(|d| d.day < w.from);
         for d in e.days[first..].iter().take_while(|d| d.day <= w.to) {
             let acc = row.at(d.day);
-            for (total, ms) in acc.ms.iter_mut().zip(d.ms) {
-                *total += u64::from(ms);
-            }
+            add_ms(&mut acc.ms, d.ms.map(u64::from));
             acc.cost += d.cost;
         }
         let first = e.tallies.partition_point(|t| t.day < w.from);
@@ -328,6 +322,13 @@ impl UsageIndex {
             acc.baseline_ms += ms;
             acc.baseline_cost += self.prices.baseline * ms as f64 / 3_600_000.0;
         });
+    }
+}
+
+/// Milliseconds by bucket, added up.
+fn add_ms(total: &mut [u64; 3], ms: [u64; 3]) {
+    for (total, ms) in total.iter_mut().zip(ms) {
+        *total += ms;
     }
 }
 
@@ -394,9 +395,7 @@ impl Acc {
     }
 
     fn add(&mut self, other: &Acc) {
-        for (total, ms) in self.ms.iter_mut().zip(other.ms) {
-            *total += ms;
-        }
+        add_ms(&mut self.ms, other.ms);
         self.cost += other.cost;
         self.baseline_ms += other.baseline_ms;
         self.baseline_cost += other.baseline_cost;
@@ -541,9 +540,8 @@ impl Rows {
         }
     }
 
-    /// The rows, keyed (users named).
-    fn into_rows(self, index: &UsageIndex) -> Vec<(RowKey, Acc)> {
-        let users = index.users.all();
+    /// The rows, keyed (users named: `users` by number).
+    fn into_rows(self, users: &[String]) -> Vec<(RowKey, Acc)> {
         let user = |id: u32| users.get(id as usize).cloned().unwrap_or_default();
         match self {
             Rows::User(accs) => accs

@@ -5,10 +5,24 @@
 
 use wakeway_proxy::{ActivitySource, SessionId};
 
-use super::rig;
 use super::usage::MINUTE;
+use super::{Rig, rig};
 use crate::manager::Manager;
 use crate::session::State;
+
+/// Replicas `a` (leading the sweep) and `b` on one store, and a session `a` woke just now.
+async fn two_replicas() -> (Rig, Manager, Manager, SessionId) {
+    let rig = rig(true);
+    let a = rig.replica("a");
+    let id = a.create("ada@example.com").await.unwrap().id();
+    let b = rig.replica("b");
+    b.recover().await.unwrap();
+    a.wake(&id, ActivitySource::Http).await.unwrap();
+    b.checkpoint().await; // b has heard of a's wake
+    a.sweep().await.unwrap();
+    assert_eq!(rig.store.holder("sweep").as_deref(), Some("a"), "a leads the sweep");
+    (rig, a, b, id)
+}
 
 /// Someone uses `id` through replica `m` now; whether that ended a quiet spell.
 fn use_through(m: &Manager, id: &SessionId) -> bool {
@@ -19,14 +33,7 @@ fn use_through(m: &Manager, id: &SessionId) -> bool {
 async fn the_leader_sleeps_a_session_two_seconds_after_its_idle_timeout_counting_every_replicas_activity() {
     // Defaults: idle_timeout 15 min, checkpoint_interval 30 s: a quiet spell is 14 min, the
     // leader's grace 2 s.
-    let rig = rig(true);
-    let a = rig.replica("a");
-    let id = a.create("ada@example.com").await.unwrap().id();
-    let b = rig.replica("b");
-    b.recover().await.unwrap();
-    a.wake(&id, ActivitySource::Http).await.unwrap();
-    a.sweep().await.unwrap();
-    assert_eq!(rig.store.holder("sweep").as_deref(), Some("a"), "a leads the sweep");
+    let (rig, a, b, id) = two_replicas().await;
     let state = || rig.store.record(id.as_str()).state;
 
     // 14.5 quiet minutes, then someone uses it through b: published at once (no checkpoint).
@@ -51,14 +58,7 @@ async fn the_leader_sleeps_a_session_two_seconds_after_its_idle_timeout_counting
 
 #[tokio::test]
 async fn activity_soon_after_other_activity_reaches_the_leader_by_the_next_checkpoint_in_time() {
-    let rig = rig(true);
-    let a = rig.replica("a");
-    let id = a.create("ada@example.com").await.unwrap().id();
-    let b = rig.replica("b");
-    b.recover().await.unwrap();
-    a.wake(&id, ActivitySource::Http).await.unwrap();
-    b.checkpoint().await; // b has heard of a's wake (activity at 0:00)
-    a.sweep().await.unwrap();
+    let (rig, a, b, id) = two_replicas().await;
     let state = || rig.store.record(id.as_str()).state;
 
     // Used through b at 1:00, no quiet spell: nothing published until b's next checkpoint.
@@ -73,4 +73,16 @@ async fn activity_soon_after_other_activity_reaches_the_leader_by_the_next_check
     rig.advance(MINUTE + 3);
     a.sweep().await.unwrap();
     assert_eq!(state(), State::Sleeping);
+}
+
+#[tokio::test]
+async fn an_api_wake_of_a_running_session_after_a_quiet_spell_reaches_the_leader_at_once() {
+    let (rig, a, b, id) = two_replicas().await;
+    rig.advance(14 * MINUTE + 30);
+    // Already running: no record is written, only activity counted (and published).
+    b.wake_in_background(&id, ActivitySource::ApiWake).await.unwrap();
+    b.publish_active_again().await;
+    rig.advance(MINUTE);
+    a.sweep().await.unwrap();
+    assert_eq!(rig.store.record(id.as_str()).state, State::Running, "a knows of the wake through b");
 }
