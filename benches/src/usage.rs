@@ -1,4 +1,4 @@
-//! `wakeway-bench-usage [N] [DAYS] [--store]`: what `GET /usage` does over N sessions with DAYS
+//! `wakeway-bench-usage [N] [DAYS] [--store] [--only=user|session|day]`: what `GET /usage` does over N sessions with DAYS
 //! days of usage each (default 100,000 × 30): the rollup by user, session and day from the usage
 //! index (`UsageIndex::report`) and the JSON body made of it, the best of five runs each. With
 //! `--store`, the sessions are first written to an embedded store in a temporary folder and what
@@ -39,14 +39,16 @@ fn session(i: usize, days: i64, now: chrono::DateTime<Utc>) -> Session {
     s
 }
 
-/// The best of five runs of `f`, in milliseconds, and its last result.
+/// The best of five runs of `f`, in milliseconds, and its last result. A result is dropped
+/// after the clock stops, as `GET /usage` drops its report after answering.
 fn best<T>(mut f: impl FnMut() -> T) -> (f64, T) {
     let mut best = f64::MAX;
     let mut last = None;
     for _ in 0..5 {
         let t0 = Instant::now();
-        last = Some(f());
+        let result = f();
         best = best.min(t0.elapsed().as_secs_f64() * 1000.0);
+        last = Some(result);
     }
     (best, last.expect("five runs"))
 }
@@ -81,6 +83,8 @@ fn index(n: usize, days: i64, now: chrono::DateTime<Utc>, prices: &Prices, with_
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let with_store = args.iter().any(|a| a == "--store");
+    // `--only=session` (or user, day): one grouping (for a profile of it).
+    let only = args.iter().find_map(|a| a.strip_prefix("--only="));
     let mut numbers = args.iter().filter(|a| !a.starts_with("--"));
     let n: usize = numbers.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let days: i64 = numbers.next().and_then(|a| a.parse().ok()).unwrap_or(30);
@@ -94,15 +98,16 @@ fn main() {
         group_by,
     };
     let mut rollups = Vec::new();
-    for (name, group_by) in [("user", GroupBy::User), ("session", GroupBy::Session), ("day", GroupBy::Day)] {
+    let groupings = [("user", GroupBy::User), ("session", GroupBy::Session), ("day", GroupBy::Day)];
+    for (name, group_by) in groupings.into_iter().filter(|(name, _)| only.is_none_or(|only| only == *name)) {
         let q = q(group_by);
         let (ms, r) = best(|| index.report(&q, now));
         // What GET /usage sends: the same report as its JSON body.
-        let (json_ms, body) = best(|| wakeway_lifecycle::api::usage_json(&q, &r));
+        let (json_ms, parts) = best(|| wakeway_lifecycle::api::usage_json_parts(&q, &r));
         rollups.push(format!(
             "\"{name}\": {{\"ms\": {ms:.1}, \"json_ms\": {json_ms:.1}, \"rows\": {}, \"json_bytes\": {}}}",
             r.rows.len(),
-            body.len()
+            parts.iter().map(Vec::len).sum::<usize>()
         ));
     }
     println!("{{\"sessions\": {n}, \"days\": {days}, {setup}, {}}}", rollups.join(", "));

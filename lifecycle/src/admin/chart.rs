@@ -37,7 +37,7 @@ pub fn points(report: &Report, from: NaiveDate, days: i64) -> Vec<Point> {
     (0..days)
         .map(|i| {
             let day = from + Duration::days(i);
-            let t = report.rows.get(&RowKey::Day(day)).cloned().unwrap_or_default();
+            let t = report.get(&RowKey::Day(day)).cloned().unwrap_or_default();
             Point {
                 day,
                 awake_hours: t.hours(Bucket::Running),

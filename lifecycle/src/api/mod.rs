@@ -36,7 +36,7 @@ pub(crate) use backups::serve_zip;
 pub use error::ApiError;
 pub(crate) use extract::check_backup_id;
 use extract::{BACKUP_EXAMPLE, BACKUP_ID, Body, Field, JsonBody, SessionPath, parse_id};
-pub use usage::usage_json;
+pub use usage::{usage_json, usage_json_parts};
 pub use wakeway_proxy::ratelimit::{FailureBudget, RateLimiter};
 
 /// What the handlers share.

@@ -1,19 +1,21 @@
 //! `GET /usage`: awake and sleeping hours, cost, the always-on baseline's cost and what sleeping
 //! saved, per user, session or UTC day, as JSON or (with `Accept: text/csv`) CSV.
 
-use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::fmt::Write;
 
+use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use chrono::{Duration, NaiveDate};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiState, bad_query, valid_user_id};
 use crate::manager::LifecycleError;
-use crate::usage::{Bucket, GroupBy, Report, RowKey, Totals};
+use crate::usage::{Bucket, Counts, GroupBy, Report, RowKey, Totals};
 
 /// The longest period one question may cover.
 const MAX_DAYS: i64 = 366;
@@ -47,8 +49,8 @@ struct Row<'a> {
     baseline_cost: f64,
     saved: f64,
     saved_percent: f64,
-    wakes: &'a BTreeMap<String, u64>,
-    sleeps: &'a BTreeMap<String, u64>,
+    wakes: &'a Counts,
+    sleeps: &'a Counts,
 }
 
 /// `GET /usage`'s answer up to its rows: then come `rows` (every row) and `total` (a row).
@@ -69,8 +71,8 @@ fn round(x: f64) -> f64 {
 impl<'a> Row<'a> {
     fn of(key: Option<&'a RowKey>, t: &'a Totals) -> Row<'a> {
         let (day, uuid, user_id) = match key {
-            Some(RowKey::User(user)) => (None, None, Some(user.as_str())),
-            Some(RowKey::Session { uuid, user_id, .. }) => (None, Some(uuid.as_str()), Some(user_id.as_str())),
+            Some(RowKey::User(user)) => (None, None, Some(&**user)),
+            Some(RowKey::Session { uuid, user_id, .. }) => (None, Some(&**uuid), Some(&**user_id)),
             Some(RowKey::Day(day)) => (Some(day.to_string()), None, None),
             None => (None, None, None),
         };
@@ -144,23 +146,37 @@ pub(super) async fn usage(
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.split(',').any(|t| t.trim().starts_with("text/csv")));
     // Off the async workers: 100,000 session rows are tens of megabytes.
-    let (body, content_type) = tokio::task::spawn_blocking(move || {
+    let (parts, content_type, report) = tokio::task::spawn_blocking(move || {
         if wants_csv {
-            (csv(&q, &report).into_bytes(), "text/csv; charset=utf-8")
+            (vec![csv(&q, &report).into_bytes()], "text/csv; charset=utf-8", report)
         } else {
-            (usage_json(&q, &report), "application/json")
+            (usage_json_parts(&q, &report), "application/json", report)
         }
     })
     .await
     .map_err(|e| ApiError::from(LifecycleError::task_failed("the usage answer", e)))?;
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response())
+    // Freeing 100,000 rows takes a while: after the answer, not before it.
+    tokio::task::spawn_blocking(move || drop(report));
+    let length = parts.iter().map(Vec::len).sum::<usize>();
+    let body =
+        Body::from_stream(futures::stream::iter(parts.into_iter().map(|part| Ok::<_, Infallible>(Bytes::from(part)))));
+    let headers = [
+        (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+        (header::CONTENT_LENGTH, HeaderValue::from(length)),
+    ];
+    Ok((headers, body).into_response())
 }
 
 /// The JSON body of `GET /usage` for `report`, the answer to `q`: its [`Head`], `rows` and
-/// `total`, written as `serde_json` writes the whole, with many rows written on every core
-/// (100,000 session rows are ~24 MB).
+/// `total`, written as `serde_json` writes the whole.
 pub fn usage_json(q: &crate::usage::Query, report: &Report) -> Vec<u8> {
-    let rows: Vec<Row> = report.rows.iter().map(|(key, t)| Row::of(Some(key), t)).collect();
+    usage_json_parts(q, report).concat()
+}
+
+/// [`usage_json`] in parts to be sent one after the other, with many rows written on every core
+/// (100,000 session rows are ~24 MB: not copied into one buffer).
+pub fn usage_json_parts(q: &crate::usage::Query, report: &Report) -> Vec<Vec<u8>> {
+    let rows = &report.rows;
     let head = Head {
         from: q.from.to_string(),
         to: q.to.to_string(),
@@ -168,27 +184,26 @@ pub fn usage_json(q: &crate::usage::Query, report: &Report) -> Vec<u8> {
         user_id: q.user_id.as_deref(),
         count: rows.len(),
     };
-    let mut out = json(&head);
-    out.pop(); // its `}`: the rows and the total follow
-    out.extend_from_slice(b",\"rows\":[");
+    let mut start = json(&head);
+    start.pop(); // its `}`: the rows and the total follow
+    start.extend_from_slice(b",\"rows\":[");
     let cores =
         if rows.len() < ROWS_PER_CORE { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
-    let parts: Vec<Vec<u8>> = std::thread::scope(|scope| {
-        let writers: Vec<_> =
-            rows.chunks(rows.len().div_ceil(cores).max(1)).map(|rows| scope.spawn(move || json(rows))).collect();
+    let mut parts: Vec<Vec<u8>> = std::thread::scope(|scope| {
+        let writers: Vec<_> = rows
+            .chunks(rows.len().div_ceil(cores).max(1))
+            .enumerate()
+            // Each part after the first starts with the comma that follows the last one's row.
+            .map(|(i, rows)| scope.spawn(move || json_rows(rows, i > 0)))
+            .collect();
         writers.into_iter().map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
     });
-    for (i, part) in parts.iter().enumerate() {
-        // Each part is a JSON array: its rows are what lies between its brackets.
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(&part[1..part.len() - 1]);
-    }
-    out.extend_from_slice(b"],\"total\":");
-    out.extend(json(&Row::of(None, &report.total)));
-    out.push(b'}');
-    out
+    let mut end = b"],\"total\":".to_vec();
+    end.extend(json(&Row::of(None, &report.total)));
+    end.push(b'}');
+    parts.insert(0, start);
+    parts.push(end);
+    parts
 }
 
 /// Fewer rows than this are written on one core.
@@ -196,6 +211,19 @@ const ROWS_PER_CORE: usize = 5_000;
 
 fn json<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("usage rows are plain data")
+}
+
+/// `rows` as JSON, comma-separated (the inside of an array), after a comma if `comma_first`.
+fn json_rows(rows: &[(RowKey, Totals)], comma_first: bool) -> Vec<u8> {
+    // Session rows are ~240 bytes: one allocation for most parts.
+    let mut out = Vec::with_capacity(rows.len() * 256);
+    for (i, (key, t)) in rows.iter().enumerate() {
+        if i > 0 || comma_first {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, &Row::of(Some(key), t)).expect("usage rows are plain data");
+    }
+    out
 }
 
 fn group_name(g: GroupBy) -> &'static str {
@@ -214,8 +242,8 @@ fn field(text: &str) -> String {
 }
 
 /// Counts as `name=n;name=n`.
-fn counts(map: &BTreeMap<String, u64>) -> String {
-    map.iter().map(|(k, n)| format!("{k}={n}")).collect::<Vec<_>>().join(";")
+fn counts(counts: &Counts) -> String {
+    counts.iter().map(|(k, n)| format!("{k}={n}")).collect::<Vec<_>>().join(";")
 }
 
 /// The rows as CSV (a header line, then one line per row; the total is not a row).
@@ -275,19 +303,20 @@ mod tests {
             let mut report = Report::default();
             for i in 0..n {
                 let key = RowKey::Session {
-                    user_id: format!("user{}", i % 13),
+                    user_id: format!("user{:02}", i % 13).into(),
                     created_at: day.and_hms_opt(0, 0, 0).unwrap().and_utc(),
-                    uuid: format!("{i:08x}"),
+                    uuid: format!("{i:08x}").into(),
                 };
                 let t = Totals {
-                    ms: BTreeMap::from([(Bucket::Running, i as u64 * 1000)]),
+                    ms: [i as u64 * 1000, 0, 0],
                     cost: i as f64 / 7.0,
-                    wakes: BTreeMap::from([("http".to_string(), i as u64)]),
+                    wakes: Counts::of([("http".into(), i as u64), ("api-wake".into(), 1)]),
                     ..Totals::default()
                 };
                 report.total.cost += t.cost;
-                report.rows.insert(key, t);
+                report.rows.push((key, t));
             }
+            report.rows.sort_by(|a, b| a.0.cmp(&b.0));
             let q = crate::usage::Query { from: day, to: day, user_id, group_by: GroupBy::Session };
             let rows: Vec<Row> = report.rows.iter().map(|(key, t)| Row::of(Some(key), t)).collect();
             let whole = UsageAnswer {

@@ -19,7 +19,7 @@ use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 
-use super::{Bucket, GroupBy, Prices, Query, Report, RowKey, Totals};
+use super::{Bucket, Counts, GroupBy, Prices, Query, Report, RowKey, Totals};
 use crate::session::Session;
 
 /// One UTC day of a session: milliseconds by bucket (a day has at most 86,400,000) and cost.
@@ -106,9 +106,9 @@ struct Names(RwLock<NameTable>);
 
 #[derive(Debug, Default)]
 struct NameTable {
-    ids: HashMap<String, u32>,
+    ids: HashMap<Arc<str>, u32>,
     /// By id.
-    names: Vec<String>,
+    names: Vec<Arc<str>>,
 }
 
 impl Names {
@@ -118,10 +118,13 @@ impl Names {
         }
         let mut table = self.0.write().unwrap_or_else(|p| p.into_inner());
         let NameTable { ids, names } = &mut *table;
-        *ids.entry(name.to_string()).or_insert_with(|| {
-            names.push(name.to_string());
-            (names.len() - 1) as u32
-        })
+        if let Some(id) = ids.get(name) {
+            return *id;
+        }
+        let name: Arc<str> = name.into();
+        names.push(name.clone());
+        ids.insert(name, (names.len() - 1) as u32);
+        (names.len() - 1) as u32
     }
 
     /// The id of `name` if it has one.
@@ -130,7 +133,7 @@ impl Names {
     }
 
     /// Every name, by id.
-    fn all(&self) -> Vec<String> {
+    fn all(&self) -> Vec<Arc<str>> {
         self.0.read().unwrap_or_else(|p| p.into_inner()).names.clone()
     }
 }
@@ -253,15 +256,22 @@ impl UsageIndex {
         };
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(SHARDS);
         let (names, users) = (self.names.all(), self.users.all());
+        let ranks = match q.group_by {
+            GroupBy::Session => ranks(&users),
+            _ => Vec::new(),
+        };
         let sum = |part: usize| {
+            // Each core names tallies with its own copies: the names' reference counts are
+            // touched for every row, and shared ones would bounce between the cores.
+            let names: Vec<Arc<str>> = names.iter().map(|name| Arc::from(&**name)).collect();
             let mut rows = Rows::new(q.group_by, &window);
             for shard in self.shards.iter().skip(part).step_by(threads) {
                 for entry in Self::read(shard).values().filter(|e| only.is_none_or(|u| e.user == u)) {
-                    let mut row = rows.row(entry);
+                    let mut row = rows.row(entry, &ranks);
                     self.add_entry(entry, &window, &mut row, q.group_by);
                 }
             }
-            Part::of(rows.into_rows(&users), q.group_by, &names)
+            Part::of(rows, &users, &names)
         };
         let parts: Vec<Part> = std::thread::scope(|scope| {
             let others: Vec<_> = (1..threads).map(|part| scope.spawn(move || sum(part))).collect();
@@ -323,6 +333,18 @@ impl UsageIndex {
             acc.baseline_cost += self.prices.baseline * ms as f64 / 3_600_000.0;
         });
     }
+}
+
+/// Each user's place in name order, by user number: session rows are sorted by these numbers
+/// (names are unique, so this is their name order) before they are named.
+fn ranks(users: &[Arc<str>]) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..users.len() as u32).collect();
+    order.sort_unstable_by(|a, b| users[*a as usize].cmp(&users[*b as usize]));
+    let mut ranks = vec![0; users.len()];
+    for (rank, user) in order.into_iter().enumerate() {
+        ranks[user as usize] = rank as u32;
+    }
+    ranks
 }
 
 /// Milliseconds by bucket, added up.
@@ -407,23 +429,24 @@ impl Acc {
         }
     }
 
-    fn totals(&self, names: &[String]) -> Totals {
-        let mut totals = Totals {
+    fn totals(&self, names: &[Arc<str>]) -> Totals {
+        let counts = |wake: bool| {
+            Counts::of(
+                self.tallies
+                    .iter()
+                    .enumerate()
+                    .filter(|(slot, n)| **n > 0 && (slot % 2 == 1) == wake)
+                    .map(|(slot, n)| (names.get(slot / 2).cloned().unwrap_or_else(|| "".into()), *n)),
+            )
+        };
+        Totals {
+            ms: self.ms,
             cost: self.cost,
             baseline_ms: self.baseline_ms,
             baseline_cost: self.baseline_cost,
-            ..Totals::default()
-        };
-        for bucket in Bucket::ALL {
-            if self.ms[bucket as usize] > 0 {
-                totals.ms.insert(bucket, self.ms[bucket as usize]);
-            }
+            wakes: counts(true),
+            sleeps: counts(false),
         }
-        for (slot, n) in self.tallies.iter().enumerate().filter(|(_, n)| **n > 0) {
-            let map = if slot % 2 == 1 { &mut totals.wakes } else { &mut totals.sleeps };
-            *map.entry(names.get(slot / 2).cloned().unwrap_or_default()).or_default() += n;
-        }
-        totals
     }
 }
 
@@ -431,40 +454,61 @@ impl Acc {
 enum Part {
     /// Rows another core may also have (a user's or a day's), to be added up.
     Sums(Vec<(RowKey, Acc)>),
-    /// Rows no other core has (sessions), made into totals on this core, and their sum.
-    Done { rows: Vec<(RowKey, Totals)>, total: Acc },
+    /// Rows no other core has (sessions), made into totals and sorted on this core, and their sum.
+    Done { rows: Vec<(SessionOrder, RowKey, Totals)>, total: Acc },
 }
 
 impl Part {
-    fn of(rows: Vec<(RowKey, Acc)>, group_by: GroupBy, names: &[String]) -> Part {
-        if group_by != GroupBy::Session {
-            return Part::Sums(rows);
-        }
-        let mut total = Acc::default();
-        let rows = rows
-            .into_iter()
-            .map(|(key, acc)| {
-                total.add(&acc);
-                (key, acc.totals(names))
-            })
-            .collect();
-        Part::Done { rows, total }
+    /// What `rows` become on the core that made them (`users` and `names` by number).
+    fn of(rows: Rows, users: &[Arc<str>], names: &[Arc<str>]) -> Part {
+        let user = |id: u32| users.get(id as usize).cloned().unwrap_or_else(|| "".into());
+        let sums = match rows {
+            Rows::User(accs) => accs
+                .into_iter()
+                .enumerate()
+                .filter(|(_, acc)| !acc.is_empty())
+                .map(|(id, acc)| (RowKey::User(user(id as u32)), acc))
+                .collect(),
+            Rows::Day { from, days } => {
+                days.into_iter().enumerate().map(|(i, acc)| (RowKey::Day(date_of(from + i as i32)), acc)).collect()
+            }
+            Rows::Session(mut sessions) => {
+                sessions.retain(|(_, _, acc)| !acc.is_empty());
+                sessions.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                let mut total = Acc::default();
+                let rows = sessions
+                    .into_iter()
+                    .map(|(order, user_id, acc)| {
+                        total.add(&acc);
+                        let (created_at, uuid) = (order.created_at, order.uuid.clone());
+                        let key = RowKey::Session { user_id: user(user_id), created_at, uuid };
+                        (order, key, acc.totals(names))
+                    })
+                    .collect();
+                return Part::Done { rows, total };
+            }
+        };
+        Part::Sums(sums)
     }
 
-    /// One report of the parts every core made: rows with the same key are added up.
-    fn into_report(parts: Vec<Part>, names: &[String]) -> Report {
+    /// One report of the parts every core made: rows with the same key are added up, and
+    /// the sessions each core sorted are merged.
+    fn into_report(parts: Vec<Part>, names: &[Arc<str>]) -> Report {
         let mut total = Acc::default();
         let mut sums: Vec<(RowKey, Acc)> = Vec::new();
-        let mut done: Vec<(RowKey, Totals)> = Vec::new();
+        let mut sessions: Vec<(SessionOrder, RowKey, Totals)> = Vec::new();
         for part in parts {
             match part {
                 Part::Sums(rows) => sums.extend(rows),
                 Part::Done { rows, total: sum } => {
                     total.add(&sum);
-                    done.extend(rows);
+                    sessions.extend(rows);
                 }
             }
         }
+        // A stable sort merges the sorted runs (one per core).
+        sessions.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut rows: Vec<(RowKey, Totals)> = sessions.into_iter().map(|(_, key, t)| (key, t)).collect();
         sums.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         sums.dedup_by(|later, first| {
             let same = later.0 == first.0;
@@ -475,10 +519,9 @@ impl Part {
         });
         for (key, acc) in sums.into_iter().filter(|(_, acc)| !acc.is_empty()) {
             total.add(&acc);
-            done.push((key, acc.totals(names)));
+            rows.push((key, acc.totals(names)));
         }
-        done.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        Report { rows: done.into_iter().collect(), total: total.totals(names) }
+        Report { rows, total: total.totals(names) }
     }
 }
 
@@ -500,15 +543,39 @@ impl RowSink<'_> {
     }
 }
 
-/// A session's row before it is named: its user's number, creation and uuid.
-type SessionKey = (u32, DateTime<Utc>, Arc<str>);
+/// Where a session's row goes: session rows are in `RowKey` order (user name, creation, uuid),
+/// compared here without reading a name — the user by its place in name order (`ranks`), the
+/// uuid (8 to 32 hex digits) by its first 32 bytes held here before the whole.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct SessionOrder {
+    user_rank: u32,
+    created_at: DateTime<Utc>,
+    uuid_prefix: [u64; 4],
+    uuid: Arc<str>,
+}
+
+impl SessionOrder {
+    fn of(e: &Entry, ranks: &[u32]) -> SessionOrder {
+        // Zero-padded and big-endian: prefixes order as the strings do where they differ.
+        let mut prefix = [0u8; 32];
+        let n = e.uuid.len().min(32);
+        prefix[..n].copy_from_slice(&e.uuid.as_bytes()[..n]);
+        let word = |i: usize| u64::from_be_bytes(prefix[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        SessionOrder {
+            user_rank: ranks.get(e.user as usize).copied().unwrap_or(u32::MAX),
+            created_at: e.created_at,
+            uuid_prefix: [word(0), word(1), word(2), word(3)],
+            uuid: e.uuid.clone(),
+        }
+    }
+}
 
 /// The rows being made, by grouping.
 enum Rows {
     /// By user number.
     User(Vec<Acc>),
-    /// By session: its user's number, creation and uuid (named when the rows are made).
-    Session(Vec<(SessionKey, Acc)>),
+    /// By session: where its row goes and its user's number (named when the rows are made).
+    Session(Vec<(SessionOrder, u32, Acc)>),
     Day {
         from: i32,
         days: Vec<Acc>,
@@ -524,7 +591,7 @@ impl Rows {
         }
     }
 
-    fn row(&mut self, e: &Entry) -> RowSink<'_> {
+    fn row(&mut self, e: &Entry, ranks: &[u32]) -> RowSink<'_> {
         match self {
             Rows::User(users) => {
                 if users.len() <= e.user as usize {
@@ -533,33 +600,10 @@ impl Rows {
                 RowSink::One(&mut users[e.user as usize])
             }
             Rows::Session(sessions) => {
-                sessions.push(((e.user, e.created_at, e.uuid.clone()), Acc::default()));
-                RowSink::One(&mut sessions.last_mut().expect("just pushed").1)
+                sessions.push((SessionOrder::of(e, ranks), e.user, Acc::default()));
+                RowSink::One(&mut sessions.last_mut().expect("just pushed").2)
             }
             Rows::Day { from, days } => RowSink::Days { from: *from, days },
-        }
-    }
-
-    /// The rows, keyed (users named: `users` by number).
-    fn into_rows(self, users: &[String]) -> Vec<(RowKey, Acc)> {
-        let user = |id: u32| users.get(id as usize).cloned().unwrap_or_default();
-        match self {
-            Rows::User(accs) => accs
-                .into_iter()
-                .enumerate()
-                .filter(|(_, acc)| !acc.is_empty())
-                .map(|(id, acc)| (RowKey::User(user(id as u32)), acc))
-                .collect(),
-            Rows::Session(sessions) => sessions
-                .into_iter()
-                .filter(|(_, acc)| !acc.is_empty())
-                .map(|((id, created_at, uuid), acc)| {
-                    (RowKey::Session { user_id: user(id), created_at, uuid: uuid.to_string() }, acc)
-                })
-                .collect(),
-            Rows::Day { from, days } => {
-                days.into_iter().enumerate().map(|(i, acc)| (RowKey::Day(date_of(from + i as i32)), acc)).collect()
-            }
         }
     }
 }
@@ -669,19 +713,53 @@ mod tests {
             }
         }
         for bucket in Bucket::ALL {
-            assert_eq!(total.ms.get(&bucket).copied().unwrap_or(0), expected[bucket as usize], "{bucket:?}");
+            assert_eq!(total.ms(bucket), expected[bucket as usize], "{bucket:?}");
         }
         // Split by day, the same time and cost (and days numbered as chrono numbers them).
         assert_eq!(day_number(NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()), UNIX_DAY);
         let by_day = fed.report(&Query { group_by: GroupBy::Day, ..q.clone() }, now);
         assert_eq!(
-            shown(&Report { rows: BTreeMap::new(), ..by_day.clone() }),
-            shown(&Report { rows: BTreeMap::new(), total: total.clone() })
+            shown(&Report { rows: Vec::new(), ..by_day.clone() }),
+            shown(&Report { rows: Vec::new(), total: total.clone() })
         );
-        let day_ms: u64 = by_day.rows.values().map(|t| t.ms.values().sum::<u64>() + t.baseline_ms).sum();
-        assert_eq!(day_ms, total.ms.values().sum::<u64>() + total.baseline_ms);
+        let day_ms: u64 = by_day.rows.iter().map(|(_, t)| t.ms.iter().sum::<u64>() + t.baseline_ms).sum();
+        assert_eq!(day_ms, total.ms.iter().sum::<u64>() + total.baseline_ms);
         let wakes: u64 = last.iter().flat_map(|s| s.usage.days.values()).flat_map(|d| d.wakes.values()).sum();
-        assert_eq!(total.wakes.values().sum::<u64>(), wakes);
+        assert_eq!(total.wakes.sum(), wakes);
+    }
+
+    #[test]
+    fn session_rows_come_in_key_order_whatever_order_users_and_uuids_were_met_in() {
+        let mut rng = StdRng::seed_from_u64(16);
+        let start = DateTime::parse_from_rfc3339("2026-01-01T08:00:00Z").unwrap().with_timezone(&Utc);
+        let index = UsageIndex::new(prices());
+        let mut sessions = Vec::new();
+        for i in 0..400 {
+            // Uuids of 8 to 32 digits sharing long prefixes (some one another's prefix); users met
+            // in an order that is not their name order; creations often equal.
+            let len = rng.random_range(8..=32);
+            let uuid: String = (0..len)
+                .map(|k| if k < 6 { 'a' } else { ["0", "f", "7"][rng.random_range(0..3)].chars().next().unwrap() })
+                .collect();
+            let Some(id) = SessionId::parse(&uuid) else { continue };
+            let user = ["zoe", "ann", "bob", "ann-marie", "Zed", "al"][rng.random_range(0..6)];
+            let created = start + Duration::minutes(rng.random_range(0..3) * 60 + i % 2);
+            let mut s = Session::new(&id, user, "small", created);
+            s.usage = crate::usage::Usage::starting(created, Since::of(&s));
+            sessions.push(s);
+        }
+        for s in &sessions {
+            index.observe(s);
+        }
+        let q = Query { from: start.date_naive(), to: start.date_naive(), user_id: None, group_by: GroupBy::Session };
+        let report = index.report(&q, start + Duration::hours(5));
+        let mut distinct: Vec<&str> = sessions.iter().map(|s| s.uuid.as_str()).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(report.rows.len(), distinct.len());
+        for pair in report.rows.windows(2) {
+            assert!(pair[0].0 < pair[1].0, "{:?} then {:?}", pair[0].0, pair[1].0);
+        }
     }
 
     #[test]
@@ -700,7 +778,7 @@ mod tests {
         stale.usage.accounted_until = Some(start + Duration::hours(1));
         index.observe(&stale);
         let q = Query { from: start.date_naive(), to: start.date_naive(), user_id: None, group_by: GroupBy::User };
-        let running = |index: &UsageIndex| index.report(&q, start + Duration::hours(6)).total.ms[&Bucket::Running];
+        let running = |index: &UsageIndex| index.report(&q, start + Duration::hours(6)).total.ms(Bucket::Running);
         assert_eq!(running(&index), 6 * 3_600_000, "five counted hours and one since");
         // Rebuilt at 5:30 with version 1: counting starts again there.
         let mut rebuilt = Session::new(&id, "ann", "small", start);
@@ -709,7 +787,7 @@ mod tests {
         rebuilt.version = 1;
         index.observe(&rebuilt);
         let report = index.report(&q, start + Duration::hours(6));
-        assert_eq!(report.total.ms.get(&Bucket::Running), None);
-        assert_eq!(report.total.ms[&Bucket::Sleeping], 30 * 60_000);
+        assert_eq!(report.total.ms(Bucket::Running), 0);
+        assert_eq!(report.total.ms(Bucket::Sleeping), 30 * 60_000);
     }
 }
