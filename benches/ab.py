@@ -9,7 +9,9 @@ e.g. `python3 benches/ab.py before=/tmp/wakeway-old now=target/release/wakeway
 nosteal=target/release/wakeway,WAKEWAY_X=1`. Every variant proxies to the same nginx upstream (its own
 workspace is that upstream's config, as in bench.py), which is also measured directly: the "added p50" column
 is a target's p50 minus the upstream's own in the same round (bench.py's added latency at c=1). Prints the
-median of the rounds per point.
+median of the rounds per point. A variant gets only the WAKEWAY_* variables every build knows (an older build
+refuses unknown ones): give newer ones per variant, e.g. `now=target/release/wakeway,WAKEWAY_LOCAL_ISOLATION=off`
+beside a build from before that key.
 
 With `--websockets N`, each round starts nginx and every variant afresh in front of one wakeway-testspace, in a
 new random order, opens N idle WebSockets through each (as benches/websockets.py does) and prints the RSS growth

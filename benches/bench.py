@@ -227,12 +227,13 @@ def start_wakeway(tmp, name, workspace_command, binary=None, env=None):
     full = dict(os.environ, WAKEWAY_LISTEN=f"127.0.0.1:{port}", WAKEWAY_DATA_DIR=os.path.join(tmp, f"{name}-data"),
                 WAKEWAY_API_KEY=API_KEY, WAKEWAY_THREADS=str(PROXY_WORKERS), WAKEWAY_LOG="warn",
                 WAKEWAY_WORKSPACE_COMMAND=workspace_command, WAKEWAY_RATE_LIMIT_PER_MINUTE="100000",
-                WAKEWAY_WAKE_ATTEMPTS_PER_MINUTE="100000", WAKEWAY_STOP_GRACE="5s", WAKEWAY_SHUTDOWN_GRACE="0s",
-                WAKEWAY_LOCAL_ISOLATION="off")
+                WAKEWAY_WAKE_ATTEMPTS_PER_MINUTE="100000", WAKEWAY_STOP_GRACE="5s", WAKEWAY_SHUTDOWN_GRACE="0s")
     if binary is None:
         # Every bench client is 127.0.0.1: the herd and the WebSocket runs open far more than the default 256.
-        # (Not for ab.py's other binaries, which may predate the key; an unknown WAKEWAY_* variable is an error.)
+        # (Not for ab.py's other binaries, which may predate these keys: an unknown WAKEWAY_* variable is an
+        # error. ab.py passes them to a binary that knows them: NAME=BINARY,WAKEWAY_LOCAL_ISOLATION=off.)
         full["WAKEWAY_MAX_CONNECTIONS_PER_ADDRESS"] = "1000000"
+        full["WAKEWAY_LOCAL_ISOLATION"] = "off"
     full.pop("WAKEWAY_CONFIG", None)
     full.update(env or {})
     p = spawn([binary or os.path.join(BIN, "wakeway"), "serve"], os.path.join(tmp, f"{name}.log"), env=full)
