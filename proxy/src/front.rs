@@ -136,7 +136,7 @@ where
         }
         // pingora's own check: peek the preface's length (the bytes are put back).
         let mut preface = [0u8; H2_PREFACE.len()];
-        match tokio::time::timeout_at(deadline, stream.try_peek(&mut preface)).await {
+        match until(deadline, stream.try_peek(&mut preface)).await {
             Ok(Ok(true)) => Some(preface == H2_PREFACE),
             Ok(Ok(false)) => Some(false),
             Ok(Err(_)) => None,
@@ -228,6 +228,15 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// `future`, or `Err` once `deadline` has passed. The timer is pingora's fast timeout (one timer
+/// wheel per thread, 10 ms resolution, armed only if `future` has to wait), not a tokio timer:
+/// arming a tokio timer that ends before the runtime's next wake-up writes to the runtime's
+/// eventfd (`unpark`), which was one system call and one extra `epoll_wait` event on every
+/// keep-alive request (the idle wait for the next head is armed while no other timer runs).
+async fn until<F: Future>(deadline: Instant, future: F) -> Result<F::Output, pingora::time::Elapsed> {
+    pingora::time::fast_timeout::fast_timeout(deadline.saturating_duration_since(Instant::now()), future).await
+}
+
 /// The result of reading one request head.
 enum HeadRead {
     /// The head (and whatever followed it in the same reads), checked.
@@ -257,7 +266,7 @@ async fn read_head(
         let waiting_idle = buf.is_empty();
         let read = async {
             tokio::select! {
-                read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => Some(read),
+                read = until(deadline, stream.read_buf(&mut buf)) => Some(read),
                 // Only a connection with nothing sent yet closes for a shutdown.
                 _ = stopping.wait_for(|stop| *stop), if waiting_idle => None,
             }
