@@ -121,10 +121,11 @@ impl Names {
         if let Some(id) = ids.get(name) {
             return *id;
         }
+        let id = names.len() as u32;
         let name: Arc<str> = name.into();
         names.push(name.clone());
-        ids.insert(name, (names.len() - 1) as u32);
-        (names.len() - 1) as u32
+        ids.insert(name, id);
+        id
     }
 
     /// The id of `name` if it has one.
