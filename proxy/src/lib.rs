@@ -21,6 +21,7 @@ pub mod refusal;
 pub mod service;
 pub mod stats;
 pub mod tls;
+mod tunnel;
 
 use std::net::IpAddr;
 use std::sync::Arc;

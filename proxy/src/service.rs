@@ -26,6 +26,7 @@ use crate::ratelimit::RateLimiter;
 use crate::refusal::Reason;
 use crate::stats::ProxyStats;
 use crate::tls::CertStore;
+use crate::tunnel::{OpenConnection, WebSocketTunnel};
 use crate::{Lifecycle, pages};
 
 mod access;
@@ -56,7 +57,8 @@ pub struct ProxySettings {
     pub wake_attempts_per_minute: u32,
     /// With TLS on and `redirect_http_to_https`: the HTTPS port plain workspace requests are sent to.
     pub https_redirect_port: Option<u16>,
-    /// Idle limit of a proxied WebSocket (pingora's default of 60 s would cut quiet sockets).
+    /// Idle limit of a proxied WebSocket: nothing sent either way for this long closes it
+    /// (pingora's default read timeout of 60 s would cut quiet sockets).
     pub websocket_idle_timeout: Duration,
     /// With `workspace_auth = "oidc"`: `<public_url>/oauth/login`, where a navigation without a
     /// cookie is sent to sign in.
@@ -93,6 +95,8 @@ pub struct WakewayProxy {
     lifecycle: Arc<dyn Lifecycle>,
     clock: Arc<dyn Clock>,
     stats: Arc<ProxyStats>,
+    /// What every proxied byte is counted and classified by (body filters and WebSocket tunnels).
+    meter: Meter,
     cookies: CookieSigner,
     /// Failures per client address on workspace hosts: failed sign-in checks, unknown hosts.
     unauthenticated: Arc<RateLimiter<IpAddr>>,
@@ -143,6 +147,7 @@ impl WakewayProxy {
             api_failures: Arc::new(RateLimiter::new(settings.unauthenticated_per_minute, clock.clone())),
             wakes: RateLimiter::new(settings.wake_attempts_per_minute, clock.clone()),
             certs: None,
+            meter: Meter { lifecycle: lifecycle.clone(), clock: clock.clone(), stats: stats.clone() },
             settings,
             lifecycle,
             clock,
@@ -202,16 +207,62 @@ const NOT_FORWARDED: [header::HeaderName; 7] = [
 /// next chunk either way. One atomic load per chunk; an idle connection ends at its next message
 /// (VS Code's sockets send keep-alives every few seconds) or at `websocket_idle_timeout`.
 fn revoked(ctx: &RequestCtx) -> Result<()> {
-    if let (Some(handle), Some(admitted)) = (&ctx.session, ctx.admitted_generation)
-        && handle.cookie_generation() > admitted
-    {
-        tracing::info!(session = %handle.id, "connection closed: the workspace's cookies were revoked");
-        return Err(pingora::Error::explain(
+    match &ctx.session {
+        Some(handle) if was_revoked(handle, ctx.admitted_generation) => Err(pingora::Error::explain(
             pingora::ErrorType::Custom("cookies revoked"),
             "the workspace's cookies were revoked",
-        ));
+        )),
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+/// Whether the cookie generation that admitted a connection (`None`: no cookie needed) was
+/// revoked since; logged when it was.
+pub(crate) fn was_revoked(handle: &SessionHandle, admitted: Option<u64>) -> bool {
+    let revoked = admitted.is_some_and(|admitted| handle.cookie_generation() > admitted);
+    if revoked {
+        tracing::info!(session = %handle.id, "connection closed: the workspace's cookies were revoked");
+    }
+    revoked
+}
+
+/// Counts and classifies proxied bytes: shared by the body filters and the WebSocket tunnels,
+/// which outlive the request pingora saw.
+#[derive(Clone)]
+pub(crate) struct Meter {
+    lifecycle: Arc<dyn Lifecycle>,
+    clock: Arc<dyn Clock>,
+    stats: Arc<ProxyStats>,
+}
+
+impl Meter {
+    /// Bytes from the client to the workspace; on a WebSocket, each message classified.
+    pub(crate) fn client_chunk(&self, handle: &Arc<SessionHandle>, ws: Option<&mut ClientStream>, chunk: &[u8]) {
+        let n = chunk.len() as u64;
+        handle.activity.bytes_in.fetch_add(n, Ordering::Relaxed);
+        self.stats.bytes_in.fetch_add(n, Ordering::Relaxed);
+        let Some(ws) = ws else { return };
+        let had_error = ws.error().is_some();
+        if ws.feed(chunk) > 0 {
+            // A VS Code editor or terminal call is a person; other sockets use the fallback rule
+            // (every data message), which max_awake_with_open_tab caps.
+            let source =
+                if ws.kind() == SocketKind::VsCode { ActivitySource::Editor } else { ActivitySource::WebSocket };
+            if handle.activity.touch(self.clock.now_ms(), source) {
+                self.lifecycle.active_again(handle);
+            }
+        }
+        if !had_error && let Some(why) = ws.error() {
+            tracing::debug!(session = %handle.id, reason = why, "WebSocket classification fell back to counting every message");
+        }
+    }
+
+    /// Bytes from the workspace to the client.
+    pub(crate) fn workspace_chunk(&self, handle: &SessionHandle, chunk: &[u8]) {
+        let n = chunk.len() as u64;
+        handle.activity.bytes_out.fetch_add(n, Ordering::Relaxed);
+        self.stats.bytes_out.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 /// Whether the client connection is TLS.
@@ -382,24 +433,8 @@ impl ProxyHttp for WakewayProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         revoked(ctx)?;
-        let (Some(handle), Some(chunk)) = (&ctx.session, body.as_ref()) else { return Ok(()) };
-        let n = chunk.len() as u64;
-        handle.activity.bytes_in.fetch_add(n, Ordering::Relaxed);
-        self.stats.bytes_in.fetch_add(n, Ordering::Relaxed);
-        if let Some(ws) = ctx.ws.as_mut() {
-            let had_error = ws.error().is_some();
-            if ws.feed(chunk) > 0 {
-                // A VS Code editor or terminal call is a person; other sockets use the fallback
-                // rule (every data message), which max_awake_with_open_tab caps.
-                let source =
-                    if ws.kind() == SocketKind::VsCode { ActivitySource::Editor } else { ActivitySource::WebSocket };
-                if handle.activity.touch(self.clock.now_ms(), source) {
-                    self.lifecycle.active_again(handle);
-                }
-            }
-            if !had_error && let Some(why) = ws.error() {
-                tracing::debug!(session = %handle.id, reason = why, "WebSocket classification fell back to counting every message");
-            }
+        if let (Some(handle), Some(chunk)) = (&ctx.session, body.as_ref()) {
+            self.meter.client_chunk(handle, ctx.ws.as_deref_mut(), chunk);
         }
         Ok(())
     }
@@ -413,11 +448,30 @@ impl ProxyHttp for WakewayProxy {
     ) -> Result<Option<Duration>> {
         revoked(ctx)?;
         if let (Some(handle), Some(chunk)) = (&ctx.session, body.as_ref()) {
-            let n = chunk.len() as u64;
-            handle.activity.bytes_out.fetch_add(n, Ordering::Relaxed);
-            self.stats.bytes_out.fetch_add(n, Ordering::Relaxed);
+            self.meter.workspace_chunk(handle, chunk);
         }
         Ok(None)
+    }
+
+    /// A WebSocket to a workspace is relayed by a [`Tunnel`] of ours once the workspace answers
+    /// `101`, so an open editor tab holds none of pingora's per-request state.
+    fn tunnel_upgrade(&self, _session: &Session, ctx: &RequestCtx) -> bool {
+        ctx.upgrade && ctx.session.is_some()
+    }
+
+    fn upgraded_tunnel(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Option<Box<dyn pingora::proxy::Tunnel>> {
+        let handle = ctx.session.clone()?;
+        // The tunnel un-counts the connection when it ends (`logging` no longer does).
+        let open = std::mem::take(&mut ctx.open).then(|| OpenConnection(handle.clone()));
+        Some(Box::new(WebSocketTunnel {
+            handle,
+            ws: ctx.ws.take(),
+            admitted_generation: ctx.admitted_generation,
+            meter: self.meter.clone(),
+            idle_timeout: self.settings.websocket_idle_timeout,
+            _slot: ctx._ws_slot.take(),
+            _open: open,
+        }))
     }
 
     async fn logging(&self, _session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut RequestCtx) {

@@ -423,7 +423,10 @@ where
                         let (server_reused, client_reuse, error) = self
                             .proxy_to_h1_upstream(session, &mut h1, client_reused, &peer, ctx)
                             .await;
-                        if client_reuse {
+                        // wakeway patch (memory): a handed-over upgrade takes the connection.
+                        if let Some(handover) = session.handover.as_mut() {
+                            handover.upstream = Some(h1.into_inner());
+                        } else if client_reuse {
                             let session = ClientSession::H1(h1);
                             Box::pin(self.client_upstream
                                 .release_http_session(session, &*peer, peer.idle_timeout()))
@@ -532,12 +535,37 @@ where
         SV: ProxyHttp + Send + Sync,
         SV::CTX: Send + Sync,
     {
+        // wakeway patch (memory): a handed-over upgrade gets its tunnel before `logging` (which
+        // then sees the request as over) and its streams after.
+        let tunnel = match session.handover.take() {
+            Some(handover) if error.is_none() && handover.upstream.is_some() => self
+                .inner
+                .upgraded_tunnel(&mut session, ctx)
+                .map(|tunnel| (tunnel, handover)),
+            _ => None,
+        };
+
         self.inner
             .logging(&mut session, error.as_deref(), ctx)
             .await;
 
         if let Some(e) = error {
             session.downstream_session.on_proxy_failure(e);
+        }
+
+        if let Some((tunnel, handover)) = tunnel {
+            if let (HttpSession::H1(downstream), Some(upstream)) =
+                (*session.downstream_session, handover.upstream)
+            {
+                let streams = Upgraded {
+                    downstream: downstream.into_inner(),
+                    downstream_read: handover.downstream_read,
+                    upstream,
+                    upstream_read: handover.upstream_read,
+                };
+                tokio::spawn(tunnel.run(streams));
+            }
+            return None;
         }
 
         if reuse {
@@ -610,6 +638,40 @@ pub struct Session {
     upstream_write_pending_time: Duration,
     /// Flag that is set when the shutdown process has begun.
     shutdown_flag: Arc<AtomicBool>,
+    /// wakeway patch (memory): an HTTP/1 upgrade being handed to [`ProxyHttp::upgraded_tunnel`].
+    handover: Option<Box<Handover>>,
+}
+
+/// wakeway patch (memory): what an HTTP/1 upgrade hands over once its `101` is written to the
+/// client, gathered on the way out of `proxy_1to1` and `proxy_to_upstream`.
+#[derive(Default)]
+struct Handover {
+    /// Bytes read from the client past the request head.
+    downstream_read: Option<Bytes>,
+    /// Bytes read from the upstream past the `101`.
+    upstream_read: Option<Bytes>,
+    /// The upstream connection, taken out of its client session.
+    upstream: Option<Stream>,
+}
+
+/// wakeway patch (memory): the two raw streams of an HTTP/1 upgraded connection (a WebSocket),
+/// handed to the [`Tunnel`] from [`ProxyHttp::upgraded_tunnel`]. pingora keeps nothing of the
+/// connection once they are handed over.
+pub struct Upgraded {
+    /// The client's connection; the `101` was written to it (it may still need a flush).
+    pub downstream: Stream,
+    /// Bytes already read from the client past the request head: they go upstream first.
+    pub downstream_read: Option<Bytes>,
+    /// The upstream's connection.
+    pub upstream: Stream,
+    /// Bytes already read from the upstream past the `101`: they go to the client first.
+    pub upstream_read: Option<Bytes>,
+}
+
+/// wakeway patch (memory): relays an upgraded connection; see [`ProxyHttp::tunnel_upgrade`].
+pub trait Tunnel: Send {
+    /// Relay both streams until the connection ends. Spawned as a task of its own.
+    fn run(self: Box<Self>, streams: Upgraded) -> BoxFuture<'static, ()>;
 }
 
 impl Session {
@@ -637,6 +699,7 @@ impl Session {
             downstream_task_seen_upgraded: false,
             upstream_write_pending_time: Duration::ZERO,
             shutdown_flag,
+            handover: None,
         }
     }
 

@@ -115,6 +115,15 @@ where
 
         session.set_upstream_h1_upgrade_request_status(is_h1_upgrade_req(&req));
 
+        // wakeway patch (memory): an upgrade the application relays itself stops at its `101`.
+        let hand_over = is_h1_upgrade_req(&req)
+            && matches!(*session.downstream_session, HttpSession::H1(_))
+            && !session.downstream_session.supports_proxy_task_api()
+            && session.as_mut().is_body_empty()
+            && self.inner.tunnel_upgrade(session, ctx);
+        // Set by the upstream half when it stopped at the `101`: what it had read past it.
+        let mut upstream_handed: Option<Option<Bytes>> = None;
+
         session.upstream_compression.request_filter(&req);
 
         debug!("Sending header to upstream {:?}", req);
@@ -158,9 +167,24 @@ where
                 &mut downstream_custom_message_writer,
                 &mut downstream_custom_message_reader,
                 pipe_state.clone(),
+                hand_over,
             ),
-            self.proxy_handle_upstream(client_session, tx_upstream, rx_downstream, pipe_state),
+            self.proxy_handle_upstream(
+                client_session,
+                tx_upstream,
+                rx_downstream,
+                pipe_state,
+                hand_over.then_some(&mut upstream_handed),
+            ),
         );
+
+        // wakeway patch (memory): both halves stopped at the `101`, or neither is handed over.
+        match (session.handover.as_mut(), upstream_handed) {
+            (Some(handover), Some(upstream_read)) if ret.is_ok() => {
+                handover.upstream_read = upstream_read;
+            }
+            _ => session.handover = None,
+        }
 
         if let Some(custom_session) = session.downstream_session.as_custom_mut() {
             if let Some(downstream_custom_message_writer) = downstream_custom_message_writer {
@@ -251,6 +275,7 @@ where
         tx: mpsc::Sender<HttpTask>,
         mut rx: mpsc::Receiver<HttpTask>,
         pipe_state: Arc<AtomicU8>,
+        handed: Option<&mut Option<Option<Bytes>>>,
     ) -> Result<bool>
     where
         SV: ProxyHttp + Send + Sync,
@@ -284,6 +309,19 @@ where
                                     || format!("Failed to send upstream task {type_str}{} to pipe",
                                         if response_done { " (end)" } else {""})
                                 );
+                            // wakeway patch (memory): handing over, stop at the `101` once
+                            // what the client half already sent (the end of the upgrade
+                            // request's empty body) is written, with what was read past it.
+                            if upgraded && result.is_ok() {
+                                if let Some(handed) = handed {
+                                    while let Ok(body) = rx.try_recv() {
+                                        send_body_to1(client_session, Some(body)).await?;
+                                    }
+                                    let read = client_session.read_body_bytes().now_or_never();
+                                    *handed = Some(read.and_then(|r| r.ok()).flatten());
+                                    return Ok(false);
+                                }
+                            }
                             // If the request is upgraded, the downstream pipe can early exit
                             // when the downstream connection is closed.
                             // In that case, this function should ignore that the pipe is closed.
@@ -460,6 +498,7 @@ where
             Box<dyn futures::Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>,
         >,
         pipe_state: Arc<AtomicU8>,
+        hand_over: bool,
     ) -> Result<bool>
     where
         SV: ProxyHttp + Send + Sync,
@@ -539,6 +578,17 @@ where
             || downstream_custom_read && !downstream_state.is_errored()
             || downstream_custom_write
         {
+            // wakeway patch (memory): handing over, stop once the `101` is written, with what
+            // was already read from the client past the request head.
+            if hand_over && session.was_upgraded() {
+                let read = session.downstream_session.read_request_body().now_or_never();
+                session.handover = Some(Box::new(Handover {
+                    downstream_read: read.and_then(|r| r.ok()).flatten(),
+                    ..Default::default()
+                }));
+                return Ok(false);
+            }
+
             // reserve tx capacity ahead to avoid deadlock, see below
 
             let send_permit = tx

@@ -543,6 +543,24 @@ pub trait ProxyHttp {
     ) {
     }
 
+    /// wakeway patch (memory): whether an HTTP/1 upgrade request (a WebSocket) that the upstream
+    /// accepts with `101` is relayed by the tunnel [`Self::upgraded_tunnel`] returns rather than by
+    /// pingora. Asked before the request is sent upstream, for requests without a body from an
+    /// HTTP/1 client. pingora's request then ends once the `101` is written to the client.
+    fn tunnel_upgrade(&self, _session: &Session, _ctx: &Self::CTX) -> bool {
+        false
+    }
+
+    /// wakeway patch (memory): the tunnel that relays a connection [`Self::tunnel_upgrade`] took,
+    /// called after the `101` is written and before [`Self::logging`]. `None` closes both sides.
+    fn upgraded_tunnel(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Option<Box<dyn crate::Tunnel>> {
+        None
+    }
+
     /// A value of true means that the log message will be suppressed. The default value is false.
     ///
     /// See also: [`Self::suppress_proxy_warn_log`].
