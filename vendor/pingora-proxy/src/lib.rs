@@ -412,10 +412,7 @@ where
             Err(e) => return (false, Some(e)),
         };
 
-        // wakeway patch (memory): each `Box::pin` in this function and in `process_request` /
-        // `process_new_http` holds a step that is over once a WebSocket is open; inline, the
-        // largest of them sized the connection's future for the WebSocket's whole life.
-        let client_session = Box::pin(self.client_upstream.get_http_session(&*peer)).await;
+        let client_session = self.client_upstream.get_http_session(&*peer).await;
         match client_session {
             Ok((client_session, client_reused)) => {
                 let (server_reused, error) = match client_session {
@@ -428,19 +425,19 @@ where
                             handover.upstream = Some(h1.into_inner());
                         } else if client_reuse {
                             let session = ClientSession::H1(h1);
-                            Box::pin(self.client_upstream
-                                .release_http_session(session, &*peer, peer.idle_timeout()))
+                            self.client_upstream
+                                .release_http_session(session, &*peer, peer.idle_timeout())
                                 .await;
                         }
                         (server_reused, error)
                     }
                     ClientSession::H2(mut h2) => {
-                        let (server_reused, mut error) = Box::pin(self
-                            .proxy_to_h2_upstream(session, &mut h2, client_reused, &peer, ctx))
+                        let (server_reused, mut error) = self
+                            .proxy_to_h2_upstream(session, &mut h2, client_reused, &peer, ctx)
                             .await;
                         let session = ClientSession::H2(h2);
-                        Box::pin(self.client_upstream
-                            .release_http_session(session, &*peer, peer.idle_timeout()))
+                        self.client_upstream
+                            .release_http_session(session, &*peer, peer.idle_timeout())
                             .await;
 
                         if let Some(e) = error.as_mut() {
@@ -464,12 +461,12 @@ where
                         (server_reused, error)
                     }
                     ClientSession::Custom(mut c) => {
-                        let (server_reused, error) = Box::pin(self
-                            .proxy_to_custom_upstream(session, &mut c, client_reused, &peer, ctx))
+                        let (server_reused, error) = self
+                            .proxy_to_custom_upstream(session, &mut c, client_reused, &peer, ctx)
                             .await;
                         let session = ClientSession::Custom(c);
-                        Box::pin(self.client_upstream
-                            .release_http_session(session, &*peer, peer.idle_timeout()))
+                        self.client_upstream
+                            .release_http_session(session, &*peer, peer.idle_timeout())
                             .await;
                         (server_reused, error)
                     }
@@ -1220,14 +1217,13 @@ where
         SV: ProxyHttp + Send + Sync + 'static,
         <SV as ProxyHttp>::CTX: Send + Sync,
     {
-        // wakeway patch (memory): the `Box::pin`s below; see `proxy_to_upstream`.
         if let Err(e) = self
             .inner
             .early_request_filter(&mut session, &mut ctx)
             .await
         {
-            return Box::pin(self
-                .handle_error(session, &mut ctx, e, "Fail to early filter request:"))
+            return self
+                .handle_error(session, &mut ctx, e, "Fail to early filter request:")
                 .await;
         }
 
@@ -1243,13 +1239,13 @@ where
             .request_header_filter(req)
             .await
         {
-            return Box::pin(self
+            return self
                 .handle_error(
                     session,
                     &mut ctx,
                     e,
                     "Failed in downstream modules request filter:",
-                ))
+                )
                 .await;
         }
 
@@ -1263,7 +1259,9 @@ where
                     if let Some(uc) = self.inner.persist_connection_context(&session, &ctx) {
                         persistent_settings.set_user_context(uc);
                     }
-                    return Box::pin(session.downstream_session.finish())
+                    return session
+                        .downstream_session
+                        .finish()
                         .await
                         .ok()
                         .flatten()
@@ -1272,15 +1270,15 @@ where
                 /* else continue */
             }
             Err(e) => {
-                return Box::pin(self
-                    .handle_error(session, &mut ctx, e, "Fail to filter request:"))
+                return self
+                    .handle_error(session, &mut ctx, e, "Fail to filter request:")
                     .await;
             }
         }
 
-        if let Some((reuse, err)) = Box::pin(self.proxy_cache(&mut session, &mut ctx)).await {
+        if let Some((reuse, err)) = self.proxy_cache(&mut session, &mut ctx).await {
             // cache hit
-            return Box::pin(self.finish(session, &mut ctx, reuse, err)).await;
+            return self.finish(session, &mut ctx, reuse, err).await;
         }
         // either uncacheable, or cache miss
 
@@ -1305,19 +1303,19 @@ where
                         match session.write_response_header_ref(&BAD_GATEWAY, true).await {
                             Ok(()) => {}
                             Err(e) => {
-                                return Box::pin(self
+                                return self
                                     .handle_error(
                                         session,
                                         &mut ctx,
                                         e,
                                         "Error responding with Bad Gateway:",
-                                    ))
+                                    )
                                     .await;
                             }
                         }
                     }
 
-                    return Box::pin(self.finish(session, &mut ctx, true, None)).await;
+                    return self.finish(session, &mut ctx, true, None).await;
                 }
                 /* else continue */
             }
@@ -1326,13 +1324,13 @@ where
                     session.cache.disable(NoCacheReason::InternalError);
                 }
 
-                return Box::pin(self
+                return self
                     .handle_error(
                         session,
                         &mut ctx,
                         e,
                         "Error deciding if we should proxy to upstream:",
-                    ))
+                    )
                     .await;
             }
         }
@@ -1385,7 +1383,7 @@ where
         // allow unwrap until if let chains
         #[allow(clippy::unnecessary_unwrap)]
         let serve_stale_result = if proxy_error.is_some() && session.cache.can_serve_stale_error() {
-            Box::pin(self.handle_stale_if_error(&mut session, &mut ctx, proxy_error.as_ref().unwrap()))
+            self.handle_stale_if_error(&mut session, &mut ctx, proxy_error.as_ref().unwrap())
                 .await
         } else {
             None
@@ -1425,7 +1423,7 @@ where
         }
 
         // logging() will be called in finish()
-        Box::pin(self.finish(session, &mut ctx, server_reuse, final_error))
+        self.finish(session, &mut ctx, server_reuse, final_error)
             .await
     }
 
@@ -1633,8 +1631,7 @@ where
         let session = Box::new(session);
 
         // TODO: keepalive pool, use stack
-        // wakeway patch (memory): boxed; see `proxy_to_upstream`.
-        let mut session = match Box::pin(self.handle_new_request(session)).await {
+        let mut session = match self.handle_new_request(session).await {
             Some(downstream_session) => Session::new(
                 downstream_session,
                 &self.downstream_modules,

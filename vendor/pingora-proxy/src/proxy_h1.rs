@@ -525,8 +525,6 @@ where
                 .await?;
         }
 
-        // wakeway patch (memory): `send_body_to_pipe` and `process_upstream_tasks` are boxed
-        // below, so the select loop an idle WebSocket waits in is not sized by them.
         let mut downstream_state = DownstreamStateMachine::new(session.as_mut().is_body_done());
 
         let buffer = session.as_ref().get_retry_buffer();
@@ -537,13 +535,13 @@ where
                 .reserve()
                 .await
                 .or_err(InternalError, "reserving body pipe")?;
-            Box::pin(self.send_body_to_pipe(
+            self.send_body_to_pipe(
                 session,
                 buffer,
                 downstream_state.is_done(),
                 send_permit,
                 ctx,
-            ))
+            )
             .await?;
         }
 
@@ -654,13 +652,13 @@ where
                     }
                     // TODO: consider just drain this if serve_from_cache is set
                     let is_body_done = session.is_body_done();
-                    let request_done = Box::pin(self.send_body_to_pipe(
+                    let request_done = self.send_body_to_pipe(
                         session,
                         body,
                         is_body_done,
                         send_permit.unwrap(), // safe because we checked is_ok()
                         ctx,
-                    ))
+                    )
                     .await?;
                     downstream_state.maybe_finished(request_done);
                 },
@@ -680,7 +678,7 @@ where
                 task = async { next_upstream_task.take() }, if next_upstream_task.is_some() => {
                     debug!("buffered upstream event: {:?}", task);
                     if let Some(t) = task {
-                        let Some(response_done) = Box::pin(self.process_upstream_tasks(
+                        let Some(response_done) = self.process_upstream_tasks(
                             session,
                             ctx,
                             t,
@@ -688,7 +686,7 @@ where
                             &mut serve_from_cache,
                             &mut range_body_filter,
                             &mut response_state,
-                        )).await? else {
+                        ).await? else {
                             // nothing sent downstream e.g. serve_from_cache
                             continue;
                         };
@@ -705,7 +703,7 @@ where
                     debug!("upstream event: {:?}", task);
                     if let Some(t) = task {
                         let upgraded = session.was_upgraded();
-                        let Some(response_done) = Box::pin(self.process_upstream_tasks(
+                        let Some(response_done) = self.process_upstream_tasks(
                             session,
                             ctx,
                             t,
@@ -713,7 +711,7 @@ where
                             &mut serve_from_cache,
                             &mut range_body_filter,
                             &mut response_state,
-                        )).await? else {
+                        ).await? else {
                             // nothing sent downstream e.g. serve_from_cache
                             continue;
                         };
