@@ -420,6 +420,9 @@ fn make_paths_absolute(config: &mut Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Idle upstream connections pingora keeps for reuse, across every workspace.
+const UPSTREAM_POOL: usize = 1024;
+
 /// pingora's server settings: threads, one runtime per thread, shutdown grace, its files.
 fn server_conf(config: &Config) -> ServerConf {
     let mut conf = ServerConf::default();
@@ -432,6 +435,11 @@ fn server_conf(config: &Config) -> ServerConf {
     // it) instead of one work-stealing pool: +10% requests/s through one thread in benches/ab.py,
     // lower p99. Nothing on the proxy path blocks; lifecycle work runs on its own runtime.
     conf.work_stealing = false;
+    // Idle upstream connections kept for reuse (pingora's default: 128). An HTTP/2 client multiplexes
+    // many requests, each proxied on its own upstream HTTP/1 connection: with more in flight than the
+    // pool keeps, every burst ends in closed connections and the next one in new connects (h2c, 8
+    // clients × 32 streams: 13,490 → 21,316 req/s, medians of 5 rounds in one A/B; nothing else moved).
+    conf.upstream_keepalive_pool_size = UPSTREAM_POOL;
     conf.grace_period_seconds = Some(config.server.shutdown_grace.as_secs());
     conf.graceful_shutdown_timeout_seconds = Some(5);
     conf.pid_file = config.server.data_dir.join("wakeway.pid").to_string_lossy().into_owned();

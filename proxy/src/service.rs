@@ -453,8 +453,8 @@ impl ProxyHttp for WakewayProxy {
         Ok(None)
     }
 
-    /// A WebSocket to a workspace is relayed by a [`Tunnel`] of ours once the workspace answers
-    /// `101`, so an open editor tab holds none of pingora's per-request state.
+    /// A WebSocket to a workspace is relayed by a [`Tunnel`](pingora::proxy::Tunnel) of ours once
+    /// the workspace answers `101`, so an open editor tab holds none of pingora's per-request state.
     fn tunnel_upgrade(&self, _session: &Session, ctx: &RequestCtx) -> bool {
         ctx.upgrade && ctx.session.is_some()
     }
