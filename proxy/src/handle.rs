@@ -247,12 +247,28 @@ impl SessionHandle {
 }
 
 impl SessionHandle {
+    /// Count one more connection proxied to the workspace; the guard un-counts it.
+    pub(crate) fn open_connection(self: &Arc<Self>) -> OpenConnection {
+        self.activity.open_connections.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self.clone())
+    }
+
     /// Count one more open WebSocket if fewer than `max` are open; the slot un-counts it.
     pub(crate) fn try_open_websocket(self: &Arc<Self>, max: usize) -> Option<WebSocketSlot> {
         self.websockets
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
             .ok()
             .map(|_| WebSocketSlot(self.clone()))
+    }
+}
+
+/// A connection proxied to the workspace, counted in its session's open connections until dropped
+/// (with its request, or with the WebSocket tunnel that took it over).
+pub(crate) struct OpenConnection(Arc<SessionHandle>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.activity.open_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

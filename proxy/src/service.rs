@@ -20,13 +20,13 @@ use wakeway_config::{Config, WorkspaceAuth};
 use crate::activity::{ClientStream, SocketKind, negotiated_deflate};
 use crate::auth::{CookieSigner, carries_ours, cookie_without_ours};
 use crate::clock::Clock;
-use crate::handle::{ActivitySource, Phase, SessionHandle, Upstream, WebSocketSlot};
+use crate::handle::{ActivitySource, OpenConnection, Phase, SessionHandle, Upstream, WebSocketSlot};
 use crate::host::SessionId;
 use crate::ratelimit::RateLimiter;
 use crate::refusal::Reason;
 use crate::stats::ProxyStats;
 use crate::tls::CertStore;
-use crate::tunnel::{OpenConnection, WebSocketTunnel};
+use crate::tunnel::WebSocketTunnel;
 use crate::{Lifecycle, pages};
 
 mod access;
@@ -115,8 +115,8 @@ pub struct WakewayProxy {
 pub struct RequestCtx {
     session: Option<Arc<SessionHandle>>,
     upstream: Option<Upstream>,
-    /// Counted in the session's open connections (un-counted in `logging`).
-    open: bool,
+    /// This request in the session's open connections (taken over by a WebSocket's tunnel).
+    _open: Option<OpenConnection>,
     /// The request is a WebSocket upgrade; body chunks after it are frames.
     upgrade: bool,
     /// Whether this request's traffic is user activity.
@@ -173,11 +173,10 @@ impl WakewayProxy {
     }
 
     /// The request goes on to the workspace at `upstream`, counted in the session's open
-    /// connections (un-counted in `logging`) and requests.
-    fn forward(&self, session: &mut Session, handle: &SessionHandle, ctx: &mut RequestCtx, upstream: Upstream) {
+    /// connections (for as long as the request context holds the guard) and requests.
+    fn forward(&self, session: &mut Session, handle: &Arc<SessionHandle>, ctx: &mut RequestCtx, upstream: Upstream) {
         ctx.upstream = Some(upstream);
-        ctx.open = true;
-        handle.activity.open_connections.fetch_add(1, Ordering::Relaxed);
+        ctx._open = Some(handle.open_connection());
         handle.activity.requests.fetch_add(1, Ordering::Relaxed);
         ProxyStats::bump(&self.stats.requests);
         if ctx.upgrade {
@@ -248,12 +247,17 @@ impl Meter {
             // (every data message), which max_awake_with_open_tab caps.
             let source =
                 if ws.kind() == SocketKind::VsCode { ActivitySource::Editor } else { ActivitySource::WebSocket };
-            if handle.activity.touch(self.clock.now_ms(), source) {
-                self.lifecycle.active_again(handle);
-            }
+            self.touch(handle, source);
         }
         if !had_error && let Some(why) = ws.error() {
             tracing::debug!(session = %handle.id, reason = why, "WebSocket classification fell back to counting every message");
+        }
+    }
+
+    /// User activity now; the lifecycle hears at once when it ends a quiet spell.
+    pub(crate) fn touch(&self, handle: &Arc<SessionHandle>, source: ActivitySource) {
+        if handle.activity.touch(self.clock.now_ms(), source) {
+            self.lifecycle.active_again(handle);
         }
     }
 
@@ -456,13 +460,11 @@ impl ProxyHttp for WakewayProxy {
     /// A WebSocket to a workspace is relayed by a [`Tunnel`](pingora::proxy::Tunnel) of ours once
     /// the workspace answers `101`, so an open editor tab holds none of pingora's per-request state.
     fn tunnel_upgrade(&self, _session: &Session, ctx: &RequestCtx) -> bool {
-        ctx.upgrade && ctx.session.is_some()
+        ctx.upgrade
     }
 
     fn upgraded_tunnel(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Option<Box<dyn pingora::proxy::Tunnel>> {
         let handle = ctx.session.clone()?;
-        // The tunnel un-counts the connection when it ends (`logging` no longer does).
-        let open = std::mem::take(&mut ctx.open).then(|| OpenConnection(handle.clone()));
         Some(Box::new(WebSocketTunnel {
             handle,
             ws: ctx.ws.take(),
@@ -470,15 +472,7 @@ impl ProxyHttp for WakewayProxy {
             meter: self.meter.clone(),
             idle_timeout: self.settings.websocket_idle_timeout,
             _slot: ctx._ws_slot.take(),
-            _open: open,
+            _open: ctx._open.take(),
         }))
-    }
-
-    async fn logging(&self, _session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
-        if ctx.open
-            && let Some(handle) = &ctx.session
-        {
-            handle.activity.open_connections.fetch_sub(1, Ordering::Relaxed);
-        }
     }
 }

@@ -13,8 +13,8 @@ use std::cell::RefCell;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
+use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -22,10 +22,10 @@ use bytes::{Buf, Bytes};
 use futures::future::BoxFuture;
 use pingora::proxy::{Tunnel, Upgraded};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::activity::ClientStream;
-use crate::handle::{SessionHandle, WebSocketSlot};
+use crate::handle::{OpenConnection, SessionHandle, WebSocketSlot};
 use crate::service::{Meter, was_revoked};
 
 /// The most read from one side at a time (the largest TLS record).
@@ -81,7 +81,7 @@ where
     // The `101` may still sit in the client stream's write buffer.
     down.flush = true;
     let mut last_moved = Instant::now();
-    let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep_until(last_moved + idle));
+    let mut timer = pin!(tokio::time::sleep_until(last_moved + idle));
     poll_fn(|cx| {
         let mut moved = false;
         let up_done = up.poll(cx, &mut client, &mut upstream, &mut moved, |c| observer.client_chunk(c))?;
@@ -172,15 +172,6 @@ fn read_chunk<R: AsyncRead + Unpin>(cx: &mut Context<'_>, from: &mut R) -> Poll<
         ready!(Pin::new(from).poll_read(cx, &mut buf))?;
         Poll::Ready(Ok(Bytes::copy_from_slice(buf.filled())))
     })
-}
-
-/// Un-counts a proxied connection from its session's open connections when dropped.
-pub(crate) struct OpenConnection(pub(crate) Arc<SessionHandle>);
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.activity.open_connections.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// A WebSocket to a workspace after its `101`: what the request's context held that the bytes

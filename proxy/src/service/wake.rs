@@ -42,8 +42,8 @@ impl WakewayProxy {
         ctx.counts = !matches!(kind, RequestKind::Passive(_));
         ctx.session = Some(handle.clone());
         let source = if ctx.upgrade { ActivitySource::WebSocket } else { ActivitySource::Http };
-        if ctx.counts && handle.activity.touch(self.clock.now_ms(), source) {
-            self.lifecycle.active_again(handle);
+        if ctx.counts {
+            self.meter.touch(handle, source);
         }
         (kind, source)
     }

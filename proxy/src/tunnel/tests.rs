@@ -157,3 +157,23 @@ async fn a_tunnel_with_nothing_moving_ends_at_its_idle_timeout() {
     assert_eq!(client.read(&mut [0; 1]).await.unwrap(), 0);
     assert_eq!(upstream.read(&mut [0; 1]).await.unwrap(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn traffic_either_way_moves_the_idle_limit() {
+    let (mut client, client_side) = pair().await;
+    let (mut upstream, upstream_side) = pair().await;
+    let start = tokio::time::Instant::now();
+    let relay = tokio::spawn(async move {
+        relay(client_side, None, upstream_side, None, Duration::from_secs(3600), &mut Recorder::default()).await
+    });
+    // 40 min in, one byte each way: the limit moves to 100 min.
+    tokio::time::sleep(Duration::from_secs(40 * 60)).await;
+    client.write_all(b"c").await.unwrap();
+    upstream.read_exact(&mut [0; 1]).await.unwrap();
+    upstream.write_all(b"u").await.unwrap();
+    client.read_exact(&mut [0; 1]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(50 * 60)).await;
+    assert!(!relay.is_finished(), "90 min in, 50 after the last byte: still open");
+    assert_eq!(relay.await.unwrap().unwrap(), Ended::Idle);
+    assert!(start.elapsed() >= Duration::from_secs(100 * 60), "not before an idle hour after the last byte");
+}
